@@ -1,0 +1,72 @@
+"""Exception types of :mod:`learning`.
+
+Every exception here is a :class:`ValueError` (bad input, bad file, bad configuration), so a
+caller can catch ``ValueError`` or, more precisely, :class:`LearningError`. Messages name the
+problem (the file, dataset, key or value), what was expected, and the fix.
+
+Hierarchy::
+
+    LearningError(ValueError)
+    ├── ImageSourceError            an image source cannot be read or is malformed
+    ├── EncodingError               images cannot be turned into complex objects
+    ├── ParamsError                 a parameter tree cannot be stored as HDF5 attributes
+    ├── SimulationOutputError       the ``simulate`` callable returned the wrong shape/values
+    ├── DatasetExistsError          output exists and overwrite was not asked (also FileExistsError)
+    ├── ResumeMismatchError         an interrupted ``.tmp`` file does not match the new request
+    ├── ShardError                  sharding arguments or shard files are inconsistent
+    └── DatasetFormatError          a CDP dataset file is not what the format promises
+        ├── DatasetVersionError     ``format_version`` missing or not the one this code reads
+        └── DatasetIncompleteError  ``complete`` is not True (interrupted run)
+"""
+from __future__ import annotations
+
+
+class LearningError(ValueError):
+    """Base class of every error raised by :mod:`learning`."""
+
+
+class ImageSourceError(LearningError):
+    """An image source (folder, .npy/.npz, HDF5, IDX, embedded) cannot be read or is malformed."""
+
+
+class EncodingError(LearningError):
+    """Images cannot be encoded as complex objects (range, shape or phase-range problem)."""
+
+
+class ParamsError(LearningError):
+    """A parameter tree holds a key or value that cannot be stored as HDF5 attributes."""
+
+
+class SimulationOutputError(LearningError):
+    """The ``simulate`` callable returned a tensor of the wrong shape, dtype or with NaN/inf."""
+
+
+class DatasetExistsError(LearningError, FileExistsError):
+    """The output file exists and overwriting was not requested."""
+
+
+class ResumeMismatchError(LearningError):
+    """An interrupted ``.tmp`` file cannot be resumed because it was written with other inputs."""
+
+
+class ShardError(LearningError):
+    """Shard arguments are invalid, or shard files are inconsistent, missing or overlapping."""
+
+
+class DatasetFormatError(LearningError):
+    """A CDP dataset file is not HDF5, or lacks / malforms a dataset or attribute of the format."""
+
+
+class DatasetVersionError(DatasetFormatError):
+    """The file's ``format_version`` is missing or is not the one this code reads."""
+
+
+class DatasetIncompleteError(DatasetFormatError):
+    """The file's ``complete`` attribute is not True: the run that wrote it was interrupted."""
+
+
+__all__ = [
+    "LearningError", "ImageSourceError", "EncodingError", "ParamsError",
+    "SimulationOutputError", "DatasetExistsError", "ResumeMismatchError", "ShardError",
+    "DatasetFormatError", "DatasetVersionError", "DatasetIncompleteError",
+]

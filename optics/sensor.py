@@ -1,0 +1,276 @@
+"""Camera sensor model: pixel integration, photon budget, shot/dark/read noise, saturation, ADC.
+
+Given an intensity ``I`` on the simulation grid (shape ``(..., H, W)``, last two axes one
+frame), :class:`Sensor` models the camera in five steps:
+
+1. **pixel integration** (:meth:`Sensor.bin`) — a camera pixel of pitch ``pitch_m`` covers
+   ``bin × bin`` simulation samples (``bin = pitch_m/grid_pitch_m``, an integer) and collects
+   their *sum* (total power is conserved);
+2. **photon budget** (:meth:`Sensor.photons`) — with ``mean_photons`` set, each frame is
+   scaled so that its mean count per camera pixel is ``mean_photons`` (a fixed exposure
+   budget, the usual CDP noise-level knob; the scale is part of the differentiable model);
+   otherwise ``I`` is already in photons per pixel per exposure;
+3. **electrons** — ``e = Poisson(QE·p + D·t) + N(0, σ_r²)`` with quantum efficiency ``QE``,
+   dark current ``D`` (e⁻/s), exposure ``t`` (s) and read noise ``σ_r`` (e⁻ rms) (EMVA 1288
+   linear camera model, release 4.0 (2021), §2); mean ``μ_e = QE·p + D·t``, variance
+   ``μ_e + σ_r²``;
+4. **saturation** — electrons are clipped above at ``full_well_e`` when set (no lower clip:
+   read noise can make ``e`` negative before the offset);
+5. **ADC** — ``DN = round(e/K + offset_dn)`` with gain ``K = gain_e_per_dn`` (e⁻/DN),
+   clamped to ``[0, 2^bit_depth − 1]`` when ``bit_depth`` is set. The exact path
+   (:meth:`Sensor.sample`) always rounds (a camera returns integers); with
+   ``bit_depth=None`` there is no clamp, so ``DN`` may exceed any range or go negative.
+   Rounding adds variance ``1/12`` DN² (Sheppard's correction) when the signal spread is
+   well above one DN.
+
+Paths (like dropout): ``forward`` uses :meth:`sample_differentiable` in training mode and the
+exact :meth:`sample` in eval mode; ``noise=False`` gives the noiseless :meth:`expected_dn`
+(with saturation and clamp, no rounding). The differentiable path replaces the Poisson draw by
+its Gaussian approximation with the reparametrisation trick,
+``e = μ_e + sqrt(μ_e + σ_r²)·ε``, ``ε ~ N(0, 1)`` (Kingma & Welling, arXiv:1312.6114 (2013)),
+rounds with a straight-through estimator (identity gradient), and clamps (zero gradient past
+the limits). ``rounding=False`` skips the rounding so ``torch.autograd.gradcheck`` can run with
+a fixed ``ε``.
+
+:meth:`Sensor.dn_to_photons` inverts the noiseless affine map,
+``p̂ = ((DN − offset)·K − D·t)/QE``: the photon-unit estimate that solvers fit.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import _validate
+from .errors import OpticsError, ShapeError, UnitsError
+from .slm import integer_pitch_ratio
+
+__all__ = ["Sensor", "IntensityError"]
+
+
+class IntensityError(UnitsError):
+    """An intensity is negative or complex (it must be a non-negative real power or count)."""
+
+
+def _nonneg(name: str, x, unit: str) -> float:
+    v = _validate.finite_scalar(name, x, unit=unit)
+    if v < 0:
+        raise UnitsError(f"{name} = {v!r} {unit} must be >= 0")
+    return v
+
+
+class Sensor(nn.Module):
+    """Linear camera model (EMVA 1288) with pixel binning, photon budget, noise, saturation, ADC.
+
+    Parameters
+    ----------
+    pitch_m, grid_pitch_m
+        Camera pixel pitch and simulation grid pitch (m). With ``pitch_m`` set, ``grid_pitch_m``
+        is required and ``pitch_m/grid_pitch_m`` must be an integer within 1e-6 relative
+        (:class:`~optics.slm.PitchRatioError` otherwise). ``pitch_m=None``: one sample per pixel.
+    quantum_efficiency
+        ``QE`` in ``(0, 1]``.
+    mean_photons
+        Photon budget per camera pixel per frame (mean over the frame), or ``None`` (input in
+        photons per pixel).
+    read_noise_e
+        Read noise std ``σ_r`` in electrons, ``>= 0``.
+    dark_current_e_per_s, exposure_s
+        Dark current ``D`` (e⁻/s, ``>= 0``) and exposure ``t`` (s, ``> 0``); dark electrons
+        ``D·t`` per pixel.
+    gain_e_per_dn, offset_dn
+        ADC gain ``K`` (e⁻ per DN, ``> 0``) and offset (DN, finite).
+    bit_depth
+        ADC bits (1 … 32) or ``None`` (no clamp).
+    full_well_e
+        Full-well capacity (e⁻, ``> 0``) or ``None`` (no saturation).
+    noise
+        ``False``: ``forward`` returns :meth:`expected_dn`.
+    """
+
+    def __init__(self, *, pitch_m: Optional[float] = None, grid_pitch_m: Optional[float] = None,
+                 quantum_efficiency: float = 1.0, mean_photons: Optional[float] = None,
+                 read_noise_e: float = 0.0, dark_current_e_per_s: float = 0.0,
+                 exposure_s: float = 1e-3, gain_e_per_dn: float = 1.0, offset_dn: float = 0.0,
+                 bit_depth: Optional[int] = None, full_well_e: Optional[float] = None,
+                 noise: bool = True):
+        super().__init__()
+        if pitch_m is not None:
+            if grid_pitch_m is None:
+                raise UnitsError(
+                    f"pitch_m = {pitch_m!r} m needs grid_pitch_m (the simulation pitch) to work out the "
+                    f"pixel binning; pass grid_pitch_m= or leave pitch_m=None for one sample per pixel"
+                )
+            self.binning = integer_pitch_ratio(
+                "pitch_m", pitch_m, "grid_pitch_m", grid_pitch_m,
+                fix="choose grid_pitch_m = pitch_m / n for an integer n, or resample the field",
+            )
+            self.pitch_m: Optional[float] = float(pitch_m)
+            self.grid_pitch_m: Optional[float] = float(grid_pitch_m)
+        else:
+            self.binning = 1
+            self.pitch_m = None
+            self.grid_pitch_m = None if grid_pitch_m is None else _validate.pitch("grid_pitch_m", grid_pitch_m)
+        qe = _validate.positive("quantum_efficiency", quantum_efficiency, unit="e⁻/photon")
+        if qe > 1.0:
+            raise UnitsError(
+                f"quantum_efficiency = {qe!r} exceeds 1; it is a fraction of photons converted "
+                f"(a 70 % QE is 0.7)"
+            )
+        self.quantum_efficiency = qe
+        self.mean_photons = (None if mean_photons is None
+                             else _validate.positive("mean_photons", mean_photons, unit="photons/pixel"))
+        self.read_noise_e = _nonneg("read_noise_e", read_noise_e, "e⁻ rms")
+        self.dark_current_e_per_s = _nonneg("dark_current_e_per_s", dark_current_e_per_s, "e⁻/s")
+        self.exposure_s = _validate.positive("exposure_s", exposure_s, unit="s")
+        self.gain_e_per_dn = _validate.positive("gain_e_per_dn", gain_e_per_dn, unit="e⁻/DN")
+        self.offset_dn = _validate.finite_scalar("offset_dn", offset_dn, unit="DN")
+        if bit_depth is not None:
+            if isinstance(bit_depth, bool) or not isinstance(bit_depth, (int, np.integer)) or not 1 <= int(bit_depth) <= 32:
+                raise UnitsError(f"bit_depth must be an int in 1 … 32 or None, got {bit_depth!r} (cameras are 8–16 bit)")
+            bit_depth = int(bit_depth)
+        self.bit_depth = bit_depth
+        self.full_well_e = (None if full_well_e is None
+                            else _validate.positive("full_well_e", full_well_e, unit="e⁻"))
+        self.noise = bool(noise)
+
+    # -- derived --------------------------------------------------------------------------------
+    @property
+    def dark_e(self) -> float:
+        """Dark electrons per pixel per exposure ``D·t``."""
+        return self.dark_current_e_per_s * self.exposure_s
+
+    @property
+    def max_dn(self) -> Optional[int]:
+        return None if self.bit_depth is None else 2 ** self.bit_depth - 1
+
+    # -- checks ---------------------------------------------------------------------------------
+    def _check_intensity(self, intensity: torch.Tensor) -> torch.Tensor:
+        if not isinstance(intensity, torch.Tensor):
+            intensity = torch.as_tensor(intensity)
+        if intensity.is_complex():
+            raise IntensityError(
+                f"intensity must be real, got {intensity.dtype}; pass |u|² (u.abs()**2), not the field"
+            )
+        if not intensity.is_floating_point():
+            intensity = intensity.to(torch.float32)
+        _validate.field_2d("intensity", intensity)
+        mn = float(intensity.detach().min()) if intensity.numel() else 0.0
+        if mn < 0:
+            raise IntensityError(
+                f"intensity has negative values (min {mn!r}); an intensity (photons or W/m²) is >= 0 — "
+                f"pass |u|², or clamp numerical noise with intensity.clamp_min(0)"
+            )
+        return intensity
+
+    # -- steps ----------------------------------------------------------------------------------
+    def bin(self, intensity: torch.Tensor) -> torch.Tensor:
+        """Sum over ``bin × bin`` blocks of the last two axes (total conserved)."""
+        intensity = self._check_intensity(intensity)
+        b = self.binning
+        if b == 1:
+            return intensity
+        h, w = intensity.shape[-2:]
+        if h % b or w % b:
+            raise ShapeError(
+                f"intensity frame {h}×{w} is not divisible by the pixel binning {b} "
+                f"(pitch_m/grid_pitch_m); crop or pad the field to a multiple of {b}"
+            )
+        y = intensity.reshape(intensity.shape[:-2] + (h // b, b, w // b, b))
+        return y.sum(dim=(-3, -1))
+
+    def photons(self, intensity: torch.Tensor) -> torch.Tensor:
+        """Binned photons per camera pixel; scaled to ``mean_photons`` per frame when set.
+
+        An all-zero frame stays zero (no photons to scale).
+        """
+        p = self.bin(intensity)
+        if self.mean_photons is None:
+            return p
+        m = p.mean(dim=(-2, -1), keepdim=True)
+        pos = m > 0
+        scale = torch.where(pos, self.mean_photons / torch.where(pos, m, torch.ones_like(m)),
+                            torch.zeros_like(m))
+        return p * scale
+
+    def mean_electrons(self, intensity: torch.Tensor) -> torch.Tensor:
+        """``μ_e = QE·p + D·t`` (before saturation)."""
+        return self.quantum_efficiency * self.photons(intensity) + self.dark_e
+
+    def _saturate(self, e: torch.Tensor) -> torch.Tensor:
+        if self.full_well_e is None:
+            return e
+        return e.clamp(max=self.full_well_e)
+
+    def _adc_clamp(self, dn: torch.Tensor) -> torch.Tensor:
+        if self.bit_depth is None:
+            return dn
+        return dn.clamp(0.0, float(self.max_dn))
+
+    def expected_dn(self, intensity: torch.Tensor) -> torch.Tensor:
+        """Noiseless ``min(μ_e, full_well)/K + offset``, clamped to the ADC range (no rounding)."""
+        e = self._saturate(self.mean_electrons(intensity))
+        return self._adc_clamp(e / self.gain_e_per_dn + self.offset_dn)
+
+    def dn_to_photons(self, dn: torch.Tensor) -> torch.Tensor:
+        """Inverse of the noiseless affine map: ``p̂ = ((DN − offset)·K − D·t)/QE``.
+
+        Photons per (binned) camera pixel in the scaled budget; saturation and clamping are not
+        undone.
+        """
+        dn = torch.as_tensor(dn)
+        if not dn.is_floating_point():
+            dn = dn.to(torch.float32)
+        _validate.finite_tensor("dn", dn)
+        return ((dn - self.offset_dn) * self.gain_e_per_dn - self.dark_e) / self.quantum_efficiency
+
+    # -- sampling -------------------------------------------------------------------------------
+    def sample(self, intensity: torch.Tensor, *, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Exact noisy DN: Poisson shot + dark noise, Gaussian read noise, saturation, rounding,
+        clamp. Not differentiable (computed under ``torch.no_grad``)."""
+        with torch.no_grad():
+            mu = self.mean_electrons(intensity.detach() if isinstance(intensity, torch.Tensor) else intensity)
+            e = torch.poisson(mu, generator=generator)
+            if self.read_noise_e > 0:
+                e = e + self.read_noise_e * torch.randn(mu.shape, generator=generator, dtype=mu.dtype,
+                                                        device=mu.device)
+            e = self._saturate(e)
+            dn = torch.round(e / self.gain_e_per_dn + self.offset_dn)
+            return self._adc_clamp(dn)
+
+    def sample_differentiable(self, intensity: torch.Tensor, *, generator: Optional[torch.Generator] = None,
+                              rounding: bool = True) -> torch.Tensor:
+        """Reparametrised Gaussian approximation ``e = μ_e + sqrt(μ_e + σ_r²)·ε``, saturation,
+        ``DN = e/K + offset`` rounded straight-through (``rounding=True``) and clamped.
+
+        Mean ``μ_e/K + offset`` and variance ``(μ_e + σ_r²)/K² (+ 1/12 with rounding)`` match
+        the exact path to second order. ``ε`` comes from ``generator``; re-create a seeded
+        generator per call to freeze it (e.g. for ``gradcheck``).
+        """
+        mu = self.mean_electrons(intensity)
+        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+        var = mu + self.read_noise_e ** 2
+        std = torch.sqrt(var.clamp_min(torch.finfo(mu.dtype).tiny))
+        e = self._saturate(mu + std * eps)
+        dn = e / self.gain_e_per_dn + self.offset_dn
+        if rounding:
+            dn = dn + (torch.round(dn) - dn).detach()
+        return self._adc_clamp(dn)
+
+    def forward(self, intensity: torch.Tensor, *, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Noisy DN: differentiable path in training mode, exact in eval; ``noise=False`` →
+        :meth:`expected_dn`."""
+        if not self.noise:
+            return self.expected_dn(intensity)
+        if self.training:
+            return self.sample_differentiable(intensity, generator=generator)
+        return self.sample(intensity, generator=generator)
+
+    def extra_repr(self) -> str:
+        return (f"binning={self.binning}, QE={self.quantum_efficiency}, mean_photons={self.mean_photons}, "
+                f"read_noise_e={self.read_noise_e}, dark_e={self.dark_e:g}, gain_e_per_dn={self.gain_e_per_dn}, "
+                f"offset_dn={self.offset_dn}, bit_depth={self.bit_depth}, full_well_e={self.full_well_e}, "
+                f"noise={self.noise}")

@@ -1,0 +1,399 @@
+"""Propagation tested against physics: Airy, sinc², Fresnel integrals, Gaussian beams, Talbot,
+Parseval, reversibility, sign conventions, adjointness, gradients and every promised error."""
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import fresnel, j1, sici
+
+import optics
+from optics import propagation as P
+from optics.grid import Grid, coords
+
+LAM = 500e-9
+
+
+def _coverage_disk(n, radius_px, ss=16):
+    """Area-weighted (anti-aliased) disk: each sample holds the covered fraction of its pixel."""
+    o = (torch.arange(ss, dtype=torch.float64) + 0.5) / ss - 0.5
+    j = torch.arange(n, dtype=torch.float64) - n // 2
+    rows = []
+    for c in torch.split(j, 128):  # keep memory small
+        yy = c[:, None, None, None] + o[None, None, :, None]
+        xx = j[None, :, None, None] + o[None, None, None, :]
+        rows.append(((yy ** 2 + xx ** 2) <= radius_px ** 2).double().mean((-1, -2)))
+    return torch.cat(rows)
+
+
+def test_fraunhofer_circular_aperture_matches_airy():
+    # 1024², radius 48 samples, area-weighted edges. The residual is the pixel-integration
+    # envelope sinc²(f·dx) (≈6e-5 at the first ring), hence the 1e-4 tolerance.
+    n, dx, z = 1024, 1e-6, 1.0
+    a_px = 48
+    u = _coverage_disk(n, a_px).to(torch.complex128)
+    U, p_out = optics.fraunhofer(u, pitch_m=dx, wavelength_m=LAM, z_m=z)
+    assert p_out == pytest.approx(LAM * z / (n * dx), rel=1e-12)
+    inten = (U.abs() ** 2).numpy()
+    inten /= inten.max()
+    yo = coords(n, p_out).numpy()
+    r = np.hypot(yo[:, None], yo[None, :])
+    v = 2 * np.pi * a_px * dx * r / (LAM * z)
+    v[v == 0] = 1e-12
+    airy = (2 * j1(v) / v) ** 2
+    assert np.abs(inten - airy).max() < 1e-4
+    # peak value: |U(0)| = area/(λz) exactly (Goodman 4-25 on axis)
+    area = float(u.real.sum()) * dx * dx
+    assert float(U.abs().max()) == pytest.approx(area / (LAM * z), rel=1e-12)
+
+
+def test_fraunhofer_rectangle_matches_sinc_squared():
+    # A w_y × w_x rectangle of point samples. Its far field is the continuous sinc²(w x'/(λz))
+    # up to the sampling factor [πu/sin(πu)]², u = x'·dx/(λz) (the DTFT of K samples is the
+    # Dirichlet kernel sin(πKu)/(K sin πu)): exact against that, and within 2e-3 of plain sinc².
+    n, dx, z = 512, 2e-6, 0.5
+    ky, kx = 24, 32
+    u = torch.zeros(n, n, dtype=torch.complex128)
+    u[n // 2 - ky // 2: n // 2 + ky // 2, n // 2 - kx // 2: n // 2 + kx // 2] = 1
+    U, p_out = optics.fraunhofer(u, pitch_m=dx, wavelength_m=LAM, z_m=z)
+    inten = (U.abs() ** 2).numpy()
+    inten /= inten.max()
+    f = coords(n, p_out).numpy() / (LAM * z)
+    sinc2 = np.outer(np.sinc(ky * dx * f) ** 2, np.sinc(kx * dx * f) ** 2)
+    dirichlet = sinc2 / np.outer(np.sinc(dx * f) ** 2, np.sinc(dx * f) ** 2)
+    assert np.abs(inten - dirichlet).max() < 1e-12
+    assert np.abs(inten - sinc2).max() < 2e-3
+    # and the first zero along x is where sinc² puts it: x' = λz/w_x
+    row = inten[n // 2]
+    j0 = n // 2 + int(round(LAM * z / (kx * dx) / p_out))
+    assert row[j0] < 1e-20
+
+
+# ---- square aperture vs Fresnel integrals ------------------------------------------------
+N_FR, DX_FR = 512, 4e-6
+ZC = N_FR * DX_FR ** 2 / LAM  # critical distance N·dx²/λ
+
+
+def _bandlimited_rect(x, half):
+    """Samples of rect(x/2a) low-passed at the grid's Nyquist frequency:
+    [Si(π(x+a)/dx) − Si(π(x−a)/dx)]/π. A sampled field represents a band-limited function; a
+    hard-edged rect would add aliasing that is no fault of the propagator."""
+    return (sici(np.pi * (x + half) / DX_FR)[0] - sici(np.pi * (x - half) / DX_FR)[0]) / np.pi
+
+
+def _fresnel_square(x, y, half, z):
+    """Goodman eq. 4-28 (unit plane wave, square of half-width a), in the e^{-iωt} convention."""
+    s = math.sqrt(2 / (LAM * z))
+
+    def F(t):
+        S2, C2 = fresnel(s * (half - t))
+        S1, C1 = fresnel(-s * (half + t))
+        return (C2 - C1) + 1j * (S2 - S1)
+
+    return np.outer(F(y), F(x)) / 2j * np.exp(1j * 2 * np.pi / LAM * z)
+
+
+@pytest.mark.parametrize("factor, width_px, methods", [
+    (0.2, 40, ["fresnel-tf", "asm"]),
+    (1.0, 128, ["fresnel-tf", "asm"]),
+    (5.0, 128, ["fresnel-ir", "fresnel-1fft", "asm"]),
+])
+def test_square_aperture_matches_fresnel_integrals(factor, width_px, methods):
+    z = factor * ZC
+    half = width_px * DX_FR / 2
+    x_in = coords(N_FR, DX_FR).numpy()
+    a = _bandlimited_rect(x_in, half)
+    u = torch.tensor(np.outer(a, a), dtype=torch.complex128)
+    for method in methods:
+        out = optics.propagate(u, pitch_m=DX_FR, wavelength_m=LAM, z_m=z, method=method)
+        assert out.method == method
+        xo = coords(N_FR, out.pitch_m).numpy()
+        ref = _fresnel_square(xo, xo, half, z)
+        # Compare where the continuous field is representable on the input grid: edge waves
+        # reaching x have local frequency |x ± a|/(λz), which must stay below 1/(2dx).
+        ok = np.abs(xo) + half <= LAM * z / (2 * DX_FR)
+        region = np.outer(ok, ok)
+        assert region.sum() >= 1500
+        err = np.abs(np.abs(out.field.numpy()) - np.abs(ref))[region].max() / np.abs(ref).max()
+        assert err < 1e-2, (method, factor, err)
+
+
+def test_fresnel_ir_far_regime_is_accurate_on_the_whole_window():
+    # at 5 z_c the impulse-response method is essentially exact: 1e-4 over every sample
+    z = 5 * ZC
+    half = 64 * DX_FR
+    x_in = coords(N_FR, DX_FR).numpy()
+    a = _bandlimited_rect(x_in, half)
+    u = torch.tensor(np.outer(a, a), dtype=torch.complex128)
+    U = optics.fresnel_ir(u, pitch_m=DX_FR, wavelength_m=LAM, z_m=z).numpy()
+    ref = _fresnel_square(x_in, x_in, half, z)
+    assert np.abs(U - ref).max() / np.abs(ref).max() < 1e-4
+
+
+# ---- Gaussian beam --------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["asm", "fresnel-tf"])
+def test_gaussian_beam_width_and_gouy_phase(method):
+    n, dx, w0 = 256, 4e-6, 20e-6
+    zr = math.pi * w0 ** 2 / LAM
+    u0 = P.gaussian_beam((n, n), pitch_m=dx, waist_m=w0)
+    for z in (0.5 * zr, zr, 2 * zr):
+        U = optics.propagate(u0, pitch_m=dx, wavelength_m=LAM, z_m=z, method=method).field
+        ref = P.gaussian_beam((n, n), pitch_m=dx, waist_m=w0, wavelength_m=LAM, z_m=z)
+        assert float((U - ref).abs().max()) < 2e-3  # paraxial beam, θ0 = λ/(πw0) = 0.008 rad
+        # w(z) from the second moment: <x²> = w²/4 for |u|² ∝ exp(-2x²/w²)
+        inten = U.abs() ** 2
+        x = coords(n, dx)
+        w_meas = 2 * torch.sqrt((inten.sum(0) * x ** 2).sum() / inten.sum())
+        assert float(w_meas) == pytest.approx(w0 * math.sqrt(1 + (z / zr) ** 2), rel=1e-3)
+        # Gouy phase on axis: arg(U(0) e^{-ikz}) = -atan(z/zR)
+        on_axis = U[n // 2, n // 2] * np.exp(-1j * 2 * math.pi / LAM * z)
+        assert float(torch.angle(on_axis)) == pytest.approx(-math.atan(z / zr), abs=1e-3)
+
+
+def test_talbot_self_imaging_of_phase_grating():
+    # periodic field (pad=False), period p = 16 samples; Fresnel self-images at z_T = 2p²/λ and
+    # the half-Talbot image is shifted by p/2. Exact for the Fresnel TF (phase 2πn² at z_T).
+    n, dx = 256, 4e-6
+    p = 8 * dx
+    x = coords(n, dx)
+    phase = 0.8 * torch.sin(2 * math.pi * x / p)
+    u = torch.polar(torch.ones(n, n, dtype=torch.float64), phase[None, :].expand(n, n))
+    zt = 2 * p ** 2 / LAM
+    g = torch.exp(torch.tensor(-1j * 2 * math.pi / LAM * zt, dtype=torch.complex128))
+    ut = optics.fresnel_tf(u, pitch_m=dx, wavelength_m=LAM, z_m=zt, pad=False) * g
+    assert float((ut - u).abs().max()) < 1e-9
+    uh = optics.fresnel_tf(u, pitch_m=dx, wavelength_m=LAM, z_m=zt / 2, pad=False)
+    assert float((uh.abs() - 1).abs().max()) < 1e-9  # half-Talbot of a phase grating: pure phase
+    shifted = torch.roll(u, shifts=4, dims=-1)
+    gh = torch.exp(torch.tensor(-1j * 2 * math.pi / LAM * zt / 2, dtype=torch.complex128))
+    assert float((uh * gh - shifted).abs().max()) < 1e-9
+    # in between, the phase grating becomes an intensity pattern (the test is not vacuous)
+    uq = optics.fresnel_tf(u, pitch_m=dx, wavelength_m=LAM, z_m=zt / 4, pad=False)
+    assert float((uq.abs() ** 2).std()) > 0.2
+    # the non-paraxial ASM self-images to within the paraxial error (λ/p = 0.008)
+    ua = optics.asm(u, pitch_m=dx, wavelength_m=LAM, z_m=zt, pad=False) * g
+    assert float((ua - u).abs().max()) < 2e-2
+
+
+# ---- conservation and reversibility ---------------------------------------------------------
+def _gauss(n=128, dx=2e-6, w=15e-6, dtype=torch.complex128):
+    """A Gaussian beam with a smooth aberration (tilt, defocus, astigmatism): its spectrum
+    stays well inside the band, so nothing is lost to the window or the band edge."""
+    y, x = Grid((n, n), dx).meshgrid()
+    phase = 2 * math.pi * (0.05 * x / dx + 0.3 * (x ** 2 - 0.5 * y ** 2) / w ** 2 + 0.1 * x * y / w ** 2)
+    return torch.polar(torch.exp(-(x ** 2 + y ** 2) / w ** 2), phase).to(dtype)
+
+
+@pytest.mark.parametrize("method", ["asm", "fresnel-tf"])
+def test_parseval_energy_conserved(method):
+    u = _gauss()
+    U = optics.propagate(u, pitch_m=2e-6, wavelength_m=LAM, z_m=200e-6, method=method).field
+    e0, e1 = float((u.abs() ** 2).sum()), float((U.abs() ** 2).sum())
+    assert e1 == pytest.approx(e0, rel=1e-6)
+
+
+def test_fraunhofer_and_1fft_conserve_energy_on_their_grids():
+    u = _gauss(n=64, dx=5e-6, w=40e-6)
+    dx = 5e-6
+    for fn, z in ((optics.fraunhofer, 0.2), (optics.fresnel_1fft, 0.2)):
+        U, p = fn(u, pitch_m=dx, wavelength_m=LAM, z_m=z)
+        lhs = float((U.abs() ** 2).sum()) * p ** 2
+        assert lhs == pytest.approx(float((u.abs() ** 2).sum()) * dx ** 2, rel=1e-9)
+
+
+@pytest.mark.parametrize("method", ["asm", "fresnel-tf", "fresnel-ir"])
+def test_forward_then_backward_is_identity(method):
+    u = _gauss()
+    kw = dict(pitch_m=2e-6, wavelength_m=LAM, method=method)
+    z = 300e-6
+    if method == "fresnel-ir":  # meant for |z| >= N·dx²/λ = 1.02 mm here; a wide, slow beam
+        y, x = Grid((128, 128), 2e-6).meshgrid()
+        u = torch.exp(-(x ** 2 + y ** 2) / (40e-6) ** 2).to(torch.complex128)
+        z = 2.05e-3
+    U = optics.propagate(u, z_m=z, **kw).field
+    back = optics.propagate(U, z_m=-z, **kw).field
+    tol = 1e-5 if method != "fresnel-ir" else 1e-3  # IR: the sampled, windowed kernel is not unitary
+    assert float((back - u).abs().max()) / float(u.abs().max()) < tol
+    if method != "fresnel-ir":  # periodic model: H(-z)·H(z) = 1 exactly
+        kw["pad"] = False
+        U = optics.propagate(u, z_m=z, **kw).field
+        back = optics.propagate(U, z_m=-z, **kw).field
+        assert float((back - u).abs().max()) < 1e-12
+
+
+def test_tilted_plane_wave_moves_the_documented_way():
+    # e^{+i2π f0 x} travels towards +x: after z the beam centre is at z·tanθ, sinθ = λ f0;
+    # its far-field spot is at x' = +λ z f0.
+    n, dx = 256, 1e-6
+    f0 = 1 / (16 * dx)
+    y, x = Grid((n, n), dx).meshgrid()
+    u = torch.polar(torch.exp(-(x ** 2 + y ** 2) / (20e-6) ** 2), 2 * math.pi * f0 * x).to(torch.complex128)
+    z = 400e-6
+    U = optics.asm(u, pitch_m=dx, wavelength_m=LAM, z_m=z)
+    inten = U.abs() ** 2
+    xc = float((inten * x).sum() / inten.sum())
+    s = LAM * f0
+    assert xc == pytest.approx(z * s / math.sqrt(1 - s * s), rel=2e-3)
+    assert xc > 0
+    V, p = optics.fraunhofer(u, pitch_m=dx, wavelength_m=LAM, z_m=0.1)
+    jy, jx = np.unravel_index(int(V.abs().argmax()), V.shape)
+    assert (jx - n // 2) * p == pytest.approx(LAM * 0.1 * f0, rel=1e-9)
+    assert jy == n // 2
+
+
+# ---- adjoints and gradients --------------------------------------------------------------
+ADJ_CASES = [
+    ("fraunhofer", dict(z_m=0.05)),
+    ("fresnel-1fft", dict(z_m=0.05)),
+    ("fresnel-tf", dict(z_m=2e-4)),
+    ("fresnel-ir", dict(z_m=0.05)),
+    ("asm", dict(z_m=2e-4)),
+    ("asm", dict(z_m=2e-4, evanescent="decay", band_limit=False, allow_aliasing=True)),
+    ("asm", dict(z_m=2e-4, pad=False)),
+]
+
+
+@pytest.mark.parametrize("method, kw", ADJ_CASES)
+def test_adjointness(method, kw):
+    g = torch.Generator().manual_seed(1)
+    shape = (3, 40, 48)
+    x = torch.randn(shape, dtype=torch.complex128, generator=g)
+    y = torch.randn(shape, dtype=torch.complex128, generator=g)
+    opts = dict(pitch_m=3e-6, wavelength_m=LAM, method=method, **kw)
+    err = optics.cdp.adjointness_error(lambda v: optics.propagate(v, **opts).field,
+                                       lambda v: optics.propagate_adjoint(v, **opts), x, y)
+    assert err <= 1e-5
+
+
+@pytest.mark.parametrize("method, z", [("fraunhofer", 0.05), ("fresnel-tf", 2e-4), ("asm", 2e-4),
+                                       ("fresnel-ir", 0.05), ("fresnel-1fft", 0.05)])
+def test_gradcheck_through_propagators(method, z):
+    g = torch.Generator().manual_seed(2)
+    u = torch.randn(2, 6, 6, dtype=torch.complex128, generator=g, requires_grad=True)
+
+    def f(v):
+        return optics.propagate(v, pitch_m=3e-6, wavelength_m=LAM, z_m=z, method=method,
+                                ).field.abs() ** 2
+
+    assert torch.autograd.gradcheck(f, (u,), eps=1e-6, atol=1e-6)
+
+
+def test_gradient_with_respect_to_distance():
+    # a learnable distance (calibration) gets gradients; the kernel is rebuilt, not cached
+    u = _gauss(n=32, dx=2e-6, w=8e-6)
+    z = torch.tensor(100e-6, dtype=torch.float64, requires_grad=True)
+    opts = dict(pitch_m=2e-6, wavelength_m=LAM)
+
+    def f(zz):
+        return (optics.asm(u, z_m=zz * 1e-4, **opts).abs() ** 2 * torch.linspace(0, 1, 32)).sum()
+
+    zz = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(f, (zz,), eps=1e-6, atol=1e-7)
+    U = optics.asm(u, z_m=z, **opts)
+    (U.abs() ** 2 * torch.linspace(0, 1, 32)).sum().backward()
+    assert z.grad is not None and torch.isfinite(z.grad)
+
+
+# ---- dtypes, batching, caching, padding -----------------------------------------------------
+def test_batched_complex64_matches_per_item():
+    u = _gauss(dtype=torch.complex64)[None].repeat(3, 1, 1)
+    u[1] *= 2
+    out = optics.asm(u, pitch_m=2e-6, wavelength_m=LAM, z_m=1e-4)
+    assert out.dtype == torch.complex64
+    single = optics.asm(u[1], pitch_m=2e-6, wavelength_m=LAM, z_m=1e-4)
+    assert torch.allclose(out[1], single, atol=1e-6)
+    real_in = optics.asm(u.real.float(), pitch_m=2e-6, wavelength_m=LAM, z_m=1e-4)
+    assert real_in.dtype == torch.complex64
+
+
+def test_transfer_functions_are_cached():
+    P.clear_kernel_cache()
+    u = _gauss(n=64)
+    a = optics.asm(u, pitch_m=2e-6, wavelength_m=LAM, z_m=1e-4)
+    info1 = P.kernel_cache_info()
+    b = optics.asm(u, pitch_m=2e-6, wavelength_m=LAM, z_m=1e-4)
+    info2 = P.kernel_cache_info()
+    assert info1["misses"] == 1 and info2["misses"] == 1 and info2["hits"] == info1["hits"] + 1
+    assert torch.equal(a, b)
+
+
+def test_padding_is_sized_to_the_kernel_not_blanket():
+    # spread of the highest sampled angle: |z|·tanθ with sinθ = λ/(2dx) → ~5 samples here
+    n, dx, z = 256, 4e-6, 300e-6
+    m = P.padded_shape((n, n), pitch_m=dx, wavelength_m=LAM, z_m=z, method="asm")
+    s = LAM / (2 * dx)
+    spread = z * s / math.sqrt(1 - s * s) / dx
+    assert n + spread <= m[0] < n + spread + 16  # rounded up to a fast FFT size
+    # far propagation is capped at 2N (then the band limit takes over)
+    m_far = P.padded_shape((n, n), pitch_m=dx, wavelength_m=LAM, z_m=1.0, method="asm")
+    assert m_far == (2 * n, 2 * n)
+    assert P.padded_shape((n, n), pitch_m=dx, wavelength_m=LAM, z_m=z, method="asm", pad=False) == (n, n)
+
+
+def test_auto_picks_by_critical_distance_and_says_so(caplog):
+    n, dx = 64, 4e-6
+    zc = n * dx * dx / LAM
+    u = _gauss(n=n, dx=dx, w=30e-6)
+    with caplog.at_level(logging.INFO, logger="optics.propagation"):
+        near = optics.propagate(u, pitch_m=dx, wavelength_m=LAM, z_m=0.5 * zc)
+        far = optics.propagate(u, pitch_m=dx, wavelength_m=LAM, z_m=4 * zc)
+    assert near.method == "asm" and far.method == "fresnel-ir"
+    assert "asm" in caplog.text and "fresnel-ir" in caplog.text and "critical distance" in caplog.text
+    field, pitch = near  # unpacks as (field, pitch)
+    assert pitch == dx and field.shape == u.shape
+
+
+def test_evanescent_waves_never_nan():
+    # pitch below λ/2: part of the grid's spectrum is evanescent
+    u = torch.randn(32, 32, dtype=torch.complex128, generator=torch.Generator().manual_seed(0))
+    for ev in ("drop", "decay"):
+        out = optics.asm(u, pitch_m=100e-9, wavelength_m=LAM, z_m=1e-6, evanescent=ev)
+        assert torch.isfinite(out).all()
+    # decayed components carry energy exp(-2κz) < 1; dropping loses more
+    e_drop = float((optics.asm(u, pitch_m=100e-9, wavelength_m=LAM, z_m=50e-9, evanescent="drop").abs() ** 2).sum())
+    e_dec = float((optics.asm(u, pitch_m=100e-9, wavelength_m=LAM, z_m=50e-9, evanescent="decay").abs() ** 2).sum())
+    assert e_drop < e_dec < float((u.abs() ** 2).sum())
+
+
+# ---- errors --------------------------------------------------------------------------------
+def test_bad_physical_inputs_raise_clear_errors():
+    u = torch.ones(16, 16, dtype=torch.complex64)
+    with pytest.raises(optics.UnitsError, match="wavelength_m must be a finite positive"):
+        optics.propagate(u, pitch_m=1e-6, wavelength_m=-5e-7, z_m=1e-3, method="asm")
+    with pytest.raises(optics.UnitsError, match="633e-9"):
+        optics.propagate(u, pitch_m=1e-6, wavelength_m=633, z_m=1e-3, method="asm")
+    with pytest.raises(optics.UnitsError, match="pitch_m must be a finite positive"):
+        optics.propagate(u, pitch_m=0.0, wavelength_m=5e-7, z_m=1e-3, method="asm")
+    with pytest.raises(optics.UnitsError, match="z_m must be a positive distance"):
+        optics.fraunhofer(u, pitch_m=1e-6, wavelength_m=5e-7, z_m=-1.0)
+    with pytest.raises(optics.UnitsError, match="z_m must be finite"):
+        optics.asm(u, pitch_m=1e-6, wavelength_m=5e-7, z_m=float("nan"))
+    bad = u.clone()
+    bad[3, 4] = float("nan")
+    with pytest.raises(optics.NonFiniteError, match="NaN/inf"):
+        optics.asm(bad, pitch_m=1e-6, wavelength_m=5e-7, z_m=1e-4)
+    with pytest.raises(optics.ShapeError, match=r"\(\.\.\., H, W\)"):
+        optics.asm(torch.ones(16, dtype=torch.complex64), pitch_m=1e-6, wavelength_m=5e-7, z_m=1e-4)
+    with pytest.raises(optics.OpticsError, match="method must be one of"):
+        optics.propagate(u, pitch_m=1e-6, wavelength_m=5e-7, z_m=1e-3, method="rayleigh")
+
+
+def test_aliasing_sampling_errors_name_criterion_and_fix():
+    n, dx = 64, 4e-6
+    zc = n * dx * dx / LAM
+    u = _gauss(n=n, dx=dx, w=30e-6)
+    kw = dict(pitch_m=dx, wavelength_m=LAM)
+    with pytest.raises(optics.SamplingError, match=r"Fresnel transfer function aliases.*M·pitch²/λ.*fresnel-ir"):
+        optics.fresnel_tf(u, z_m=5 * zc, **kw)
+    with pytest.raises(optics.SamplingError, match=r"impulse response aliases.*N·pitch²/λ.*fresnel-tf"):
+        optics.fresnel_ir(u, z_m=0.2 * zc, **kw)
+    with pytest.raises(optics.SamplingError, match=r"single-FFT Fresnel input chirp aliases"):
+        optics.fresnel_1fft(u, z_m=0.2 * zc, **kw)
+    with pytest.raises(optics.SamplingError, match=r"angular-spectrum transfer function aliases.*band_limit=True"):
+        optics.asm(u, z_m=5 * zc, band_limit=False, **kw)
+    # the explicit flag proceeds anyway
+    out = optics.fresnel_tf(u, z_m=5 * zc, allow_aliasing=True, **kw)
+    assert torch.isfinite(out).all()
+    # the band-limited ASM is valid at any distance
+    assert torch.isfinite(optics.asm(u, z_m=5 * zc, **kw)).all()
