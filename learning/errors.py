@@ -15,6 +15,7 @@ Hierarchy::
     ├── ResumeMismatchError         an interrupted ``.tmp`` file does not match the new request
     ├── ShardError                  sharding arguments or shard files are inconsistent
     └── DatasetFormatError          a CDP dataset file is not what the format promises
+        ├── DatasetNotFoundError    the file does not exist (also FileNotFoundError)
         ├── DatasetVersionError     ``format_version`` missing or not the one this code reads
         └── DatasetIncompleteError  ``complete`` is not True (interrupted run)
 """
@@ -57,6 +58,10 @@ class DatasetFormatError(LearningError):
     """A CDP dataset file is not HDF5, or lacks / malforms a dataset or attribute of the format."""
 
 
+class DatasetNotFoundError(DatasetFormatError, FileNotFoundError):
+    """The dataset file does not exist."""
+
+
 class DatasetVersionError(DatasetFormatError):
     """The file's ``format_version`` is missing or is not the one this code reads."""
 
@@ -68,5 +73,5 @@ class DatasetIncompleteError(DatasetFormatError):
 __all__ = [
     "LearningError", "ImageSourceError", "EncodingError", "ParamsError",
     "SimulationOutputError", "DatasetExistsError", "ResumeMismatchError", "ShardError",
-    "DatasetFormatError", "DatasetVersionError", "DatasetIncompleteError",
+    "DatasetFormatError", "DatasetNotFoundError", "DatasetVersionError", "DatasetIncompleteError",
 ]

@@ -46,7 +46,7 @@ import torch
 
 from . import _validate
 from .errors import OpticsError, SamplingError
-from .grid import centered_fft2, coords, fast_size, freqs
+from .grid import coords, fast_size, freqs
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,11 @@ def _apply_tf(u: torch.Tensor, H: torch.Tensor, padded: Tuple[int, int], conj: b
     shift-invariant filter does not care where the window sits in the padded grid."""
     n = u.shape[-2:]
     U = torch.fft.fft2(u, s=padded)
-    U = U * (H.conj() if conj else H)
+    K = H.conj() if conj else H
+    if H.requires_grad:
+        U = U * K
+    else:  # fft2's backward does not need its output, so the product can be in place
+        U.mul_(K)
     out = torch.fft.ifft2(U)
     if tuple(padded) != tuple(n):
         out = out[..., : n[0], : n[1]]
@@ -369,24 +373,32 @@ def _quadratic(n, pitch_yx, lam, z, device):
     return math.pi * r2 / (_f64(lam, device) * _f64(z, device))
 
 
+def _centering(n: int, device) -> torch.Tensor:
+    """``e^{2πi c j/n}``, ``c = n//2``: the DFT with the axis at index ``c`` on both sides is
+    ``C[k] = e^{-2πi c²/n} e^{2πi c k/n} · fft(u · e^{2πi c j/n})[k]`` (the same as
+    ``fftshift(fft(ifftshift(u)))``), so the shifts fold into the cached phase factors."""
+    j = torch.arange(n, dtype=torch.float64, device=device)
+    return torch.polar(torch.ones_like(j), 2 * math.pi * ((n // 2) * j % n) / n)
+
+
 def _ft_factors(n, dx, lam, z, with_input_chirp: bool, dtype, device):
-    """(output factor Q_out · e^{ikz}·dx²/(iλz), input chirp or None)."""
+    """(output factor, input factor): ``fft2(u · input) · output`` is the centred transform
+    times ``e^{ikz}·dx²/(iλz)·exp(iπ|x'|²/(λz))`` (times the input chirp for single-FFT Fresnel)."""
     def build():
         lt, zt = _f64(lam, device), _f64(z, device)
-        lamf, zf = _key(lam), _key(z)
-        pitch_out = (lamf * zf / (n[0] * dx), lamf * zf / (n[1] * dx))
-        phase_out = _quadratic(n, pitch_out, lam, z, device) + 2 * math.pi / lt * zt
-        if _differentiable(lam, z):
-            # the output coordinates scale with λz; keep that dependence for gradients
-            y = (torch.arange(n[0], dtype=torch.float64, device=device) - n[0] // 2) * lt * zt / (n[0] * dx)
-            x = (torch.arange(n[1], dtype=torch.float64, device=device) - n[1] // 2) * lt * zt / (n[1] * dx)
-            phase_out = math.pi * (y[:, None] ** 2 + x[None, :] ** 2) / (lt * zt) + 2 * math.pi / lt * zt
+        # output coordinates x' = (k − n//2)·λz/(n·dx): keep their λz dependence for gradients
+        y = (torch.arange(n[0], dtype=torch.float64, device=device) - n[0] // 2) * lt * zt / (n[0] * dx)
+        x = (torch.arange(n[1], dtype=torch.float64, device=device) - n[1] // 2) * lt * zt / (n[1] * dx)
+        phase_out = math.pi * (y[:, None] ** 2 + x[None, :] ** 2) / (lt * zt) + 2 * math.pi / lt * zt
+        cy, cx = _centering(n[0], device), _centering(n[1], device)
+        c_ph = -2 * math.pi * (((n[0] // 2) ** 2 % n[0]) / n[0] + ((n[1] // 2) ** 2 % n[1]) / n[1])
         out = torch.polar(torch.ones_like(phase_out), phase_out) * (dx * dx / (1j * lt * zt))
-        chirp = None
+        out = out * (cy[:, None] * cx[None, :]) * complex(math.cos(c_ph), math.sin(c_ph))
+        inp = cy[:, None] * cx[None, :]
         if with_input_chirp:
             ph_in = _quadratic(n, (dx, dx), lam, z, device)
-            chirp = torch.polar(torch.ones_like(ph_in), ph_in).to(dtype)
-        return out.to(dtype), chirp
+            inp = inp * torch.polar(torch.ones_like(ph_in), ph_in)
+        return out.to(dtype), inp.to(dtype)
 
     key = ("ft", tuple(n), dx, _key(lam), _key(z), with_input_chirp, dtype, str(device))
     return _cached(key, build, z, lam)
@@ -408,10 +420,16 @@ def _ft_setup(u, pitch_m, wavelength_m, z_m, chirp: bool, allow_aliasing: bool):
     return q_out, q_in, _out_pitch(n, dx, lam, z), dtype
 
 
-def _adjoint_centered_fft2(v: torch.Tensor) -> torch.Tensor:
-    dims = (-2, -1)
+def _ft_apply(u: torch.Tensor, q_out: torch.Tensor, q_in: torch.Tensor) -> torch.Tensor:
+    U = torch.fft.fft2(u * q_in)
+    if q_out.requires_grad:
+        return U * q_out
+    return U.mul_(q_out)  # fft2's backward does not need its output
+
+
+def _ft_apply_adjoint(v: torch.Tensor, q_out: torch.Tensor, q_in: torch.Tensor) -> torch.Tensor:
     h, w = v.shape[-2:]
-    return torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(v, dim=dims)), dim=dims) * (h * w)
+    return torch.fft.ifft2(v * q_out.conj()) * (q_in.conj() * (h * w))  # fft2ᴴ = (h·w)·ifft2
 
 
 def fraunhofer(u: torch.Tensor, *, pitch_m: Scalar, wavelength_m: Scalar, z_m: Scalar):
@@ -422,14 +440,14 @@ def fraunhofer(u: torch.Tensor, *, pitch_m: Scalar, wavelength_m: Scalar, z_m: S
     (a ``(py, px)`` tuple for non-square fields). Energy is conserved:
     ``Σ|U|²·pitch_out² = Σ|u|²·dx²``. Zero-pad the input for finer output sampling.
     """
-    q_out, _, p_out, dtype = _ft_setup(u, pitch_m, wavelength_m, z_m, False, True)
-    return centered_fft2(_validate.as_complex(u).to(dtype)) * q_out, p_out
+    q_out, q_in, p_out, dtype = _ft_setup(u, pitch_m, wavelength_m, z_m, False, True)
+    return _ft_apply(_validate.as_complex(u).to(dtype), q_out, q_in), p_out
 
 
 def fraunhofer_adjoint(v: torch.Tensor, *, pitch_m: Scalar, wavelength_m: Scalar, z_m: Scalar) -> torch.Tensor:
     """Exact adjoint of :func:`fraunhofer`; ``pitch_m`` is the *input-plane* pitch."""
-    q_out, _, _, dtype = _ft_setup(v, pitch_m, wavelength_m, z_m, False, True)
-    return _adjoint_centered_fft2(_validate.as_complex(v).to(dtype) * q_out.conj())
+    q_out, q_in, _, dtype = _ft_setup(v, pitch_m, wavelength_m, z_m, False, True)
+    return _ft_apply_adjoint(_validate.as_complex(v).to(dtype), q_out, q_in)
 
 
 def fresnel_1fft(u: torch.Tensor, *, pitch_m: Scalar, wavelength_m: Scalar, z_m: Scalar,
@@ -441,14 +459,14 @@ def fresnel_1fft(u: torch.Tensor, *, pitch_m: Scalar, wavelength_m: Scalar, z_m:
     ``z >= N·dx²/λ``.
     """
     q_out, q_in, p_out, dtype = _ft_setup(u, pitch_m, wavelength_m, z_m, True, allow_aliasing)
-    return centered_fft2(_validate.as_complex(u).to(dtype) * q_in) * q_out, p_out
+    return _ft_apply(_validate.as_complex(u).to(dtype), q_out, q_in), p_out
 
 
 def fresnel_1fft_adjoint(v: torch.Tensor, *, pitch_m: Scalar, wavelength_m: Scalar, z_m: Scalar,
                          allow_aliasing: bool = False) -> torch.Tensor:
     """Exact adjoint of :func:`fresnel_1fft`; ``pitch_m`` is the *input-plane* pitch."""
     q_out, q_in, _, dtype = _ft_setup(v, pitch_m, wavelength_m, z_m, True, allow_aliasing)
-    return _adjoint_centered_fft2(_validate.as_complex(v).to(dtype) * q_out.conj()) * q_in.conj()
+    return _ft_apply_adjoint(_validate.as_complex(v).to(dtype), q_out, q_in)
 
 
 # --------------------------------------------------------------------------------------------

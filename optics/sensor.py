@@ -37,7 +37,6 @@ a fixed ``ε``.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import numpy as np
@@ -45,7 +44,7 @@ import torch
 from torch import nn
 
 from . import _validate
-from .errors import OpticsError, ShapeError, UnitsError
+from .errors import ShapeError, UnitsError
 from .slm import integer_pitch_ratio
 
 __all__ = ["Sensor", "IntensityError"]

@@ -29,8 +29,9 @@ gradient straight through the rounding (Bengio, Léonard & Courville, arXiv:1308
 """
 from __future__ import annotations
 
+import logging
 import math
-from typing import Optional, Sequence, Union
+from typing import Optional
 
 import numpy as np
 import torch
@@ -44,6 +45,8 @@ __all__ = [
     "PhaseLUT", "SLM", "PitchRatioError", "integer_pitch_ratio", "wrap_phase",
     "gaussian_kernel1d", "gaussian_blur", "QUANTIZATION_MODES",
 ]
+
+log = logging.getLogger(__name__)
 
 TWO_PI = 2.0 * math.pi
 QUANTIZATION_MODES = ("ste", "soft", "exact", "none")
@@ -251,7 +254,7 @@ class PhaseLUT:
 
         ``wrap=None`` uses :attr:`wraps`: wrap-aware distance ``|wrap(θ − φ_k)|`` for a
         circular LUT, plain ``|θ − φ_k|`` otherwise. Ties go to the lower neighbour in phase.
-        Uses a binary search (``O(log N)`` memory per pixel, not ``O(N)``).
+        Uses a binary search: ``O(log N)`` time and ``O(1)`` memory per pixel, not ``O(N)``.
         """
         theta = torch.as_tensor(theta)
         if theta.is_complex():
@@ -398,6 +401,10 @@ class SLM(nn.Module):
                 f"round(sqrt({ff})·{self.upsample}) = 0 samples; refine the simulation grid "
                 f"(smaller sim_pitch_m) or raise fill_factor"
             )
+        eff = self.active_side ** 2 / self.upsample ** 2
+        if abs(eff - ff) > 0.02:
+            log.warning("SLM fill_factor %.4g is represented as %.4g (active square %d of %d samples); "
+                        "refine sim_pitch_m for a closer match", ff, eff, self.active_side, self.upsample)
         self.dead_phase_rad = _validate.finite_scalar("dead_phase_rad", dead_phase_rad, unit="rad")
         sig = _validate.finite_scalar("crosstalk_sigma_m", crosstalk_sigma_m, unit="m")
         if sig < 0:
