@@ -500,10 +500,14 @@ class FolderImageSet(ImageSet):
 
 
 def _read_image_file(f: Path) -> np.ndarray:
+    import warnings
+
     import skimage.io
 
     try:
-        return np.asarray(skimage.io.imread(str(f)))
+        with warnings.catch_warnings():  # imageio probes every plugin (DICOM…) on bad files
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return np.asarray(skimage.io.imread(str(f)))
     except Exception as exc:  # noqa: BLE001 — any decoder failure means "unreadable"
         raise ImageSourceError(
             f"cannot read image file {f}: {type(exc).__name__}: {exc}; remove or re-export the "

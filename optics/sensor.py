@@ -73,8 +73,11 @@ class Sensor(nn.Module):
     quantum_efficiency
         ``QE`` in ``(0, 1]``.
     mean_photons
-        Photon budget per camera pixel per frame (mean over the frame), or ``None`` (input in
-        photons per pixel).
+        Photon budget: mean photons per camera pixel over the last ``budget_dims`` axes (2: each
+        frame; 3: all ``L`` snapshots of one object together, which keeps their relative
+        brightness as a fixed source power does), or ``None`` (input in photons per pixel).
+    budget_dims
+        2 or 3, see ``mean_photons``.
     read_noise_e
         Read noise std ``σ_r`` in electrons, ``>= 0``.
     dark_current_e_per_s, exposure_s
@@ -95,8 +98,11 @@ class Sensor(nn.Module):
                  read_noise_e: float = 0.0, dark_current_e_per_s: float = 0.0,
                  exposure_s: float = 1e-3, gain_e_per_dn: float = 1.0, offset_dn: float = 0.0,
                  bit_depth: Optional[int] = None, full_well_e: Optional[float] = None,
-                 noise: bool = True):
+                 noise: bool = True, budget_dims: int = 2):
         super().__init__()
+        if budget_dims not in (2, 3):
+            raise UnitsError(f"budget_dims must be 2 (per frame) or 3 (per snapshot set), got {budget_dims!r}")
+        self.budget_dims = int(budget_dims)
         if pitch_m is not None:
             if grid_pitch_m is None:
                 raise UnitsError(
@@ -182,14 +188,15 @@ class Sensor(nn.Module):
         return y.sum(dim=(-3, -1))
 
     def photons(self, intensity: torch.Tensor) -> torch.Tensor:
-        """Binned photons per camera pixel; scaled to ``mean_photons`` per frame when set.
-
-        An all-zero frame stays zero (no photons to scale).
+        """Binned photons per camera pixel; scaled to a mean of ``mean_photons`` over the last
+        ``budget_dims`` axes when set. An all-zero frame stays zero (no photons to scale).
         """
         p = self.bin(intensity)
         if self.mean_photons is None:
             return p
-        m = p.mean(dim=(-2, -1), keepdim=True)
+        if p.ndim < self.budget_dims:
+            raise UnitsError(f"budget_dims = {self.budget_dims} but the intensity has shape {tuple(p.shape)}")
+        m = p.mean(dim=tuple(range(-self.budget_dims, 0)), keepdim=True)
         pos = m > 0
         scale = torch.where(pos, self.mean_photons / torch.where(pos, m, torch.ones_like(m)),
                             torch.zeros_like(m))
@@ -272,4 +279,4 @@ class Sensor(nn.Module):
         return (f"binning={self.binning}, QE={self.quantum_efficiency}, mean_photons={self.mean_photons}, "
                 f"read_noise_e={self.read_noise_e}, dark_e={self.dark_e:g}, gain_e_per_dn={self.gain_e_per_dn}, "
                 f"offset_dn={self.offset_dn}, bit_depth={self.bit_depth}, full_well_e={self.full_well_e}, "
-                f"noise={self.noise}")
+                f"noise={self.noise}, budget_dims={self.budget_dims}")

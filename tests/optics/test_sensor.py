@@ -117,6 +117,11 @@ def test_photon_budget_scaling_exact():
     assert torch.allclose(ratio, ratio[:, :1, :1].expand_as(ratio), rtol=1e-13, atol=0)
     # an all-dark frame stays dark instead of dividing by zero
     assert torch.equal(s.photons(torch.zeros(4, 4)), torch.zeros(4, 4))
+    # budget over a set of snapshots: the set's mean is the budget, relative brightness kept
+    s3 = Sensor(mean_photons=123.0, budget_dims=3)
+    p3 = s3.photons(I)
+    assert float(p3.mean()) == pytest.approx(123.0, rel=1e-13)
+    assert torch.allclose(p3 / I, (p3 / I)[0, 0, 0].expand_as(I), rtol=1e-13, atol=0)
 
 
 def test_expected_dn_and_dn_to_photons_round_trip():
