@@ -80,6 +80,7 @@ import glob
 import io
 import math
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -297,12 +298,10 @@ def _params_diff(old: Mapping, new: Mapping, old_name: str, new_name: str) -> li
     a, b = _flatten(old), _flatten(new)
     diffs = []
     for k in sorted(set(a) | set(b)):
-        if k not in a:
-            diffs.append(f"parameter {k}: absent in {old_name}, {b[k]!r} in {new_name}")
-        elif k not in b:
-            diffs.append(f"parameter {k}: {a[k]!r} in {old_name}, absent in {new_name}")
-        elif a[k] != b[k]:
-            diffs.append(f"parameter {k}: {a[k]!r} in {old_name}, {b[k]!r} in {new_name}")
+        va = repr(a[k]) if k in a else "absent"
+        vb = repr(b[k]) if k in b else "absent"
+        if k not in a or k not in b or a[k] != b[k]:
+            diffs.append(f"parameter {k}: {va} ({old_name}) vs {vb} ({new_name})")
     return diffs
 
 
@@ -418,7 +417,7 @@ def _resume_check(f: h5py.File, tmp: Path, *, n, obj_shape, masks, mask_amp, par
 
     def cmp(name, file_value, now_value):
         if file_value != now_value:
-            diffs.append(f"{name}: {file_value!r} in the file, {now_value!r} now")
+            diffs.append(f"{name}: {file_value!r} (the file) vs {now_value!r} (now)")
 
     cmp("format_version", _py(a.get("format_version")), FORMAT_VERSION)
     cmp("seed", _py(a.get("seed")), seed)
@@ -794,6 +793,12 @@ def _resolve_shards(shards) -> list[Path]:
     return paths
 
 
+def _sibling_shard(p: Path, i: int, count: int) -> Path:
+    """The name shard ``i`` would have next to shard file ``p``."""
+    name, k = re.subn(r"\.shard-\d+-of-\d+", f".shard-{i}-of-{count}", p.name)
+    return p.with_name(name) if k else shard_path(p, i, count)
+
+
 def merge_shards(shards, out_path, *, overwrite: bool = False) -> Path:
     """Join complete shard files into one dataset of HDF5 virtual datasets; return its path.
 
@@ -849,7 +854,7 @@ def merge_shards(shards, out_path, *, overwrite: bool = False) -> Path:
         raise ShardError(
             f"shard {i} of {count} (samples {lo}..{hi - 1}) is missing"
             + (f" (and shards {missing[1:]})" if len(missing) > 1 else "")
-            + f": expected a file like {shard_path(out, i, count)}; write it with "
+            + f": expected a file like {_sibling_shard(ref['path'], i, count)}; write it with "
               f"shard=({i}, {count}) and merge again")
 
     tmp = tmp_path(out)

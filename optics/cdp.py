@@ -177,4 +177,4 @@ def adjointness_error(A, A_adjoint, x: torch.Tensor, y: torch.Tensor) -> float:
     aty = A_adjoint(y)
     lhs = torch.vdot(ax.reshape(-1), y.reshape(-1).to(ax.dtype))
     rhs = torch.vdot(x.reshape(-1).to(aty.dtype), aty.reshape(-1))
-    return float((lhs - rhs).abs() / (ax.norm() * y.norm()))
+    return float(((lhs - rhs).abs() / (ax.norm() * y.norm())).detach())

@@ -1,0 +1,75 @@
+"""The one atomic-write helper of phaseforge (lowest layer, so every package can use it).
+
+``with atomic_path(final) as tmp:`` yields ``final + ".tmp"``; the caller writes there and, when
+the block ends without an exception, the file is renamed to ``final`` with ``os.replace`` (atomic
+on POSIX). On an exception the partial file stays as ``*.tmp`` (a resumable run may pick it up;
+nothing at the final name looks complete).
+"""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def tmp_path_for(path: PathLike) -> Path:
+    p = Path(path)
+    return p.with_name(p.name + ".tmp")
+
+
+@contextmanager
+def atomic_path(path: PathLike, *, keep_partial: bool = True) -> Iterator[Path]:
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path_for(final)
+    try:
+        yield tmp
+    except BaseException:
+        if not keep_partial and tmp.exists():
+            tmp.unlink()
+        raise
+    os.replace(tmp, final)
+
+
+def write_json(path: PathLike, obj) -> Path:
+    """Write ``obj`` as indented JSON atomically (NaN/inf written as strings, JSON has none)."""
+    def fix(v):
+        if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+            return str(v)
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [fix(x) for x in v]
+        return v
+
+    with atomic_path(path, keep_partial=False) as tmp:
+        tmp.write_text(json.dumps(fix(obj), indent=2))
+    return Path(path)
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    with atomic_path(path, keep_partial=False) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def save_figure(fig, path: PathLike, **kw) -> Path:
+    """``fig.savefig`` to a temporary name, then rename (format from the final suffix)."""
+    p = Path(path)
+    with atomic_path(p, keep_partial=False) as tmp:
+        fig.savefig(tmp, format=p.suffix.lstrip(".") or "png", **kw)
+    return p
+
+
+def save_npz(path: PathLike, **arrays) -> Path:
+    """``numpy.savez_compressed`` to a temporary name, then rename."""
+    import numpy as np
+
+    with atomic_path(path, keep_partial=False) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+    return Path(path)

@@ -1,0 +1,298 @@
+"""YAML ↔ dataclass configuration, validated on load.
+
+Every key is checked: an unknown key, a missing required key or a value of the wrong type
+raises :class:`ConfigError` naming the key path (``optics.sensor.read_noise_e``) and what was
+expected. ``--set a.b.c=value`` overrides parse their value as YAML. Every command writes the
+fully resolved configuration next to its outputs (:func:`dump`).
+
+The default configuration (:func:`default_config`) is the embedded demo: faces and sample-image
+patches from scikit-image, phase-only objects in [0, π], 4 random phase masks, Fraunhofer
+propagation with 2× oversampling and a shot-noise-limited sensor.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that does not validate; the message names the key path."""
+
+
+@dataclass
+class PropagationConfig:
+    band_limit: bool = True
+    evanescent: str = "drop"
+    pad: bool = True
+    allow_aliasing: bool = False
+
+
+@dataclass
+class OpticsConfig:
+    wavelength_m: float = 633e-9
+    pitch_m: float = 8e-6
+    z_m: float = 0.1
+    method: str = "fraunhofer"
+    oversampling: float = 2.0
+    propagation: PropagationConfig = field(default_factory=PropagationConfig)
+
+
+@dataclass
+class MasksConfig:
+    kind: str = "random_phase"  # random_phase | binary | octanary | file
+    n_masks: int = 4
+    levels: Optional[int] = None  # random_phase: number of equally spaced phase levels
+    seed: int = 0
+    path: Optional[str] = None  # kind=file: .npy of phases (L, h, w) in rad
+
+
+@dataclass
+class LUTConfig:
+    gray: List[float] = field(default_factory=list)
+    phase_rad: List[float] = field(default_factory=list)
+
+
+@dataclass
+class SLMConfig:
+    enabled: bool = False
+    pixel_pitch_m: float = 8e-6
+    fill_factor: float = 1.0
+    dead_phase_rad: float = 0.0
+    crosstalk_sigma_m: float = 0.0
+    bit_depth: int = 8
+    max_phase_rad: float = 2 * math.pi
+    lut: Optional[LUTConfig] = None
+    quantization: str = "exact"
+
+
+@dataclass
+class SensorConfig:
+    enabled: bool = True
+    pitch_m: Optional[float] = None
+    quantum_efficiency: float = 1.0
+    mean_photons: Optional[float] = 1000.0
+    read_noise_e: float = 0.0
+    dark_current_e_per_s: float = 0.0
+    exposure_s: float = 1e-3
+    gain_e_per_dn: float = 1.0
+    offset_dn: float = 0.0
+    bit_depth: Optional[int] = None
+    full_well_e: Optional[float] = None
+
+
+@dataclass
+class DataConfig:
+    source: str = "embedded"  # embedded | a folder | .npy/.npz | .h5 | MNIST IDX file
+    size: int = 32
+    split: str = "train"
+    n: Optional[int] = 64
+    encoding: str = "phase"  # amplitude | phase | complex
+    phase_range_rad: List[float] = field(default_factory=lambda: [0.0, math.pi])
+    resize: str = "resize"  # resize | crop | error
+    h5_dataset: str = "images"
+    npz_key: Optional[str] = None
+
+
+@dataclass
+class SolverConfig:
+    name: str = "wf"  # wf | er | gs | hio | af
+    n_iter: int = 300
+    tol: float = 1e-7
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    optics: OpticsConfig = field(default_factory=OpticsConfig)
+    masks: MasksConfig = field(default_factory=MasksConfig)
+    slm: SLMConfig = field(default_factory=SLMConfig)
+    sensor: SensorConfig = field(default_factory=SensorConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    batch_size: int = 16
+
+    def validate(self) -> "Config":
+        o = self.optics
+        _choice("optics.method", o.method, ("fraunhofer", "fresnel-tf", "fresnel-ir", "fresnel-1fft", "asm", "auto"))
+        _choice("optics.propagation.evanescent", o.propagation.evanescent, ("drop", "decay"))
+        for key, v in (("optics.wavelength_m", o.wavelength_m), ("optics.pitch_m", o.pitch_m)):
+            _positive(key, v)
+        if not (1e-9 <= o.wavelength_m <= 1e-3):
+            raise ConfigError(f"optics.wavelength_m = {o.wavelength_m!r} is not a wavelength in metres (633 nm is 633e-9)")
+        if not math.isfinite(o.z_m) or o.z_m == 0:
+            raise ConfigError(f"optics.z_m must be a finite non-zero distance in metres, got {o.z_m!r}")
+        if o.oversampling < 1:
+            raise ConfigError(f"optics.oversampling must be >= 1, got {o.oversampling!r}")
+        _choice("masks.kind", self.masks.kind, ("random_phase", "binary", "octanary", "file"))
+        if self.masks.n_masks < 1:
+            raise ConfigError(f"masks.n_masks must be >= 1, got {self.masks.n_masks}")
+        if self.masks.kind == "file" and not self.masks.path:
+            raise ConfigError("masks.kind = 'file' needs masks.path (a .npy of phases in rad, shape (L, h, w))")
+        if self.slm.enabled and self.masks.kind == "octanary":
+            raise ConfigError("masks.kind = 'octanary' modulates amplitude, which a phase-only SLM cannot show; "
+                              "use random_phase or binary with slm.enabled, or disable the SLM")
+        _choice("slm.quantization", self.slm.quantization, ("ste", "soft", "exact", "none"))
+        _choice("data.encoding", self.data.encoding, ("amplitude", "phase", "complex"))
+        _choice("data.split", self.data.split, ("train", "val", "test", "all"))
+        _choice("data.resize", self.data.resize, ("resize", "crop", "error"))
+        if self.data.size < 4:
+            raise ConfigError(f"data.size must be >= 4 pixels, got {self.data.size}")
+        if len(self.data.phase_range_rad) != 2:
+            raise ConfigError(f"data.phase_range_rad must be [low, high] in rad, got {self.data.phase_range_rad!r}")
+        _choice("solver.name", self.solver.name, ("wf", "er", "gs", "hio", "af"))
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        return self
+
+
+def _choice(key, value, allowed):
+    if value not in allowed:
+        raise ConfigError(f"{key} = {value!r} is not one of {list(allowed)}")
+
+
+def _positive(key, value):
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ConfigError(f"{key} must be a positive number in SI units, got {value!r}")
+
+
+# ---- generic dataclass <-> dict ----------------------------------------------------------------
+def _convert(tp, value, path: str):
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            if len(args) < len(typing.get_args(tp)):
+                return None
+            raise ConfigError(f"{path} must not be null")
+        return _convert(args[0], value, path)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping of keys, got {type(value).__name__} {value!r}")
+        return from_dict(tp, value, path)
+    if origin in (list, List):
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list, got {value!r}")
+        return [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{path} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 633e-9 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{path} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls, data: dict, path: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{path}.{unknown[0]}" if path else unknown[0]
+        raise ConfigError(f"unknown key {where!r}; known keys here: {sorted(names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = f"{path}.{f.name}" if path else f.name
+        if f.name in data:
+            kwargs[f.name] = _convert(hints[f.name], data[f.name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing required key {key!r}")
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def default_config() -> Config:
+    return Config().validate()
+
+
+def _set_path(d: dict, dotted: str, value):
+    keys = dotted.split(".")
+    cur = d
+    for i, k in enumerate(keys[:-1]):
+        nxt = cur.get(k)
+        if nxt is None:
+            nxt = {}
+            cur[k] = nxt
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {dotted!r}: {'.'.join(keys[:i + 1])} is not a mapping")
+        cur = nxt
+    cur[keys[-1]] = value
+
+
+def load(path: Optional[Union[str, Path]] = None, overrides: Optional[List[str]] = None) -> Config:
+    """Defaults ← YAML file ← ``key.path=value`` overrides; validated."""
+    data = to_dict(Config())
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+        _merge(data, loaded, "")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        k, v = item.split("=", 1)
+        _check_path(k.strip())
+        _set_path(data, k.strip(), yaml.safe_load(v))
+    return from_dict(Config, data).validate()
+
+
+def _check_path(dotted: str):
+    cls = Config
+    parts = dotted.split(".")
+    for i, k in enumerate(parts):
+        if not dataclasses.is_dataclass(cls):
+            break
+        hints = typing.get_type_hints(cls)
+        if k not in hints:
+            raise ConfigError(f"unknown key {'.'.join(parts[:i + 1])!r}; known keys here: {sorted(hints)}")
+        tp = hints[k]
+        if typing.get_origin(tp) is Union:
+            tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        cls = tp
+
+
+def _merge(base: dict, new: dict, path: str):
+    for k, v in new.items():
+        key = f"{path}.{k}" if path else k
+        if k not in base:
+            raise ConfigError(f"unknown key {key!r}; known keys here: {sorted(base)}")
+        if isinstance(base[k], dict) and isinstance(v, dict):
+            _merge(base[k], v, key)
+        else:
+            base[k] = v
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,333 @@
+"""learning.h5io: the CDP dataset file keeps its promises (layout, resume, shards, errors).
+
+The simulator here is a stand-in (|FFT(x·e^{iθ_l})|² plus Gaussian noise drawn from each
+sample's generator); the physics lives in optics and is tested there.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import tracemalloc
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from learning.errors import (DatasetExistsError, DatasetFormatError, DatasetIncompleteError,
+                             DatasetNotFoundError, DatasetVersionError, ResumeMismatchError,
+                             ShardError, SimulationOutputError)
+from learning.h5io import (CDPDataset, merge_shards, open_cdp_file, read_attributes, read_masks,
+                           read_params, sample_generator, shard_from_env, shard_path,
+                           write_cdp_dataset)
+from learning.h5io import tmp_path as temporary_name
+
+H = W = 8
+L = 2
+MASKS = torch.rand(L, H, W, generator=torch.Generator().manual_seed(7)) * 2 * np.pi
+PARAMS = {
+    "optics": {"wavelength_m": 6.328e-7, "pitch_m": 8e-6, "z_m": 0.1, "method": "asm",
+               "band_limit": True},
+    "sensor": {"read_noise_e": 2.5, "exposure_s": 1e-3, "bit_depth": 12, "gain_dn": 0.5},
+    "masks": {"kind": "octanary", "levels_rad": (0.0, 1.5708, 3.1416), "n": L},
+    "note": None,
+    "names": ["a", "b"],
+}
+CONFIG = "optics:\n  wavelength_m: 6.328e-7\n"
+
+
+class Objects:
+    """A deterministic sequence of complex (H, W) objects."""
+
+    def __init__(self, n, seed=0):
+        self.n, self.seed = n, seed
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        g = torch.Generator().manual_seed(1000 * self.seed + i)
+        return torch.polar(torch.rand(H, W, generator=g), torch.rand(H, W, generator=g) * 3.0)
+
+
+def simulate(x, gens):
+    y = torch.fft.fft2(x[:, None] * torch.polar(torch.ones_like(MASKS), MASKS)).abs() ** 2
+    noise = torch.stack([torch.randn(L, H, W, generator=g) for g in gens])
+    return (y + 0.1 * noise).float()
+
+
+def write(path, n=10, **kw):
+    args = dict(objects=Objects(n), simulate=simulate, masks_rad=MASKS, params=PARAMS,
+                config_yaml=CONFIG, software_version="0.1.0", seed=5, batch_size=4,
+                progress=False)
+    args.update(kw)
+    return write_cdp_dataset(path, **args)
+
+
+def arrays(path):
+    with open_cdp_file(path) as f:
+        return f["objects"][...], f["measurements"][...]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted, unsharded run (N=10, batch 4)."""
+    return write(tmp_path_factory.mktemp("ref") / "DATA.h5")
+
+
+# ---------------------------------------------------------------- layout and round trip
+def test_round_trip_of_data_attributes_parameters_and_units(tmp_path):
+    amp = torch.full((L, H, W), 0.5)
+    p = write(tmp_path / "DATA.h5", n=5, mask_amplitude=amp, measurement_units="photons")
+    assert p == tmp_path / "DATA.h5" and not temporary_name(p).exists()
+    attrs = read_attributes(p)
+    assert attrs["format_version"] == "1" and attrs["software"] == "phaseforge"
+    assert attrs["software_version"] == "0.1.0" and attrs["seed"] == 5
+    assert attrs["n_samples"] == 5 and attrs["n_written"] == 5 and attrs["complete"] is True
+    assert attrs["config_yaml"] == CONFIG
+    prm = read_params(p)
+    assert prm["optics"]["wavelength_m"] == 6.328e-7 and prm["optics"]["wavelength_m__units"] == "m"
+    assert prm["optics"]["pitch_m__units"] == "m" and prm["optics"]["z_m__units"] == "m"
+    assert prm["sensor"]["read_noise_e__units"] == "e-"
+    assert prm["sensor"]["exposure_s__units"] == "s" and prm["sensor"]["gain_dn__units"] == "DN"
+    assert prm["masks"]["levels_rad__units"] == "rad"
+    assert "bit_depth__units" not in prm["sensor"] and "method__units" not in prm["optics"]
+    expected = {**PARAMS, "masks": {**PARAMS["masks"], "levels_rad": [0.0, 1.5708, 3.1416]}}
+    assert read_params(p, with_units=False) == expected
+    assert isinstance(prm["sensor"]["bit_depth"], int) and prm["optics"]["band_limit"] is True
+    masks, mask_amp = read_masks(p)
+    torch.testing.assert_close(masks, MASKS.float(), rtol=0, atol=0)
+    torch.testing.assert_close(mask_amp, amp, rtol=0, atol=0)
+    with h5py.File(p, "r") as f:
+        units = {k: f[k].attrs["units"] for k in
+                 ("objects", "measurements", "masks", "mask_amplitude")}
+        assert units == {"objects": "1", "measurements": "photons", "masks": "rad",
+                         "mask_amplitude": "1"}
+        assert f["objects"].dtype == np.complex64 and f["measurements"].dtype == np.float32
+        assert f["objects"].chunks == (1, H, W)
+        assert f["measurements"].chunks == (1, L, H, W)
+        assert f["measurements"].compression == "gzip"
+        assert f["measurements"].compression_opts == 4
+    # content: sample i is simulate(object i) with generator (seed, i), whatever the batching
+    objs, meas = arrays(p)
+    for i in range(5):
+        np.testing.assert_array_equal(objs[i], Objects(5)[i].numpy())
+        y = simulate(Objects(5)[i][None].to(torch.complex64), [sample_generator(5, i)])[0]
+        np.testing.assert_array_equal(meas[i], y.numpy())
+    # a no-mask_amplitude file reads back None
+    q = write(tmp_path / "B.h5", n=2)
+    assert read_masks(q)[1] is None
+
+
+def test_batch_size_does_not_change_content(tmp_path, reference):
+    p = write(tmp_path / "DATA.h5", batch_size=3)
+    for a, b in zip(arrays(p), arrays(reference)):
+        np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- interruption and resume
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, reference):
+    final = tmp_path / "DATA.h5"
+    out = write(final, max_batches=1)
+    assert out == tmp_path / "DATA.h5.tmp" and out.exists() and not final.exists()
+    with pytest.raises(DatasetIncompleteError, match="incomplete") as ei:
+        open_cdp_file(out)
+    assert "--resume" in str(ei.value) and "4 of 10" in str(ei.value)
+    with pytest.raises(DatasetNotFoundError, match="--resume"):
+        open_cdp_file(final)
+    with pytest.raises(DatasetExistsError, match="resume=True"):
+        write(final)  # a stale .tmp is never silently discarded
+    assert write(final, resume=True, max_batches=1) == out  # second interruption
+    assert write(final, resume=True, batch_size=5) == final
+    assert not out.exists()
+    for a, b in zip(arrays(final), arrays(reference)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_with_other_inputs_says_what_differs(tmp_path):
+    final = tmp_path / "DATA.h5"
+    write(final, max_batches=1)
+    with pytest.raises(ResumeMismatchError) as ei:
+        write(final, resume=True, seed=6)
+    assert "seed: 5 (the file) vs 6 (now)" in str(ei.value)
+    other = {**PARAMS, "optics": {**PARAMS["optics"], "z_m": 0.2}}
+    with pytest.raises(ResumeMismatchError, match=r"parameter optics.z_m: 0.1 \(the file\) vs 0.2 \(now\)"):
+        write(final, resume=True, params=other)
+    with pytest.raises(ResumeMismatchError, match="object 0 differs"):
+        write(final, resume=True, objects=Objects(10, seed=1))
+    assert write(final, overwrite=True) == final  # overwrite discards the stale .tmp
+
+
+def test_existing_output_needs_overwrite(tmp_path):
+    p = write(tmp_path / "DATA.h5", n=2)
+    with pytest.raises(DatasetExistsError) as ei:
+        write(p, n=2)
+    assert str(p) in str(ei.value) and "--overwrite" in str(ei.value)
+    assert isinstance(ei.value, ValueError) and isinstance(ei.value, FileExistsError)
+    write(p, n=3, overwrite=True)
+    assert read_attributes(p)["n_samples"] == 3
+
+
+def test_simulate_output_is_checked(tmp_path):
+    with pytest.raises(SimulationOutputError, match=r"expected \(B=4, L=2"):
+        write(tmp_path / "D.h5", simulate=lambda x, g: simulate(x, g)[:, :1])
+    assert not (tmp_path / "D.h5.tmp").exists()
+
+
+# ---------------------------------------------------------------- memory stays flat
+def test_writer_batches_bounded_and_memory_flat(tmp_path):
+    calls = []
+
+    def spy(x, gens):
+        calls.append(x.shape[0])
+        assert len(gens) == x.shape[0]
+        return simulate(x, gens)
+
+    write(tmp_path / "warmup.h5", n=8, simulate=spy, batch_size=8)  # one-time imports/caches
+    peaks = {}
+    for n in (50, 200):
+        calls.clear()
+        tracemalloc.start()
+        write(tmp_path / f"N{n}.h5", n=n, simulate=spy, batch_size=8)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert max(calls) <= 8 and sum(calls) == n
+    # 150 more samples would hold 150·(2·8·8·4 + 8·8·8) B = 150 kB if kept; allow 48 kB of noise
+    assert peaks[200] - peaks[50] < 48 * 1024, peaks
+
+
+# ---------------------------------------------------------------- validation on open
+def _copy_and_edit(src, dst, edit):
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        edit(f)
+    return dst
+
+
+def test_missing_or_malformed_dataset_is_named(tmp_path, reference):
+    p = _copy_and_edit(reference, tmp_path / "a.h5", lambda f: f.__delitem__("masks"))
+    with pytest.raises(DatasetFormatError, match="required dataset 'masks' is missing"):
+        open_cdp_file(p)
+
+    def flatten(f):
+        del f["measurements"]
+        f["measurements"] = np.zeros((10, 8, 8), np.float32)
+        f["measurements"].attrs["units"] = "DN"
+
+    p = _copy_and_edit(reference, tmp_path / "b.h5", flatten)
+    with pytest.raises(DatasetFormatError) as ei:
+        open_cdp_file(p)
+    assert "'measurements' is malformed" in str(ei.value)
+    assert "(N, L, Mh, Mw)" in str(ei.value) and "(10, 8, 8)" in str(ei.value)
+    p = _copy_and_edit(reference, tmp_path / "c.h5", lambda f: f["masks"].attrs.__delitem__("units"))
+    with pytest.raises(DatasetFormatError, match="'masks' has no 'units'"):
+        open_cdp_file(p)
+    (tmp_path / "d.h5").write_bytes(b"not hdf5 at all")
+    with pytest.raises(DatasetFormatError, match="not an HDF5 file"):
+        open_cdp_file(tmp_path / "d.h5")
+
+
+def test_wrong_format_version_is_explained(tmp_path, reference):
+    def old(f):
+        f.attrs["format_version"] = "0"
+        f.attrs["software_version"] = "0.0.1"
+
+    p = _copy_and_edit(reference, tmp_path / "a.h5", old)
+    with pytest.raises(DatasetVersionError) as ei:
+        open_cdp_file(p)
+    msg = str(ei.value)
+    assert "dataset format 0 from software phaseforge 0.0.1" in msg
+    assert "reads format 1" in msg and "phaseforge simulate" in msg
+    p = _copy_and_edit(reference, tmp_path / "b.h5", lambda f: f.attrs.__delitem__("format_version"))
+    with pytest.raises(DatasetVersionError, match="no format_version"):
+        open_cdp_file(p)
+
+
+# ---------------------------------------------------------------- shards
+def test_shards_merged_as_virtual_dataset_equal_unsharded(tmp_path, reference):
+    base = tmp_path / "run" / "DATA.h5"
+    base.parent.mkdir()
+    shards = [write(base, shard=(i, 3), batch_size=2) for i in range(3)]
+    assert shards == [shard_path(base, i, 3) for i in range(3)]
+    assert shards[1].name == "DATA.shard-1-of-3.h5"
+    a = read_attributes(shards[1])
+    assert (a["shard_index"], a["shard_count"], a["sample_offset"], a["n_samples_total"],
+            a["n_samples"]) == (1, 3, 3, 10, 3)
+    merged = merge_shards(str(base.parent / "DATA.shard-*-of-3.h5"), base)
+    with h5py.File(merged, "r") as f:
+        assert f["objects"].is_virtual and f["measurements"].is_virtual
+        assert f.attrs["complete"] and f.attrs["n_samples"] == 10
+    for x, y in zip(arrays(merged), arrays(reference)):
+        np.testing.assert_array_equal(x, y)
+    assert read_params(merged) == read_params(reference)
+    with h5py.File(merged, "r") as f:  # no copy: virtual datasets own no storage
+        assert f["objects"].id.get_storage_size() == 0
+        assert f["measurements"].id.get_storage_size() == 0
+    assert os.path.getsize(merged) < os.path.getsize(reference)
+    # relative source paths: the folder can be moved
+    moved = shutil.move(str(base.parent), str(tmp_path / "moved"))
+    for x, y in zip(arrays(os.path.join(moved, "DATA.h5")), arrays(reference)):
+        np.testing.assert_array_equal(x, y)
+    # a missing shard is named, also when reading the merged file
+    os.remove(os.path.join(moved, "DATA.shard-2-of-3.h5"))
+    with pytest.raises(DatasetFormatError, match="DATA.shard-2-of-3.h5"):
+        open_cdp_file(os.path.join(moved, "DATA.h5"))
+    p0, p1 = (os.path.join(moved, f"DATA.shard-{i}-of-3.h5") for i in (0, 1))
+    with pytest.raises(ShardError, match=r"shard 2 of 3 \(samples 6..9\) is missing") as ei:
+        merge_shards([p0, p1], os.path.join(moved, "OUT.h5"))
+    assert "DATA.shard-2-of-3.h5" in str(ei.value)
+    with pytest.raises(ShardError, match="both shard 0 of 3"):
+        merge_shards([p0, p0, p1], os.path.join(moved, "OUT.h5"))
+    (tmp_path / "o").mkdir()
+    other = write(tmp_path / "o" / "DATA.h5", shard=(2, 3), seed=9)
+    with pytest.raises(ShardError, match="seed: 5 in .* 9 in"):
+        merge_shards([p0, p1, other], tmp_path / "o" / "OUT.h5")
+    assert not (tmp_path / "o" / "OUT.h5").exists()
+
+
+def test_shard_from_env():
+    assert shard_from_env({}) is None
+    assert shard_from_env({"WORLD_SIZE": "1", "RANK": "0"}) is None
+    assert shard_from_env({"WORLD_SIZE": "4", "RANK": "2"}) == (2, 4)
+    with pytest.raises(ShardError, match="RANK"):
+        shard_from_env({"WORLD_SIZE": "4"})
+    with pytest.raises(ShardError, match="RANK=4"):
+        shard_from_env({"WORLD_SIZE": "4", "RANK": "4"})
+
+
+# ---------------------------------------------------------------- torch Dataset
+def test_cdp_dataset_items_properties_and_splits(reference):
+    ds = CDPDataset(reference)
+    objs, meas = arrays(reference)
+    assert len(ds) == 10 and ds.n_masks == L
+    assert ds.object_shape == (H, W) and ds.measurement_shape == (L, H, W)
+    m, o = ds[3]
+    assert m.dtype == torch.float32 and o.dtype == torch.complex64
+    np.testing.assert_array_equal(m.numpy(), meas[3])
+    np.testing.assert_array_equal(o.numpy(), objs[3])
+    torch.testing.assert_close(ds.masks_rad, MASKS.float(), rtol=0, atol=0)
+    assert ds.params == read_params(reference)
+    mem = CDPDataset(reference, in_memory=True)
+    for i in range(10):
+        torch.testing.assert_close(mem[i][0], ds[i][0], rtol=0, atol=0)
+    parts = [CDPDataset(reference, split=s).indices for s in ("train", "val", "test")]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(10))
+    val = CDPDataset(reference, split="val", in_memory=True)
+    np.testing.assert_array_equal(val[0][0].numpy(), meas[val.indices[0]])
+    pickle.loads(pickle.dumps(ds))  # after use: the open handle is not pickled
+
+
+def test_dataloader_with_two_workers_reads_same_items(reference):
+    ds = CDPDataset(reference)
+    _ = ds[0]  # the parent process holds an open handle before the workers start
+    loader = DataLoader(ds, batch_size=3, shuffle=False, num_workers=2)
+    ms, os_ = zip(*loader)
+    direct = [ds[i] for i in range(len(ds))]
+    torch.testing.assert_close(torch.cat(ms), torch.stack([d[0] for d in direct]),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(torch.cat(os_), torch.stack([d[1] for d in direct]),
+                               rtol=0, atol=0)
