@@ -340,7 +340,8 @@ def _sample_image(name: str) -> np.ndarray | None:
 
 
 @lru_cache(maxsize=8)
-def _embedded_sources(size: int) -> tuple[tuple[str, ...], tuple[np.ndarray, ...], tuple[bool, ...]]:
+def _embedded_sources(size: int) -> tuple[tuple[str, ...], tuple[np.ndarray, ...],
+                                         tuple[bool, ...]]:
     """All embedded source items at ``size``: (keys, pixel arrays, is_region flags).
 
     Regions are ``2·size × 2·size`` blocks of the sample image scaled so that its short side is
@@ -785,7 +786,8 @@ def _read_idx_header(p: Path) -> tuple[int, int, int]:
     if magic != _IDX_IMAGES_MAGIC:
         hint = ""
         if magic == 0x00000801:
-            hint = " (that is an IDX labels file, e.g. train-labels-idx1-ubyte; pass the images file)"
+            hint = (" (that is an IDX labels file, e.g. train-labels-idx1-ubyte; pass the "
+                    "images file)")
         raise ImageSourceError(
             f"{p} has magic number 0x{magic:08x}, not 0x{_IDX_IMAGES_MAGIC:08x} (IDX, unsigned "
             f"bytes, 3 dimensions){hint}; pass an MNIST-style images file such as "

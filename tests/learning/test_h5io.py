@@ -118,9 +118,11 @@ def test_round_trip_of_data_attributes_parameters_and_units(tmp_path):
         np.testing.assert_array_equal(objs[i], Objects(5)[i].numpy())
         y = simulate(Objects(5)[i][None].to(torch.complex64), [sample_generator(5, i)])[0]
         np.testing.assert_array_equal(meas[i], y.numpy())
-    # a no-mask_amplitude file reads back None
-    q = write(tmp_path / "B.h5", n=2)
+    # a no-mask_amplitude file reads back None; an explicit "<name>__units" entry wins
+    q = write(tmp_path / "B.h5", n=2, params={"d_m": 1.0, "d_m__units": "m (measured)"})
     assert read_masks(q)[1] is None
+    assert read_params(q) == {"d_m": 1.0, "d_m__units": "m (measured)"}
+    assert read_params(q, with_units=False) == {"d_m": 1.0}
 
 
 def test_batch_size_does_not_change_content(tmp_path, reference):
@@ -155,7 +157,8 @@ def test_resume_with_other_inputs_says_what_differs(tmp_path):
         write(final, resume=True, seed=6)
     assert "seed: 5 (the file) vs 6 (now)" in str(ei.value)
     other = {**PARAMS, "optics": {**PARAMS["optics"], "z_m": 0.2}}
-    with pytest.raises(ResumeMismatchError, match=r"parameter optics.z_m: 0.1 \(the file\) vs 0.2 \(now\)"):
+    with pytest.raises(ResumeMismatchError,
+                       match=r"parameter optics.z_m: 0.1 \(the file\) vs 0.2 \(now\)"):
         write(final, resume=True, params=other)
     with pytest.raises(ResumeMismatchError, match="object 0 differs"):
         write(final, resume=True, objects=Objects(10, seed=1))
@@ -223,7 +226,8 @@ def test_missing_or_malformed_dataset_is_named(tmp_path, reference):
         open_cdp_file(p)
     assert "'measurements' is malformed" in str(ei.value)
     assert "(N, L, Mh, Mw)" in str(ei.value) and "(10, 8, 8)" in str(ei.value)
-    p = _copy_and_edit(reference, tmp_path / "c.h5", lambda f: f["masks"].attrs.__delitem__("units"))
+    p = _copy_and_edit(reference, tmp_path / "c.h5",
+                       lambda f: f["masks"].attrs.__delitem__("units"))
     with pytest.raises(DatasetFormatError, match="'masks' has no 'units'"):
         open_cdp_file(p)
     (tmp_path / "d.h5").write_bytes(b"not hdf5 at all")
@@ -242,7 +246,8 @@ def test_wrong_format_version_is_explained(tmp_path, reference):
     msg = str(ei.value)
     assert "dataset format 0 from software phaseforge 0.0.1" in msg
     assert "reads format 1" in msg and "phaseforge simulate" in msg
-    p = _copy_and_edit(reference, tmp_path / "b.h5", lambda f: f.attrs.__delitem__("format_version"))
+    p = _copy_and_edit(reference, tmp_path / "b.h5",
+                       lambda f: f.attrs.__delitem__("format_version"))
     with pytest.raises(DatasetVersionError, match="no format_version"):
         open_cdp_file(p)
 

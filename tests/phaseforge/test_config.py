@@ -1,0 +1,51 @@
+"""Config loading: validated, key paths named in errors, overrides, round trip."""
+import pytest
+import yaml
+
+from phaseforge.config import Config, ConfigError, default_config, dump, from_dict, load
+
+
+def test_defaults_validate_and_round_trip(tmp_path):
+    cfg = default_config()
+    text = dump(cfg)
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    again = load(p)
+    assert again == cfg
+    assert from_dict(Config, yaml.safe_load(text)) == cfg
+
+
+def test_yaml_file_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("optics:\n  z_m: 0.25\n  wavelength_m: 532e-9\nsensor:\n  read_noise_e: 3\n")
+    cfg = load(p, ["masks.n_masks=2", "optics.method=asm", "slm.lut={gray: [0, 255], phase_rad: [0, 6.0]}"])
+    assert cfg.optics.z_m == 0.25 and cfg.optics.wavelength_m == pytest.approx(532e-9)
+    assert cfg.sensor.read_noise_e == 3.0 and isinstance(cfg.sensor.read_noise_e, float)
+    assert cfg.masks.n_masks == 2 and cfg.optics.method == "asm"
+    assert cfg.slm.lut.gray == [0.0, 255.0]
+
+
+@pytest.mark.parametrize("text, match", [
+    ("optics:\n  sensor:\n    read_noise_e: 1\n", r"unknown key 'optics.sensor'"),
+    ("sensor:\n  read_noise: 1\n", r"unknown key 'sensor.read_noise'"),
+    ("sensor:\n  read_noise_e: lots\n", r"sensor.read_noise_e must be a number"),
+    ("masks:\n  n_masks: 2.5\n", r"masks.n_masks must be an integer"),
+    ("optics:\n  method: rayleigh\n", r"optics.method = 'rayleigh' is not one of"),
+    ("optics:\n  wavelength_m: 633\n", r"optics.wavelength_m = 633.* 633e-9"),
+    ("slm:\n  enabled: true\nmasks:\n  kind: octanary\n", r"phase-only SLM"),
+    ("- a\n- b\n", r"mapping at the top level"),
+])
+def test_bad_configs_name_the_key(tmp_path, text, match):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load(p)
+
+
+def test_bad_overrides_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'optics.zz'"):
+        load(None, ["optics.zz=1"])
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load(None, ["optics.z_m"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "nope.yaml")
