@@ -60,7 +60,7 @@ def check_phase_range(phase_range_rad) -> tuple[float, float]:
 
 
 def _as_real_tensor(img, name: str) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(img) if not isinstance(img, torch.Tensor) else img)
+    t = img if isinstance(img, torch.Tensor) else torch.from_numpy(np.array(img, copy=True))
     if t.is_complex():
         raise EncodingError(f"{name} is complex ({t.dtype}); images must be real values in [0, 1]")
     if t.dtype == torch.bool:

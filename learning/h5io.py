@@ -85,6 +85,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import h5py
+
+from optics.fileio import tmp_path_for
 import numpy as np
 import torch
 
@@ -123,9 +125,9 @@ _AXES = {"objects": "sample,y,x", "measurements": "sample,mask,y,x", "masks": "m
 # small helpers
 # --------------------------------------------------------------------------------------------
 def tmp_path(path) -> Path:
-    """The temporary name a file is written under before it is complete: ``<name>.tmp``."""
-    p = Path(path)
-    return p.with_name(p.name + ".tmp")
+    """The temporary name a file is written under before it is complete: ``<name>.tmp``
+    (the project-wide convention of :func:`optics.fileio.tmp_path_for`)."""
+    return tmp_path_for(path)
 
 
 def shard_path(path, index: int, count: int) -> Path:

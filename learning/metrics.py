@@ -29,7 +29,7 @@ References
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, Optional, Union
+from typing import Dict, Iterable, Union
 
 import numpy as np
 import torch

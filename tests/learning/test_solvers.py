@@ -91,14 +91,16 @@ def test_wirtinger_flow_fails_with_one_pattern():
     res = wirtinger_flow(op, op.intensity(x), n_iter=300, generator=0)
     err = relative_error(res.x, x)
     assert int((err > 0.1).sum()) >= 9, err
+    # it fails by non-uniqueness, not by blowing up: the safeguard keeps the iterates finite
+    # (without it the first steps overflow to NaN) and the run is not cut short
+    assert torch.isfinite(res.x).all() and res.n_iter > 100
 
 
 def test_wirtinger_flow_on_unitary_fft_operator():
     """Candès et al.'s CDP model (ortho FFT of masked object) is handled by the same steps."""
     op = FFTCDP(octanary((6, 24, 24), seed=5))
     x = _cplx(6, 24, seed=6)
-    res = wirtinger_flow(op, op.intensity(x) if hasattr(op, "intensity") else op.A(x).abs() ** 2,
-                         generator=0)
+    res = wirtinger_flow(op, op.A(x).abs() ** 2, generator=0)
     assert int((relative_error(res.x, x) < 1e-5).sum()) >= 5
 
 
@@ -170,15 +172,19 @@ def test_error_reduction_alone_stagnates_on_single_pattern(single_pattern):
 
 
 def test_spectral_init_correlation(cdp6):
-    """Converged correlations for L = 6, 32² (δ = 6): plain ≈ 0.45, truncated ≈ 0.49 (these
-    are properties of the estimators, not power-iteration shortfalls), optimal ≈ 0.85."""
+    """Correlations |⟨x0, x⟩|/(‖x0‖‖x‖) for L = 6, 32² (δ = 6), 50 power iterations.
+
+    Measured (this batch): plain median 0.44 (min 0.29), truncated 0.45 (min 0.34), optimal
+    0.85 (min 0.72; 0.84 after 100 iterations). Plain and truncated stay there with 300
+    iterations: ≈ 0.45 is what these estimators give at δ = 6, not a power-iteration shortfall,
+    so they are held to a median > 0.4; the optimal weights to > 0.5 everywhere."""
     op, x, y = cdp6
-    c = {m: _corr(spectral_init(op, y, method=m, generator=0, n_iter=100), x)
+    c = {m: _corr(spectral_init(op, y, method=m, generator=0), x)
          for m in ("plain", "truncated", "optimal")}
     assert float(c["plain"].median()) > 0.4
     assert float(c["truncated"].median()) > 0.4
-    assert float(c["optimal"].min()) > 0.7
-    assert float(c["optimal"].median()) > float(c["truncated"].median())
+    assert float(c["optimal"].min()) > 0.5
+    assert float(c["optimal"].median()) > 0.8
     # norm estimate ‖x0‖² = Σy / (tr(AᴴA)/n)
     x0 = spectral_init(op, y, generator=0)
     ratio = x0.norm(dim=(-2, -1)) / x.norm(dim=(-2, -1))
@@ -208,14 +214,14 @@ def test_gradients_flow_through_unrolled_iterations():
     masks = PhaseMask(theta, learnable=True)
     op = CDPSystem(masks, **PHYS)
     x = _cplx(2, 16, seed=2)
-    y = op.intensity(x)  # depends on the mask phases
     for solver in ("wf", "er", "af"):
+        y = op.intensity(x)  # depends on the mask phases
         res = solve(op, y, solver, n_iter=5, generator=0, differentiable=True)
         assert res.converged is None and res.n_iter == 5
         loss = (res.x.abs() - x.abs()).pow(2).mean()
         (g,) = torch.autograd.grad(loss, masks.theta)
         assert torch.isfinite(g).all() and float(g.abs().max()) > 0, solver
-    yl = y.detach().requires_grad_(True)
+    yl = op.intensity(x).detach().requires_grad_(True)
     res = wirtinger_flow(op, yl, n_iter=5, generator=0, differentiable=True)
     (gy,) = torch.autograd.grad(res.x.abs().pow(2).sum(), yl)
     assert torch.isfinite(gy).all() and float(gy.abs().max()) > 0
@@ -260,7 +266,7 @@ def test_wrong_y_shape_with_attribute_free_operator():
     op = FFTCDP(octanary((2, 8, 8), seed=1), attrs=False)
     y = op.A(_cplx(1, 8, seed=1)).abs() ** 2
     assert solve(op, y, "gs", n_iter=2, generator=0).x.shape == (1, 8, 8)
-    with pytest.raises(SolverError, match=r"expected y of shape \(\.\.\., 2, 8, 8\)"):
+    with pytest.raises(SolverError, match=r"\(2, 8, 4\)"):
         solve(op, y[..., :4], "gs", n_iter=2)
 
 
