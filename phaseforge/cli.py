@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     try:
         if args.command == "demo":
             res = pipeline.demo(args.out, progress=not args.no_progress)
-            m = res["baseline"]["metrics"]
+            m = res["baseline"]["metrics"]["summary"]
             print(f"demo: showcase figure {res['showcase']}")
             print(f"demo: dataset {res['dataset']}")
             print(f"demo: {res['baseline']['solver']} baseline on {res['baseline']['n_samples']} samples: "
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         elif args.command == "reconstruct":
             rep = pipeline.reconstruct(args.data, args.out, solver=args.solver, n_iter=args.n_iter, tol=args.tol,
                                        n=args.n, batch_size=args.batch_size, progress=not args.no_progress)
-            m = rep["metrics"]["relative_error"]
+            m = rep["metrics"]["summary"]["relative_error"]
             print(f"reconstruct: {rep['solver']} on {rep['n_samples']} samples, relative error "
                   f"median {m['median']:.3g} mean {m['mean']:.3g}; {rep['seconds_per_sample']:.3f} s/sample; "
                   f"outputs in {args.out}")

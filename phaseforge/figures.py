@@ -55,7 +55,7 @@ def reconstruction_figure(x, x_hat, metrics, *, title: str, n_show: int = 4):
     x = _np(x)
     n = x.shape[0]
     fig, axes = plt.subplots(4, n, figsize=(2.3 * n, 9.2), squeeze=False)
-    rel = metrics.get("relative_error", {}).get("values", [None] * n) if isinstance(metrics, dict) else [None] * n
+    rel = metrics["per_sample"]["relative_error"]
     for i in range(n):
         axes[0, i].imshow(np.abs(x[i]), cmap="gray")
         axes[0, i].set_title("true |x|")

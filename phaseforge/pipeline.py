@@ -18,6 +18,8 @@ import torch
 from optics.fileio import save_figure, save_npz, write_json, write_text
 
 from . import __version__
+from optics.grid import crop_centered
+
 from .build import (effective_masks, objects_from_config, sensor_from_config, system_from_config,
                     system_from_file_params)
 from .config import Config, dump, load
@@ -117,25 +119,31 @@ def reconstruct(data: Path, out: Path, *, solver: str = "wf", n_iter: Optional[i
         tol = cfg.solver.tol
     masks, amp = ds.masks_rad, ds.mask_amplitude
     system = system_from_file_params(ds.params, masks, amp)
+    support = None
+    if solver in ("er", "gs", "hio") and system.out_shape != system.in_shape:
+        # object-domain projections need the padding in x: solve on the padded grid with the
+        # object window as the support (Fienup), then crop
+        system, support = _padded_operator(ds.params, masks, amp, system)
     count = len(ds) if n is None else min(n, len(ds))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     xs, xhats, residuals = [], [], []
     t0 = time.perf_counter()
     from tqdm.auto import tqdm
-    kw = {}
-    if solver in ("er", "gs", "hio"):
-        kw["support"] = None
+    kw = {"support": support} if solver in ("er", "gs", "hio") else {}
     for start in tqdm(range(0, count, batch_size), desc=f"reconstruct ({solver})", disable=not progress,
                       unit="batch"):
         items = [ds[i] for i in range(start, min(count, start + batch_size))]
         y = torch.stack([m for m, _ in items])
         x = torch.stack([o for _, o in items])
         y = _measurements_to_intensity(cfg, y)
-        res = solve(system, y, solver=solver, n_iter=n_iter, tol=tol, generator=cfg.seed, **kw)
+        res = solve(system, y, solver=solver, n_iter=n_iter, tol=tol, generator=cfg.seed, history=False, **kw)
+        x_hat = res.x.detach().to(torch.complex64)
+        if support is not None:
+            x_hat = crop_centered(x_hat, tuple(x.shape[-2:]))
         xs.append(x)
-        xhats.append(res.x.detach().to(torch.complex64))
-        residuals.append(res.history["residual"][-1] if res.history.get("residual") else float("nan"))
+        xhats.append(x_hat)
+        residuals.extend(float(r) for r in res.residual.reshape(-1))
     elapsed = time.perf_counter() - t0
     x = torch.cat(xs)
     x_hat = torch.cat(xhats)
@@ -146,7 +154,7 @@ def reconstruct(data: Path, out: Path, *, solver: str = "wf", n_iter: Optional[i
                        align_scale=align_scale)
     report = {"data": str(data), "solver": solver, "n_samples": count, "n_iter": n_iter, "tol": tol,
               "seconds": elapsed, "seconds_per_sample": elapsed / count, "align_scale": align_scale,
-              "metrics": metrics}
+              "final_residual": residuals, "metrics": metrics}
     write_json(out / "metrics.json", report)
     save_npz(out / "reconstructions.npz", x_hat=x_hat.numpy(), x=x.numpy())
     write_text(out / "config.yaml", dump(cfg))
@@ -154,6 +162,20 @@ def reconstruct(data: Path, out: Path, *, solver: str = "wf", n_iter: Optional[i
     save_figure(reconstruction_figure(x, x_hat, metrics, title=f"{solver} on {Path(data).name}"),
                 out / "reconstructions.png", dpi=110)
     return report
+
+
+def _padded_operator(params, masks, amp, system):
+    """The same CDPs as an operator on the padded grid (no hidden padding) plus the support."""
+    from optics.grid import pad_centered
+
+    shape = system.out_shape
+    m = pad_centered(masks, shape)
+    a = None if amp is None else pad_centered(amp, shape)
+    p = dict(params)
+    p["optics"] = dict(params["optics"], oversampling=1.0)
+    padded = system_from_file_params(p, m, a)
+    support = pad_centered(torch.ones(system.in_shape, dtype=torch.bool), shape)
+    return padded, support
 
 
 def _config_from_text(text: str) -> Config:
@@ -174,8 +196,8 @@ def demo(out: Path, *, progress: bool = True) -> dict:
                       "sensor.mean_photons=10000", "solver.n_iter=400", "solver.name=wf"])
     write_text(out / "config.yaml", dump(cfg))
     # 1. showcase: one object through the full CDP system (SLM + sensor), figure + measurements
-    show_cfg = load(None, ["data.size=64", "slm.enabled=true", "slm.pixel_pitch_m=16e-6", "slm.bit_depth=4",
-                           "slm.fill_factor=0.9", "slm.crosstalk_sigma_m=2e-6", "sensor.mean_photons=2000",
+    show_cfg = load(None, ["data.size=64", "slm.enabled=true", "slm.pixel_pitch_m=32e-6", "slm.bit_depth=4",
+                           "slm.fill_factor=0.5625", "slm.crosstalk_sigma_m=2e-6", "sensor.mean_photons=2000",
                            "sensor.read_noise_e=2.0", "sensor.bit_depth=12"])
     system = system_from_config(show_cfg)
     obj = _showcase_object(64)

@@ -56,7 +56,7 @@ def test_reconstruct_writes_metrics_figure_and_config(tmp_path):
                  "--no-progress"]) == 0
     rep = json.loads((out / "metrics.json").read_text())
     # noiseless, L = 6 random phase masks: Wirtinger flow recovers the complex objects
-    assert rep["metrics"]["relative_error"]["median"] < 1e-3
+    assert rep["metrics"]["summary"]["relative_error"]["median"] < 1e-3
     assert (out / "reconstructions.png").stat().st_size > 10_000
     assert (out / "config.yaml").exists() and (out / "reconstructions.npz").exists()
 
