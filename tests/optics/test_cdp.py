@@ -39,7 +39,7 @@ def test_cdp_fraunhofer_matches_direct_composition_and_conserves_energy():
     assert y.shape == (4, 64, 64)
     p_out = sys.out_pitch_m
     assert p_out == pytest.approx(LAM * 0.2 / (64 * DX))
-    lhs = float(y.sum()) * p_out ** 2
+    lhs = float(y.detach().sum()) * p_out ** 2
     assert lhs == pytest.approx(4 * float((x.abs() ** 2).sum()) * DX ** 2, rel=1e-10)
     u = optics.grid.pad_centered(x * masks()[2], (64, 64))
     direct, _ = optics.fraunhofer(u, pitch_m=DX, wavelength_m=LAM, z_m=0.2)
