@@ -37,6 +37,8 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/propagation.py
+	$(PY) benchmarks/simulate.py
+	$(PY) benchmarks/solvers.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -24,14 +24,20 @@ from optics import propagation as P
 LAM, DX = 633e-9, 8e-6
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up: builds and caches kernels, plans
-    ts = []
+def _paired_medians(fn, floor, repeats: int):
+    """Median times of ``fn`` and ``floor``, measured alternately so that drift in the
+    machine's speed hits both alike."""
+    fn(), floor()  # warm-up: builds and caches kernels, FFT plans
+    ta, tb = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+        t1 = time.perf_counter()
+        floor()
+        t2 = time.perf_counter()
+        ta.append(t1 - t0)
+        tb.append(t2 - t1)
+    return statistics.median(ta), statistics.median(tb)
 
 
 def _peak_rss_mb() -> float:
@@ -77,10 +83,8 @@ def bench(sizes, repeats, batch=4):
                     return torch.fft.fft2(v)
                 return torch.fft.ifft2(torch.fft.fft2(v, s=grid))[..., :n, :n]
 
-            t_f = _median_time(fwd, repeats)
-            t_floor = _median_time(floor, repeats)
-            t_fb = _median_time(fwd_bwd(None), repeats)
-            t_fb_floor = _median_time(fwd_bwd(floor_of), repeats)
+            t_f, t_floor = _paired_medians(fwd, floor, repeats)
+            t_fb, t_fb_floor = _paired_medians(fwd_bwd(None), fwd_bwd(floor_of), repeats)
             rows.append(dict(size=n, method=method, z=f"{z / zc:.1f} zc", grid=f"{grid[0]}²",
                              fwd_ms=1e3 * t_f, floor_ms=1e3 * t_floor, ratio=t_f / t_floor,
                              fb_ms=1e3 * t_fb, fb_floor_ms=1e3 * t_fb_floor, fb_ratio=t_fb / t_fb_floor,
@@ -91,7 +95,7 @@ def bench(sizes, repeats, batch=4):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -71,3 +71,21 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     bad.write_text("not hdf5")
     assert main(["reconstruct", "--data", str(bad), "--out", str(tmp_path / "r")]) == 2
     assert "bad.h5" in capsys.readouterr().err
+
+
+def test_simulate_from_a_user_folder(tmp_path):
+    from skimage.io import imsave
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        imsave(folder / f"im{i}.png", (rng.random((40, 40)) * 255).astype(np.uint8), check_contrast=False)
+    out = tmp_path / "u.h5"
+    assert main(["simulate", "--out", str(out), "--no-progress", "--set", f"data.source={folder}",
+                 "--set", "data.split=all", "--set", "data.n=null", "--set", "data.size=16",
+                 "--set", "data.encoding=amplitude", "--set", "masks.n_masks=2"]) == 0
+    obj, meas, masks = _read(out)
+    assert obj.shape == (5, 16, 16) and meas.shape == (5, 2, 32, 32) and masks.shape == (2, 16, 16)
+    # amplitude encoding of [0, 1] images: real, non-negative, at most 1
+    assert np.all(obj.imag == 0) and obj.real.min() >= 0 and obj.real.max() <= 1
