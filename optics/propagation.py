@@ -201,7 +201,7 @@ def _asm_kernel(shape, padded, dx, lam, z, band_limit, evanescent, periodic, dty
             H = torch.where(prop, H, torch.exp(-kappa * zt.abs()).to(H.dtype))
         else:
             H = torch.where(prop, H, torch.zeros((), dtype=H.dtype, device=device))
-        if band_limit and float(z) != 0.0:
+        if band_limit and _key(z) != 0.0:
             # keep a plane wave iff its lateral shift |z|·λ|f_i|/sqrt(1 − λ²f²) fits in the room
             # D_i the window leaves along each axis (the local-frequency criterion of Matsushima
             # & Shimobaba without their small-angle simplification of the cross term; for
