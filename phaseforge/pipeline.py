@@ -130,7 +130,11 @@ def reconstruct(data: Path, out: Path, *, solver: str = "wf", n_iter: Optional[i
     xs, xhats, residuals = [], [], []
     t0 = time.perf_counter()
     from tqdm.auto import tqdm
-    kw = {"support": support} if solver in ("er", "gs", "hio") else {}
+    kw = {}
+    if solver in ("er", "gs", "hio"):
+        kw["support"] = support
+        if cfg.data.encoding == "amplitude":  # objects known to be real and non-negative
+            kw.update(nonnegative=True, real=True)
     for start in tqdm(range(0, count, batch_size), desc=f"reconstruct ({solver})", disable=not progress,
                       unit="batch"):
         items = [ds[i] for i in range(start, min(count, start + batch_size))]
