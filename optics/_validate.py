@@ -85,3 +85,19 @@ def as_complex(t: torch.Tensor) -> torch.Tensor:
     if t.is_complex():
         return t
     return t.to(complex_dtype_for(t))
+
+
+def real_field(name: str, t, *, complex_hint: str, error=None) -> torch.Tensor:
+    """A real, finite tensor of shape ``(..., H, W)``: array-likes converted, integers made
+    float32, complex rejected with ``complex_hint`` as the fix (raised as ``error``, default
+    :class:`~optics.errors.OpticsError`)."""
+    from .errors import OpticsError
+
+    if not isinstance(t, torch.Tensor):
+        t = torch.as_tensor(t)
+    if t.is_complex():
+        raise (error or OpticsError)(f"{name} must be real, got {t.dtype}; {complex_hint}")
+    if not t.is_floating_point():
+        t = t.to(torch.float32)
+    field_2d(name, t)
+    return t

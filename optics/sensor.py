@@ -154,15 +154,8 @@ class Sensor(nn.Module):
 
     # -- checks ---------------------------------------------------------------------------------
     def _check_intensity(self, intensity: torch.Tensor) -> torch.Tensor:
-        if not isinstance(intensity, torch.Tensor):
-            intensity = torch.as_tensor(intensity)
-        if intensity.is_complex():
-            raise IntensityError(
-                f"intensity must be real, got {intensity.dtype}; pass |u|² (u.abs()**2), not the field"
-            )
-        if not intensity.is_floating_point():
-            intensity = intensity.to(torch.float32)
-        _validate.field_2d("intensity", intensity)
+        intensity = _validate.real_field("intensity", intensity, error=IntensityError,
+                                         complex_hint="pass |u|² (u.abs()**2), not the field")
         mn = float(intensity.detach().min()) if intensity.numel() else 0.0
         if mn < 0:
             raise IntensityError(

@@ -448,18 +448,8 @@ class SLM(nn.Module):
 
     # -- quantisation -------------------------------------------------------------------------
     def _check_theta(self, theta: torch.Tensor) -> torch.Tensor:
-        if not isinstance(theta, torch.Tensor):
-            theta = torch.as_tensor(theta)
-        if theta.is_complex():
-            raise OpticsError(
-                f"SLM phases theta must be real radians, got {theta.dtype}; pass torch.angle(mask)"
-            )
-        if not theta.is_floating_point():
-            theta = theta.to(torch.float32)
-        _validate.finite_tensor("theta", theta)
-        if theta.ndim < 2:
-            raise ShapeError(f"theta must have shape (..., h, w) in SLM pixels, got {tuple(theta.shape)}")
-        return theta
+        # phases in radians, shape (..., h, w) in SLM pixels
+        return _validate.real_field("theta", theta, complex_hint="SLM phases are radians; pass torch.angle(mask)")
 
     def _soft(self, theta: torch.Tensor) -> torch.Tensor:
         lut = self.lut
