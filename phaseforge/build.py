@@ -11,7 +11,7 @@ import torch
 from optics.cdp import CDPSystem
 from optics.masks import ComplexMask, PhaseMask, binary_phase, octanary, random_phase
 from optics.sensor import Sensor
-from optics.slm import SLM, PhaseLUT
+from optics.slm import SLM, PhaseLUT, PitchRatioError
 
 from .config import Config, ConfigError
 
@@ -30,15 +30,30 @@ def slm_from_config(cfg: Config) -> Optional[SLM]:
     return slm.eval()
 
 
-def sensor_from_config(cfg: Config) -> Optional[Sensor]:
+def sensor_from_config(cfg: Config, detector_pitch_m=None) -> Optional[Sensor]:
+    """The camera. ``detector_pitch_m`` is the sample pitch of the detector plane (for the
+    Fourier methods ``λz/(M·dx)``, not ``optics.pitch_m``); it is needed only to work out the
+    pixel binning when ``sensor.pitch_m`` is set."""
     s = cfg.sensor
     if not s.enabled:
         return None
-    sensor = Sensor(pitch_m=s.pitch_m, grid_pitch_m=cfg.optics.pitch_m if s.pitch_m else None,
-                    quantum_efficiency=s.quantum_efficiency, mean_photons=s.mean_photons,
-                    read_noise_e=s.read_noise_e, dark_current_e_per_s=s.dark_current_e_per_s,
-                    exposure_s=s.exposure_s, gain_e_per_dn=s.gain_e_per_dn, offset_dn=s.offset_dn,
-                    bit_depth=s.bit_depth, full_well_e=s.full_well_e, budget_dims=3)
+    grid = None
+    if s.pitch_m is not None:
+        if detector_pitch_m is None:
+            raise ConfigError("sensor.pitch_m is set but the detector-plane sample pitch is unknown")
+        grid = detector_pitch_m if not isinstance(detector_pitch_m, tuple) else detector_pitch_m[1]
+    try:
+        sensor = Sensor(pitch_m=s.pitch_m, grid_pitch_m=grid,
+                        quantum_efficiency=s.quantum_efficiency, mean_photons=s.mean_photons,
+                        read_noise_e=s.read_noise_e, dark_current_e_per_s=s.dark_current_e_per_s,
+                        exposure_s=s.exposure_s, gain_e_per_dn=s.gain_e_per_dn, offset_dn=s.offset_dn,
+                        bit_depth=s.bit_depth, full_well_e=s.full_well_e, budget_dims=3)
+    except PitchRatioError as exc:
+        raise ConfigError(
+            f"sensor.pitch_m = {s.pitch_m:.6g} m is not an integer multiple of the detector-plane sample "
+            f"pitch {grid:.6g} m ({cfg.optics.method}); choose sensor.pitch_m = n × {grid:.6g} m, or change "
+            f"optics.z_m / optics.oversampling / optics.pitch_m so that the detector pitch divides it "
+            f"({exc})") from exc
     return sensor.eval()
 
 
@@ -84,8 +99,10 @@ def system_from_config(cfg: Config) -> CDPSystem:
         prop.pop("band_limit", None), prop.pop("evanescent", None)
     if o.method == "fraunhofer":
         prop = {}
-    return CDPSystem(masks, pitch_m=o.pitch_m, wavelength_m=o.wavelength_m, z_m=o.z_m, method=o.method,
-                     oversampling=o.oversampling, slm=slm, sensor=sensor_from_config(cfg), **prop).eval()
+    system = CDPSystem(masks, pitch_m=o.pitch_m, wavelength_m=o.wavelength_m, z_m=o.z_m, method=o.method,
+                       oversampling=o.oversampling, slm=slm, **prop)
+    system.sensor = sensor_from_config(cfg, system.out_pitch_m)
+    return system.eval()
 
 
 def system_from_file_params(params: dict, masks_rad: torch.Tensor, mask_amplitude=None) -> CDPSystem:

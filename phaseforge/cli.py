@@ -1,10 +1,11 @@
 """Command-line interface ``phaseforge``.
 
-    phaseforge demo        [--out DIR]
+    phaseforge demo        [--config CFG] [--set …] [--out DIR]
     phaseforge simulate    [--config CFG] [--set key.path=value …] --out DATA.h5
                            [--resume] [--overwrite] [--shard i/n] [--max-batches K]
     phaseforge merge       SHARD.h5 … --out DATA.h5 [--overwrite]
-    phaseforge reconstruct --data DATA.h5 --solver wf|er|gs|hio|af --out DIR [--n-iter K] [--n N]
+    phaseforge reconstruct --data DATA.h5 [--solver wf|er|gs|hio|af] --out DIR [--n-iter K] [--n N]
+                           [--config CFG] [--set solver.n_iter=…]
     phaseforge config      [--config CFG] [--set …]    (print the resolved configuration)
 
 Errors from bad input are printed as one line ``phaseforge: error: …`` with exit status 2.
@@ -32,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="override one key, e.g. --set optics.z_m=0.2 (repeatable)")
 
     p = sub.add_parser("demo", help="run the main job on the embedded default data")
+    with_config(p)
     p.add_argument("--out", type=Path, default=Path("out/demo"))
     p.add_argument("--no-progress", action="store_true")
 
@@ -51,8 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("reconstruct", help="classical phase retrieval on a CDP dataset")
+    with_config(p)
     p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--solver", choices=["wf", "er", "gs", "hio", "af"], default="wf")
+    p.add_argument("--solver", choices=["wf", "er", "gs", "hio", "af"], default=None,
+                   help="default: solver.name of the configuration (wf)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--n-iter", type=int, default=None)
     p.add_argument("--tol", type=float, default=None)
@@ -84,13 +88,14 @@ def main(argv=None) -> int:
 
     try:
         if args.command == "demo":
-            res = pipeline.demo(args.out, progress=not args.no_progress)
+            res = pipeline.demo(args.out, progress=not args.no_progress, config=args.config,
+                                overrides=args.overrides)
             m = res["baseline"]["metrics"]["summary"]
             print(f"demo: showcase figure {res['showcase']}")
             print(f"demo: dataset {res['dataset']}")
             print(f"demo: {res['baseline']['solver']} baseline on {res['baseline']['n_samples']} samples: "
                   f"relative error median {m['relative_error']['median']:.3g}, "
-                  f"outputs in {Path(args.out) / 'reconstruct_wf'}")
+                  f"outputs in {res['baseline_dir']}")
         elif args.command == "simulate":
             cfg = load(args.config, args.overrides)
             path = pipeline.simulate(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
@@ -104,7 +109,8 @@ def main(argv=None) -> int:
             print(f"merge: wrote {path} (virtual datasets over {len(args.shards)} shards)")
         elif args.command == "reconstruct":
             rep = pipeline.reconstruct(args.data, args.out, solver=args.solver, n_iter=args.n_iter, tol=args.tol,
-                                       n=args.n, batch_size=args.batch_size, progress=not args.no_progress)
+                                       n=args.n, batch_size=args.batch_size, progress=not args.no_progress,
+                                       config=args.config, overrides=args.overrides)
             m = rep["metrics"]["summary"]["relative_error"]
             print(f"reconstruct: {rep['solver']} on {rep['n_samples']} samples, relative error "
                   f"median {m['median']:.3g} mean {m['mean']:.3g}; {rep['seconds_per_sample']:.3f} s/sample; "

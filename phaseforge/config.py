@@ -245,9 +245,10 @@ def _set_path(d: dict, dotted: str, value):
     cur[keys[-1]] = value
 
 
-def load(path: Optional[Union[str, Path]] = None, overrides: Optional[List[str]] = None) -> Config:
-    """Defaults ← YAML file ← ``key.path=value`` overrides; validated."""
-    data = to_dict(Config())
+def load(path: Optional[Union[str, Path]] = None, overrides: Optional[List[str]] = None,
+         base: Optional[Config] = None) -> Config:
+    """``base`` (default: the defaults) ← YAML file ← ``key.path=value`` overrides; validated."""
+    data = to_dict(base if base is not None else Config())
     if path is not None:
         p = Path(path)
         if not p.is_file():

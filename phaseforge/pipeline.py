@@ -94,31 +94,40 @@ def simulate(cfg: Config, out: Path, *, resume: bool = False, overwrite: bool = 
     return Path(path)
 
 
-def _measurements_to_intensity(cfg: Config, y: torch.Tensor) -> torch.Tensor:
+def _measurements_to_intensity(sensor, y: torch.Tensor) -> torch.Tensor:
     """DN → photons (the solvers' intensity units) through the stored sensor's affine map."""
-    sensor = sensor_from_config(cfg)
     if sensor is None:
         return y
     return sensor.dn_to_photons(y).clamp_min(0.0)
 
 
-def reconstruct(data: Path, out: Path, *, solver: str = "wf", n_iter: Optional[int] = None,
+def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: Optional[int] = None,
                 tol: Optional[float] = None, n: Optional[int] = None, batch_size: int = 16,
-                progress: bool = True) -> dict:
-    """Run a classical solver on every sample of ``data``; write reconstructions, metrics, figure."""
+                progress: bool = True, config: Optional[Path] = None, overrides=None) -> dict:
+    """Run a classical solver on every sample of ``data``; write reconstructions, metrics, figure.
+
+    The configuration is the one stored in the dataset, then ``config`` (YAML) and
+    ``overrides`` on top (e.g. ``solver.n_iter=500``); explicit arguments win over both."""
     from learning.h5io import CDPDataset
     from learning.metrics import evaluate
     from learning.solvers import solve
 
     ds = CDPDataset(data)
-    cfg_text = ds.attrs.get("config_yaml", "")
-    cfg = _config_from_text(cfg_text)
+    cfg = load(config, overrides, base=_config_from_text(ds.attrs.get("config_yaml", "")))
+    if solver is None:
+        solver = cfg.solver.name
     if n_iter is None:
         n_iter = cfg.solver.n_iter
     if tol is None:
         tol = cfg.solver.tol
     masks, amp = ds.masks_rad, ds.mask_amplitude
     system = system_from_file_params(ds.params, masks, amp)
+    sensor = sensor_from_config(cfg, system.out_pitch_m)
+    if sensor is not None and sensor.binning > 1:
+        raise ValueError(
+            f"{data}: the sensor binned {sensor.binning}×{sensor.binning} detector samples per pixel; a "
+            f"sum of |field|² over a pixel is not |A x|² of any linear A, so the classical solvers "
+            f"cannot model it — simulate with sensor.pitch_m unset (one sample per pixel) to reconstruct")
     support = None
     if solver in ("er", "gs", "hio") and system.out_shape != system.in_shape:
         # object-domain projections need the padding in x: solve on the padded grid with the
@@ -140,7 +149,7 @@ def reconstruct(data: Path, out: Path, *, solver: str = "wf", n_iter: Optional[i
         items = [ds[i] for i in range(start, min(count, start + batch_size))]
         y = torch.stack([m for m, _ in items])
         x = torch.stack([o for _, o in items])
-        y = _measurements_to_intensity(cfg, y)
+        y = _measurements_to_intensity(sensor, y)
         res = solve(system, y, solver=solver, n_iter=n_iter, tol=tol, generator=cfg.seed, history=False, **kw)
         x_hat = res.x.detach().to(torch.complex64)
         if support is not None:
@@ -190,14 +199,18 @@ def _config_from_text(text: str) -> Config:
     return from_dict(_C, yaml.safe_load(text)).validate()
 
 
-def demo(out: Path, *, progress: bool = True) -> dict:
-    """The embedded-default pipeline: one showcase CDP figure, a simulated dataset, a baseline."""
+DEMO_SETTINGS = ["data.split=test", "data.n=8", "data.encoding=complex", "masks.n_masks=4",
+                 "sensor.mean_photons=10000", "solver.n_iter=400", "solver.name=wf"]
+
+
+def demo(out: Path, *, progress: bool = True, config: Optional[Path] = None, overrides=None) -> dict:
+    """The embedded-default pipeline: one showcase CDP figure, a simulated dataset, a baseline.
+    ``config``/``overrides`` apply on top of the demo's settings (:data:`DEMO_SETTINGS`)."""
     from .figures import cdp_figure
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = load(None, ["data.split=test", "data.n=8", "data.encoding=complex", "masks.n_masks=4",
-                      "sensor.mean_photons=10000", "solver.n_iter=400", "solver.name=wf"])
+    cfg = load(config, overrides, base=load(None, DEMO_SETTINGS))
     write_text(out / "config.yaml", dump(cfg))
     # 1. showcase: one object through the full CDP system (SLM + sensor), figure + measurements
     show_cfg = load(None, ["data.size=64", "slm.enabled=true", "slm.pixel_pitch_m=32e-6", "slm.bit_depth=4",
@@ -214,8 +227,10 @@ def demo(out: Path, *, progress: bool = True) -> dict:
     save_figure(cdp_figure(obj, mod, y, system), out / "showcase_cdp.png", dpi=110)
     # 2. a small CDP dataset with `phaseforge simulate`, 3. a Wirtinger-flow baseline
     data = simulate(cfg, out / "demo_cdp.h5", overwrite=True, progress=progress)
-    report = reconstruct(data, out / "reconstruct_wf", solver=cfg.solver.name, progress=progress)
-    return {"showcase": str(out / "showcase_cdp.png"), "dataset": str(data), "baseline": report}
+    rec_dir = out / f"reconstruct_{cfg.solver.name}"
+    report = reconstruct(data, rec_dir, solver=cfg.solver.name, progress=progress)
+    return {"showcase": str(out / "showcase_cdp.png"), "dataset": str(data), "baseline": report,
+            "baseline_dir": str(rec_dir)}
 
 
 def _showcase_object(size: int) -> torch.Tensor:

@@ -103,3 +103,17 @@ def test_hio_recovers_nonnegative_objects_from_one_oversampled_cdp(tmp_path):
                  "--no-progress"]) == 0
     rep = json.loads((out / "metrics.json").read_text())
     assert rep["metrics"]["summary"]["relative_error"]["max"] < 1e-3
+
+
+def test_sensor_binning_uses_the_detector_plane_pitch(tmp_path, capsys):
+    # Fraunhofer: detector samples are λz/(M·dx) apart, not optics.pitch_m
+    det = 633e-9 * 0.1 / (32 * 8e-6)
+    common = ["--no-progress", "--set", "data.n=2", "--set", "data.size=16", "--set", "masks.n_masks=2"]
+    out = tmp_path / "binned.h5"
+    assert main(["simulate", "--out", str(out), *common, "--set", f"sensor.pitch_m={2 * det!r}"]) == 0
+    _, meas, _ = _read(out)
+    assert meas.shape == (2, 2, 16, 16)  # 32² detector samples binned 2×2
+    assert main(["simulate", "--out", str(tmp_path / "bad.h5"), *common, "--set", "sensor.pitch_m=5.5e-6"]) == 2
+    assert "not an integer multiple of the detector-plane sample pitch" in capsys.readouterr().err
+    assert main(["reconstruct", "--data", str(out), "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    assert "binned 2×2" in capsys.readouterr().err
