@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .errors import EncodingError
+from .images import sequence_index
 
 __all__ = ["ENCODINGS", "DEFAULT_PHASE_RANGE_RAD", "encode", "check_phase_range",
            "ObjectSet", "partner_index"]
@@ -184,12 +185,7 @@ class ObjectSet(Sequence):
         return partner_index(i, len(self), self.seed)
 
     def __getitem__(self, i) -> torch.Tensor:
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-            raise TypeError(f"object index must be an integer, got {type(i).__name__}")
-        n = len(self)
-        j = int(i) + n if i < 0 else int(i)
-        if not 0 <= j < n:
-            raise IndexError(f"object index {int(i)} out of range for {n} objects")
+        j = sequence_index(i, len(self), "object")
         if self.encoding == "complex":
             return encode(self.images[j], self.images[self.partner(j)], encoding="complex",
                           phase_range_rad=self.phase_range_rad, dtype=self.dtype)

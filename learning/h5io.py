@@ -93,7 +93,7 @@ import torch
 from .errors import (DatasetExistsError, DatasetFormatError, DatasetIncompleteError,
                      DatasetNotFoundError, DatasetVersionError, LearningError, ParamsError,
                      ResumeMismatchError, ShardError, SimulationOutputError)
-from .images import split_indices
+from .images import sequence_index, split_indices
 
 __all__ = [
     "FORMAT_VERSION", "SOFTWARE", "UNIT_SUFFIXES", "COMPRESSION", "COMPRESSION_OPTS",
@@ -1002,12 +1002,7 @@ class CDPDataset(torch.utils.data.Dataset):
         return int(self.indices.size)
 
     def __getitem__(self, i):
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-            raise TypeError(f"sample index must be an integer, got {type(i).__name__}")
-        n = len(self)
-        j = int(i) + n if i < 0 else int(i)
-        if not 0 <= j < n:
-            raise IndexError(f"sample index {int(i)} out of range for {n} samples")
+        j = sequence_index(i, len(self), "sample")
         if self._mem is not None:
             return self._mem[0][j], self._mem[1][j]
         dm, do = self._datasets()

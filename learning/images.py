@@ -195,6 +195,17 @@ def _check_split(split: str) -> None:
 # --------------------------------------------------------------------------------------------
 # ImageSet
 # --------------------------------------------------------------------------------------------
+def sequence_index(i, n: int, what: str, context: str = "") -> int:
+    """``i`` (negative counts from the end) as an index into ``n`` items, or a TypeError /
+    IndexError naming ``what`` — the one index check of the learning sequences."""
+    if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+        raise TypeError(f"{what} index must be an integer, got {type(i).__name__}")
+    j = int(i) + n if i < 0 else int(i)
+    if not 0 <= j < n:
+        raise IndexError(f"{what} index {int(i)} out of range for {n} {what}s{context}")
+    return j
+
+
 class ImageSet(Sequence, abc.ABC):
     """A sequence of ``(size, size)`` float32 grayscale images in ``[0, 1]``.
 
@@ -221,14 +232,7 @@ class ImageSet(Sequence, abc.ABC):
         """Name of the source item image ``i`` comes from."""
 
     def _index(self, i) -> int:
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-            raise TypeError(f"image index must be an integer, got {type(i).__name__}")
-        n = len(self)
-        j = int(i) + n if i < 0 else int(i)
-        if not 0 <= j < n:
-            raise IndexError(f"image index {int(i)} out of range for {n} images "
-                             f"({self.description})")
-        return j
+        return sequence_index(i, len(self), "image", f" ({self.description})")
 
     def __getitem__(self, i) -> np.ndarray:
         if isinstance(i, slice):

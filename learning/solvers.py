@@ -764,8 +764,14 @@ def _project_object(x: Tensor, support: Optional[Tensor], nonnegative: bool, rea
     return x
 
 
-def _fourier_setup(prob, x0, init, spectral_method, n_power_iter, gen, alpha_y, pinv_mode,
-                   cg_iter, check_tol, support, nonnegative, real):
+def _fourier_setup(op, y, norm_sq, x_true, support, generator, x0, init, spectral_method,
+                   n_power_iter, alpha_y, pinv_mode, cg_iter, check_tol, nonnegative, real):
+    """Shared set-up of the object-domain solvers (ER/GS, HIO): the problem, the checked
+    ``x_true`` and support, the measurement projection ``p_m`` and the initial iterate."""
+    prob = _setup(op, y, norm_sq)
+    x_true = _x_true(prob, x_true)
+    support = _prepare_constraint(prob, support)
+    gen = _generator(generator)
     pinv = _PInv(prob, pinv_mode, cg_iter, check_tol)
     sy = prob.sqrt_y
 
@@ -781,7 +787,7 @@ def _fourier_setup(prob, x0, init, spectral_method, n_power_iter, gen, alpha_y, 
         return _project_object(pinv(u, warm), support, nonnegative, real)
 
     x = _init(prob, x0, init, spectral_method, n_power_iter, gen, alpha_y, random_init)
-    return p_m, x
+    return prob, x_true, support, p_m, x
 
 
 # --------------------------------------------------------------------------------------------
@@ -817,12 +823,9 @@ def error_reduction(op, y: Tensor, *, n_iter: int = 500, x0: Optional[Tensor] = 
     """
     _check_options(n_iter=n_iter, tol=tol, cg_iter=cg_iter, n_power_iter=n_power_iter)
     with _grad_context(differentiable):
-        prob = _setup(op, y, norm_sq)
-        x_true = _x_true(prob, x_true)
-        sup = _prepare_constraint(prob, support)
-        gen = _generator(generator)
-        p_m, x = _fourier_setup(prob, x0, init, spectral_method, n_power_iter, gen, alpha_y,
-                                pinv, cg_iter, pinv_check_tol, sup, nonnegative, real)
+        prob, x_true, sup, p_m, x = _fourier_setup(
+            op, y, norm_sq, x_true, support, generator, x0, init, spectral_method, n_power_iter,
+            alpha_y, pinv, cg_iter, pinv_check_tol, nonnegative, real)
 
         def step(x, t):
             xp, z = p_m(x)
@@ -881,12 +884,9 @@ def hio(op, y: Tensor, *, n_iter: int = 500, beta: float = 0.9, x0: Optional[Ten
     """
     _check_options(n_iter=n_iter, beta=beta, tol=tol, cg_iter=cg_iter, n_power_iter=n_power_iter)
     with _grad_context(differentiable):
-        prob = _setup(op, y, norm_sq)
-        x_true = _x_true(prob, x_true)
-        sup = _prepare_constraint(prob, support)
-        gen = _generator(generator)
-        p_m, x = _fourier_setup(prob, x0, init, spectral_method, n_power_iter, gen, alpha_y,
-                                pinv, cg_iter, pinv_check_tol, sup, nonnegative, real)
+        prob, x_true, sup, p_m, x = _fourier_setup(
+            op, y, norm_sq, x_true, support, generator, x0, init, spectral_method, n_power_iter,
+            alpha_y, pinv, cg_iter, pinv_check_tol, nonnegative, real)
         inside = sup if sup is not None else torch.ones(prob.in_shape, dtype=torch.bool,
                                                         device=prob.y.device)
 
