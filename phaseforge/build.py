@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from optics.cdp import CDPSystem
+from optics.propagation import choose_method
 from optics.masks import ComplexMask, PhaseMask, binary_phase, octanary, random_phase
 from optics.sensor import Sensor
 from optics.slm import SLM, PhaseLUT, PitchRatioError
@@ -86,20 +87,26 @@ def masks_from_config(cfg: Config, slm: Optional[SLM]):
     return PhaseMask(theta, learnable=False)
 
 
+# the keyword options each propagation method takes (optics.propagation)
+_METHOD_OPTIONS = {
+    "fraunhofer": (),
+    "fresnel-1fft": ("allow_aliasing",),
+    "fresnel-tf": ("pad", "allow_aliasing"),
+    "fresnel-ir": ("pad", "allow_aliasing"),
+    "asm": ("pad", "band_limit", "evanescent", "allow_aliasing"),
+}
+
+
 def system_from_config(cfg: Config) -> CDPSystem:
     slm = slm_from_config(cfg)
     masks = masks_from_config(cfg, slm)
     o = cfg.optics
-    prop = dict(allow_aliasing=o.propagation.allow_aliasing)
-    if o.method in ("asm", "fresnel-tf", "fresnel-ir", "auto"):
-        prop["pad"] = o.propagation.pad
-    if o.method in ("asm", "auto"):
-        prop.update(band_limit=o.propagation.band_limit, evanescent=o.propagation.evanescent)
-    if o.method == "auto":
-        prop.pop("band_limit", None), prop.pop("evanescent", None)
-    if o.method == "fraunhofer":
-        prop = {}
-    system = CDPSystem(masks, pitch_m=o.pitch_m, wavelength_m=o.wavelength_m, z_m=o.z_m, method=o.method,
+    method = o.method
+    if method == "auto":  # resolve here so the configured options of the chosen method apply
+        n_out = int(round(o.oversampling * cfg.data.size))
+        method = choose_method((n_out, n_out), pitch_m=o.pitch_m, wavelength_m=o.wavelength_m, z_m=o.z_m)
+    prop = {k: getattr(o.propagation, k) for k in _METHOD_OPTIONS[method]}
+    system = CDPSystem(masks, pitch_m=o.pitch_m, wavelength_m=o.wavelength_m, z_m=o.z_m, method=method,
                        oversampling=o.oversampling, slm=slm, **prop)
     system.sensor = sensor_from_config(cfg, system.out_pitch_m)
     return system.eval()
@@ -113,10 +120,6 @@ def system_from_file_params(params: dict, masks_rad: torch.Tensor, mask_amplitud
     return CDPSystem(mod.to(torch.complex64), pitch_m=float(o["pitch_m"]), wavelength_m=float(o["wavelength_m"]),
                      z_m=float(o["z_m"]), method=str(o["method"]), oversampling=float(o["oversampling"]),
                      **opts).eval()
-
-
-def propagation_options(system: CDPSystem) -> dict:
-    return dict(system.propagation_options)
 
 
 def objects_from_config(cfg: Config):

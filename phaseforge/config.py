@@ -295,5 +295,12 @@ def _merge(base: dict, new: dict, path: str):
             base[k] = v
 
 
+def from_yaml_text(text: str) -> Config:
+    """A configuration from YAML text (e.g. the ``config_yaml`` stored in a dataset file);
+    empty text gives the defaults."""
+    data = yaml.safe_load(text) if text else None
+    return from_dict(Config, data or {}).validate()
+
+
 def dump(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)

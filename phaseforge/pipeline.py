@@ -5,8 +5,7 @@ and shows progress with tqdm.
 """
 from __future__ import annotations
 
-import io
-import logging
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -16,15 +15,12 @@ import numpy as np
 import torch
 
 from optics.fileio import save_figure, save_npz, write_json, write_text
+from optics.grid import crop_centered, pad_centered
 
 from . import __version__
-from optics.grid import crop_centered
-
 from .build import (effective_masks, objects_from_config, sensor_from_config, system_from_config,
                     system_from_file_params)
-from .config import Config, dump, load
-
-log = logging.getLogger("phaseforge")
+from .config import Config, dump, from_yaml_text, load
 
 
 def _file_params(cfg: Config, system) -> dict:
@@ -40,19 +36,14 @@ def _file_params(cfg: Config, system) -> dict:
         "propagation": dict(system.propagation_options),
         "masks": {"kind": cfg.masks.kind, "n_masks": cfg.masks.n_masks, "seed": cfg.masks.seed,
                   "levels": cfg.masks.levels},
-        "slm": {k: v for k, v in _asdict(cfg.slm).items() if k != "lut"},
-        "sensor": _asdict(cfg.sensor),
-        "data": _asdict(cfg.data),
+        "slm": {k: v for k, v in dataclasses.asdict(cfg.slm).items() if k != "lut"},
+        "sensor": dataclasses.asdict(cfg.sensor),
+        "data": dataclasses.asdict(cfg.data),
     }
     if cfg.slm.lut is not None:
         params["slm"]["lut_gray"] = list(cfg.slm.lut.gray)
         params["slm"]["lut_phase_rad"] = list(cfg.slm.lut.phase_rad)
     return params
-
-
-def _asdict(dc) -> dict:
-    import dataclasses
-    return dataclasses.asdict(dc)
 
 
 def make_simulator(system):
@@ -113,7 +104,7 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
     from learning.solvers import solve
 
     ds = CDPDataset(data)
-    cfg = load(config, overrides, base=_config_from_text(ds.attrs.get("config_yaml", "")))
+    cfg = load(config, overrides, base=from_yaml_text(ds.attrs.get("config_yaml", "")))
     if solver is None:
         solver = cfg.solver.name
     if n_iter is None:
@@ -162,9 +153,10 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
     x_hat = torch.cat(xhats)
     # with a photon budget the measurement scale is arbitrary: align a complex scale, not only the phase
     align_scale = cfg.sensor.enabled and cfg.sensor.mean_photons is not None
-    phase_span = float(cfg.data.phase_range_rad[1] - cfg.data.phase_range_rad[0])
-    metrics = evaluate(x_hat, x, amplitude_range=1.0, phase_range_rad=max(phase_span, 1e-6) if cfg.data.encoding != "amplitude" else 2 * math.pi,
-                       align_scale=align_scale)
+    # PSNR of the phase over the encoded phase range (amplitude objects: the full 2π)
+    lo, hi = cfg.data.phase_range_rad
+    phase_range = 2 * math.pi if cfg.data.encoding == "amplitude" else float(hi - lo)
+    metrics = evaluate(x_hat, x, amplitude_range=1.0, phase_range_rad=phase_range, align_scale=align_scale)
     report = {"data": str(data), "solver": solver, "n_samples": count, "n_iter": n_iter, "tol": tol,
               "seconds": elapsed, "seconds_per_sample": elapsed / count, "align_scale": align_scale,
               "final_residual": residuals, "metrics": metrics}
@@ -179,8 +171,6 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
 
 def _padded_operator(params, masks, amp, system):
     """The same CDPs as an operator on the padded grid (no hidden padding) plus the support."""
-    from optics.grid import pad_centered
-
     shape = system.out_shape
     m = pad_centered(masks, shape)
     a = None if amp is None else pad_centered(amp, shape)
@@ -189,14 +179,6 @@ def _padded_operator(params, masks, amp, system):
     padded = system_from_file_params(p, m, a)
     support = pad_centered(torch.ones(system.in_shape, dtype=torch.bool), shape)
     return padded, support
-
-
-def _config_from_text(text: str) -> Config:
-    import yaml
-    from .config import Config as _C, from_dict
-    if not text:
-        return _C().validate()
-    return from_dict(_C, yaml.safe_load(text)).validate()
 
 
 DEMO_SETTINGS = ["data.split=test", "data.n=8", "data.encoding=complex", "masks.n_masks=4",
