@@ -107,6 +107,52 @@ class SolverConfig:
 
 
 @dataclass
+class ModelConfig:
+    """A learnable phase-retrieval system (learning.systems): role, masks, unrolled solver, U-Net."""
+    role: str = "teacher"  # teacher | student: which random stream draws the initial masks
+    learn_masks: bool = True  # false: the initial random masks stay fixed (baseline)
+    widths: List[int] = field(default_factory=lambda: [16, 32, 64])  # U-Net channels per level; [] = no network
+    norm: str = "batch"  # batch | group | none
+    solver: str = "er"  # unrolled first estimate: er | wf
+    n_unrolled: int = 5
+    n_power_iter: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (learning.training.TrainSettings) and the training / validation objects."""
+    epochs: int = 10
+    batch_size: int = 16
+    n_train: int = 256  # objects from the image source's train split
+    n_val: int = 32  # objects from its val split
+    lr_mask: float = 0.05
+    lr_net: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # cosine | constant
+    warmup_steps: int = 0
+    grad_clip: float = 0.0
+    recon_loss: str = "mse"  # mse | l1 (global-phase aligned)
+    noise: str = "differentiable"  # differentiable | exact | none
+    grad_norm_every: int = 1
+    val_seed: int = 12345
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge-transfer terms of `phaseforge distill` (learning.losses.DistillationLoss)."""
+    recon_weight: float = 1.0
+    mask_loss: str = "spectrum"  # spectrum | gram | none
+    mask_weight: float = 1.0
+    feature_levels: List[int] = field(default_factory=lambda: [0])  # decoder level k at H/2^k
+    feature_kind: str = "mse"  # mse | l1 | cosine
+    feature_weight: float = 0.1
+    output_weight: float = 0.0
+    balance: bool = False  # scale each term by its mask-gradient norm after the warm-up
+    balance_warmup: int = 50
+    teacher_noise: str = "exact"  # exact | differentiable | none
+
+
+@dataclass
 class Config:
     seed: int = 0
     optics: OpticsConfig = field(default_factory=OpticsConfig)
@@ -116,6 +162,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     batch_size: int = 16
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def validate(self) -> "Config":
         o = self.optics
@@ -148,7 +197,50 @@ class Config:
         _choice("solver.name", self.solver.name, ("wf", "er", "gs", "hio", "af"))
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        _validate_learning(self)
         return self
+
+
+def _validate_learning(cfg: "Config") -> None:
+    """The model / train / distill sections; choice lists come from the learning library."""
+    from learning.losses import FEATURE_KINDS, MASK_LOSSES, RECON_KINDS
+    from learning.networks import NORMS
+    from learning.systems import FIRST_ESTIMATES, NOISE_MODES
+    from learning.training import SCHEDULES
+
+    m, t, d = cfg.model, cfg.train, cfg.distill
+    _choice("model.role", m.role, ("teacher", "student"))
+    _choice("model.norm", m.norm, NORMS)
+    _choice("model.solver", m.solver, FIRST_ESTIMATES)
+    for i, w in enumerate(m.widths):
+        if w < 1:
+            raise ConfigError(f"model.widths[{i}] = {w} must be a positive channel count")
+    for key in ("n_unrolled", "n_power_iter"):
+        if getattr(m, key) < 0:
+            raise ConfigError(f"model.{key} must be >= 0, got {getattr(m, key)}")
+    for key in ("epochs", "batch_size", "n_train", "n_val"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
+    for key in ("lr_mask", "lr_net", "weight_decay", "grad_clip"):
+        v = getattr(t, key)
+        if not (math.isfinite(v) and v >= 0):
+            raise ConfigError(f"train.{key} must be a finite number >= 0, got {v!r}")
+    _choice("train.schedule", t.schedule, SCHEDULES)
+    _choice("train.recon_loss", t.recon_loss, RECON_KINDS)
+    _choice("train.noise", t.noise, NOISE_MODES)
+    _choice("distill.mask_loss", d.mask_loss, MASK_LOSSES)
+    _choice("distill.feature_kind", d.feature_kind, FEATURE_KINDS)
+    _choice("distill.teacher_noise", d.teacher_noise, NOISE_MODES)
+    for key in ("recon_weight", "mask_weight", "feature_weight", "output_weight"):
+        v = getattr(d, key)
+        if not (math.isfinite(v) and v >= 0):
+            raise ConfigError(f"distill.{key} must be a finite weight >= 0, got {v!r}")
+    depth = len(m.widths)
+    for i, k in enumerate(d.feature_levels):
+        if not 0 <= k < max(depth, 1) or depth == 0:
+            raise ConfigError(
+                f"distill.feature_levels[{i}] = {k}: the student network (model.widths = {m.widths}) has "
+                f"decoder levels 0 … {depth - 1}; choose levels it has, or [] for no feature loss")
 
 
 def _choice(key, value, allowed):
