@@ -90,8 +90,9 @@ def gram_mask_loss(phi_t: torch.Tensor, phi_s: torch.Tensor) -> torch.Tensor:
     (``tr(AB) = tr(BA)``), i.e. only ``L×L``, ``L×K`` and ``K×K`` inner products:
     ``O((L+K)² n)`` time, ``O(n)`` memory.
 
-    **Degeneracy for unit-modulus masks.** Then ``‖Q Qᴴ‖²_F = K² n²`` … for ``K = 1`` simply
-    ``n²``, and ``‖P Pᴴ‖²_F`` does not depend on the student, so
+    **Degeneracy for unit-modulus masks.** For one student mask (``K = 1``) ``‖Q Qᴴ‖²_F =
+    ⟨ψ, ψ⟩² = n²`` is fixed by the unit modulus, and ``‖P Pᴴ‖²_F`` does not depend on the
+    student, so
 
         ``loss = const − (2/n²) Σ_l |⟨φ_l, ψ⟩|²``:
 

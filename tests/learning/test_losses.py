@@ -1,0 +1,127 @@
+"""Distillation and reconstruction losses: zero at equality, gradients, the inner-product Gram
+identity, the documented Gram degeneracy and the non-degenerate spectrum transfer."""
+import math
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+from learning.losses import (DistillationLoss, LossError, feature_loss, gram_mask_loss,
+                             gram_mask_loss_explicit, radial_power_profile, recon_error,
+                             spectrum_mask_loss)
+
+
+def _phases(L, h, w, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return 2 * math.pi * torch.rand(L, h, w, generator=g, dtype=dtype)
+
+
+def _masks(theta):
+    return torch.polar(torch.ones_like(theta), theta)
+
+
+def test_gram_inner_products_equal_explicit_matrix():
+    # arbitrary complex (not unit-modulus) masks, L = 3 teacher, K = 2 student, 6×5 pixels
+    g = torch.Generator().manual_seed(1)
+    p = torch.randn(3, 6, 5, generator=g, dtype=torch.complex128)
+    q = torch.randn(2, 6, 5, generator=g, dtype=torch.complex128)
+    a, b = gram_mask_loss(p, q), gram_mask_loss_explicit(p, q)
+    assert torch.allclose(a, b, rtol=1e-12, atol=0), (a, b)  # float64 round-off only
+
+
+def test_losses_zero_when_student_equals_teacher():
+    th = _phases(4, 8, 8, 0)
+    m = _masks(th)
+    assert float(gram_mask_loss(m, m.clone())) == pytest.approx(0.0, abs=1e-12)
+    assert float(spectrum_mask_loss(m, m.clone())) == pytest.approx(0.0, abs=1e-14)
+    # the spectrum loss ignores order and translation of the masks
+    moved = torch.roll(m.flip(0), shifts=(3, -2), dims=(-2, -1))
+    assert float(spectrum_mask_loss(m, moved)) == pytest.approx(0.0, abs=1e-14)
+    f = torch.randn(2, 5, 4, 4, dtype=torch.float64)
+    for kind in ("mse", "l1", "cosine"):
+        assert float(feature_loss(f, f.clone(), kind)) == pytest.approx(0.0, abs=1e-12)
+    x = torch.polar(torch.ones(3, 8, 8, dtype=torch.float64), _phases(3, 8, 8, 2))
+    # reconstruction loss is invariant to a global phase
+    assert float(recon_error(x * torch.exp(torch.tensor(1.234j)), x)) == pytest.approx(0.0, abs=1e-12)
+    assert float(recon_error(x * torch.exp(torch.tensor(1.234j)), x, "l1")) < 1e-5
+
+
+def test_radial_profile_is_a_distribution_and_flat_for_random_masks():
+    p = radial_power_profile(_masks(_phases(2, 16, 16, 3)))
+    assert torch.allclose(p.sum(-1), torch.ones(2, dtype=torch.float64))
+    # a constant mask puts all power at DC
+    c = radial_power_profile(torch.ones(1, 16, 16, dtype=torch.complex128))
+    assert float(c[0, 0]) == pytest.approx(1.0)
+
+
+def test_gradcheck_mask_losses_and_features():
+    tt = _phases(2, 4, 4, 4)
+    ts = _phases(1, 4, 4, 5).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: gram_mask_loss(_masks(tt), _masks(t)), (ts,))
+    assert torch.autograd.gradcheck(lambda t: spectrum_mask_loss(_masks(tt), _masks(t)), (ts,))
+    fs = torch.randn(2, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    ft = torch.randn(2, 3, 2, 2, dtype=torch.float64)
+    for kind in ("mse", "cosine"):
+        assert torch.autograd.gradcheck(lambda f: feature_loss(f, ft, kind), (fs,))
+    xh = torch.randn(1, 3, 3, dtype=torch.complex128, requires_grad=True)
+    x = torch.randn(1, 3, 3, dtype=torch.complex128)
+    assert torch.autograd.gradcheck(lambda z: recon_error(z, x), (xh,))
+
+
+def test_gram_loss_degenerates_for_unit_modulus_masks():
+    """Documented trap: loss = const − (2/n²) Σ_l |⟨φ_l, ψ⟩|²; a random student starts within
+    O(L/n) of the maximum, and the minimiser copies a teacher mask."""
+    h = w = 16
+    n = h * w
+    teacher = _masks(_phases(4, h, w, 10))
+    vals, overlaps = [], []
+    for s in range(5):
+        psi = _masks(_phases(1, h, w, 100 + s))
+        vals.append(float(gram_mask_loss(teacher, psi)))
+        overlaps.append(float((teacher.reshape(4, -1) @ psi.reshape(-1).conj()).abs().pow(2).sum()) / n ** 2)
+    const = [v + 2 * o for v, o in zip(vals, overlaps)]
+    assert max(const) - min(const) < 1e-9 * max(const)  # only the overlap term depends on ψ
+    c = const[0]
+    copy = float(gram_mask_loss(teacher, teacher[:1]))
+    depth = c - copy  # how far the loss can go down (copying one teacher mask)
+    assert depth > 1.9
+    for v in vals:  # random starts sit within 5 % of the top of that range (≈ L/n = 1.6 %)
+        assert (c - v) / depth < 0.05
+
+
+def test_spectrum_loss_transfers_without_copying():
+    """Non-degenerate variant: a random student moves towards the teacher's power spectrum
+    (here low-pass masks) without copying any teacher mask."""
+    h = w = 16
+    g = torch.Generator().manual_seed(7)
+    smooth = torch.nn.functional.avg_pool2d(
+        6 * math.pi * torch.rand(4, 1, h + 3, w + 3, generator=g, dtype=torch.float64), 4, stride=1)[:, 0]
+    teacher = _masks(smooth)
+    theta = _phases(1, h, w, 8).requires_grad_(True)
+    opt = torch.optim.Adam([theta], lr=0.05)
+    first = float(spectrum_mask_loss(teacher, _masks(theta.detach())))
+    g0 = torch.autograd.grad(spectrum_mask_loss(teacher, _masks(theta)), theta)[0].norm()
+    assert first > 0.3 and float(g0) > 1e-2
+    for _ in range(150):
+        opt.zero_grad()
+        spectrum_mask_loss(teacher, _masks(theta)).backward()
+        opt.step()
+    last = float(spectrum_mask_loss(teacher, _masks(theta.detach())))
+    assert last < 0.2 * first, (first, last)
+    ov = (teacher.reshape(4, -1) @ _masks(theta.detach()).reshape(-1).conj()).abs() / (h * w)
+    assert float(ov.max()) < 0.5  # matched the statistics, not a copy of a teacher mask
+
+
+def test_distillation_loss_checks_levels_and_freezes_teacher(tiny_model):
+    teacher = tiny_model(n_masks=2, widths=(4, 8), role="teacher")
+    student = tiny_model(n_masks=1, widths=(2, 4), role="student")
+    with pytest.raises(LossError, match="decoder level 2"):
+        DistillationLoss(teacher, student, feature_levels=[2])
+    d = DistillationLoss(teacher, student, feature_levels=[0, 1])
+    assert all(not p.requires_grad for p in teacher.parameters())
+    d.train()
+    assert not teacher.training
+    assert not any(k.startswith("teacher.") or "_teacher" in k for k in d.state_dict())
+    # 1×1 adapters bridge the widths (2 → 4, 4 → 8)
+    assert d.adapters["0"].in_channels == 2 and d.adapters["0"].out_channels == 4

@@ -1,0 +1,129 @@
+"""The training loop: learning, exact resume, frozen teacher, NaN stop, data parallel."""
+import math
+import os
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+from learning.losses import DistillationLoss, ReconstructionLoss
+from learning.training import (CheckpointError, TrainSettings, TrainingError, load_checkpoint, train,
+                               validate)
+
+
+def _settings(**kw):
+    base = dict(epochs=2, batch_size=8, lr_mask=0.05, lr_net=3e-3, progress=False, grad_norm_every=1)
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+def test_short_run_lowers_loss_on_fixed_batch(tiny_model, phase_objects, tmp_path):
+    x = phase_objects[0][:8]
+    model = tiny_model(n_masks=1, widths=(8, 16))
+    before = validate(model, x, batch_size=8, seed=3, encoding="phase")["val_loss"]
+    res = train(model, [ReconstructionLoss()], {}, x, x, _settings(epochs=12, batch_size=8, lr_net=1e-2),
+                tmp_path / "run")
+    after = res["final"]["val_loss"]
+    assert after < 0.7 * before, (before, after)
+    h = res["history"]
+    assert all(r["grad_mask_recon"] > 0 for r in h)  # the mask gets a gradient every step
+    for f in ("history.csv", "val.csv", "curves.png", "mask_grad_norms.png", "checkpoints/last.pt",
+              "checkpoints/best.pt"):
+        assert (tmp_path / "run" / f).is_file(), f
+
+
+def _distill_setup(tiny_model, norm="batch"):
+    teacher = tiny_model(n_masks=2, widths=(4, 8), role="teacher", norm=norm, seed=1)
+    teacher.train()
+    # give the teacher non-trivial BatchNorm statistics
+    with torch.no_grad():
+        for m in teacher.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    student = tiny_model(n_masks=1, widths=(2, 4), role="student", slm_upsample=2, norm=norm)
+    return teacher, student
+
+
+def test_resume_equals_uninterrupted_and_teacher_frozen(tiny_model, phase_objects, tmp_path):
+    tr, va = phase_objects[0][:16], phase_objects[1][:8]
+    st = _settings(epochs=2, batch_size=8, balance=True, balance_warmup=1)
+    w = {"recon": 1.0, "mask": 0.5, "feature": 0.1, "output": 0.2}
+
+    def run(folder, **kw):
+        teacher, student = _distill_setup(tiny_model)
+        ref = {k: v.clone() for k, v in teacher.state_dict().items()}
+        d = DistillationLoss(teacher, student, mask_kind="spectrum", feature_levels=[0, 1], use_output=True)
+        res = train(student, [ReconstructionLoss(), d], w, tr, va, st, tmp_path / folder, **kw)
+        return student, d, teacher, ref, res
+
+    s1, d1, t1, ref, r1 = run("a")
+    # the teacher stayed frozen: weights and BatchNorm buffers bit-identical, still in eval mode
+    for k, v in t1.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+    assert not t1.training
+    _, _, _, _, part = run("b", stop_after_epoch=1)
+    assert part["stopped_early"] and part["epochs_done"] == 1
+    s2, d2, _, _, r2 = run("b", resume=True)
+    assert r2["epochs_done"] == 2
+    for k, v in s1.state_dict().items():
+        assert torch.equal(v, s2.state_dict()[k]), k
+    for k, v in d1.state_dict().items():
+        assert torch.equal(v, d2.state_dict()[k]), k
+    assert r1["history"] == r2["history"]
+    assert {"grad_mask_recon", "grad_mask_mask", "grad_mask_feature", "grad_mask_output"} <= set(r1["history"][0])
+
+
+def test_nan_loss_stops_with_last_checkpoint_intact(tiny_model, phase_objects, tmp_path):
+    tr, va = phase_objects[0][:16], phase_objects[1][:8]
+    calls = {"n": 0}
+
+    def poisoned(x_net, x, y, physics, model):
+        calls["n"] += 1
+        v = (x_net.x.real - x.real).pow(2).mean()
+        return {"bad": v * float("nan") if calls["n"] > 3 else v}  # step 3 = epoch 1
+
+    model = tiny_model(n_masks=1)
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 3 .*last\.pt is intact"):
+        train(model, [ReconstructionLoss(), poisoned], {}, tr, va, _settings(epochs=3), tmp_path / "r")
+    state = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
+    assert state["epoch"] == 1 and all(math.isfinite(r["loss"]) for r in state["history"])
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_corrupt_and_missing_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(bad)
+
+
+def _ddp_worker(rank, world, init_file, out_file, tr, va, folder):
+    import torch.distributed as dist
+    from tests.learning.conftest import make_tiny_model
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model = make_tiny_model(n_masks=1, widths=(4, 8), norm="group", slm_upsample=2)
+        train(model, [ReconstructionLoss()], {}, tr, va, _settings(epochs=2, batch_size=8), folder)
+        if rank == 0:
+            torch.save(model.state_dict(), out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_data_parallel_equals_single_process(phase_objects, tmp_path):
+    import torch.multiprocessing as mp
+    from tests.learning.conftest import make_tiny_model
+    tr, va = phase_objects[0][:16], phase_objects[1][:4]
+    model = make_tiny_model(n_masks=1, widths=(4, 8), norm="group", slm_upsample=2)
+    train(model, [ReconstructionLoss()], {}, tr, va, _settings(epochs=2, batch_size=8), tmp_path / "single")
+    out = tmp_path / "ddp_state.pt"
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(out), tr, va, tmp_path / "ddp"), nprocs=2)
+    ddp = torch.load(out)
+    for k, v in model.state_dict().items():
+        # same global batch, gradients averaged: equal up to float32 summation order
+        assert torch.allclose(v, ddp[k], rtol=1e-4, atol=1e-5), (k, float((v - ddp[k]).abs().max()))
