@@ -269,7 +269,8 @@ def train(model, losses: Sequence, weights: Dict[str, float], train_objects: tor
           val_objects: torch.Tensor, settings: TrainSettings, run_dir, *, encoding: str = "phase",
           phase_range_rad=(0.0, math.pi), resume: bool = False, config: Optional[dict] = None,
           stop_after_epoch: Optional[int] = None, title: str = "") -> dict:
-    """Train ``model`` (module docstring); returns a summary dict (final/best validation, time).
+    """Train ``model`` (module docstring); returns a summary dict (final/best validation,
+    ``seconds`` of the loop from the first step to the last checkpoint, figures excluded).
 
     ``weights`` maps term names (``"recon"``, ``"mask"``, ``"feature"``, ``"output"``) to their
     weights (absent: 1). ``stop_after_epoch`` ends the run early after that epoch as an
@@ -417,9 +418,10 @@ def train(model, losses: Sequence, weights: Dict[str, float], train_objects: tor
             stopped_early = True
             break
     bar.close()
+    seconds = time.perf_counter() - t_start
     if rank == 0 and not stopped_early:
         plot_history(run_dir, history, val_history, title=title)
     return {"epochs_done": (val_history[-1]["epoch"] + 1) if val_history else 0, "steps": step,
             "final": val_history[-1] if val_history else {}, "best_val_psnr": best,
-            "seconds": time.perf_counter() - t_start, "stopped_early": stopped_early,
+            "seconds": seconds, "stopped_early": stopped_early,
             "history": history, "val_history": val_history}

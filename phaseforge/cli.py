@@ -99,6 +99,7 @@ def main(argv=None) -> int:
             print(f"demo: {res['baseline']['solver']} baseline on {res['baseline']['n_samples']} samples: "
                   f"relative error median {m['relative_error']['median']:.3g}, "
                   f"outputs in {res['baseline_dir']}")
+            print(f"demo: learned single-snapshot student design {res['design']}")
         elif args.command == "simulate":
             cfg = load(args.config, args.overrides)
             path = pipeline.simulate(cfg, args.out, resume=args.resume, overwrite=args.overwrite,

@@ -1,0 +1,119 @@
+"""Time per training step (teacher and student) against the floor measured in the same run.
+
+    python benchmarks/training.py [--size 64] [--batch 16] [--threads 2] [--steps 8] [--repeats 3]
+
+* **step**: wall time of :func:`learning.training.train` per step — one epoch of ``--steps``
+  steps, including object indexing, per-sample sensor noise, the loss, per-step mask-gradient
+  logging, AdamW, the scheduler, the end-of-epoch validation (16 objects), the atomic
+  checkpoint and the CSV history (everything but the final figures), divided by the steps;
+* **floor**: the U-Net forward + backward alone (on a ready input, same widths and batch) plus
+  the CDP operator with the unrolled first estimate forward + backward alone (gradient to the
+  mask phases, noiseless measurements), each timed separately on the same sizes;
+* **ratio** = step / floor (target ≤ 1.3: the loop's bookkeeping must not dominate).
+
+Median of ``--repeats`` repeats; peak RSS of the process at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from phaseforge.config import load  # noqa: E402
+from phaseforge.learn import CONFIG_DIR, build_model  # noqa: E402
+from learning.losses import ReconstructionLoss, recon_error  # noqa: E402
+from learning.networks import field_to_channels  # noqa: E402
+from learning.systems import first_estimate  # noqa: E402
+from learning.training import TrainSettings, train  # noqa: E402
+
+
+def _objects(n, size, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.polar(torch.ones(n, size, size), torch.pi * torch.rand(n, size, size, generator=g))
+
+
+def _time(fn, repeats):
+    fn()  # warm-up
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def bench(name, cfg_file, size, batch, steps, repeats):
+    cfg = load(CONFIG_DIR / cfg_file, [f"data.size={size}", f"train.batch_size={batch}"])
+    tr = _objects(batch * steps, size, 0)
+    va = _objects(16, size, 1)
+    settings = TrainSettings(epochs=1, batch_size=batch, progress=False, grad_norm_every=1)
+
+    def loop():
+        model = build_model(cfg)
+        with tempfile.TemporaryDirectory() as d:
+            return train(model, [ReconstructionLoss()], {}, tr, va, settings, Path(d) / "run")["seconds"]
+
+    loop()
+    step = statistics.median(loop() for _ in range(repeats)) / steps
+
+    model = build_model(cfg).train()
+    x = tr[:batch]
+    with torch.no_grad():
+        y = model.physics.measure(x, noise="none")
+        x0 = first_estimate(model.physics, y, n_iter=cfg.model.n_unrolled, encoding=cfg.data.encoding)
+    inp = field_to_channels(x0)
+    net = model.reconstructor.net
+
+    def unet():
+        net.zero_grad(set_to_none=True)
+        out, _ = net(inp)
+        out.square().mean().backward()
+
+    theta = model.physics.theta
+
+    def physics():
+        theta.grad = None
+        yy = model.physics.measure(x, noise="none")
+        est = first_estimate(model.physics, yy, n_iter=cfg.model.n_unrolled, encoding=cfg.data.encoding)
+        recon_error(est, x).backward()
+
+    t_net = _time(unet, repeats * 3)
+    t_phys = _time(physics, repeats * 3)
+    floor = t_net + t_phys
+    return {"system": name, "L": cfg.masks.n_masks, "widths": cfg.model.widths, "step_s": step,
+            "unet_s": t_net, "physics_s": t_phys, "floor_s": floor, "ratio": step / floor}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    rows = [bench("teacher", "teacher.yaml", a.size, a.batch, a.steps, a.repeats),
+            bench("student (SLM 2×, 4 levels)", "student_e2e.yaml", a.size, a.batch, a.steps, a.repeats)]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"training step, {a.size}², batch {a.batch}, {a.threads} threads, ER unrolled "
+          f"(median of {a.repeats}; loop = {a.steps} steps + validation + checkpoint per epoch)")
+    print(f"{'system':<28} {'L':>2} {'widths':<14} {'step (s)':>9} {'U-Net f+b':>10} {'CDP+unrolled f+b':>17} "
+          f"{'floor (s)':>10} {'ratio':>6}")
+    for r in rows:
+        print(f"{r['system']:<28} {r['L']:>2} {str(r['widths']):<14} {r['step_s']:>9.3f} {r['unet_s']:>10.3f} "
+              f"{r['physics_s']:>17.3f} {r['floor_s']:>10.3f} {r['ratio']:>6.2f}")
+    print(f"peak RSS {peak:.0f} MiB")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
