@@ -6,7 +6,8 @@
   steps, including object indexing, per-sample sensor noise, the loss, per-step mask-gradient
   logging, AdamW, the scheduler, the end-of-epoch validation (16 objects), the atomic
   checkpoint and the CSV history (everything but the final figures), divided by the steps;
-* **floor**: the U-Net forward + backward alone (on a ready input, same widths and batch) plus
+* **floor**: the U-Net forward + backward alone (on a ready input, same widths and batch,
+  backward down to the input as the mask gradient needs) plus
   the CDP operator with the unrolled first estimate forward + backward alone (gradient to the
   mask phases, noiseless measurements), each timed separately on the same sizes;
 * **ratio** = step / floor (target ≤ 1.3: the loop's bookkeeping must not dominate).
@@ -69,11 +70,12 @@ def bench(name, cfg_file, size, batch, steps, repeats):
     with torch.no_grad():
         y = model.physics.measure(x, noise="none")
         x0 = first_estimate(model.physics, y, n_iter=cfg.model.n_unrolled, encoding=cfg.data.encoding)
-    inp = field_to_channels(x0)
+    inp = field_to_channels(x0).requires_grad_(True)  # the mask gradient crosses the U-Net
     net = model.reconstructor.net
 
     def unet():
         net.zero_grad(set_to_none=True)
+        inp.grad = None
         out, _ = net(inp)
         out.square().mean().backward()
 

@@ -192,10 +192,14 @@ def load_run(run, which: str = "best", device: str = "cpu"):
     return cfg, model.to(device), state
 
 
-def check_geometry(teacher_cfg: Config, student_cfg: Config, teacher_run) -> None:
+def check_geometry(teacher_cfg: Config, student_cfg: Config, teacher_run, *, evaluating: bool = False) -> None:
     """Raise :class:`RunError` naming every key in :data:`GEOMETRY_KEYS` that differs."""
     ft, fs = _flat(to_dict(teacher_cfg)), _flat(to_dict(student_cfg))
     bad = [k for k in GEOMETRY_KEYS if ft.get(k) != fs.get(k)]
+    if bad and evaluating:
+        desc = "; ".join(f"{k}: first run {ft.get(k)!r}, this run {fs.get(k)!r}" for k in bad)
+        raise RunError(f"run {teacher_run} images objects differently from the first run ({desc}); "
+                       f"evaluate together only runs of the same geometry")
     if bad:
         desc = "; ".join(f"{k}: teacher {ft.get(k)!r}, student {fs.get(k)!r}" for k in bad)
         raise RunError(f"teacher run {teacher_run} and the student configuration disagree on the geometry "
@@ -301,6 +305,10 @@ def _test_objects(data, cfg: Config, n: Optional[int]) -> torch.Tensor:
         return load_objects(cfg, "test", n or 32, "evaluate --n")
     from learning.h5io import CDPDataset
     ds = CDPDataset(data)
+    enc = (ds.params.get("data") or {}).get("encoding")
+    if enc is not None and enc != cfg.data.encoding:
+        raise RunError(f"{data} holds {enc} objects but the runs were trained on {cfg.data.encoding} objects "
+                       f"(data.encoding); simulate the test set with data.encoding={cfg.data.encoding}")
     k = len(ds) if n is None else min(n, len(ds))
     return torch.stack([ds[i][1] for i in range(k)])
 
@@ -323,7 +331,7 @@ def evaluate_runs(runs: Sequence, out, *, data=None, n: Optional[int] = None, se
         loaded.append((Path(r), cfg, model, state))
     cfg0 = loaded[0][1]
     for r, cfg, _, _ in loaded[1:]:
-        check_geometry(cfg0, cfg, r)
+        check_geometry(cfg0, cfg, r, evaluating=True)
     objects = _test_objects(data, cfg0, n).to(device)
     size = cfg0.data.size
     if tuple(objects.shape[-2:]) != (size, size):
@@ -333,7 +341,6 @@ def evaluate_runs(runs: Sequence, out, *, data=None, n: Optional[int] = None, se
     for r, cfg, model, _ in loaded:
         name = r.name
         entries.append(EvalEntry(name, model))
-        L = model.physics.n_masks
         entries.append(EvalEntry(f"{name} masks, ER only", model, classical="er", n_iter=classical_iters))
     res = evaluate_entries(entries, objects, encoding=cfg0.data.encoding,
                            phase_range_rad=tuple(cfg0.data.phase_range_rad), seed=seed, progress=progress)
