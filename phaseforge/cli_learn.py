@@ -68,12 +68,15 @@ def run(args) -> None:
         print(rep["table"])
         print(f"evaluate: table.csv, metrics.json and figures in {rep['out']}")
         return
+    from learning.training import dist_info
     cfg = _config(args)
     kw = dict(resume=args.resume, overwrite=args.overwrite, device=args.device, progress=not args.no_progress)
     if args.command == "train":
         res = learn.train_run(cfg, args.out, **kw)
     else:
         res = learn.distill_run(args.teacher, cfg, args.out, **kw)
+    if dist_info()[0] != 0:
+        return  # one summary line per run, from rank 0
     f = res["final"]
     print(f"{args.command}: {res['role']} run {res['run']}: {res['steps']} steps in {res['seconds']:.1f} s; "
           f"validation PSNR final {f.get('val_psnr', float('nan')):.2f} dB, best {res['best_val_psnr']:.2f} dB; "

@@ -107,6 +107,9 @@ def load_objects(cfg: Config, split: str, n: int, key: str) -> torch.Tensor:
     from learning.images import open_image_source
 
     d = cfg.data
+    cdp = _cdp_dataset_objects(d.source, split, n, key, cfg)
+    if cdp is not None:
+        return cdp
     try:
         images = open_image_source(d.source, d.size, split=split, seed=cfg.seed, resize=d.resize, n=n,
                                    key=d.npz_key, dataset=d.h5_dataset)
@@ -114,6 +117,36 @@ def load_objects(cfg: Config, split: str, n: int, key: str) -> torch.Tensor:
         raise ConfigError(f"{key} = {n} objects from data.source = {d.source!r} (split {split!r}): {exc}") from exc
     objs = ObjectSet(images, encoding=d.encoding, phase_range_rad=tuple(d.phase_range_rad), seed=cfg.seed)
     return torch.stack([objs[i] for i in range(len(objs))])
+
+
+def _cdp_dataset_objects(source: str, split: str, n: int, key: str, cfg: Config) -> Optional[torch.Tensor]:
+    """The ``objects`` of a CDP dataset file (``phaseforge simulate``) when ``data.source`` is one,
+    split with :func:`learning.images.split_indices` (the file's seed); else ``None``."""
+    p = Path(str(source)).expanduser()
+    if p.suffix.lower() not in (".h5", ".hdf5") or not p.is_file():
+        return None
+    import h5py
+    try:
+        with h5py.File(p, "r") as f:
+            is_cdp = "objects" in f and "measurements" in f
+    except OSError:
+        return None
+    if not is_cdp:
+        return None
+    from learning.h5io import CDPDataset
+    ds = CDPDataset(p, split=split)
+    enc = (ds.params.get("data") or {}).get("encoding")
+    if enc is not None and enc != cfg.data.encoding:
+        raise ConfigError(f"data.source = {source!r} holds {enc} objects but data.encoding = "
+                          f"{cfg.data.encoding!r}; set data.encoding: {enc}")
+    if tuple(ds.object_shape) != (cfg.data.size, cfg.data.size):
+        raise ConfigError(f"data.source = {source!r} holds {ds.object_shape[0]}×{ds.object_shape[1]} objects but "
+                          f"data.size = {cfg.data.size}; set data.size: {ds.object_shape[0]} or simulate "
+                          f"the dataset at this size")
+    if len(ds) < n:
+        raise ConfigError(f"{key} = {n} but the {split} split of {source} holds only {len(ds)} objects; "
+                          f"lower {key} or simulate more objects")
+    return torch.stack([ds[i][1] for i in range(n)])
 
 
 def _settings(cfg: Config, progress: bool):
@@ -245,6 +278,8 @@ def train_run(cfg: Config, out, *, resume: bool = False, overwrite: bool = False
         tcfg = _run_config(teacher_run)
         check_geometry(tcfg, cfg, teacher_run)
         _, teacher, _ = load_run(teacher_run, "best", device)
+    tr = load_objects(cfg, "train", cfg.train.n_train, "train.n_train").to(device)
+    va = load_objects(cfg, "val", cfg.train.n_val, "train.n_val").to(device)
     _init_distributed(device)
     rank, world = dist_info()
     if rank == 0:
@@ -262,8 +297,6 @@ def train_run(cfg: Config, out, *, resume: bool = False, overwrite: bool = False
         losses.append(dl)
         weights = {"recon": d.recon_weight, "mask": d.mask_weight, "feature": d.feature_weight,
                    "output": d.output_weight}
-    tr = load_objects(cfg, "train", cfg.train.n_train, "train.n_train").to(device)
-    va = load_objects(cfg, "val", cfg.train.n_val, "train.n_val").to(device)
     role = "student (distilled)" if teacher is not None else cfg.model.role
     res = train(model, losses, weights, tr, va, _settings(cfg, progress), out, encoding=cfg.data.encoding,
                 phase_range_rad=tuple(cfg.data.phase_range_rad), resume=resume, config=to_dict(cfg),

@@ -100,3 +100,18 @@ def test_config_errors_name_the_key():
         load(None, ["model.norm=layer"])
     with pytest.raises(ConfigError, match="distill.mask_loss"):
         load(None, ["distill.mask_loss=copy"])
+
+
+def test_train_on_dataset_objects_checks_size(tmp_path, capsys):
+    data = tmp_path / "d.h5"
+    assert main(["simulate", "--out", str(data), "--no-progress", "--set", "data.size=16", "--set", "data.n=40",
+                 "--set", "data.split=all", "--set", "masks.n_masks=1"]) == 0
+    run = tmp_path / "run"
+    base = ["train", "--config", "data/configs/student_e2e.yaml", *TINY, *_tiny("[2,4]"),
+            "--set", f"data.source={data}", "--set", "train.n_val=2"]
+    assert main([*base, "--out", str(run)]) == 0
+    assert (run / "design.h5").is_file()
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "bad"), "--set", "data.size=32"]) == 2
+    assert "data.size" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
