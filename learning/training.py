@@ -333,10 +333,10 @@ def train(model, losses: Sequence, weights: Dict[str, float], train_objects: tor
             seeds = step_seeds(settings.seed, step, settings.batch_size)
             lo = rank * local_b
             x = train_objects[idx[lo:lo + local_b]]
-            _, out = model(x, seeds=seeds[lo:lo + local_b], noise=settings.noise)
+            y, out = model(x, seeds=seeds[lo:lo + local_b], noise=settings.noise)
             terms: Dict[str, torch.Tensor] = {}
             for loss in losses:
-                for k, v in loss(out, x, None, model.physics, model).items():
+                for k, v in loss(out, x, y, model.physics, model).items():
                     terms[k] = v
             eff = {k: float(weights.get(k, 1.0)) * float(balance["scale"].get(k, 1.0)) for k in terms}
             weighted = {k: eff[k] * v for k, v in terms.items()}

@@ -100,3 +100,13 @@ def test_physics_rejects_binning_sensor():
     s = CDPSystem(torch.zeros(1, 8, 8), pitch_m=8e-6, wavelength_m=633e-9, z_m=0.1)
     with pytest.raises(SystemError, match="leave sensor.pitch_m unset"):
         CodedPhysics(s, Sensor(pitch_m=2e-6, grid_pitch_m=1e-6))
+
+
+def test_teacher_and_student_masks_come_from_independent_streams():
+    from learning.systems import build_phase_mask
+    t = build_phase_mask(1, (16, 16), seed=0, role="teacher").theta.detach()
+    s = build_phase_mask(1, (16, 16), seed=0, role="student").theta.detach()
+    assert not torch.allclose(t, s)
+    # uncorrelated: |⟨e^{iθt}, e^{iθs}⟩|/n ~ 1/√n, far from 1 (a shared stream would give 1)
+    ov = (torch.polar(torch.ones_like(t), t) * torch.polar(torch.ones_like(s), -s)).mean().abs()
+    assert float(ov) < 0.25

@@ -103,7 +103,7 @@ def test_corrupt_and_missing_checkpoints(tmp_path):
 
 def _ddp_worker(rank, world, init_file, out_file, tr, va, folder):
     import torch.distributed as dist
-    from tests.learning.conftest import make_tiny_model
+    from learn_helpers import make_tiny_model
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
@@ -117,7 +117,7 @@ def _ddp_worker(rank, world, init_file, out_file, tr, va, folder):
 
 def test_two_process_data_parallel_equals_single_process(phase_objects, tmp_path):
     import torch.multiprocessing as mp
-    from tests.learning.conftest import make_tiny_model
+    from learn_helpers import make_tiny_model
     tr, va = phase_objects[0][:16], phase_objects[1][:4]
     model = make_tiny_model(n_masks=1, widths=(4, 8), norm="group", slm_upsample=2)
     train(model, [ReconstructionLoss()], {}, tr, va, _settings(epochs=2, batch_size=8), tmp_path / "single")
