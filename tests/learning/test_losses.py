@@ -125,3 +125,16 @@ def test_distillation_loss_checks_levels_and_freezes_teacher(tiny_model):
     assert not any(k.startswith("teacher.") or "_teacher" in k for k in d.state_dict())
     # 1×1 adapters bridge the widths (2 → 4, 4 → 8)
     assert d.adapters["0"].in_channels == 2 and d.adapters["0"].out_channels == 4
+
+
+def test_spectrum_term_compares_on_the_slm_pixel_grid(tiny_model):
+    """A random student and a random (untrained) teacher have nothing to transfer: compared on the
+    SLM-pixel grid the spectrum term is small, whereas on the simulation grid the student's 2×2
+    pixels make the teacher's flat spectrum unreachable."""
+    teacher = tiny_model(n_masks=4, widths=(4, 8), role="teacher")
+    student = tiny_model(n_masks=1, widths=(2, 4), role="student", slm_upsample=2)
+    d = DistillationLoss(teacher, student, mask_kind="spectrum", feature_levels=[])
+    on_pixels = float(d.mask_term(student.physics).detach())
+    th = student.physics.mask_phase().detach()
+    on_sim = float(spectrum_mask_loss(d.teacher_masks, torch.polar(torch.ones_like(th), th)))
+    assert on_pixels < 0.2 < on_sim, (on_pixels, on_sim)
