@@ -12,7 +12,9 @@
   mask phases, noiseless measurements), each timed separately on the same sizes;
 * **ratio** = step / floor (target ≤ 1.3: the loop's bookkeeping must not dominate).
 
-Median of ``--repeats`` repeats; peak RSS of the process at the end.
+Paired timing: each repeat times one loop epoch and then the floor (``--steps`` calls of each
+part), so a change of machine load hits both; medians over ``--repeats`` (the ratio is the median
+of the per-repeat ratios); peak RSS of the process at the end.
 """
 from __future__ import annotations
 
@@ -41,16 +43,6 @@ def _objects(n, size, seed):
     return torch.polar(torch.ones(n, size, size), torch.pi * torch.rand(n, size, size, generator=g))
 
 
-def _time(fn, repeats):
-    fn()  # warm-up
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-
-
 def bench(name, cfg_file, size, batch, steps, repeats):
     cfg = load(CONFIG_DIR / cfg_file, [f"data.size={size}", f"train.batch_size={batch}"])
     tr = _objects(batch * steps, size, 0)
@@ -60,10 +52,7 @@ def bench(name, cfg_file, size, batch, steps, repeats):
     def loop():
         model = build_model(cfg)
         with tempfile.TemporaryDirectory() as d:
-            return train(model, [ReconstructionLoss()], {}, tr, va, settings, Path(d) / "run")["seconds"]
-
-    loop()
-    step = statistics.median(loop() for _ in range(repeats)) / steps
+            return train(model, [ReconstructionLoss()], {}, tr, va, settings, Path(d) / "run")["seconds"] / steps
 
     model = build_model(cfg).train()
     x = tr[:batch]
@@ -72,6 +61,7 @@ def bench(name, cfg_file, size, batch, steps, repeats):
         x0 = first_estimate(model.physics, y, n_iter=cfg.model.n_unrolled, encoding=cfg.data.encoding)
     inp = field_to_channels(x0).requires_grad_(True)  # the mask gradient crosses the U-Net
     net = model.reconstructor.net
+    theta = model.physics.theta
 
     def unet():
         net.zero_grad(set_to_none=True)
@@ -79,19 +69,28 @@ def bench(name, cfg_file, size, batch, steps, repeats):
         out, _ = net(inp)
         out.square().mean().backward()
 
-    theta = model.physics.theta
-
     def physics():
         theta.grad = None
         yy = model.physics.measure(x, noise="none")
         est = first_estimate(model.physics, yy, n_iter=cfg.model.n_unrolled, encoding=cfg.data.encoding)
         recon_error(est, x).backward()
 
-    t_net = _time(unet, repeats * 3)
-    t_phys = _time(physics, repeats * 3)
+    def per_call(fn):
+        t = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        return (time.perf_counter() - t) / steps
+
+    loop(), unet(), physics()  # warm-up
+    # paired: each repeat times the loop and then the floor, so load drifts hit both alike
+    reps = [(loop(), per_call(unet), per_call(physics)) for _ in range(repeats)]
+    step = statistics.median(r[0] for r in reps)
+    t_net = statistics.median(r[1] for r in reps)
+    t_phys = statistics.median(r[2] for r in reps)
+    ratio = statistics.median(r[0] / (r[1] + r[2]) for r in reps)
     floor = t_net + t_phys
     return {"system": name, "L": cfg.masks.n_masks, "widths": cfg.model.widths, "step_s": step,
-            "unet_s": t_net, "physics_s": t_phys, "floor_s": floor, "ratio": step / floor}
+            "unet_s": t_net, "physics_s": t_phys, "floor_s": floor, "ratio": ratio}
 
 
 def main(argv=None):
