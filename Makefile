@@ -39,6 +39,7 @@ bench: setup
 	$(PY) benchmarks/propagation.py
 	$(PY) benchmarks/simulate.py
 	$(PY) benchmarks/solvers.py
+	$(PY) benchmarks/training.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
