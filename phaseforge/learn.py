@@ -280,11 +280,6 @@ def train_run(cfg: Config, out, *, resume: bool = False, overwrite: bool = False
         _, teacher, _ = load_run(teacher_run, "best", device)
     tr = load_objects(cfg, "train", cfg.train.n_train, "train.n_train").to(device)
     va = load_objects(cfg, "val", cfg.train.n_val, "train.n_val").to(device)
-    _init_distributed(device)
-    rank, world = dist_info()
-    if rank == 0:
-        _prepare_run_dir(out, cfg, resume=resume, overwrite=overwrite)
-        write_text(out / "config.yaml", dump(cfg))
     model = build_model(cfg).to(device)
     losses: List = [ReconstructionLoss(cfg.train.recon_loss)]
     weights: Dict[str, float] = {"recon": 1.0}
@@ -297,6 +292,12 @@ def train_run(cfg: Config, out, *, resume: bool = False, overwrite: bool = False
         losses.append(dl)
         weights = {"recon": d.recon_weight, "mask": d.mask_weight, "feature": d.feature_weight,
                    "output": d.output_weight}
+    # everything that can be checked before training has been: now touch the run folder
+    _init_distributed(device)
+    rank, world = dist_info()
+    if rank == 0:
+        _prepare_run_dir(out, cfg, resume=resume, overwrite=overwrite)
+        write_text(out / "config.yaml", dump(cfg))
     role = "student (distilled)" if teacher is not None else cfg.model.role
     res = train(model, losses, weights, tr, va, _settings(cfg, progress), out, encoding=cfg.data.encoding,
                 phase_range_rad=tuple(cfg.data.phase_range_rad), resume=resume, config=to_dict(cfg),

@@ -127,3 +127,22 @@ def test_two_process_data_parallel_equals_single_process(phase_objects, tmp_path
     for k, v in model.state_dict().items():
         # same global batch, gradients averaged: equal up to float32 summation order
         assert torch.allclose(v, ddp[k], rtol=1e-4, atol=1e-5), (k, float((v - ddp[k]).abs().max()))
+
+
+def test_gradient_norm_balancing_equalises_mask_gradients(tiny_model, phase_objects, tmp_path):
+    """Two terms with constant mask gradients a·1 and b·1: after the warm-up the balanced
+    weight makes the 'mask' term send the recon term's gradient norm (times its weight)."""
+    tr = phase_objects[0][:16]
+    model = tiny_model(n_masks=1, widths=())
+
+    def terms(x_net, x, y, physics, model):
+        th = physics.theta
+        return {"recon": 3.0 * th.sum(), "mask": 0.01 * th.sum()}
+
+    st = _settings(epochs=2, batch_size=8, balance=True, balance_warmup=2)
+    res = train(model, [terms], {"mask": 0.5}, tr, tr[:4], st, tmp_path / "r")
+    h = res["history"]
+    n = model.physics.theta.numel() ** 0.5
+    assert h[0]["grad_mask_recon"] == pytest.approx(3.0 * n, rel=1e-5)
+    assert h[0]["grad_mask_mask"] == pytest.approx(0.5 * 0.01 * n, rel=1e-5)  # before the warm-up
+    assert h[-1]["grad_mask_mask"] == pytest.approx(0.5 * 3.0 * n, rel=1e-5)  # balanced
