@@ -65,6 +65,11 @@ def test_train_distill_evaluate_end_to_end(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "optics.z_m" in err and "teacher 0.1" in err
     assert not (tmp_path / "bad").exists()
+    # feature levels the teacher's network lacks (teacher widths [4, 8]: levels 0 and 1)
+    assert main(["distill", "--teacher", str(t), "--config", "data/configs/student_distill.yaml",
+                 "--out", str(tmp_path / "bad"), *TINY, *_tiny("[2,4,8]"), "--set", "distill.feature_levels=[2]"]) == 2
+    assert "decoder level 2" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
     # a corrupt checkpoint gives a clear error
     (t / "checkpoints" / "best.pt").write_bytes(b"garbage")
     assert main(["evaluate", str(t), "--out", str(tmp_path / "ev2"), "--n", "4", "--no-progress"]) == 2
