@@ -72,10 +72,15 @@ class CodedPhysics(nn.Module):
     """The coded optics of a system (module docstring): masks → (SLM) → propagation → sensor.
 
     ``system`` must be built without a sensor (the sensor is held here and called explicitly).
+    ``masks``: the :class:`~optics.masks.PhaseMask` the system was built with (default: the
+    system's ``masks`` attribute); its ``theta`` are the phases being designed.
     """
 
-    def __init__(self, system: CDPSystem, sensor: Optional[nn.Module] = None):
+    def __init__(self, system: CDPSystem, sensor: Optional[nn.Module] = None, *,
+                 masks: Optional[nn.Module] = None):
         super().__init__()
+        masks = masks if masks is not None else getattr(system, "masks", None)
+        self._masks = [masks]  # a list: the module is registered once, inside the system
         if getattr(system, "sensor", None) is not None:
             raise SystemError("pass the sensor to CodedPhysics, not to the CDPSystem (noise is "
                               "chosen explicitly by CodedPhysics.measure)")
@@ -107,7 +112,7 @@ class CodedPhysics(nn.Module):
     def theta(self) -> Optional[torch.Tensor]:
         """The mask phases (rad) being designed: ``(L, h, w)`` per SLM pixel (or per simulation
         sample without an SLM); ``None`` for a fixed complex modulation."""
-        return getattr(self.system.masks, "theta", None)
+        return getattr(self._masks[0], "theta", None)
 
     @property
     def upsample(self) -> int:

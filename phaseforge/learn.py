@@ -88,7 +88,7 @@ def build_model(cfg: Config):
     if sensor is not None and sensor.binning != 1:
         raise ConfigError("sensor.pitch_m bins several detector samples per camera pixel, which the unrolled "
                           "solver cannot model; leave sensor.pitch_m unset for training")
-    physics = CodedPhysics(system, sensor)
+    physics = CodedPhysics(system, sensor, masks=masks)
     m = cfg.model
     rec = Reconstructor(encoding=cfg.data.encoding, widths=m.widths, norm=m.norm, solver=m.solver,
                         n_unrolled=m.n_unrolled, n_power_iter=m.n_power_iter)

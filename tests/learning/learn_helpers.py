@@ -20,4 +20,4 @@ def make_tiny_model(n_masks=1, widths=(4, 8), role="student", slm_upsample=None,
     system = CDPSystem(masks, pitch_m=8e-6, wavelength_m=633e-9, z_m=0.1, oversampling=2.0, slm=slm)
     sensor = Sensor(mean_photons=photons, budget_dims=3) if photons else None
     rec = Reconstructor(encoding="phase", widths=widths, norm=norm, n_unrolled=3)
-    return PhaseRetrievalModel(CodedPhysics(system, sensor), rec, learn_masks=learn_masks)
+    return PhaseRetrievalModel(CodedPhysics(system, sensor, masks=masks), rec, learn_masks=learn_masks)
