@@ -52,7 +52,8 @@ def _config(args):
     if args.config is None and args.resume:
         return load(None, args.overrides, base=_run_config(args.out))
     if args.config is None:
-        raise ValueError(f"phaseforge {args.command} needs --config CFG (e.g. data/configs/"
+        from .config import ConfigError
+        raise ConfigError(f"phaseforge {args.command} needs --config CFG (e.g. data/configs/"
                          f"{'student_distill' if args.command == 'distill' else 'teacher'}.yaml)")
     return load(args.config, args.overrides)
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from optics.cdp import CDPSystem
+from learning.errors import LearningError
 from optics.design import write_design
 from optics.fileio import save_figure, write_json, write_text
 
@@ -45,7 +46,7 @@ GEOMETRY_KEYS = ("optics.wavelength_m", "optics.pitch_m", "optics.z_m", "optics.
                  "optics.oversampling", "data.size", "data.encoding", "data.phase_range_rad")
 
 
-class RunError(ValueError):
+class RunError(LearningError):
     """A run folder that cannot be used as asked (exists, missing, incompatible)."""
 
 

@@ -1,7 +1,13 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from learn_helpers import make_tiny_model
+# the helpers module must be importable by name (also from spawned data-parallel workers), which
+# --import-mode=importlib does not arrange for test folders
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learn_helpers import make_tiny_model  # noqa: E402
 
 
 @pytest.fixture

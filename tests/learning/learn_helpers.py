@@ -21,3 +21,20 @@ def make_tiny_model(n_masks=1, widths=(4, 8), role="student", slm_upsample=None,
     sensor = Sensor(mean_photons=photons, budget_dims=3) if photons else None
     rec = Reconstructor(encoding="phase", widths=widths, norm=norm, n_unrolled=3)
     return PhaseRetrievalModel(CodedPhysics(system, sensor, masks=masks), rec, learn_masks=learn_masks)
+
+
+def ddp_worker(rank, world, init_file, out_file, tr, va, folder):
+    """One process of the 2-process data-parallel test (gloo, file:// rendezvous)."""
+    import torch.distributed as dist
+    from learning.losses import ReconstructionLoss
+    from learning.training import TrainSettings, train
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model = make_tiny_model(n_masks=1, widths=(4, 8), norm="group", slm_upsample=2)
+        settings = TrainSettings(epochs=2, batch_size=8, lr_mask=0.05, lr_net=3e-3, progress=False)
+        train(model, [ReconstructionLoss()], {}, tr, va, settings, folder)
+        if rank == 0:
+            torch.save(model.state_dict(), out_file)
+    finally:
+        dist.destroy_process_group()

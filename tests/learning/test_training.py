@@ -101,29 +101,15 @@ def test_corrupt_and_missing_checkpoints(tmp_path):
         load_checkpoint(bad)
 
 
-def _ddp_worker(rank, world, init_file, out_file, tr, va, folder):
-    import torch.distributed as dist
-    from learn_helpers import make_tiny_model
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        model = make_tiny_model(n_masks=1, widths=(4, 8), norm="group", slm_upsample=2)
-        train(model, [ReconstructionLoss()], {}, tr, va, _settings(epochs=2, batch_size=8), folder)
-        if rank == 0:
-            torch.save(model.state_dict(), out_file)
-    finally:
-        dist.destroy_process_group()
-
-
 def test_two_process_data_parallel_equals_single_process(phase_objects, tmp_path):
     import torch.multiprocessing as mp
-    from learn_helpers import make_tiny_model
+    from learn_helpers import ddp_worker, make_tiny_model
     tr, va = phase_objects[0][:16], phase_objects[1][:4]
     model = make_tiny_model(n_masks=1, widths=(4, 8), norm="group", slm_upsample=2)
     train(model, [ReconstructionLoss()], {}, tr, va, _settings(epochs=2, batch_size=8), tmp_path / "single")
     out = tmp_path / "ddp_state.pt"
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(out), tr, va, tmp_path / "ddp"), nprocs=2)
-    ddp = torch.load(out)
+    mp.spawn(ddp_worker, args=(2, str(tmp_path / "init"), str(out), tr, va, tmp_path / "ddp"), nprocs=2)
+    ddp = torch.load(out, weights_only=True)
     for k, v in model.state_dict().items():
         # same global batch, gradients averaged: equal up to float32 summation order
         assert torch.allclose(v, ddp[k], rtol=1e-4, atol=1e-5), (k, float((v - ddp[k]).abs().max()))
