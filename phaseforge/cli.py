@@ -7,6 +7,8 @@
     phaseforge reconstruct --data DATA.h5 [--solver wf|er|gs|hio|af] --out DIR [--n-iter K] [--n N]
                            [--config CFG] [--set solver.n_iter=…]
     phaseforge config      [--config CFG] [--set …]    (print the resolved configuration)
+    phaseforge capture     validate|info FILE | pack FOLDER --metadata META.yaml --out FILE
+    phaseforge calibrate   CAPTURES.h5 --out CALIBRATION.h5   (simulate takes --calibration CALIBRATION.h5)
 
 Errors from bad input are printed as one line ``phaseforge: error: …`` with exit status 2.
 """
@@ -46,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="write shard I of N (automatic under torchrun: RANK/WORLD_SIZE)")
     p.add_argument("--max-batches", type=int, default=None, help="stop after K batches (leaves a resumable .tmp)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--calibration", type=Path, default=None, metavar="CALIBRATION.h5",
+                   help="use fitted distance, camera, LUT and crosstalk from `phaseforge calibrate`")
 
     p = sub.add_parser("merge", help="join shard files with an HDF5 virtual dataset (no copy)")
     p.add_argument("shards", nargs="+", type=Path)
@@ -66,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print the resolved configuration (YAML)")
     with_config(p)
+    from .cli_calibration import add_parsers as add_calibration_parsers
+    add_calibration_parsers(sub)
     return ap
 
 
@@ -96,11 +102,15 @@ def main(argv=None) -> int:
             print(f"demo: {res['baseline']['solver']} baseline on {res['baseline']['n_samples']} samples: "
                   f"relative error median {m['relative_error']['median']:.3g}, "
                   f"outputs in {res['baseline_dir']}")
+            if "calibration" in res:
+                print(f"demo: calibration of the sample capture in {res['calibration']['calibration']}")
         elif args.command == "simulate":
-            cfg = load(args.config, args.overrides)
+            from .calibration_jobs import note_calibration, simulate_overrides
+            cfg = load(args.config, simulate_overrides(args.calibration) + args.overrides)
             path = pipeline.simulate(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
                                      shard=_parse_shard(args.shard), progress=not args.no_progress,
                                      max_batches=args.max_batches)
+            note_calibration(path, args.calibration, args.overrides)
             state = "incomplete (resume with --resume)" if path.suffix == ".tmp" else "complete"
             print(f"simulate: wrote {path} ({state})")
         elif args.command == "merge":
@@ -117,6 +127,9 @@ def main(argv=None) -> int:
                   f"outputs in {args.out}")
         elif args.command == "config":
             print(dump(load(args.config, args.overrides)), end="")
+        elif args.command in ("capture", "calibrate"):
+            from .cli_calibration import run as run_calibration
+            return run_calibration(args)
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"phaseforge: error: {exc}", file=sys.stderr)
         return 2

@@ -211,8 +211,9 @@ def demo(out: Path, *, progress: bool = True, config: Optional[Path] = None, ove
     data = simulate(cfg, out / "demo_cdp.h5", overwrite=True, progress=progress)
     rec_dir = out / f"reconstruct_{cfg.solver.name}"
     report = reconstruct(data, rec_dir, solver=cfg.solver.name, progress=progress)
+    from .calibration_jobs import calibration_demo  # 4. calibrate against the committed sample capture
     return {"showcase": str(out / "showcase_cdp.png"), "dataset": str(data), "baseline": report,
-            "baseline_dir": str(rec_dir)}
+            "baseline_dir": str(rec_dir), "calibration": calibration_demo(out / "calibration", progress=progress)}
 
 
 def _showcase_object(size: int) -> torch.Tensor:
