@@ -77,11 +77,42 @@ def _fill(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _estimate(mv, fx, kind, tiles, upsample_factor):
+    """One pass: global phase correlation, tile correspondences, transform fit."""
+    from skimage.registration import phase_cross_correlation
+    from skimage.transform import AffineTransform, estimate_transform
+
+    h, w = mv.shape
+    shift, _, _ = phase_cross_correlation(fx, mv, upsample_factor=upsample_factor, normalization=None)
+    # the returned (row, col) shift registers moving onto the reference: moving(u) ≈ fixed(u + shift)
+    g = np.array([shift[1], shift[0]])
+    src, dst = [], []
+    if kind != "translation" and tiles >= 2:
+        size = int(2 * min(h, w) / (tiles + 1))
+        gr, gc = int(round(shift[0])), int(round(shift[1]))
+        for r0 in np.linspace(0, h - size, tiles).round().astype(int):
+            for c0 in np.linspace(0, w - size, tiles).round().astype(int):
+                r1, c1 = r0 + gr, c0 + gc  # the fixed tile where this moving tile should land
+                if r1 < 0 or c1 < 0 or r1 + size > h or c1 + size > w:
+                    continue
+                s, _, _ = phase_cross_correlation(fx[r1:r1 + size, c1:c1 + size], mv[r0:r0 + size, c0:c0 + size],
+                                                  upsample_factor=upsample_factor, normalization=None)
+                cen = np.array([c0 + (size - 1) / 2, r0 + (size - 1) / 2])
+                src.append(cen)
+                dst.append(cen + np.array([gc + s[1], gr + s[0]]))
+    if kind != "translation" and len(src) >= (3 if kind == "affine" else 2):
+        src, dst = np.array(src), np.array(dst)
+        T = estimate_transform(kind, src, dst)
+        if T is not None and np.all(np.isfinite(T.params)):
+            rms = float(np.sqrt(np.mean(np.sum((T(src) - dst) ** 2, axis=1))))
+            return T, rms, len(src), kind
+    return AffineTransform(translation=g), 0.0, 0, "translation"
+
+
 def register(moving: np.ndarray, fixed: np.ndarray, *, kind: str = "similarity", tiles: int = 3,
              upsample_factor: int = 20, min_quality: float = 0.5, raise_on_poor: bool = True) -> Registration:
     """Align ``moving`` (capture) to ``fixed`` (simulation); see the module docstring."""
-    from skimage.registration import phase_cross_correlation
-    from skimage.transform import AffineTransform, EuclideanTransform, estimate_transform, warp
+    from skimage.transform import warp
 
     if kind not in ("similarity", "affine", "translation"):
         raise RegistrationError(f"kind must be 'similarity', 'affine' or 'translation', got {kind!r}")
@@ -89,43 +120,15 @@ def register(moving: np.ndarray, fixed: np.ndarray, *, kind: str = "similarity",
     if mv.shape != fx.shape or mv.ndim != 2:
         raise RegistrationError(f"moving {mv.shape} and fixed {fx.shape} must be 2-D images of one shape; "
                                 f"resample the simulation onto the camera grid first")
-    h, w = mv.shape
     mask_ok = np.isfinite(moving)
-    shift, _, _ = phase_cross_correlation(fx, mv, upsample_factor=upsample_factor, normalization=None)
-    # the returned (row, col) shift registers moving onto the reference: moving(u) ≈ fixed(u + shift)
-    g = np.array([shift[1], shift[0]])
-    src, dst = [], []
-    if kind != "translation" and tiles >= 2:
-        size = int(2 * min(h, w) / (tiles + 1))
-        starts_r = np.linspace(0, h - size, tiles).round().astype(int)
-        starts_c = np.linspace(0, w - size, tiles).round().astype(int)
-        for r0 in starts_r:
-            for c0 in starts_c:
-                a = mv[r0:r0 + size, c0:c0 + size]
-                # the fixed tile where this moving tile should land (global shift applied, integer part)
-                gr, gc = int(round(shift[0])), int(round(shift[1]))
-                r1, c1 = r0 + gr, c0 + gc
-                if r1 < 0 or c1 < 0 or r1 + size > h or c1 + size > w:
-                    continue
-                b = fx[r1:r1 + size, c1:c1 + size]
-                s, _, _ = phase_cross_correlation(b, a, upsample_factor=upsample_factor, normalization=None)
-                cen = np.array([c0 + (size - 1) / 2, r0 + (size - 1) / 2])
-                src.append(cen)
-                dst.append(cen + np.array([gc + s[1], gr + s[0]]))
-    if len(src) >= (3 if kind == "affine" else 2) and kind != "translation":
-        src, dst = np.array(src), np.array(dst)
-        T = estimate_transform(kind, src, dst)
-        if T is None or not np.all(np.isfinite(T.params)):
-            T = EuclideanTransform(translation=g)
-            kind_used = "translation"
-        else:
-            kind_used = kind
-        rms = float(np.sqrt(np.mean(np.sum((T(src) - dst) ** 2, axis=1))))
-        n_tiles = len(src)
-    else:
-        T = AffineTransform(translation=g)
-        kind_used = "translation"
-        rms, n_tiles = 0.0, 0
+    T, rms, n_tiles, kind_used = _estimate(mv, fx, kind, tiles, upsample_factor)
+    # refine: re-register the capture warped by the estimate; compose the residual transform
+    for _ in range(2 if kind_used != "translation" else 0):
+        w1 = warp(mv, T.inverse, order=1, mode="edge", preserve_range=True)
+        R, rms, n_tiles, k2 = _estimate(w1, fx, kind, tiles, upsample_factor)
+        if k2 != kind_used:
+            break
+        T = T + R  # apply T, then the residual R
     # moving → fixed frame: warped(v) = moving(T⁻¹(v))
     warped = warp(mv, T.inverse, order=1, mode="constant", cval=np.nan, preserve_range=True)
     valid = warp(mask_ok.astype(float), T.inverse, order=0, mode="constant", cval=0.0) > 0.5

@@ -56,7 +56,7 @@ def lut_figure(lut, truth_rad: Optional[np.ndarray] = None):
     ax[1].plot(lut.gray, lut.phase_rad, "-", label="fitted LUT")
     ax[1].fill_between(lut.gray, lut.phase_rad - 2 * lut.phase_std_rad, lut.phase_rad + 2 * lut.phase_std_rad,
                        alpha=0.3, label="±2σ")
-    ax[1].plot(lut.measured_gray, lut.inverted_phase_rad, ".", label="pointwise 2·asin√(H/C)")
+    ax[1].plot(lut.measured_gray, lut.inverted_phase_rad, ".", label="pointwise sin² inversion (ignores crosstalk)")
     if truth_rad is not None:
         ax[1].plot(np.arange(len(truth_rad)), truth_rad, "--", label="truth")
     ax[1].set_xlabel("gray level")
