@@ -141,3 +141,12 @@ def test_cli_validate_and_info(tmp_path, sample_path, capsys):
     out = capsys.readouterr().out
     assert "dark" in out and "17 grating" in out
     assert "flat" in capture_info(sample_path)
+
+
+def test_calibrate_refuses_a_capture_without_a_photon_transfer_series(tmp_path, capsys):
+    path, _ = _small(tmp_path)
+    out = tmp_path / "CAL.h5"
+    assert main(["calibrate", str(path), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "dark frames at 1 exposure(s)" in err and "photon-transfer curve needs >= 4" in err
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
