@@ -22,7 +22,8 @@ scalar also carries ``std`` (1σ, same units) and, for fitted parameters, ``nomi
 ``/lut/gray``, ``/lut/phase_rad``,    the tabulated LUT for every gray level (read by
 ``/lut/phase_std_rad``                :meth:`optics.slm.PhaseLUT.tabulated`); attrs method,
                                       chi2_reduced, degree; ``/lut/measured_*`` the data
-``/fit/<param>``                      distance_m, magnification, rotation_rad, shift_x_m,
+``/fit/<param>``                      (attrs std, std_jackknife when computed, nominal, lower,
+                                      upper, fixed) distance_m, magnification, rotation_rad, shift_x_m,
                                       shift_y_m, crosstalk_sigma_m, intensity_scale,
                                       background_e
 ``/fit/residuals``                    normalised residual maps (P, H, W), units "1"
@@ -157,7 +158,7 @@ def write_calibration(path, *, camera, lut, fit, quality: Dict[str, float], capt
             for k, v in fit.values.items():
                 lo, hi = fit.bounds.get(k, (None, None))
                 _scalar(fg, k, v, FIT_UNITS[k], std=fit.std.get(k), nominal=fit.nominal.get(k), lower=lo, upper=hi,
-                        fixed=int(k in fit.fixed))
+                        fixed=int(k in fit.fixed), std_jackknife=fit.std_jackknife.get(k))
             d = fg.create_dataset("residuals", data=np.asarray(fit.residuals, dtype=np.float32), compression="gzip")
             d.attrs["units"] = "1"
             d.attrs["meaning"] = "(data − model)/sqrt(model + read_noise²) per fit frame; NaN = masked pixel"

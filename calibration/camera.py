@@ -86,16 +86,23 @@ class CameraModel:
         t = np.asarray(exposure_s, dtype=np.float64).reshape(-1, 1, 1)
         return self.dark_offset_map_dn[None] + self.dark_slope_map_dn_per_s[None] * t
 
-    def correct(self, frames_dn: np.ndarray, exposure_s) -> np.ndarray:
+    def correct(self, frames_dn: np.ndarray, exposure_s, *, saturation_margin: Optional[float] = 0.95) -> np.ndarray:
         """Raw frames (N, H, W) in DN → electrons: dark subtracted, divided by ``K`` and by the
-        normalised flat. Defect pixels become NaN (mask them with ``~np.isnan``)."""
+        normalised flat. Defect pixels become NaN (mask them with ``~np.isnan``), and so do
+        pixels at or near saturation — signal above ``saturation_margin × μ_y.sat`` or at the
+        ADC full scale — whose values are clipped, not measured (``None`` keeps them)."""
         fr = np.asarray(frames_dn, dtype=np.float64)
         if fr.ndim == 2:
             fr = fr[None]
         if fr.shape[-2:] != self.flat_map.shape:
             raise CameraError(f"frames of shape {fr.shape[-2:]} do not match the camera model "
                               f"{self.flat_map.shape}; use frames from the same camera and ROI")
-        e = (fr - self.dark_dn(exposure_s)) / self.gain_dn_per_e / self.flat_map[None]
+        signal = fr - self.dark_dn(exposure_s)
+        e = signal / self.gain_dn_per_e / self.flat_map[None]
+        if saturation_margin is not None:
+            clipped = (signal >= saturation_margin * self.saturation_capacity_e * self.gain_dn_per_e) | (
+                fr >= 2 ** self.bit_depth - 1)
+            e[clipped] = np.nan
         e[:, self.bad_pixels] = np.nan
         return e
 

@@ -26,7 +26,7 @@ per iteration) under a robust Huber loss (δ = 3), defect pixels masked; bounded
 are optimised through a sigmoid of an unbounded variable; ``a`` and ``b`` are profiled out by
 weighted linear least squares at every step (variable projection), so the optimiser sees only
 the geometry. The distance landscape is multimodal (the near-field pattern decorrelates every
-few per cent of ``z``): several starts spread over ``±distance_range`` are each registered
+few per cent of ``z``): several starts (default 7) spread over ``±distance_range`` are each registered
 with :func:`calibration.registration.register` for the initial shift/rotation/magnification,
 run briefly, and the best are refined with L-BFGS.
 
@@ -56,7 +56,7 @@ from ._threads import single_thread
 from .errors import FitError, RegistrationError
 from .registration import pearson, register
 
-__all__ = ["Geometry", "NearFieldModel", "FitResult", "fit_parameters", "PARAMS", "UNITS"]
+__all__ = ["Geometry", "geometry_for", "NearFieldModel", "FitResult", "fit_parameters", "jackknife", "evaluate", "PARAMS", "UNITS"]
 
 PARAMS = ("distance_m", "magnification", "rotation_rad", "shift_x_m", "shift_y_m", "crosstalk_sigma_m")
 UNITS = {"distance_m": "m", "magnification": "1", "rotation_rad": "rad", "shift_x_m": "m", "shift_y_m": "m",
@@ -71,10 +71,39 @@ class Geometry:
     camera_shape: tuple
     upsample: int = 2
     sim_n: int = 128
+    pixel_subsamples: int = 0   # 0: Gaussian pixel approximation; k >= 1: k×k box sub-samples per pixel
 
     @property
     def sim_pitch_m(self) -> float:
         return self.slm_pitch_m / self.upsample
+
+
+def geometry_for(instrument: Dict[str, float], camera_shape, gray_patterns, *, upsample: int = 4,
+                 pixel_subsamples: int = 3, distance_m: Optional[float] = None) -> Geometry:
+    """A simulation window for a capture: it holds the largest pattern plus, on each side, the
+    lateral reach ``z·λ/(2·slm_pitch)`` of its finest grating (two SLM pixels per period), and
+    at least 1.3× the camera field in the SLM plane; the periodic (``pad=False``) window then
+    keeps wrapped light off the camera. The size is a fast FFT length, a multiple of
+    ``2·upsample``. ``upsample=2, pixel_subsamples=0`` is the coarse model of the distance
+    search; ``4, 3`` the fine model (≈ 4× the cost)."""
+    from optics.grid import fast_size
+
+    slm, cam = float(instrument["slm_pitch_m"]), float(instrument["camera_pitch_m"])
+    z = float(distance_m or instrument["distance_m"])
+    lam = float(instrument["wavelength_m"])
+    mag = float(instrument.get("magnification", 1.0))
+    pat = max(max(np.shape(g)) for g in gray_patterns) * slm
+    extent = max(pat + 2 * z * lam / (2 * slm), 1.3 * max(camera_shape) * cam / mag)
+    sim_pitch = slm / upsample
+    n = int(math.ceil(extent / sim_pitch))
+    step = 2 * upsample
+    while True:
+        n = fast_size(n)
+        if n % step == 0:
+            break
+        n += 1
+    return Geometry(wavelength_m=lam, slm_pitch_m=slm, camera_pitch_m=cam, camera_shape=tuple(camera_shape),
+                    upsample=upsample, sim_n=n, pixel_subsamples=pixel_subsamples)
 
 
 def _gauss_tf(n: int, pitch_m: float, sigma_m: torch.Tensor) -> torch.Tensor:
@@ -121,16 +150,27 @@ class NearFieldModel:
         out = propagate(u, pitch_m=dx, wavelength_m=g.wavelength_m, z_m=p["distance_m"], method="asm", pad=False)
         inten = out.field.real ** 2 + out.field.imag ** 2
         mag = p["magnification"]
-        pix = g.camera_pitch_m / mag / math.sqrt(12.0)
-        inten = torch.fft.ifft2(torch.fft.fft2(inten) * _gauss_tf(n, dx, pix)).real
-        UY, UX = torch.meshgrid(self.uy, self.ux, indexing="ij")
+        k = g.pixel_subsamples
+        if k == 0:
+            pix = g.camera_pitch_m / mag / math.sqrt(12.0)
+            inten = torch.fft.ifft2(torch.fft.fft2(inten) * _gauss_tf(n, dx, pix)).real
+            uy, ux = self.uy, self.ux
+        else:
+            off = ((torch.arange(k, dtype=torch.float64) + 0.5) / k - 0.5) * g.camera_pitch_m
+            uy = (self.uy[:, None] + off[None, :]).reshape(-1)
+            ux = (self.ux[:, None] + off[None, :]).reshape(-1)
+        UY, UX = torch.meshgrid(uy, ux, indexing="ij")
         c, s = torch.cos(p["rotation_rad"]), torch.sin(p["rotation_rad"])
         X = (c * UX - s * UY) / mag + p["shift_x_m"] + self.centre_m
         Y = (s * UX + c * UY) / mag + p["shift_y_m"] + self.centre_m
         gx = (X / dx + n // 2) / (n - 1) * 2 - 1
         gy = (Y / dx + n // 2) / (n - 1) * 2 - 1
         grid = torch.stack([gx, gy], -1)[None].expand(inten.shape[0], -1, -1, -1)
-        return F.grid_sample(inten[:, None], grid, mode="bilinear", align_corners=True)[:, 0]
+        out = F.grid_sample(inten[:, None], grid, mode="bilinear", align_corners=True)[:, 0]
+        if k == 0:
+            return out
+        H, W = g.camera_shape
+        return out.reshape(-1, H, k, W, k).mean(dim=(2, 4))
 
 
 @dataclass
@@ -148,6 +188,7 @@ class FitResult:
     start_losses: List[tuple] = field(default_factory=list)   # (z start, loss after the short run)
     registration_quality: float = float("nan")
     fixed: tuple = ()
+    std_jackknife: Dict[str, float] = field(default_factory=dict)   # filled by :func:`jackknife` when asked
 
     def params(self) -> Dict[str, torch.Tensor]:
         return {k: torch.tensor(self.values[k], dtype=torch.float64) for k in PARAMS}
@@ -233,7 +274,7 @@ def _initial_geometry(model, data_e, z, nominal, bounds, min_quality):
     with torch.no_grad():
         sim = model.intensity(p).numpy()
     best = None
-    for i in range(sim.shape[0]):
+    for i in range(min(sim.shape[0], 2)):  # two frames suffice for a starting point
         try:
             reg = register(data_e[i], sim[i], kind="similarity", min_quality=min_quality)
         except RegistrationError:
@@ -259,9 +300,9 @@ def _initial_geometry(model, data_e, z, nominal, bounds, min_quality):
 
 def fit_parameters(geometry: Geometry, gray_patterns: Sequence[np.ndarray], data_e: np.ndarray, *,
                    lut_phase_rad: np.ndarray, nominal: Dict[str, float], read_noise_e: float,
-                   distance_range: float = 0.12, n_starts: int = 9, fit_crosstalk: bool = True,
+                   distance_range: float = 0.12, n_starts: int = 7, fit_crosstalk: bool = True,
                    bounds: Optional[Dict[str, tuple]] = None, start: Optional[Dict[str, float]] = None,
-                   short_iters: int = 15, refine_iters: int = 150, n_refine: int = 2,
+                   short_iters: int = 12, refine_iters: int = 150, n_refine: int = 2,
                    max_chi2: float = 1000.0, min_pearson: float = 0.8, min_registration: float = 0.3,
                    progress: bool = False) -> FitResult:
     """Fit the forward model to ``data_e`` (P, H, W electrons; NaN = masked) for the patterns.
@@ -392,6 +433,32 @@ def _fit_parameters(geometry, gray_patterns, data_e, *, lut_phase_rad, nominal, 
                      residuals=res_maps, model_e=mu_np, data_e=data, n_starts=len(starts) or 1,
                      start_losses=[(s[0], s[1]) for s in starts], registration_quality=float(reg_q),
                      fixed=tuple(fixed))
+
+
+def jackknife(geometry: Geometry, gray_patterns, data_e: np.ndarray, fit: FitResult, *, lut_phase_rad,
+              read_noise_e: float, refine_iters: int = 20, progress: bool = False) -> Dict[str, float]:
+    """Leave-one-frame-out standard errors ``sqrt((n−1)/n·Σ(θ_i − θ̄)²)`` (Efron & Tibshirani,
+    *An Introduction to the Bootstrap* (1993), ch. 11): each refit starts from ``fit``'s values
+    with one frame left out. Unlike the Jacobian errors (noise only) they also see the model
+    error that differs from pattern to pattern."""
+    n = len(gray_patterns)
+    if n < 3:
+        raise FitError(f"a jackknife over frames needs >= 3 fit frames, got {n}")
+    from tqdm.auto import tqdm
+
+    vals = []
+    for i in tqdm(range(n), desc="fit: jackknife", disable=not progress, unit="refit"):
+        keep = [j for j in range(n) if j != i]
+        r = fit_parameters(geometry, [gray_patterns[j] for j in keep], np.asarray(data_e)[keep],
+                           lut_phase_rad=lut_phase_rad, nominal=fit.nominal, read_noise_e=read_noise_e,
+                           start=fit.values, bounds=fit.bounds, refine_iters=refine_iters,
+                           fit_crosstalk=not fit.fixed)
+        vals.append(r.values)
+    out = {}
+    for k in vals[0]:
+        v = np.array([x[k] for x in vals])
+        out[k] = float(np.sqrt((n - 1) / n * np.sum((v - v.mean()) ** 2)))
+    return out
 
 
 def evaluate(geometry: Geometry, gray_patterns, data_e: np.ndarray, *, lut_phase_rad, values: Dict[str, float],

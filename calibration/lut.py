@@ -253,7 +253,7 @@ def _fit_lut(gray, h, h_std, *, bit_depth, degree, n_starts, seed, grating, top)
 
 def lut_from_capture(cap: Capture, electrons: np.ndarray, *, magnification: Optional[float] = None,
                      rotation_rad: float = 0.0, distance_m: Optional[float] = None,
-                     crosstalk: bool = True) -> LUTResult:
+                     crosstalk: bool = True, max_masked_fraction: float = 0.02) -> LUTResult:
     """The LUT from a capture's grating frames (``kind == "grating"``); ``electrons`` are the
     corrected frames (all N) from :meth:`calibration.camera.CameraModel.correct`.
 
@@ -286,6 +286,13 @@ def lut_from_capture(cap: Capture, electrons: np.ndarray, *, magnification: Opti
     # the grating varies along SLM x; 2/Λ on the camera (cycles per camera pixel)
     f = 2.0 * cap.instrument["camera_pitch_m"] / (mag * period_m)
     guess = (f * math.sin(rotation_rad), f * math.cos(rotation_rad))
+    masked = np.mean(~np.isfinite(electrons[idx]), axis=(1, 2))
+    if masked.max() > max_masked_fraction:
+        worst = int(np.argmax(masked))
+        raise LUTFitError(
+            f"grating frame {int(idx[worst])} (gray {levels[worst]}) has {100 * masked[worst]:.1f} % saturated or "
+            f"defect pixels (limit {100 * max_masked_fraction:.0f} %); clipped fringes bias the harmonic — record the "
+            f"gratings at a shorter exposure")
     amps, found = grating_harmonics(electrons[idx], freq_guess_cyc_per_px=guess)
     levels = np.asarray(levels, dtype=np.float64)
     order = np.argsort(levels)

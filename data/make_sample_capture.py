@@ -69,6 +69,7 @@ TRUTH = {
     "grating_period_px": 8,
     "grating_px": 64,                   # SLM pixels per side of a grating pattern
     "sample_exposure_s": 0.01,
+    "grating_exposure_s": 0.004,
     "sample_mean_e": 5000.0,            # mean electrons per pixel of a sample frame
 }
 FINE_PITCH_M = 2e-6
@@ -208,8 +209,9 @@ def make(out: Path, *, seed: int = 0, overwrite: bool = True) -> Path:
     for i in range(8):
         frames.append(cam.capture(ph_per_unit_s * texp * ir_rand[i], texp)); keys.append(0); exps.append(texp)
         pids.append(f"random_{i:02d}")
+    tg = t["grating_exposure_s"]  # shorter: the grating's bright fringes must stay below saturation
     for g, ir in zip(levels, ir_grat):
-        frames.append(cam.capture(ph_per_unit_s * texp * ir, texp)); keys.append(0); exps.append(texp)
+        frames.append(cam.capture(ph_per_unit_s * tg * ir, tg)); keys.append(0); exps.append(tg)
         pids.append(f"grating_{g:03d}")
     instrument = {"wavelength_m": t["wavelength_m"], "camera_pitch_m": t["camera_pitch_m"],
                   "slm_pitch_m": t["slm_pitch_m"], "distance_m": t["distance_nominal_m"],

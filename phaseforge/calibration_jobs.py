@@ -28,12 +28,13 @@ SAMPLE_CAPTURE = Path(__file__).resolve().parents[1] / "data" / "sample_capture.
 
 
 def calibrate(capture_path, out_path, *, report_dir=None, n_heldout: int = 2, overwrite: bool = False,
-              progress: bool = True, n_starts: int = 9, distance_range: float = 0.12) -> Dict:
+              progress: bool = True, n_starts: int = 7, distance_range: float = 0.12,
+              refine_iters: int = 60, jackknife_frames: bool = False) -> Dict:
     from calibration.calibfile import write_calibration
     from calibration.camera import characterize_camera
     from calibration.capture import read_capture
     from calibration.errors import CalibrationError, FitError
-    from calibration.fit import PARAMS, Geometry, evaluate, fit_parameters
+    from calibration.fit import evaluate, fit_parameters, geometry_for, jackknife
     from calibration.lut import lut_from_capture
     from calibration.registration import register
     from calibration.report import write_report
@@ -43,9 +44,15 @@ def calibrate(capture_path, out_path, *, report_dir=None, n_heldout: int = 2, ov
     if out_path.exists() and not overwrite:
         raise CalibrationError(f"{out_path} exists; pass --overwrite to replace it")
     report_dir = Path(report_dir) if report_dir is not None else out_path.with_name(out_path.stem + "_report")
+    stages = {}
+
+    def lap(name):
+        stages[name] = round(time.perf_counter() - t0 - sum(stages.values()), 3)
+
     cap = read_capture(capture_path)
     camera = characterize_camera(cap)
     e = camera.correct(cap.frames, cap.exposure_s)
+    lap("read_and_camera")
     ins = cap.instrument
     idx = cap.indices(0, kind="random")
     if idx.size < n_heldout + 2:
@@ -53,18 +60,28 @@ def calibrate(capture_path, out_path, *, report_dir=None, n_heldout: int = 2, ov
                        f"{n_heldout} held out — capture more random patterns (pattern kind 'random')")
     fit_idx, held_idx = idx[:idx.size - n_heldout], idx[idx.size - n_heldout:]
     pats = lambda ii: [cap.patterns[cap.pattern_id[i]].gray for i in ii]  # noqa: E731
-    geo = Geometry(wavelength_m=ins["wavelength_m"], slm_pitch_m=ins["slm_pitch_m"],
-                   camera_pitch_m=ins["camera_pitch_m"], camera_shape=cap.shape)
+    # coarse model (4 µm-class grid, Gaussian pixel) for the multistart distance search, fine model
+    # (half the pitch, 3×3 box sub-samples per camera pixel) for the final fit and the validation
+    geo_coarse = geometry_for(ins, cap.shape, pats(idx), upsample=2, pixel_subsamples=0)
+    geo = geometry_for(ins, cap.shape, pats(idx), upsample=4, pixel_subsamples=3)
     lut1 = lut_from_capture(cap, e)
+    lap("lut_nominal")
     nominal = {"distance_m": ins["distance_m"], "magnification": ins.get("magnification", 1.0), "rotation_rad": 0.0,
                "shift_x_m": 0.0, "shift_y_m": 0.0, "crosstalk_sigma_m": lut1.extra.get("crosstalk_sigma_m", 0.0)}
-    fit1 = fit_parameters(geo, pats(fit_idx), e[fit_idx], lut_phase_rad=lut1.phase_rad, nominal=nominal,
+    fit1 = fit_parameters(geo_coarse, pats(fit_idx), e[fit_idx], lut_phase_rad=lut1.phase_rad, nominal=nominal,
                           read_noise_e=camera.read_noise_e, n_starts=n_starts, distance_range=distance_range,
-                          progress=progress)
+                          refine_iters=40, progress=progress)
+    lap("fit_multistart_coarse")
     lut = lut_from_capture(cap, e, distance_m=fit1.values["distance_m"], magnification=fit1.values["magnification"],
                            rotation_rad=fit1.values["rotation_rad"])
     fit = fit_parameters(geo, pats(fit_idx), e[fit_idx], lut_phase_rad=lut.phase_rad, nominal=nominal,
-                         read_noise_e=camera.read_noise_e, start=fit1.values, distance_range=distance_range)
+                         read_noise_e=camera.read_noise_e, start=fit1.values, distance_range=distance_range,
+                         refine_iters=refine_iters)
+    lap("lut_and_fit_fine")
+    if jackknife_frames:
+        fit.std_jackknife = jackknife(geo, pats(fit_idx), e[fit_idx], fit, lut_phase_rad=lut.phase_rad,
+                                      read_noise_e=camera.read_noise_e, progress=progress)
+        lap("jackknife")
     fit.start_losses = fit1.start_losses
     fit.n_starts = fit1.n_starts
     # held-out frames: the nominal simulator (nominal geometry, linear 2π LUT, no crosstalk) vs calibrated
@@ -89,16 +106,18 @@ def calibrate(capture_path, out_path, *, report_dir=None, n_heldout: int = 2, ov
                "lut_chi2_reduced": lut.chi2_reduced, "n_fit_frames": len(fit_idx), "n_heldout_frames": len(held_idx),
                "n_distance_starts": fit.n_starts, "n_bad_pixels": int(camera.bad_pixels.sum()),
                "background_frame_mean_e": float(np.nanmean(e[bg_idx])) if bg_idx.size else float("nan")}
+    lap("validation")
     write_calibration(out_path, camera=camera, lut=lut, fit=fit, quality=quality, capture=cap,
                       software=f"phaseforge {__version__}", overwrite=overwrite)
     truth_lut, truth = _truth(cap.path)
     numbers = {"capture": str(cap.path), "capture_sha256": cap.sha256, "calibration": str(out_path),
                "camera": camera.summary(),
-               "fit": {k: {"value": v, "std": fit.std.get(k), "nominal": fit.nominal.get(k)} for k, v in fit.values.items()},
+               "fit": {k: {"value": v, "std": fit.std.get(k), "std_jackknife": fit.std_jackknife.get(k),
+                       "nominal": fit.nominal.get(k)} for k, v in fit.values.items()},
                "lut": {"chi2_reduced": lut.chi2_reduced, "crosstalk_sigma_m": lut.extra.get("crosstalk_sigma_m"),
                        "max_phase_rad": float(lut.phase_rad[-1]), "max_phase_std_rad": float(lut.phase_std_rad.max())},
                "quality": quality, "distance_starts": [{"z_m": z, "loss": L} for z, L in fit.start_losses],
-               "seconds": time.perf_counter() - t0}
+               "seconds": time.perf_counter() - t0, "stage_seconds": stages}
     if truth:
         numbers["truth_comparison"] = _compare(truth, truth_lut, camera, fit, lut)
     figs = write_report(report_dir, camera=camera, lut=lut, fit=fit, numbers=numbers,

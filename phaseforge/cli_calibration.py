@@ -3,7 +3,7 @@
     phaseforge capture validate FILE            list every problem; exit 1 when there is an error
     phaseforge capture info FILE                summary (frames per image key, exposures, patterns, instrument)
     phaseforge capture pack FOLDER --metadata META.yaml --out FILE [--overwrite]
-    phaseforge calibrate CAPTURES.h5 --out CALIBRATION.h5 [--report DIR] [--heldout N] [--overwrite]
+    phaseforge calibrate CAPTURES.h5 --out CALIBRATION.h5 [--report DIR] [--heldout N] [--jackknife] [--overwrite]
 
 ``simulate --calibration CALIBRATION.h5`` (in :mod:`phaseforge.cli`) applies the calibration's
 values as configuration overrides (:func:`phaseforge.calibration_jobs.calibration_overrides`).
@@ -33,9 +33,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="CALIBRATION.h5")
     p.add_argument("--report", type=Path, default=None, help="report folder (default: OUT_report next to OUT)")
     p.add_argument("--heldout", type=int, default=2, help="random-pattern frames kept out of the fit for validation")
-    p.add_argument("--starts", type=int, default=9, help="distance starts of the multistart fit")
+    p.add_argument("--starts", type=int, default=7, help="distance starts of the multistart fit")
     p.add_argument("--distance-range", type=float, default=0.12,
                    help="starts span nominal distance × (1 ± this)")
+    p.add_argument("--jackknife", action="store_true",
+                   help="also leave-one-frame-out standard errors of the fitted parameters (one refit per frame)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
 
@@ -62,7 +64,8 @@ def run(args) -> int:
     from .calibration_jobs import calibrate
 
     res = calibrate(args.capture, args.out, report_dir=args.report, n_heldout=args.heldout, overwrite=args.overwrite,
-                    progress=not args.no_progress, n_starts=args.starts, distance_range=args.distance_range)
+                    progress=not args.no_progress, n_starts=args.starts, distance_range=args.distance_range,
+                    jackknife_frames=args.jackknife)
     f = res["fit"]
     q = res["quality"]
     c = res["camera"]
