@@ -13,8 +13,9 @@ patterns ``g`` (P, h, w) shown centred on the SLM, the camera sees, in electrons
   the Fourier domain, ``exp(−2π²σ²f²)``, so it is differentiable in ``σ``; Persson et al.,
   Opt. Express 20, 22334 (2012));
 * ``P_z`` — angular-spectrum propagation by the distance ``z`` (periodic window, ``pad=False``);
-* ``G_pix ∗`` — camera pixel integration approximated by a Gaussian with the variance of the
-  pixel box, ``(p_cam/M)²/12`` per axis;
+* ``G_pix ∗`` — camera pixel integration: the mean of ``k×k`` box sub-samples per pixel
+  (``Geometry.pixel_subsamples = k``, the fine model), or, with ``k = 0`` (the coarse model of
+  the distance search), a Gaussian with the variance of the pixel box, ``(p_cam/M)²/12``;
 * ``T(u) = R(α)·u/M + s`` — camera pixel centres ``u`` (relative to pixel ``(H//2, W//2)``,
   times the camera pitch) mapped to the SLM plane: magnification ``M``, rotation ``α``, shift
   ``s = (s_x, s_y)`` of the camera centre from the *pattern centre*; sampled bilinearly with
@@ -22,7 +23,8 @@ patterns ``g`` (P, h, w) shown centred on the SLM, the camera sees, in electrons
 * ``a`` (intensity scale), ``b`` (background, e⁻).
 
 Fit: weighted residuals ``r = (y − μ)/sqrt(μ + σ_r²)`` (Poisson + read noise, weights frozen
-per iteration) under a robust Huber loss (δ = 3), defect pixels masked; bounded parameters
+per iteration) under a robust Huber loss (δ = 3), defect and saturated pixels masked (NaN from
+:meth:`calibration.camera.CameraModel.correct` — clipped speckle peaks would otherwise dominate); bounded parameters
 are optimised through a sigmoid of an unbounded variable; ``a`` and ``b`` are profiled out by
 weighted linear least squares at every step (variable projection), so the optimiser sees only
 the geometry. The distance landscape is multimodal (the near-field pattern decorrelates every
@@ -31,7 +33,9 @@ with :func:`calibration.registration.register` for the initial shift/rotation/ma
 run briefly, and the best are refined with L-BFGS.
 
 Uncertainties: from the Jacobian at the optimum, ``cov = s²(JᵀJ)⁻¹`` with ``s²`` the reduced
-χ² (when above 1) — ``J`` of the weighted residuals with respect to all parameters including
+χ² (when above 1); optionally also a leave-one-frame-out jackknife (:func:`jackknife`). Both
+are *statistical*: a model error common to all frames (grid, unmodelled illumination) biases
+the values without widening them — ``J`` of the weighted residuals with respect to all parameters including
 ``a`` and ``b``, by central finite differences (relative steps; forward-mode AD is not
 available through every op used). Quality: reduced χ², Pearson ``r`` per frame, residual maps.
 A failed fit — non-finite loss, a parameter on its bound, an unidentifiable parameter (singular
