@@ -70,15 +70,16 @@ def lut_figure(lut, truth_rad: Optional[np.ndarray] = None):
 def registration_figure(capture_e: np.ndarray, model_e: np.ndarray, quality: float, title: str = ""):
     plt = _plt()
 
-    def norm(a):
+    lo, hi = np.nanpercentile(np.concatenate([np.ravel(capture_e), np.ravel(model_e)]), [1, 99.5])
+
+    def norm(a):  # one scale for both; masked (saturated) pixels shown at full brightness
         a = np.array(a, dtype=np.float64)
-        lo, hi = np.nanpercentile(a, [1, 99])
-        return np.clip((np.nan_to_num(a, nan=lo) - lo) / max(hi - lo, 1e-12), 0, 1)
+        return np.clip((np.nan_to_num(a, nan=hi) - lo) / max(hi - lo, 1e-12), 0, 1)
 
     fig, ax = plt.subplots(1, 3, figsize=(12, 4))
-    ax[0].imshow(capture_e, cmap="gray")
-    ax[0].set_title("capture (e⁻)")
-    ax[1].imshow(model_e, cmap="gray")
+    ax[0].imshow(norm(capture_e), cmap="gray", vmin=0, vmax=1)
+    ax[0].set_title("capture (e⁻; masked pixels white)")
+    ax[1].imshow(norm(model_e), cmap="gray", vmin=0, vmax=1)
     ax[1].set_title("calibrated model (e⁻)")
     rgb = np.stack([norm(capture_e), norm(model_e), norm(capture_e)], -1)
     ax[2].imshow(rgb)
