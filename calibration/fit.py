@@ -60,7 +60,8 @@ from ._threads import single_thread
 from .errors import FitError, RegistrationError
 from .registration import pearson, register
 
-__all__ = ["Geometry", "geometry_for", "NearFieldModel", "FitResult", "fit_parameters", "jackknife", "evaluate", "PARAMS", "UNITS"]
+__all__ = ["Geometry", "geometry_for", "NearFieldModel", "FitResult", "fit_parameters", "refined_lut", "jackknife",
+           "evaluate", "PARAMS", "UNITS"]
 
 PARAMS = ("distance_m", "magnification", "rotation_rad", "shift_x_m", "shift_y_m", "crosstalk_sigma_m")
 UNITS = {"distance_m": "m", "magnification": "1", "rotation_rad": "rad", "shift_x_m": "m", "shift_y_m": "m",
@@ -125,18 +126,21 @@ class NearFieldModel:
         n, up = geometry.sim_n, geometry.upsample
         n_slm = n // up
         lut = torch.as_tensor(np.asarray(lut_phase_rad, dtype=np.float64))
-        phases = []
+        phases, grays = [], []
         for gp in gray_patterns:
             gp = np.asarray(gp, dtype=np.int64)
             h, w = gp.shape
             if h > n_slm or w > n_slm:
                 raise FitError(f"pattern {h}×{w} SLM pixels does not fit the {n_slm}×{n_slm}-pixel simulation "
                                f"window; raise sim_n")
-            full = torch.full((n_slm, n_slm), float(lut[0]), dtype=torch.float64)
+            gfull = torch.zeros((n_slm, n_slm), dtype=torch.int64)
             r0, c0 = n_slm // 2 - h // 2, n_slm // 2 - w // 2
-            full[r0:r0 + h, c0:c0 + w] = lut[torch.from_numpy(gp)]
-            phases.append(full.repeat_interleave(up, 0).repeat_interleave(up, 1))
-        self.phase = torch.stack(phases)  # (P, n, n)
+            gfull[r0:r0 + h, c0:c0 + w] = torch.from_numpy(gp)
+            gfull = gfull.repeat_interleave(up, 0).repeat_interleave(up, 1)
+            grays.append(gfull)
+            phases.append(lut[gfull])
+        self.gray = torch.stack(grays)    # (P, n, n) gray levels on the simulation grid (0 outside)
+        self.phase = torch.stack(phases)  # (P, n, n) their phases under the given LUT
         # shifts are relative to the pattern centre: with the optical axis at sample n//2 and an
         # even pattern centred on it, the pattern centre lies half a sample before the axis
         self.centre_m = -0.5 * geometry.sim_pitch_m
@@ -145,11 +149,13 @@ class NearFieldModel:
         self.ux = (torch.arange(W, dtype=torch.float64) - W // 2) * geometry.camera_pitch_m
 
     def intensity(self, p: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """Unit-scale, zero-background camera image ``[G_pix ∗ I](T(u))``, shape (P, H, W)."""
+        """Unit-scale, zero-background camera image ``[G_pix ∗ I](T(u))``, shape (P, H, W).
+        ``p["lut_phase_rad"]`` (a (2^b,) tensor), when present, replaces the fixed LUT."""
         g = self.g
         n, dx = g.sim_n, g.sim_pitch_m
         sig = p["crosstalk_sigma_m"]
-        phase = torch.fft.ifft2(torch.fft.fft2(self.phase) * _gauss_tf(n, dx, sig)).real
+        base = self.phase if p.get("lut_phase_rad") is None else p["lut_phase_rad"][self.gray]
+        phase = torch.fft.ifft2(torch.fft.fft2(base) * _gauss_tf(n, dx, sig)).real
         u = torch.polar(torch.ones_like(phase), phase)
         out = propagate(u, pitch_m=dx, wavelength_m=g.wavelength_m, z_m=p["distance_m"], method="asm", pad=False)
         inten = out.field.real ** 2 + out.field.imag ** 2
@@ -193,6 +199,8 @@ class FitResult:
     registration_quality: float = float("nan")
     fixed: tuple = ()
     std_jackknife: Dict[str, float] = field(default_factory=dict)   # filled by :func:`jackknife` when asked
+    problems: List[str] = field(default_factory=list)               # failed checks (check=False keeps them here)
+    lut: Dict[str, object] = field(default_factory=dict)            # joint LUT: phase_rad, phase_std_rad, …
 
     def params(self) -> Dict[str, torch.Tensor]:
         return {k: torch.tensor(self.values[k], dtype=torch.float64) for k in PARAMS}
@@ -206,8 +214,53 @@ def _ls_scale(I: torch.Tensor, y: torch.Tensor, w: torch.Tensor):
     return a, my - a * mi
 
 
+class _LUTBlock:
+    """The LUT as free parameters of the fit (joint refinement): the monotone Bernstein shape
+    of :mod:`calibration.lut` plus the grating scale ``log C``; its residuals are the grating
+    harmonics against ``C·M(φ(g); σ, z)`` with the fit's own crosstalk and distance."""
+
+    def __init__(self, lut):
+        from .lut import _bernstein
+        if lut.theta is None:
+            raise FitError("the LUT result carries no shape parameters; fit it with calibration.lut.fit_lut")
+        self.degree = int(lut.degree)
+        top = len(lut.gray) - 1
+        self.B = _bernstein(torch.arange(top + 1, dtype=torch.float64) / top, self.degree)
+        self.g = torch.as_tensor(np.asarray(lut.measured_gray), dtype=torch.float64).round().long()
+        self.h = torch.as_tensor(np.asarray(lut.measured_h), dtype=torch.float64)
+        self.hs = torch.as_tensor(np.asarray(lut.measured_h_std), dtype=torch.float64)
+        self.grating = lut.grating
+        c = float(lut.scale_c)
+        if self.grating:
+            from .lut import grating_harmonic_model
+            g_pi = float(grating_harmonic_model(torch.tensor([math.pi], dtype=torch.float64),
+                                                sigma_m=torch.tensor(0.0, dtype=torch.float64),
+                                                **self._gkw(self.grating["z_m"]))[0])
+            c = c / g_pi
+        self.q0 = torch.cat([torch.as_tensor(lut.theta, dtype=torch.float64),
+                             torch.tensor([math.log(c)], dtype=torch.float64)])
+        self.n = self.q0.numel()
+
+    def _gkw(self, z):
+        gr = self.grating
+        return {"z_m": z, "period_m": gr["period_m"], "wavelength_m": gr["wavelength_m"], "period_px": gr["period_px"]}
+
+    def phi(self, q: torch.Tensor) -> torch.Tensor:
+        from .lut import _phi_from_theta
+        return _phi_from_theta(q[:self.degree], self.B)
+
+    def residuals(self, q: torch.Tensor, p) -> torch.Tensor:
+        phi = self.phi(q)[self.g]
+        if self.grating:
+            from .lut import grating_harmonic_model
+            m = grating_harmonic_model(phi, sigma_m=p["crosstalk_sigma_m"], **self._gkw(p["distance_m"]))
+        else:
+            m = torch.sin(phi / 2) ** 2
+        return (self.h - torch.exp(q[self.degree]) * m) / self.hs
+
+
 class _Problem:
-    def __init__(self, model: NearFieldModel, data_e: np.ndarray, read_noise_e: float, bounds, fixed):
+    def __init__(self, model: NearFieldModel, data_e: np.ndarray, read_noise_e: float, bounds, fixed, lut=None):
         self.model = model
         y = torch.as_tensor(data_e, dtype=torch.float64)
         self.mask = torch.isfinite(y)
@@ -216,6 +269,7 @@ class _Problem:
         self.bounds = bounds
         self.fixed = dict(fixed)
         self.free = [k for k in PARAMS if k not in self.fixed]
+        self.lut = None if lut is None else _LUTBlock(lut)
 
     def to_params(self, q: torch.Tensor) -> Dict[str, torch.Tensor]:
         p = {}
@@ -224,6 +278,10 @@ class _Problem:
             p[k] = lo + (hi - lo) * torch.sigmoid(q[i])
         for k, v in self.fixed.items():
             p[k] = torch.tensor(v, dtype=torch.float64)
+        if self.lut is not None:
+            ql = q[len(self.free):]
+            p["lut_phase_rad"] = self.lut.phi(ql)
+            p["_lut_q"] = ql
         return p
 
     def to_q(self, values: Dict[str, float]) -> torch.Tensor:
@@ -232,7 +290,10 @@ class _Problem:
             lo, hi = self.bounds[k]
             t = min(max((values[k] - lo) / (hi - lo), 1e-6), 1 - 1e-6)
             q.append(math.log(t / (1 - t)))
-        return torch.tensor(q, dtype=torch.float64)
+        q = torch.tensor(q, dtype=torch.float64)
+        if self.lut is not None:
+            q = torch.cat([q, self.lut.q0])
+        return q
 
     def residuals(self, p, a=None, b=None, w=None):
         I = self.model.intensity(p)
@@ -250,8 +311,12 @@ class _Problem:
         return torch.where(m, r, torch.zeros_like(r)), mu, a, b
 
     def loss(self, q, delta: float = 3.0):
-        r, _, _, _ = self.residuals(self.to_params(q))
-        return F.huber_loss(r, torch.zeros_like(r), delta=delta, reduction="sum") / self.mask.sum()
+        p = self.to_params(q)
+        r, _, _, _ = self.residuals(p)
+        L = F.huber_loss(r, torch.zeros_like(r), delta=delta, reduction="sum")
+        if self.lut is not None:
+            L = L + 0.5 * (self.lut.residuals(p["_lut_q"], p) ** 2).sum()
+        return L / self.mask.sum()
 
 
 def _run(prob: _Problem, q0: torch.Tensor, iters: int) -> tuple:
@@ -308,23 +373,29 @@ def fit_parameters(geometry: Geometry, gray_patterns: Sequence[np.ndarray], data
                    bounds: Optional[Dict[str, tuple]] = None, start: Optional[Dict[str, float]] = None,
                    short_iters: int = 12, refine_iters: int = 150, n_refine: int = 2,
                    max_chi2: float = 1000.0, min_pearson: float = 0.8, min_registration: float = 0.3,
-                   progress: bool = False) -> FitResult:
+                   progress: bool = False, check: bool = True, joint_lut=None) -> FitResult:
     """Fit the forward model to ``data_e`` (P, H, W electrons; NaN = masked) for the patterns.
 
     ``nominal`` holds the starting values of :data:`PARAMS`; ``start`` (optional) skips the
     multistart and refines from the given values (used for the second pass after the LUT is
-    refined). Returns a :class:`FitResult`; raises :class:`FitError` when the fit fails."""
+    refined). Returns a :class:`FitResult`; raises :class:`FitError` when the fit fails (with
+    ``check=False`` the failed checks are returned in ``FitResult.problems`` instead — for an
+    intermediate fit whose LUT is still provisional). ``joint_lut`` (a
+    :class:`~calibration.lut.LUTResult` with its shape parameters) frees the LUT too: the
+    random frames and the grating harmonics then constrain LUT, crosstalk and distance
+    together, and ``FitResult.lut`` holds the refined table with its uncertainty."""
     with single_thread():
         return _fit_parameters(geometry, gray_patterns, data_e, lut_phase_rad=lut_phase_rad, nominal=nominal,
                                read_noise_e=read_noise_e, distance_range=distance_range, n_starts=n_starts,
                                fit_crosstalk=fit_crosstalk, bounds=bounds, start=start, short_iters=short_iters,
                                refine_iters=refine_iters, n_refine=n_refine, max_chi2=max_chi2,
-                               min_pearson=min_pearson, min_registration=min_registration, progress=progress)
+                               min_pearson=min_pearson, min_registration=min_registration, progress=progress,
+                               check=check, joint_lut=joint_lut)
 
 
 def _fit_parameters(geometry, gray_patterns, data_e, *, lut_phase_rad, nominal, read_noise_e, distance_range,
                     n_starts, fit_crosstalk, bounds, start, short_iters, refine_iters, n_refine, max_chi2,
-                    min_pearson, min_registration, progress) -> FitResult:
+                    min_pearson, min_registration, progress, check=True, joint_lut=None) -> FitResult:
     data_e = np.asarray(data_e, dtype=np.float64)
     if data_e.ndim != 3 or data_e.shape[0] != len(gray_patterns):
         raise FitError(f"data {data_e.shape} must be (P, H, W) with one frame per pattern ({len(gray_patterns)})")
@@ -343,7 +414,7 @@ def _fit_parameters(geometry, gray_patterns, data_e, *, lut_phase_rad, nominal, 
     b.update(bounds or {})
     fixed = {} if fit_crosstalk else {"crosstalk_sigma_m": float(nominal.get("crosstalk_sigma_m", 0.0))}
     model = NearFieldModel(geometry, gray_patterns, lut_phase_rad)
-    prob = _Problem(model, data_e, read_noise_e, b, fixed)
+    prob = _Problem(model, data_e, read_noise_e, b, fixed, lut=joint_lut)
     starts: List[tuple] = []
     reg_q = float("nan")
     if start is None:
@@ -368,12 +439,12 @@ def _fit_parameters(geometry, gray_patterns, data_e, *, lut_phase_rad, nominal, 
     p = prob.to_params(q)
     with torch.no_grad():
         r, mu, a, bb = prob.residuals(p)
-    values = {k: float(v) for k, v in p.items()}
+    values = {k: float(p[k]) for k in PARAMS}
     values["intensity_scale"] = float(a)
     values["background_e"] = float(bb)
     m = prob.mask
     nres = int(m.sum())
-    n_par = len(prob.free) + 2
+    n_par = len(prob.free) + 2 + (prob.lut.n if prob.lut is not None else 0)
     chi2 = float((r[m] ** 2).sum()) / max(nres - n_par, 1)
     # --- fit checks
     problems = []
@@ -384,40 +455,57 @@ def _fit_parameters(geometry, gray_patterns, data_e, *, lut_phase_rad, nominal, 
         if min(values[k] - lo, hi - values[k]) < 1e-3 * (hi - lo):
             problems.append(f"{k} = {values[k]:.6g} {UNITS[k]} ended on its bound [{lo:.6g}, {hi:.6g}]; widen the "
                             f"search (distance_range) or check the nominal value")
-    # --- uncertainties: central-difference Jacobian of the weighted residuals (a, b free too)
+    # --- uncertainties: central-difference Jacobian of the weighted residuals (a, b free too;
+    # with a joint LUT also its shape parameters and the grating scale)
+    nl = prob.lut.n if prob.lut is not None else 0
     with torch.no_grad():
         w = 1.0 / (mu.clamp_min(0) + prob.rn2 + 1.0)
         keys = list(prob.free) + ["intensity_scale", "background_e"]
-        base = {k: float(v) for k, v in p.items()}
+        scale = {"distance_m": 1e-3, "magnification": 1.0, "rotation_rad": 1.0, "shift_x_m": 1e-5, "shift_y_m": 1e-5,
+                 "crosstalk_sigma_m": 1e-6, "intensity_scale": abs(values["intensity_scale"]), "background_e": 100.0}
+        x0 = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+        if nl:
+            x0 = torch.cat([x0, p["_lut_q"].detach()])
+        steps = [max(abs(values[k]), scale[k]) * 1e-4 for k in keys] + [1e-4] * nl
+
+        def rvec(x):
+            pp = {k: torch.tensor(values[k], dtype=torch.float64) for k in PARAMS}
+            for i, k in enumerate(keys[:-2]):
+                pp[k] = x[i]
+            if nl:
+                ql = x[len(keys):]
+                pp["lut_phase_rad"] = prob.lut.phi(ql)
+            rr, _, _, _ = prob.residuals(pp, a=x[len(keys) - 2], b=x[len(keys) - 1], w=w)
+            out = rr[m]
+            if nl:
+                out = torch.cat([out, prob.lut.residuals(ql, pp)])
+            return out
+
         cols = []
-        for k in keys:
-            v = values[k]
-            h = max(abs(v), {"distance_m": 1e-3, "magnification": 1.0, "rotation_rad": 1.0, "shift_x_m": 1e-5,
-                             "shift_y_m": 1e-5, "crosstalk_sigma_m": 1e-6, "intensity_scale": abs(values["intensity_scale"]),
-                             "background_e": 100.0}[k]) * 1e-4
-            out = []
-            for sgn in (1, -1):
-                pp = {kk: torch.tensor(vv, dtype=torch.float64) for kk, vv in base.items()}
-                aa, b2 = torch.tensor(values["intensity_scale"]), torch.tensor(values["background_e"])
-                if k == "intensity_scale":
-                    aa = aa + sgn * h
-                elif k == "background_e":
-                    b2 = b2 + sgn * h
-                else:
-                    pp[k] = pp[k] + sgn * h
-                rr, _, _, _ = prob.residuals(pp, a=aa, b=b2, w=w)
-                out.append(rr[m])
-            cols.append((out[0] - out[1]) / (2 * h))
+        for i, h in enumerate(steps):
+            e_i = torch.zeros_like(x0)
+            e_i[i] = h
+            cols.append((rvec(x0 + e_i) - rvec(x0 - e_i)) / (2 * h))
         J = torch.stack(cols, 1)
         JTJ = J.T @ J
         d = torch.sqrt(torch.diag(JTJ)).clamp_min(1e-300)
         Jn = JTJ / d[:, None] / d[None, :]
         cond = float(torch.linalg.cond(Jn))
-        cov = torch.linalg.inv(Jn) / d[:, None] / d[None, :] * max(chi2, 1.0)
+        cov = torch.linalg.pinv(Jn, hermitian=True) / d[:, None] / d[None, :] * max(chi2, 1.0)
+    lut_out = {}
+    if nl:
+        ql = p["_lut_q"].detach()
+        Jphi = torch.autograd.functional.jacobian(prob.lut.phi, ql)                     # (2^b, n_lut)
+        cl = cov[len(keys):, len(keys):]
+        with torch.no_grad():
+            lut_out = {"phase_rad": prob.lut.phi(ql).numpy(),
+                       "phase_std_rad": torch.sqrt(torch.einsum("ip,pq,iq->i", Jphi, cl, Jphi).clamp_min(0)).numpy(),
+                       "scale_c": float(torch.exp(ql[-1])), "theta": ql[:-1].numpy().copy(),
+                       "grating_chi2_reduced": float((prob.lut.residuals(ql, p) ** 2).sum()) / max(len(prob.lut.h) - nl, 1)}
     std = {k: float(math.sqrt(max(float(cov[i, i]), 0.0))) for i, k in enumerate(keys)}
     for k in fixed:
         std[k] = 0.0
-    if cond > 1e12:
+    if cond > 1e12 and not nl:
         problems.append(f"the parameters are not identifiable from these frames (condition number {cond:.3g} of the "
                         f"normalised JᵀJ); use more or richer patterns, or fix crosstalk (fit_crosstalk=False)")
     if std["distance_m"] > 0.05 * values["distance_m"]:
@@ -430,13 +518,39 @@ def _fit_parameters(geometry, gray_patterns, data_e, *, lut_phase_rad, nominal, 
                         f"model does not reproduce the captures (wrong LUT, patterns, or geometry far from nominal)")
     if chi2 > max_chi2:
         problems.append(f"reduced χ² = {chi2:.3g} exceeds {max_chi2:g}: residuals far above the noise")
-    if problems:
+    if problems and check:
         raise FitError("physical-parameter fit failed: " + "; ".join(problems))
     res_maps = np.where(m.numpy(), r.numpy(), np.nan)
     return FitResult(values=values, std=std, nominal=dict(nominal), bounds=b, chi2_reduced=chi2, pearson_r=rs,
                      residuals=res_maps, model_e=mu_np, data_e=data, n_starts=len(starts) or 1,
                      start_losses=[(s[0], s[1]) for s in starts], registration_quality=float(reg_q),
-                     fixed=tuple(fixed))
+                     fixed=tuple(fixed), problems=problems, lut=lut_out)
+
+
+def refined_lut(base, fit: FitResult):
+    """The :class:`~calibration.lut.LUTResult` of a joint fit (``fit_parameters(joint_lut=base)``):
+    the refined table and its uncertainty, the grating law at the fitted distance and crosstalk,
+    the scale renormalised so that the result can seed the next joint fit."""
+    import dataclasses
+
+    if not fit.lut:
+        raise FitError("this fit did not free the LUT (call fit_parameters with joint_lut=…)")
+    grating = dict(base.grating) if base.grating else None
+    c = float(fit.lut["scale_c"])
+    extra = dict(base.extra, joint=1.0, crosstalk_sigma_m=fit.values["crosstalk_sigma_m"],
+                 crosstalk_sigma_std_m=fit.std.get("crosstalk_sigma_m", float("nan")))
+    if grating:
+        from .lut import grating_harmonic_model
+        grating.update(z_m=fit.values["distance_m"], sigma_m=fit.values["crosstalk_sigma_m"])
+        g_pi = float(grating_harmonic_model(torch.tensor([math.pi], dtype=torch.float64),
+                                            sigma_m=torch.tensor(0.0, dtype=torch.float64),
+                                            **{k: grating[k] for k in ("z_m", "period_m", "wavelength_m",
+                                                                       "period_px")})[0])
+        c = c * g_pi
+    phase = np.maximum.accumulate(np.asarray(fit.lut["phase_rad"])) + np.arange(len(base.gray)) * 1e-9
+    return dataclasses.replace(base, phase_rad=phase, phase_std_rad=np.asarray(fit.lut["phase_std_rad"]),
+                               scale_c=c, chi2_reduced=float(fit.lut["grating_chi2_reduced"]),
+                               theta=np.asarray(fit.lut["theta"]), grating=grating, extra=extra)
 
 
 def jackknife(geometry: Geometry, gray_patterns, data_e: np.ndarray, fit: FitResult, *, lut_phase_rad,

@@ -61,6 +61,8 @@ class LUTResult:
     chi2_reduced: float
     degree: int
     extra: Dict[str, float] = field(default_factory=dict)
+    theta: Optional[np.ndarray] = None      # Bernstein shape parameters (see _phi_from_theta)
+    grating: Optional[dict] = None          # the grating-law settings used (z, period, …)
 
     def phase_lut(self) -> PhaseLUT:
         return PhaseLUT.tabulated(self.gray, self.phase_rad, bit_depth=int(round(math.log2(len(self.gray)))))
@@ -159,7 +161,8 @@ def fit_lut(gray: np.ndarray, h: np.ndarray, h_std: np.ndarray, *, bit_depth: in
     """Fit ``H(g) = C·M(φ(g))`` with a monotone Bernstein ``φ`` (module docstring); ``M`` is
     ``sin²(Δφ/2)`` when ``grating`` is None, else :func:`grating_harmonic_model` with the
     crosstalk width fitted too (``grating`` = dict of ``z_m``, ``period_m``, ``wavelength_m``,
-    ``period_px``, ``slm_pitch_m``)."""
+    ``period_px``, ``slm_pitch_m``, optionally ``sigma_m``: a known crosstalk width, then held
+    fixed — the grating data alone can trade crosstalk against LUT shape at some distances)."""
     gray = np.asarray(gray, dtype=np.float64)
     h = np.asarray(h, dtype=np.float64)
     h_std = np.asarray(h_std, dtype=np.float64)
@@ -190,10 +193,15 @@ def _fit_lut(gray, h, h_std, *, bit_depth, degree, n_starts, seed, grating, top)
         g_pi = float(grating_harmonic_model(torch.tensor([math.pi], dtype=torch.float64),
                                             sigma_m=torch.tensor(0.0, dtype=torch.float64), **gkw)[0])
 
+    sig_fixed = None if not grating or grating.get("sigma_m") is None else float(grating["sigma_m"])
+
     def model(q, Bm):
         phi = _phi_from_theta(q[:degree], Bm)
         if not grating:
             return torch.exp(q[degree]) * torch.sin(phi / 2) ** 2
+        if sig_fixed is not None:
+            return torch.exp(q[degree]) * grating_harmonic_model(
+                phi, sigma_m=torch.tensor(sig_fixed, dtype=torch.float64), **gkw) / g_pi
         sig = sig_max * torch.sigmoid(q[degree + 1])
         return torch.exp(q[degree]) * grating_harmonic_model(phi, sigma_m=sig, **gkw) / g_pi
 
@@ -202,8 +210,8 @@ def _fit_lut(gray, h, h_std, *, bit_depth, degree, n_starts, seed, grating, top)
         th[0] = torch.logit(torch.tensor([0.6, 0.8, 0.95, 0.7, 0.9, 0.99][s % 6], dtype=torch.float64))
         th[1:] = 0.3 * torch.randn(degree - 1, generator=gen, dtype=torch.float64)
         logc = torch.tensor([math.log(h.max())], dtype=torch.float64)
-        extra = (torch.logit(torch.tensor([(0.1, 0.3, 0.2)[s % 3]], dtype=torch.float64)) if grating
-                 else torch.zeros(0, dtype=torch.float64))
+        extra = (torch.logit(torch.tensor([(0.1, 0.3, 0.2)[s % 3]], dtype=torch.float64))
+                 if grating and sig_fixed is None else torch.zeros(0, dtype=torch.float64))
         p = torch.cat([th, logc, extra]).requires_grad_(True)
         opt = torch.optim.LBFGS([p], lr=1.0, max_iter=200, tolerance_grad=1e-10, tolerance_change=1e-12,
                                 line_search_fn="strong_wolfe")
@@ -238,7 +246,9 @@ def _fit_lut(gray, h, h_std, *, bit_depth, degree, n_starts, seed, grating, top)
     Jphi = torch.autograd.functional.jacobian(lambda q: _phi_from_theta(q[:degree], B_all), p)
     var = torch.einsum("ip,pq,iq->i", Jphi, cov, Jphi).clamp_min(0)
     extra = {}
-    if grating:
+    if grating and sig_fixed is not None:
+        extra = {"crosstalk_sigma_m": sig_fixed, "crosstalk_sigma_std_m": 0.0, "crosstalk_sigma_fixed": 1.0}
+    elif grating:
         js = torch.autograd.functional.jacobian(lambda q: sig_max * torch.sigmoid(q[degree + 1]), p)
         extra = {"crosstalk_sigma_m": float(sig_max * torch.sigmoid(p[degree + 1])),
                  "crosstalk_sigma_std_m": float(torch.sqrt((js @ cov @ js).clamp_min(0)))}
@@ -248,18 +258,20 @@ def _fit_lut(gray, h, h_std, *, bit_depth, degree, n_starts, seed, grating, top)
     phi_all = np.maximum.accumulate(phi_all) + np.arange(top + 1) * 1e-9
     return LUTResult(gray=np.arange(top + 1), phase_rad=phi_all, phase_std_rad=np.sqrt(var.numpy()),
                      measured_gray=gray, measured_h=h, measured_h_std=h_std, scale_c=float(torch.exp(p[degree])),
-                     chi2_reduced=float(chi2), degree=degree, extra=extra)
+                     chi2_reduced=float(chi2), degree=degree, extra=extra, theta=p[:degree].numpy().copy(),
+                     grating=dict(grating) if grating else None)
 
 
 def lut_from_capture(cap: Capture, electrons: np.ndarray, *, magnification: Optional[float] = None,
                      rotation_rad: float = 0.0, distance_m: Optional[float] = None,
-                     crosstalk: bool = True, max_masked_fraction: float = 0.02) -> LUTResult:
+                     crosstalk: bool = True, crosstalk_sigma_m: Optional[float] = None,
+                     max_masked_fraction: float = 0.02) -> LUTResult:
     """The LUT from a capture's grating frames (``kind == "grating"``); ``electrons`` are the
     corrected frames (all N) from :meth:`calibration.camera.CameraModel.correct`.
 
-    ``crosstalk=True`` fits the blurred-grating law :func:`grating_harmonic_model` (crosstalk
-    width fitted, distance ``distance_m``, default the nominal one); ``False`` the plain
-    ``sin²(Δφ/2)`` law."""
+    ``crosstalk=True`` fits the blurred-grating law :func:`grating_harmonic_model` at the
+    distance ``distance_m`` (default the nominal one) with the crosstalk width
+    ``crosstalk_sigma_m`` (fitted when None); ``False`` the plain ``sin²(Δφ/2)`` law."""
     idx = cap.indices(0, kind="grating")
     if idx.size == 0:
         raise LUTFitError(f"{cap.path}: no grating frames (sample frames whose pattern has kind='grating'); "
@@ -306,7 +318,7 @@ def lut_from_capture(cap: Capture, electrons: np.ndarray, *, magnification: Opti
     if crosstalk:
         grating = {"z_m": float(distance_m or cap.instrument["distance_m"]), "period_m": period_m,
                    "wavelength_m": cap.instrument["wavelength_m"], "period_px": int(round(period_m / cap.instrument["slm_pitch_m"])),
-                   "slm_pitch_m": cap.instrument["slm_pitch_m"]}
+                   "slm_pitch_m": cap.instrument["slm_pitch_m"], "sigma_m": crosstalk_sigma_m}
     res = fit_lut(levels, hval, h_std, bit_depth=int(cap.instrument["slm_bit_depth"]), grating=grating)
     res.extra.update({"harmonic_freq_y_cyc_per_px": found[0], "harmonic_freq_x_cyc_per_px": found[1],
                       "noise_floor": floor, "grating_period_m": period_m})

@@ -34,7 +34,7 @@ def calibrate(capture_path, out_path, *, report_dir=None, n_heldout: int = 2, ov
     from calibration.camera import characterize_camera
     from calibration.capture import read_capture
     from calibration.errors import CalibrationError, FitError
-    from calibration.fit import evaluate, fit_parameters, geometry_for, jackknife
+    from calibration.fit import evaluate, fit_parameters, geometry_for, jackknife, refined_lut
     from calibration.lut import lut_from_capture
     from calibration.registration import register
     from calibration.report import write_report
@@ -70,18 +70,23 @@ def calibrate(capture_path, out_path, *, report_dir=None, n_heldout: int = 2, ov
                "shift_x_m": 0.0, "shift_y_m": 0.0, "crosstalk_sigma_m": lut1.extra.get("crosstalk_sigma_m", 0.0)}
     fit1 = fit_parameters(geo_coarse, pats(fit_idx), e[fit_idx], lut_phase_rad=lut1.phase_rad, nominal=nominal,
                           read_noise_e=camera.read_noise_e, n_starts=n_starts, distance_range=distance_range,
-                          refine_iters=40, progress=progress)
+                          refine_iters=40, progress=progress, check=False)  # the LUT is provisional here
     lap("fit_multistart_coarse")
-    lut = lut_from_capture(cap, e, distance_m=fit1.values["distance_m"], magnification=fit1.values["magnification"],
-                           rotation_rad=fit1.values["rotation_rad"])
-    fit = fit_parameters(geo, pats(fit_idx), e[fit_idx], lut_phase_rad=lut.phase_rad, nominal=nominal,
-                         read_noise_e=camera.read_noise_e, start=fit1.values, distance_range=distance_range,
-                         refine_iters=refine_iters)
+    # the blurred-grating law depends on the distance and the crosstalk, which the grating frames
+    # alone cannot always tell from the LUT shape: refit the LUT at the fitted geometry as a start,
+    # then free it inside the fit (random frames + grating harmonics together), coarse then fine
+    v = fit1.values
+    lut = lut_from_capture(cap, e, distance_m=v["distance_m"], magnification=v["magnification"],
+                           rotation_rad=v["rotation_rad"])
+    fit = fit1
+    for g in (geo_coarse, geo):
+        fit = fit_parameters(g, pats(fit_idx), e[fit_idx], lut_phase_rad=lut.phase_rad, nominal=nominal,
+                             read_noise_e=camera.read_noise_e, start=fit.values, distance_range=distance_range,
+                             refine_iters=refine_iters, check=False, joint_lut=lut)
+        lut = refined_lut(lut, fit)
+    if fit.problems:
+        raise FitError("physical-parameter fit failed: " + "; ".join(fit.problems))
     lap("lut_and_fit_fine")
-    if jackknife_frames:
-        fit.std_jackknife = jackknife(geo, pats(fit_idx), e[fit_idx], fit, lut_phase_rad=lut.phase_rad,
-                                      read_noise_e=camera.read_noise_e, progress=progress)
-        lap("jackknife")
     fit.start_losses = fit1.start_losses
     fit.n_starts = fit1.n_starts
     # held-out frames: the nominal simulator (nominal geometry, linear 2π LUT, no crosstalk) vs calibrated
