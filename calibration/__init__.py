@@ -7,7 +7,7 @@ Modules (one concern each; imports only :mod:`optics`):
 * :mod:`calibration.camera` — dark/flat correction and EMVA 1288 photon-transfer analysis → :class:`optics.sensor.Sensor`;
 * :mod:`calibration.registration` — subpixel similarity/affine registration with a quality score;
 * :mod:`calibration.lut` — gray-level → phase LUT from binary-grating captures;
-* :mod:`calibration.fit` — differentiable fit of the near-field CDP forward model to captures;
+* :mod:`calibration.fit` — differentiable fit of the near-field CDP forward model to captures (LUT optionally joint);
 * :mod:`calibration.calibfile` — the CALIBRATION.h5 writer/reader;
 * :mod:`calibration.report` — figures (photon transfer, LUT, registration overlay, residuals).
 """

@@ -32,6 +32,12 @@ few per cent of ``z``): several starts (default 7) spread over ``±distance_rang
 with :func:`calibration.registration.register` for the initial shift/rotation/magnification,
 run briefly, and the best are refined with L-BFGS.
 
+Joint LUT (``joint_lut=``): the gray→phase table of :mod:`calibration.lut` (its monotone
+Bernstein shape and grating scale) becomes free too, and the grating harmonics join the
+residuals with the law evaluated at the fit's own crosstalk width and distance. The random
+patterns use every gray level, so they pin the LUT down where the grating law alone trades
+crosstalk against LUT shape.
+
 Uncertainties: from the Jacobian at the optimum, ``cov = s²(JᵀJ)⁻¹`` with ``s²`` the reduced
 χ² (when above 1); optionally also a leave-one-frame-out jackknife (:func:`jackknife`). Both
 are *statistical*: a model error common to all frames (grid, unmodelled illumination) biases
