@@ -151,7 +151,9 @@ def write_calibration(path, *, camera, lut, fit, quality: Dict[str, float], capt
             _scalar(lg, "measured_harmonic", np.asarray(lut.measured_h), "1")
             _scalar(lg, "measured_harmonic_std", np.asarray(lut.measured_h_std), "1")
             lg.attrs["method"] = ("binary gratings vs gray 0: 2/period intensity harmonic = C·M(Δφ) with the crosstalk-"
-                                  "blurred grating law; monotone Bernstein fit, φ(0) = 0, φ(max) <= 2π")
+                                  "blurred grating law; monotone Bernstein fit, φ(0) = 0, φ(max) <= 2π"
+                                  + ("; refined jointly with the physical-parameter fit (random frames + gratings)"
+                                     if lut.extra.get("joint") else ""))
             lg.attrs["chi2_reduced"] = lut.chi2_reduced
             lg.attrs["degree"] = lut.degree
             fg = f.create_group("fit")
