@@ -27,7 +27,7 @@ variance ``σ_y² = K²(σ_d² + μ_e) + σ_q²``, with overall system gain ``K`
 Defect pixels (hot: dark mean far above the rest or at full scale; dead: flat response below
 half the local median) are masked everywhere. :meth:`CameraModel.correct` turns raw frames
 into electrons, ``e = (y − dark(t))/K / flat``, with the normalised flat (PRNU and illumination
-envelope). :meth:`CameraModel.sensor` gives the :class:`optics.sensor.Sensor` with the
+envelope; the average of the flats between 20 % and 70 % of saturation). :meth:`CameraModel.sensor` gives the :class:`optics.sensor.Sensor` with the
 measured parameters, so the simulator's noise is the measured one. Quantum efficiency needs a
 calibrated photon source and is *not* measured: the sensor has ``quantum_efficiency = 1`` and
 the simulator's intensities are electrons.
@@ -270,7 +270,11 @@ def characterize_camera(cap: Capture, *, linear_fraction: float = 0.7) -> Camera
     temporal = (dict((p.exposure_s, p.var_dn2) for p in pts)[t_mid] + dark_var(t_mid)) / len(mid_v)
     prnu_var = float(hp[good].var(ddof=1) - temporal / float(np.median(mid)) ** 2)
     prnu = math.sqrt(max(prnu_var, 0.0))
-    flat = mid / np.median(mid[good])
+    # flat map: the average of the normalised dark-subtracted flats between 20 % and 70 % of the
+    # saturation mean (several pairs average down their shot noise, which the map would add to
+    # every corrected frame)
+    sel = [t for t, lv in levels.items() if 0.2 * mu_sat <= lv <= linear_fraction * mu_sat] or [t_mid]
+    flat = np.mean([fmeans[t] / np.median(fmeans[t][good]) for t in sel], axis=0)
     flat = np.where(good & (flat > 0.05), flat, 1.0)
     sat_e = mu_sat / K
     std = {"gain_dn_per_e": k_std, "read_noise_e": rn_std, "dark_current_e_per_s": dc_std,
