@@ -371,7 +371,7 @@ def _validate(path, *, frame_stats: Optional[list] = None) -> List[Problem]:
         def per_frame(name, units=None, required=True):
             if name not in f:
                 if required:
-                    err(f"/{name}", f"missing dataset (one entry per frame)")
+                    err(f"/{name}", "missing dataset (one entry per frame)")
                 return None
             ds = f[name]
             if units is not None:

@@ -87,6 +87,10 @@ def calibrate(capture_path, out_path, *, report_dir=None, n_heldout: int = 2, ov
     if fit.problems:
         raise FitError("physical-parameter fit failed: " + "; ".join(fit.problems))
     lap("lut_and_fit_fine")
+    if jackknife_frames:
+        fit.std_jackknife = jackknife(geo, pats(fit_idx), e[fit_idx], fit, lut_phase_rad=lut.phase_rad,
+                                      read_noise_e=camera.read_noise_e, progress=progress)
+        lap("jackknife")
     fit.start_losses = fit1.start_losses
     fit.n_starts = fit1.n_starts
     # held-out frames: the nominal simulator (nominal geometry, linear 2π LUT, no crosstalk) vs calibrated
