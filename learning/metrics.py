@@ -34,6 +34,8 @@ from typing import Dict, Iterable, Union
 import numpy as np
 import torch
 
+from .errors import MetricError
+
 __all__ = [
     "MetricError", "PSNR_CAP_DB", "align_global_phase", "relative_error", "psnr",
     "psnr_amplitude", "psnr_phase", "ssim_amplitude", "ssim_phase", "success", "summarize",
@@ -44,10 +46,6 @@ __all__ = [
 PSNR_CAP_DB = 200.0
 
 ArrayLike = Union[torch.Tensor, np.ndarray, Iterable[float]]
-
-
-class MetricError(ValueError):
-    """Bad input to a metric: mismatched shapes, missing data range, zero-norm reference."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ from typing import Callable, Dict, Optional, Protocol, Tuple, Union, runtime_che
 
 import torch
 
+from .errors import SolverError
 from .metrics import relative_error
 
 __all__ = [
@@ -72,10 +73,6 @@ Tensor = torch.Tensor
 GeneratorLike = Union[torch.Generator, int, None]
 
 _NORM_SEED = 20150402  # fixed seed of the internal probes (scale estimate, pinv check)
-
-
-class SolverError(ValueError):
-    """Bad input to a solver: measurement shape/values, operator, constraints or options."""
 
 
 @runtime_checkable

@@ -44,14 +44,10 @@ import torch
 from torch import nn
 
 from . import _validate
-from .errors import ShapeError, UnitsError
+from .errors import IntensityError, ShapeError, UnitsError
 from .slm import integer_pitch_ratio
 
 __all__ = ["Sensor", "IntensityError"]
-
-
-class IntensityError(UnitsError):
-    """An intensity is negative or complex (it must be a non-negative real power or count)."""
 
 
 def _nonneg(name: str, x, unit: str) -> float:

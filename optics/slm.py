@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _validate
-from .errors import LUTError, OpticsError, ShapeError, UnitsError
+from .errors import LUTError, OpticsError, PitchRatioError, ShapeError, UnitsError
 
 __all__ = [
     "PhaseLUT", "SLM", "PitchRatioError", "integer_pitch_ratio", "wrap_phase",
@@ -50,11 +50,6 @@ log = logging.getLogger(__name__)
 
 TWO_PI = 2.0 * math.pi
 QUANTIZATION_MODES = ("ste", "soft", "exact", "none")
-
-
-class PitchRatioError(ShapeError, UnitsError):
-    """Two pitches that must be in an integer ratio are not (it is both a shape and a units
-    problem, so it subclasses :class:`ShapeError` and :class:`UnitsError`)."""
 
 
 def integer_pitch_ratio(coarse_name: str, coarse_m: float, fine_name: str, fine_m: float,
