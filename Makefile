@@ -33,6 +33,7 @@ demo: setup
 	$(VENV)/bin/phaseforge demo --out $(DEMO_OUT)
 
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup

@@ -118,14 +118,6 @@ def _check_range(name: str, data_range) -> float:
     return r
 
 
-def _wrap(phi: torch.Tensor) -> torch.Tensor:
-    """Wrap to (−π, π]."""
-    return torch.atan2(torch.sin(phi), torch.cos(phi))
-
-
-# --------------------------------------------------------------------------------------------
-# alignment and errors
-# --------------------------------------------------------------------------------------------
 def align_global_phase(x_hat, x, *, align_scale: bool = False) -> torch.Tensor:
     """Remove the global-phase ambiguity of ``x_hat`` relative to the reference ``x``.
 

@@ -31,7 +31,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from . import _validate
-from .errors import MaterialError, OpticsError, UnitsError, WavelengthRangeError
+from .errors import MaterialError, UnitsError, WavelengthRangeError
 
 __all__ = [
     "Material", "FUSED_SILICA", "NBK7", "constant_index", "get_material", "height_to_phase",

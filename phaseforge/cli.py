@@ -8,13 +8,18 @@
                            [--config CFG] [--set solver.n_iter=…]
     phaseforge config      [--config CFG] [--set …]    (print the resolved configuration)
 
-Errors from bad input are printed as one line ``phaseforge: error: …`` with exit status 2.
+Errors from bad input (the packages' own error types: :class:`optics.errors.OpticsError`,
+:class:`learning.errors.LearningError`, :class:`phaseforge.config.ConfigError`, the fabrication
+and calibration errors, missing or existing files) are printed as one line
+``phaseforge: error: …`` with exit status 2. Anything else is a bug: the full traceback is
+printed with a line saying so, exit status 3.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from . import __version__
@@ -55,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reconstruct", help="classical phase retrieval on a CDP dataset")
     with_config(p)
     p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--solver", choices=["wf", "er", "gs", "hio", "af"], default=None,
+    from learning.solvers import SOLVER_NAMES
+    p.add_argument("--solver", choices=SOLVER_NAMES, default=None,
                    help="default: solver.name of the configuration (wf)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--n-iter", type=int, default=None)
@@ -76,7 +82,25 @@ def _parse_shard(text):
         i, n = text.split("/")
         return int(i), int(n)
     except ValueError:
-        raise ValueError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+        from .config import ConfigError
+        raise ConfigError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+
+
+def user_errors() -> tuple:
+    """The exception types that mean bad input (one line, exit 2) rather than a bug."""
+    from learning.errors import LearningError
+    from optics.errors import OpticsError
+
+    from .config import ConfigError
+
+    types = [OpticsError, LearningError, ConfigError, FileNotFoundError, FileExistsError, IsADirectoryError,
+             NotADirectoryError, PermissionError]
+    for mod, name in (("fabrication.errors", "FabricationError"), ("calibration.errors", "CalibrationError")):
+        try:
+            types.append(getattr(__import__(mod, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)
 
 
 def main(argv=None) -> int:
@@ -117,9 +141,18 @@ def main(argv=None) -> int:
                   f"outputs in {args.out}")
         elif args.command == "config":
             print(dump(load(args.config, args.overrides)), end="")
-    except (ValueError, FileNotFoundError, OSError) as exc:
+    except user_errors() as exc:
         print(f"phaseforge: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("phaseforge: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - a bug: show everything
+        traceback.print_exc()
+        print(f"phaseforge: internal error (this is a bug, not a problem with your input): please report it "
+              f"with the traceback above and the command: phaseforge {' '.join(sys.argv[1:] if argv is None else argv)}",
+              file=sys.stderr)
+        return 3
     return 0
 
 
