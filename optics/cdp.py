@@ -109,6 +109,11 @@ def _mask_module(masks, with_slm: bool) -> nn.Module:
     return _FixedModulation(masks)
 
 
+def _f(t) -> float:
+    """A tensor parameter as a plain float (for reporting and sampling decisions; no gradient)."""
+    return float(t.detach()) if isinstance(t, torch.Tensor) else float(t)
+
+
 def _param(module: nn.Module, name: str, value: float, fit) -> None:
     t = torch.tensor(float(value), dtype=torch.float64)
     if name in fit:
@@ -187,8 +192,8 @@ class CDPOperator(LinearOperator):
     def out_pitch_m(self) -> Tuple[float, float]:
         """Detector-plane sample pitch ``(py, px)`` (``λz/(M·dx)`` per axis for Fraunhofer /
         single-FFT Fresnel, the simulation pitch otherwise)."""
-        return output_pitch(self.out_shape, pitch_m=float(self.pitch_m), wavelength_m=float(self.wavelength_m),
-                            z_m=float(self.z_m), method=self.method)
+        return output_pitch(self.out_shape, pitch_m=_f(self.pitch_m), wavelength_m=_f(self.wavelength_m),
+                            z_m=_f(self.z_m), method=self.method)
 
     @property
     def offset(self) -> Tuple[int, int]:
@@ -365,17 +370,17 @@ class CDPOperator(LinearOperator):
 
     def extra_repr(self) -> str:
         return (f"L={self.n_masks}, in_shape={self.in_shape}, out_shape={self.out_shape}, method={self.method!r}, "
-                f"pitch_m={float(self.pitch_m):.4g}, wavelength_m={float(self.wavelength_m):.4g}, "
-                f"z_m={float(self.z_m):.4g}")
+                f"pitch_m={_f(self.pitch_m):.4g}, wavelength_m={_f(self.wavelength_m):.4g}, "
+                f"z_m={_f(self.z_m):.4g}")
 
 
 def _fresnel_1fft_check(M, dx, lam, z, opts) -> None:
     from .errors import SamplingError
-    limit = max(M) * float(dx) ** 2 / float(lam)
-    if float(z) < limit and not opts.get("allow_aliasing", False):
+    limit = max(M) * _f(dx) ** 2 / _f(lam)
+    if _f(z) < limit and not opts.get("allow_aliasing", False):
         raise SamplingError(
-            f"single-FFT Fresnel input chirp aliases: z = {float(z):.4g} m < N·pitch²/λ = {limit:.4g} m "
-            f"(N = {max(M)}, pitch {float(dx):.4g} m, λ = {float(lam):.4g} m); use method='fresnel-tf' or 'asm', "
+            f"single-FFT Fresnel input chirp aliases: z = {_f(z):.4g} m < N·pitch²/λ = {limit:.4g} m "
+            f"(N = {max(M)}, pitch {_f(dx):.4g} m, λ = {_f(lam):.4g} m); use method='fresnel-tf' or 'asm', "
             f"increase z, or decrease the pitch; pass allow_aliasing=True to proceed anyway")
 
 

@@ -590,7 +590,7 @@ def padded_shape(shape: Tuple[int, int], *, pitch_m: float, wavelength_m: float,
                  method: str, pad: PadSpec = True) -> Tuple[int, int]:
     """FFT grid a same-pitch method uses for a field of ``shape`` (the Fourier-transform
     methods use the field's own grid). Lets benchmarks time the bare FFT on the same grid."""
-    dx, lam, z = float(pitch_m), float(wavelength_m), float(z_m)
+    dx, lam, z = _key(pitch_m), _key(wavelength_m), _key(z_m)
     shape = tuple(int(n) for n in shape)
     if method == "fresnel-tf":
         s = _spread_paraxial(z, lam, dx)
