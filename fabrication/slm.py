@@ -48,7 +48,7 @@ from .devices import SLMDevice, get_device
 from .errors import FabricationError
 
 __all__ = ["SLMOptions", "SLMExport", "export_slm", "resample_phase", "sample_at_design_centres",
-           "carrier_phase", "effective_lut", "read_lut_csv", "RESAMPLE_MODES", "SIDECAR_FORMAT"]
+           "carrier_phase", "effective_lut", "read_lut_csv", "RESAMPLE_MODES", "SIDECAR_FORMAT", "map_to_panel", "PanelMapping", "max_gap", "options_from_sidecar"]
 
 TWO_PI = 2.0 * math.pi
 RESAMPLE_MODES = ("exact", "nearest", "linear")
@@ -177,6 +177,68 @@ def _check_carrier(period_px) -> Tuple[float, float]:
     return tuple(out)
 
 
+@dataclass
+class PanelMapping:
+    """The in-memory result of mapping a design onto a panel (shared by export and verification)."""
+
+    gray: np.ndarray
+    top: int
+    left: int
+    shape_on_slm: Tuple[int, int]
+    ratio: float
+    period: Tuple[float, float]
+    lut: PhaseLUT
+    lut_eff: PhaseLUT
+    lut_wavelength_m: float
+    fill_gray: int
+    offset: Tuple[int, int]
+
+    def phase_on_design_grid(self, gray: np.ndarray, design_shape, *, sign: int, lut_eff=None) -> np.ndarray:
+        """Read-back: gray → LUT phase over the design area → minus the carrier → times the sign →
+        sampled at the design pixel centres."""
+        lut_eff = self.lut_eff if lut_eff is None else lut_eff
+        h, w = self.shape_on_slm
+        area = gray[self.top:self.top + h, self.left:self.left + w]
+        disp = lut_eff.gray_to_phase(torch.from_numpy(area.astype(np.int64))).numpy()
+        car = carrier_phase(gray.shape, self.period)[self.top:self.top + h, self.left:self.left + w]
+        return sample_at_design_centres(sign * (disp - car), self.ratio, design_shape)
+
+
+def map_to_panel(design: PhaseDesign, dev: SLMDevice, opt: SLMOptions, bit_depth: int) -> PanelMapping:
+    """Steps 1–6 of the module docstring, in memory."""
+    b = bit_depth
+    if opt.sign not in (1, -1):
+        raise FabricationError(f"sign must be +1 or -1, got {opt.sign!r}")
+    period = _check_carrier(opt.carrier_period_px)
+    lut = opt.lut if opt.lut is not None else PhaseLUT.linear(b, dev.phase_range_rad)
+    if lut.bit_depth != b:
+        raise FabricationError(f"the LUT has {lut.bit_depth}-bit levels but the export is {b}-bit; give a LUT "
+                               f"for {b} bits or set --bit-depth {lut.bit_depth}")
+    lam_lut = opt.lut_wavelength_m if opt.lut_wavelength_m is not None else (
+        dev.calibration_wavelength_m if dev.calibration_wavelength_m is not None else design.wavelength_m)
+    lut_eff = effective_lut(lut, lut_wavelength_m=lam_lut, wavelength_m=design.wavelength_m)
+    ratio = design.pixel_pitch_m / dev.pixel_pitch_m
+    ph = resample_phase(design.phase_rad, ratio, opt.resample)
+    h, w = ph.shape
+    H, W = dev.shape
+    if h > H or w > W:
+        raise FabricationError(
+            f"the design is {h} x {w} SLM pixels at the panel pitch ({design.shape[0]} x {design.shape[1]} design "
+            f"pixels × {ratio:.6g}) but {dev.name} has {H} x {W}; crop the design, design on a coarser "
+            f"grid or choose a larger panel")
+    dy, dx = (int(v) for v in opt.offset_px)
+    top, left = (H - h) // 2 + dy, (W - w) // 2 + dx
+    if top < 0 or left < 0 or top + h > H or left + w > W:
+        raise FabricationError(f"offset_px ({dy}, {dx}) moves the {h} x {w} design off the {H} x {W} panel "
+                               f"(top-left would be row {top}, column {left}); use a smaller offset")
+    carrier = carrier_phase((H, W), period)
+    disp = opt.sign * ph + carrier[top:top + h, left:left + w]
+    fill_gray = int(lut_eff.phase_to_gray(torch.tensor(float(opt.fill_phase_rad), dtype=torch.float64), wrap=True))
+    gray = np.full((H, W), fill_gray, dtype=np.uint16)
+    gray[top:top + h, left:left + w] = lut_eff.phase_to_gray(torch.from_numpy(disp), wrap=True).numpy()
+    return PanelMapping(gray, top, left, (h, w), ratio, period, lut, lut_eff, lam_lut, fill_gray, (dy, dx))
+
+
 def export_slm(design: PhaseDesign, device, out, *, options: Optional[SLMOptions] = None,
                device_file=None, overwrite: bool = False) -> SLMExport:
     """Write the SLM bitmap ``out`` (.png / .bmp) and its sidecar ``out.json``; nothing else is touched."""
@@ -189,40 +251,10 @@ def export_slm(design: PhaseDesign, device, out, *, options: Optional[SLMOptions
         raise FabricationError(f"bit depth {b} is not supported; use 8, 10 or 12")
     fmt = format_for(out, b)
     check_outputs([out, side], overwrite)
-    if opt.sign not in (1, -1):
-        raise FabricationError(f"sign must be +1 or -1, got {opt.sign!r}")
-    period = _check_carrier(opt.carrier_period_px)
-    # LUT at the design wavelength
-    lut = opt.lut if opt.lut is not None else PhaseLUT.linear(b, dev.phase_range_rad)
-    if lut.bit_depth != b:
-        raise FabricationError(f"the LUT has {lut.bit_depth}-bit levels but the export is {b}-bit; give a LUT "
-                               f"for {b} bits or set --bit-depth {lut.bit_depth}")
-    lam_lut = opt.lut_wavelength_m if opt.lut_wavelength_m is not None else (
-        dev.calibration_wavelength_m if dev.calibration_wavelength_m is not None else design.wavelength_m)
-    lut_eff = effective_lut(lut, lut_wavelength_m=lam_lut, wavelength_m=design.wavelength_m)
-    # 1. resampling
-    ratio = design.pixel_pitch_m / dev.pixel_pitch_m
-    ph = resample_phase(design.phase_rad, ratio, opt.resample)
-    h, w = ph.shape
-    H, W = dev.shape
-    if h > H or w > W:
-        raise FabricationError(
-            f"the design is {h} x {w} SLM pixels at the panel pitch ({design.shape[0]} x {design.shape[1]} design "
-            f"pixels × {ratio:.6g}) but {dev.name} has {H} x {W}; crop the design, design on a coarser "
-            f"grid or choose a larger panel")
-    # placement
-    dy, dx = (int(v) for v in opt.offset_px)
-    top, left = (H - h) // 2 + dy, (W - w) // 2 + dx
-    if top < 0 or left < 0 or top + h > H or left + w > W:
-        raise FabricationError(f"offset_px ({dy}, {dx}) moves the {h} x {w} design off the {H} x {W} panel "
-                               f"(top-left would be row {top}, column {left}); use a smaller offset")
-    # 2.–5. sign, carrier, gray mapping
-    carrier = carrier_phase((H, W), period)
-    disp = opt.sign * ph + carrier[top:top + h, left:left + w]
-    gray = np.empty((H, W), dtype=np.uint16)
-    fill_gray = int(lut_eff.phase_to_gray(torch.tensor(float(opt.fill_phase_rad)), wrap=True))
-    gray[...] = fill_gray
-    gray[top:top + h, left:left + w] = lut_eff.phase_to_gray(torch.from_numpy(disp), wrap=True).numpy()
+    m = map_to_panel(design, dev, opt, b)
+    gray, top, left, (h, w), H, W = m.gray, m.top, m.left, m.shape_on_slm, dev.height_px, dev.width_px
+    period, ratio, lam_lut, lut, lut_eff, fill_gray, dy, dx = (m.period, m.ratio, m.lut_wavelength_m, m.lut,
+                                                               m.lut_eff, m.fill_gray, *m.offset)
     write_bitmap(out, gray, bit_depth=b, justify=opt.justify,
                  text={"phaseforge-design": f"{design.source} [{design.index}]"})
     levels = lut.levels_rad.numpy()
@@ -250,7 +282,10 @@ def export_slm(design: PhaseDesign, device, out, *, options: Optional[SLMOptions
                 "hashed_as": "float64 little-endian levels_rad", "wavelength_m": lam_lut,
                 "design_wavelength_m": design.wavelength_m, "scale_to_design_wavelength": lam_lut / design.wavelength_m,
                 "wraps_at_design_wavelength": bool(lut_eff.wraps),
-                "max_step_at_design_wavelength_rad": _max_gap(lut_eff)},
+                "max_step_at_design_wavelength_rad": max_gap(lut_eff)},
+        "options": {"bit_depth": b, "lut_wavelength_m": lam_lut, "resample": opt.resample,
+                    "offset_px": [dy, dx], "fill_phase_rad": float(opt.fill_phase_rad),
+                    "carrier_period_px": list(period), "sign": opt.sign, "justify": opt.justify},
         "software": f"phaseforge {_version()}",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -258,7 +293,20 @@ def export_slm(design: PhaseDesign, device, out, *, options: Optional[SLMOptions
     return SLMExport(out, side, gray, sidecar)
 
 
-def _max_gap(lut: PhaseLUT) -> float:
+def options_from_sidecar(sidecar: dict):
+    """``(SLMOptions, SLMDevice)`` that reproduce an export from its sidecar (LUT from its levels)."""
+    o = sidecar["options"]
+    d = dict(sidecar["device"])
+    dev = SLMDevice(**d)
+    lut = PhaseLUT(np.asarray(sidecar["lut"]["levels_rad"], dtype=np.float64))
+    opt = SLMOptions(bit_depth=int(o["bit_depth"]), lut=lut, lut_source=sidecar["lut"].get("source", ""),
+                     lut_wavelength_m=float(o["lut_wavelength_m"]), resample=o["resample"],
+                     offset_px=tuple(o["offset_px"]), fill_phase_rad=float(o["fill_phase_rad"]),
+                     carrier_period_px=tuple(o["carrier_period_px"]), sign=int(o["sign"]), justify=o["justify"])
+    return opt, dev
+
+
+def max_gap(lut: PhaseLUT) -> float:
     """Largest phase gap between levels, wrap gap included (the worst-case quantisation step)."""
     lv = np.sort(np.mod(lut.levels_rad.numpy() - float(lut.levels_rad[0]), TWO_PI))
     gaps = np.diff(np.concatenate([lv, lv[:1] + TWO_PI]))
