@@ -252,8 +252,14 @@ def export_doe(design: PhaseDesign, out_dir, *, options: Optional[DOEOptions] = 
         for layer, polys in polygons.items():
             layers[str(layer)] = {"polygons": len(polys), "vertices": int(sum(len(p.points) for p in polys)),
                                   "cells": int(rasters[layer].sum())}
+        steps = cell_m / opt.precision_m
         files["gds"] = {"path": FILES["gds"], "mode": opt.gds_mode, "cell": "DOE", "user_unit_m": 1e-6,
                         "database_unit_m": opt.precision_m, "cell_size_um": cell_um, "layer0": opt.layer0,
+                        "grid_exact": bool(abs(steps - round(steps)) <= 1e-6 * steps),
+                        "grid_note": ("the cell size is a whole number of database units: every vertex is exact"
+                                      if abs(steps - round(steps)) <= 1e-6 * steps else
+                                      "the cell size is not a whole number of database units: vertices are rounded "
+                                      "to the database unit (choose a finer --db-unit-m)"),
                         "origin": "bottom-left corner of the design, y up, array row 0 at the top",
                         "max_points": opt.drc.max_vertices, "layers": layers,
                         "naive_rectangles": int(np.prod(design.shape)),

@@ -125,9 +125,14 @@ def _first(mask: np.ndarray) -> str:
 
 
 def _judge(result_kw: dict, *, design: PhaseDesign, back: np.ndarray, intended: np.ndarray, n_levels: Optional[int],
-           tol: Tolerances, causes: List[str], notes: List[str]) -> VerificationResult:
+           tol: Tolerances, causes: List[str], notes: List[str], mapping_causes=()) -> VerificationResult:
+    """Compare the read-back phase ``back`` and the export's own mapping ``intended`` with the design.
+
+    ``causes`` already lists what the file checks found (a faithful file has none); when the limits
+    are exceeded by a faithful file, the mapping is to blame: ``mapping_causes`` (LUT range,
+    resampling) or, failing those, quantisation."""
     rms, mx, _ = wrapped_error(back, design.phase_rad)
-    irms, imx, ierr = wrapped_error(intended, design.phase_rad)
+    irms, imx, _ = wrapped_error(intended, design.phase_rad)
     cdp, note = cdp_difference(design.phase_rad, back, design)
     icdp, _ = cdp_difference(design.phase_rad, intended, design)
     notes.append(note)
@@ -136,19 +141,16 @@ def _judge(result_kw: dict, *, design: PhaseDesign, back: np.ndarray, intended: 
            "max_rad": tol.max_rad if tol.max_rad is not None else imx + 1e-3,
            "cdp_rel": tol.cdp_rel if tol.cdp_rel is not None else 1.1 * icdp + 1e-3}
     over = [k for k, v in (("rms_rad", rms), ("max_rad", mx), ("cdp_rel", cdp)) if v > lim[k]]
-    passed = not over and not causes
-    if over and not causes:
-        # the file is faithful, so the mapping itself is the reason; the caller adds specific causes first
-        causes.extend(result_kw.pop("mapping_causes", []))
-        if not causes:
-            causes.append(f"quantisation/mapping: the export's own mapping already gives RMS {irms:.4g} rad, max "
-                          f"{imx:.4g} rad (limits {lim['rms_rad']:.4g}, {lim['max_rad']:.4g}); use more levels "
-                          f"(bit depth) or loosen the tolerance")
-    result_kw.pop("mapping_causes", None)
     if over:
         notes.append("over the limit: " + ", ".join(over))
+        if not causes:
+            causes.extend(mapping_causes)
+        if not causes:
+            causes.append(f"quantisation: the export's own mapping ({n_levels or 'continuous'} levels) already gives "
+                          f"RMS {irms:.4g} rad, max {imx:.4g} rad (limits {lim['rms_rad']:.4g}, {lim['max_rad']:.4g}); "
+                          f"use more levels (bit depth) or loosen the tolerance")
     return VerificationResult(phase_rms_rad=rms, phase_max_rad=mx, cdp_rel_diff=cdp, mapping_rms_rad=irms,
-                              mapping_max_rad=imx, mapping_cdp_rel_diff=icdp, limits=lim, passed=passed,
+                              mapping_max_rad=imx, mapping_cdp_rel_diff=icdp, limits=lim, passed=not over and not causes,
                               causes=causes, notes=notes, **result_kw)
 
 
@@ -241,9 +243,9 @@ def verify_slm(path, design: PhaseDesign, *, lut: Optional[PhaseLUT] = None,
     if opt.resample != "exact":
         mapping_causes.append(f"resampling: the pitch ratio {mapping.ratio:.6g} is not an integer and "
                               f"'{opt.resample}' interpolation changes the phase; design on a multiple of the SLM pitch")
-    kw = {"file": str(p), "kind": "slm", "mismatched_pixels": n_diff, "mapping_causes": mapping_causes}
+    kw = {"file": str(p), "kind": "slm", "mismatched_pixels": n_diff}
     return _judge(kw, design=design, back=back, intended=intended, n_levels=2 ** b, tol=tol, causes=causes,
-                  notes=notes)
+                  notes=notes, mapping_causes=mapping_causes)
 
 
 def _design_levels(design: PhaseDesign, L):
@@ -288,7 +290,6 @@ def verify_doe(out_dir, design: PhaseDesign, *, tolerances: Optional[Tolerances]
                                               math.nan, -1, {}, False, [f"file modified or corrupted: {exc}"], notes))
             h_um = None
         if h_um is not None:
-            want = intended_h.astype(np.float32).astype(np.float64) * 1e6
             exp32 = (intended_h * 1e6).astype(np.float32).astype(np.float64)
             diff = np.abs(h_um - exp32) > 1e-6 * max(1.0, float(np.abs(exp32).max()))
             if h_um.shape != design.shape:
@@ -299,7 +300,6 @@ def verify_doe(out_dir, design: PhaseDesign, *, tolerances: Optional[Tolerances]
                 if diff.any():
                     causes.append(f"file modified or corrupted: {int(diff.sum())} height(s) differ from the design's "
                                   f"(first at {_first(diff)})")
-                del want
                 kw = {"file": str(p), "kind": "tiff", "mismatched_pixels": int(diff.sum())}
                 results.append(_judge(kw, design=design, back=to_phase(h_um * 1e-6),
                                       intended=to_phase(exp32 * 1e-6), n_levels=L, tol=tol, causes=causes, notes=notes))
