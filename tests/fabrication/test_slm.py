@@ -44,19 +44,25 @@ def test_known_phases_to_gray_linear_lut(tmp_path, device_file, bits, justify):
         assert raw.max() < n  # LSB-justified: the sample is the level
 
 
-def test_known_phases_through_tabulated_lut_invert_by_interpolation(tmp_path, device_file):
-    # measured curve: 0 rad at gray 0, 1.2π at gray 128, 2π·255/256 at gray 255 (piecewise linear)
+@pytest.mark.parametrize("bits", [8, 10, 12])
+def test_known_phases_through_tabulated_lut_invert_by_interpolation(tmp_path, device_file, bits):
+    # measured curve: 0 rad at gray 0, 1.2π at gray N/2, 2π(N−1)/N at gray N−1 (piecewise linear between)
+    n = 2 ** bits
     csv = tmp_path / "lut.csv"
-    csv.write_text("gray,phase_rad\n0,0\n128,%r\n255,%r\n" % (1.2 * math.pi, TWO_PI * 255 / 256))
-    lut = read_lut_csv(csv, bit_depth=8)
-    res = _export(_design(KNOWN), tmp_path, device_file, lut=lut, lut_source=str(csv))
+    csv.write_text("gray,phase_rad\n0,0\n%d,%r\n%d,%r\n" % (n // 2, 1.2 * math.pi, n - 1, TWO_PI * (n - 1) / n))
+    lut = read_lut_csv(csv, bit_depth=bits)
+    res = _export(_design(KNOWN + [1.6 * math.pi]), tmp_path, device_file, device="test-panel-12", bit_depth=bits,
+                  lut=lut, lut_source=str(csv))
     top, left = res.sidecar["placement"]["top_px"], res.sidecar["placement"]["left_px"]
-    got = read_bitmap(res.path)[top, left:left + 4].astype(int)
-    # inverse of the interpolated curve: g = φ/(1.2π)·128 on the first segment, then the second
-    g_half = round((math.pi / 2) / (1.2 * math.pi) * 128)
-    g_pi = round((math.pi) / (1.2 * math.pi) * 128)
-    assert got.tolist() == [0, g_half, g_pi, 0]
-    assert res.sidecar["lut"]["source"] == str(csv) and len(res.sidecar["lut"]["levels_rad"]) == 256
+    got = read_bitmap(res.path)[top, left:left + 5].astype(int)
+    # inverse of the interpolated curve on each linear segment (levels equispaced there → rounding)
+    slope1 = 1.2 * math.pi / (n // 2)
+    slope2 = (TWO_PI * (n - 1) / n - 1.2 * math.pi) / (n - 1 - n // 2)
+    g_half = round((math.pi / 2) / slope1)
+    g_pi = round(math.pi / slope1)
+    g_16 = n // 2 + round((1.6 * math.pi - 1.2 * math.pi) / slope2)
+    assert got.tolist() == [0, g_half, g_pi, 0, g_16]
+    assert res.sidecar["lut"]["source"] == str(csv) and len(res.sidecar["lut"]["levels_rad"]) == n
 
 
 def test_wrapping_any_multiple_of_2pi_gives_the_same_gray(tmp_path, device_file):
