@@ -18,6 +18,8 @@ Outputs (in the output folder):
   monotone, either direction), inverted by linear interpolation and rounded to the nearest gray;
 * ``relief.gds`` — GDSII via gdstk (:mod:`fabrication.gds`), one layer per level or the ``k``
   binary etch masks, cell ``DOE``, user unit 1 µm, database unit 1 nm (``precision_m``);
+* ``relief.stl`` (optional) — the relief on a base plate (default ``h_2π`` thick) as a closed
+  binary STL in µm (:mod:`fabrication.stl`), for 3-D printing and two-photon writers;
 * ``relief_levels.csv`` — level → layer, phase, height, etch depth from the top surface;
   ``relief_masks.csv`` in etch mode — mask → layer, etch depth;
 * ``doe.json`` — the sidecar: design, material, n(λ), h_2π, levels, files with SHA-256, DRC report
@@ -51,7 +53,7 @@ __all__ = ["DOEOptions", "DOEExport", "export_doe", "quantize_levels", "read_dos
 
 TWO_PI = 2.0 * math.pi
 SIDECAR_FORMAT = "phaseforge-doe"
-FILES = {"tiff": "height_um.tif", "gray": "height_gray.png", "gds": "relief.gds",
+FILES = {"tiff": "height_um.tif", "gray": "height_gray.png", "gds": "relief.gds", "stl": "relief.stl",
          "levels_csv": "relief_levels.csv", "masks_csv": "relief_masks.csv", "sidecar": "doe.json"}
 
 
@@ -67,6 +69,8 @@ class DOEOptions:
     precision_m: float = 1e-9
     dose_curve: Optional[str] = None        # CSV gray,height_um → height_gray.png
     gray_bits: int = 8
+    stl: bool = False                       # relief.stl (µm) on a base plate
+    stl_base_m: Optional[float] = None      # base plate thickness; default h_2π
     drc: DRCRules = field(default_factory=DRCRules)
     waive: tuple = ()
 
@@ -184,13 +188,17 @@ def export_doe(design: PhaseDesign, out_dir, *, options: Optional[DOEOptions] = 
         etch_masks(np.zeros((1, 1), np.int64), L)  # power-of-two check with its message
     if opt.gray_bits not in (8, 16):
         raise FabricationError(f"gray_bits must be 8 or 16, got {opt.gray_bits!r}")
-    if not (opt.tiff or opt.gds or opt.dose_curve):
-        raise FabricationError("nothing to write: enable the TIFF, the GDSII or a grayscale (dose curve) output")
+    if not (opt.tiff or opt.gds or opt.dose_curve or opt.stl):
+        raise FabricationError("nothing to write: enable the TIFF, the GDSII, the STL or a grayscale (dose curve) output")
+    if opt.stl_base_m is not None and not (math.isfinite(opt.stl_base_m) and opt.stl_base_m > 0):
+        raise FabricationError(f"stl_base_m = {opt.stl_base_m!r} must be a positive thickness in metres")
     targets = {"sidecar": out / FILES["sidecar"]}
     if opt.tiff:
         targets["tiff"] = out / FILES["tiff"]
     if opt.dose_curve:
         targets["gray"] = out / FILES["gray"]
+    if opt.stl:
+        targets["stl"] = out / FILES["stl"]
     if opt.gds:
         targets["gds"] = out / FILES["gds"]
         targets["levels_csv"] = out / FILES["levels_csv"]
@@ -238,6 +246,12 @@ def export_doe(design: PhaseDesign, out_dir, *, options: Optional[DOEOptions] = 
         files["gray"] = {"path": FILES["gray"], "bits": opt.gray_bits, "dose_curve": str(opt.dose_curve),
                          "dose_curve_gray": curve[0].tolist(), "dose_curve_height_um": curve[1].tolist(),
                          "pixel_sha256": sha256_array(gray.astype("<u2")), "sha256": sha256_file(targets["gray"])}
+    if opt.stl:
+        from .stl import write_stl
+        base = h2pi if opt.stl_base_m is None else opt.stl_base_m
+        files["stl"] = {"path": FILES["stl"], **write_stl(targets["stl"], height * 1e6, cell_um=cell_um, base_um=base * 1e6),
+                        "origin": "bottom-left corner of the design, y up, z = 0 at the bottom of the base plate",
+                        "sha256": sha256_file(targets["stl"])}
     if opt.gds:
         _write_gds(targets["gds"], polygons, precision_m=opt.precision_m, max_points=opt.drc.max_vertices)
         rows = level_table(L, h2pi, opt.gds_mode, opt.layer0)

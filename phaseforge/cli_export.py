@@ -87,6 +87,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--dose-curve", type=Path, default=None,
                    help="contrast curve CSV gray,height_um → height_gray.png for grayscale lithography")
     p.add_argument("--gray-bits", type=int, choices=[8, 16], default=8)
+    p.add_argument("--stl", action="store_true", help="also write relief.stl (µm) for 3-D printing")
+    p.add_argument("--stl-base-m", type=float, default=None, help="STL base plate thickness (default h_2π)")
     p.add_argument("--layer0", type=int, default=1, help="first GDS layer number")
     p.add_argument("--db-unit-m", type=float, default=1e-9, help="GDS database unit (m); the user unit is 1 µm")
     p.add_argument("--min-feature-m", type=float, default=None)
@@ -201,7 +203,8 @@ def run(args) -> int:
             design, out=args.out, verify=args.verify, tolerances=_tol(args), overwrite=args.overwrite,
             material=args.material, levels=args.levels, n_medium=args.n_medium, tiff=args.tiff, gds=args.gds,
             gds_mode=args.gds_mode, layer0=args.layer0, precision_m=args.db_unit_m,
-            dose_curve=str(args.dose_curve) if args.dose_curve else None, gray_bits=args.gray_bits, drc=rules,
+            dose_curve=str(args.dose_curve) if args.dose_curve else None, gray_bits=args.gray_bits, stl=args.stl,
+            stl_base_m=args.stl_base_m, drc=rules,
             waive=tuple(args.waive))
         s = res.sidecar
         gds = s["files"].get("gds")

@@ -246,3 +246,17 @@ def test_quantised_blazed_grating_keeps_its_first_order_efficiency(tmp_path, dev
     g = read_bitmap(r.path)[t:t + shape[0], l:l + shape[1]].astype(np.int64)
     back_s = PhaseLUT.linear(12).gray_to_phase(torch.from_numpy(g)).numpy()
     assert abs(_first_order_efficiency(back_s, period) - eta_design) < 1e-3
+
+
+def test_stl_relief_encloses_exactly_the_columns_volume(tmp_path):
+    from stl import mesh
+    d = _levels_design(L=4, shape=(6, 9))
+    res = export_doe(d, tmp_path / "s", options=DOEOptions(levels=4, gds=False, stl=True, stl_base_m=1e-6))
+    m = mesh.Mesh.from_file(res.files["stl"])
+    cell = d.pixel_pitch_m * 1e6
+    vol = m.get_mass_properties()[0]
+    assert vol == pytest.approx(((res.height_m * 1e6) + 1.0).sum() * cell ** 2, rel=1e-5)
+    tops = m.vectors[(m.normals[:, 2] > 0)]  # horizontal faces facing up: one pair per cell at base + h
+    np.testing.assert_allclose(np.sort(np.unique(np.round(tops[:, :, 2], 4))),
+                               np.sort(np.unique(np.round(res.height_m * 1e6 + 1.0, 4))), atol=1e-4)
+    assert res.sidecar["files"]["stl"]["units"] == "um"
