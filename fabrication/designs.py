@@ -50,6 +50,11 @@ class PhaseDesign:
     n_masks: int = 1
     provenance: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        self.phase_rad = _check_finite(self.phase_rad, f"design {self.source or '(in memory)'}")
+        self.pixel_pitch_m = _validate.pitch("pixel_pitch_m", self.pixel_pitch_m)
+        self.wavelength_m = _validate.wavelength(self.wavelength_m)
+
     @property
     def shape(self):
         return tuple(int(s) for s in self.phase_rad.shape)

@@ -169,8 +169,9 @@ def _write_gds(path: Path, polygons: dict, *, precision_m: float, max_points: in
 
 
 def export_doe(design: PhaseDesign, out_dir, *, options: Optional[DOEOptions] = None,
-               overwrite: bool = False) -> DOEExport:
-    """Export ``design`` as a DOE into ``out_dir`` (files in :data:`FILES`); DRC first."""
+               overwrite: bool = False, progress: bool = False) -> DOEExport:
+    """Export ``design`` as a DOE into ``out_dir`` (files in :data:`FILES`); DRC first.
+    ``progress`` shows a tqdm bar over the traced GDS layers (seconds each for megapixel designs)."""
     opt = options or DOEOptions()
     out = Path(out_dir)
     mat = materials.get_material(opt.material)
@@ -219,7 +220,9 @@ def export_doe(design: PhaseDesign, out_dir, *, options: Optional[DOEOptions] = 
     # layers and DRC (before writing anything)
     rasters, polygons = {}, {}
     if opt.gds:
-        for i, m in enumerate(layer_rasters(level_map, L, opt.gds_mode)):
+        from tqdm.auto import tqdm
+        layer_maps = layer_rasters(level_map, L, opt.gds_mode)
+        for i, m in enumerate(tqdm(layer_maps, desc="trace GDS layers", unit="layer", disable=not progress)):
             layer = opt.layer0 + i
             rasters[layer] = m
             polygons[layer] = raster_polygons(m, cell_um=cell_um, layer=layer, precision_um=opt.precision_m * 1e6)

@@ -78,6 +78,7 @@ class VerificationResult:
     passed: bool
     causes: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+    arrays: dict = field(default_factory=dict, repr=False)  # read-back phase, error, CDPs (not serialised)
 
     def summary(self) -> str:
         s = (f"{self.kind} {Path(self.file).name}: phase error RMS {self.phase_rms_rad:.4g} rad, max "
@@ -88,7 +89,9 @@ class VerificationResult:
         return s
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("arrays")
+        return d
 
 
 def wrapped_error(a: np.ndarray, b: np.ndarray):
@@ -99,7 +102,7 @@ def wrapped_error(a: np.ndarray, b: np.ndarray):
 
 def cdp_difference(phase_a: np.ndarray, phase_b: np.ndarray, design: PhaseDesign) -> tuple:
     """``‖I(b) − I(a)‖/‖I(a)‖`` of the noiseless CDPs of two phase masks (see the module docstring);
-    returns ``(value, note)``."""
+    returns ``(value, note, I(a), I(b))``."""
     masks = torch.from_numpy(np.stack([phase_a, phase_b]).astype(np.float64))
     z = design.z_m if design.z_m is not None and design.z_m > 0 else 0.1
     method = design.method or "fraunhofer"
@@ -116,7 +119,7 @@ def cdp_difference(phase_a: np.ndarray, phase_b: np.ndarray, design: PhaseDesign
         inten = sysm.intensity(x)
         note = f"CDPs: fraunhofer, z = {z:g} m (the design's method {method!r} refused this grid: {exc})"
     i0, i1 = inten[0], inten[1]
-    return float(torch.linalg.vector_norm(i1 - i0) / torch.linalg.vector_norm(i0)), note
+    return float(torch.linalg.vector_norm(i1 - i0) / torch.linalg.vector_norm(i0)), note, i0.numpy(), i1.numpy()
 
 
 def _first(mask: np.ndarray) -> str:
@@ -131,10 +134,10 @@ def _judge(result_kw: dict, *, design: PhaseDesign, back: np.ndarray, intended: 
     ``causes`` already lists what the file checks found (a faithful file has none); when the limits
     are exceeded by a faithful file, the mapping is to blame: ``mapping_causes`` (LUT range,
     resampling) or, failing those, quantisation."""
-    rms, mx, _ = wrapped_error(back, design.phase_rad)
+    rms, mx, err = wrapped_error(back, design.phase_rad)
     irms, imx, _ = wrapped_error(intended, design.phase_rad)
-    cdp, note = cdp_difference(design.phase_rad, back, design)
-    icdp, _ = cdp_difference(design.phase_rad, intended, design)
+    cdp, note, i_design, i_file = cdp_difference(design.phase_rad, back, design)
+    icdp = cdp_difference(design.phase_rad, intended, design)[0]
     notes.append(note)
     step = TWO_PI / n_levels if n_levels else 0.0
     lim = {"rms_rad": tol.rms_rad if tol.rms_rad is not None else 1.5 * step / math.sqrt(12) + 0.005,
@@ -151,7 +154,9 @@ def _judge(result_kw: dict, *, design: PhaseDesign, back: np.ndarray, intended: 
                           f"use more levels (bit depth) or loosen the tolerance")
     return VerificationResult(phase_rms_rad=rms, phase_max_rad=mx, cdp_rel_diff=cdp, mapping_rms_rad=irms,
                               mapping_max_rad=imx, mapping_cdp_rel_diff=icdp, limits=lim, passed=not over and not causes,
-                              causes=causes, notes=notes, **result_kw)
+                              causes=causes, notes=notes, **result_kw,
+                              arrays={"design_rad": design.phase_rad, "file_rad": back, "error_rad": err,
+                                      "cdp_design": i_design, "cdp_file": i_file})
 
 
 def _read_sidecar(path: Path, fmt: str) -> dict:

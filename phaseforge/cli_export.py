@@ -87,6 +87,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--dose-curve", type=Path, default=None,
                    help="contrast curve CSV gray,height_um → height_gray.png for grayscale lithography")
     p.add_argument("--gray-bits", type=int, choices=[8, 16], default=8)
+    p.add_argument("--no-progress", action="store_true")
     p.add_argument("--stl", action="store_true", help="also write relief.stl (µm) for 3-D printing")
     p.add_argument("--stl-base-m", type=float, default=None, help="STL base plate thickness (default h_2π)")
     p.add_argument("--layer0", type=int, default=1, help="first GDS layer number")
@@ -126,9 +127,20 @@ def _tol(args):
 
 
 def _record(sidecar_file: Path, sidecar: dict, results) -> None:
-    from optics.fileio import write_json
+    """Add the verification results to the sidecar and draw one figure per checked file beside it."""
+    import matplotlib.pyplot as plt
+
+    from fabrication.figures import verification_figure
+    from optics.fileio import save_figure, write_json
     sidecar = dict(sidecar)
     sidecar["verification"] = [r.to_dict() for r in results]
+    for r, entry in zip(results, sidecar["verification"]):
+        if r.arrays:
+            fig = verification_figure(r)
+            png = Path(sidecar_file).with_name(Path(r.file).name + ".verify.png")
+            save_figure(fig, png, dpi=90)
+            plt.close(fig)
+            entry["figure"] = png.name
     write_json(sidecar_file, sidecar)
 
 
@@ -160,11 +172,11 @@ def export_slm_cmd(design, *, device, out, device_file=None, bit_depth=None, lut
     return res, results
 
 
-def export_doe_cmd(design, *, out, verify=False, tolerances=None, overwrite=False, **options):
+def export_doe_cmd(design, *, out, verify=False, tolerances=None, overwrite=False, progress=False, **options):
     from fabrication.doe import FILES, DOEOptions, export_doe
     from fabrication.verify import verify_doe
 
-    res = export_doe(design, out, options=DOEOptions(**options), overwrite=overwrite)
+    res = export_doe(design, out, options=DOEOptions(**options), overwrite=overwrite, progress=progress)
     results = []
     if verify:
         results = verify_doe(res.out_dir, design, tolerances=tolerances)
@@ -201,7 +213,7 @@ def run(args) -> int:
                          max_vertices=args.max_vertices, fracture=args.fracture)
         res, results = export_doe_cmd(
             design, out=args.out, verify=args.verify, tolerances=_tol(args), overwrite=args.overwrite,
-            material=args.material, levels=args.levels, n_medium=args.n_medium, tiff=args.tiff, gds=args.gds,
+            progress=not args.no_progress, material=args.material, levels=args.levels, n_medium=args.n_medium, tiff=args.tiff, gds=args.gds,
             gds_mode=args.gds_mode, layer0=args.layer0, precision_m=args.db_unit_m,
             dose_curve=str(args.dose_curve) if args.dose_curve else None, gray_bits=args.gray_bits, stl=args.stl,
             stl_base_m=args.stl_base_m, drc=rules,
