@@ -108,6 +108,8 @@ def load_design(path, *, index: int = 0, pixel_pitch_m: Optional[float] = None,
                 z_m: Optional[float] = None, method: Optional[str] = None) -> PhaseDesign:
     """Load mask ``index`` of a design from ``path`` (see the module docstring for the sources)."""
     p = Path(path)
+    if p.is_file():
+        p = p.resolve()  # the sidecar records where the design came from; `export verify` reloads it
     if not p.is_file():
         raise FabricationError(f"design {p} does not exist (expected design.h5, a CDP dataset .h5, "
                                f"a .npy phase map or an image)")

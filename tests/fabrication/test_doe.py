@@ -40,7 +40,7 @@ def _levels_design(L=8, shape=(20, 28), seed=0, pitch=2e-6):
 
 
 def test_fused_silica_2pi_height_at_633nm(tmp_path):
-    # Malitson: n(633 nm) = 1.45702, h_2π = 0.633/0.45702 µm = 1.3851 µm
+    # Malitson: n(633 nm) = 1.4570, h_2π = 0.633/0.4570 µm = 1.3851 µm
     h = materials.height_for_2pi(wavelength_m=633e-9, material="fused-silica")
     assert h == pytest.approx(1.3851e-6, abs=1e-9)
     d = PhaseDesign(np.array([[0.0, math.pi / 2, math.pi, TWO_PI - 1e-9]]), 2e-6, 633e-9)
