@@ -59,8 +59,14 @@ class PhaseDesign:
     def shape(self):
         return tuple(int(s) for s in self.phase_rad.shape)
 
+    def phase_sha256(self) -> str:
+        """SHA-256 of the phase map (float64 little-endian, C order): identifies the exported design."""
+        import hashlib
+        return hashlib.sha256(np.ascontiguousarray(self.phase_rad, dtype="<f8").tobytes()).hexdigest()
+
     def describe(self) -> dict:
         return {"source": self.source, "index": self.index, "n_masks": self.n_masks,
+                "phase_sha256": self.phase_sha256(), "phase_hashed_as": "float64 little-endian rad, C order",
                 "shape_px": list(self.shape), "pixel_pitch_m": self.pixel_pitch_m,
                 "wavelength_m": self.wavelength_m, "levels": self.levels, "z_m": self.z_m,
                 "method": self.method, "provenance": self.provenance}

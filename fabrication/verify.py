@@ -172,6 +172,15 @@ def _read_sidecar(path: Path, fmt: str) -> dict:
     return d
 
 
+def _design_check(side: dict, design: PhaseDesign) -> List[str]:
+    want = side.get("design", {}).get("phase_sha256")
+    if want and want != design.phase_sha256():
+        return [f"design differs from the exported one: its phase SHA-256 {design.phase_sha256()[:12]} is not the "
+                f"sidecar's {want[:12]} ({side['design'].get('source', '?')} [{side['design'].get('index', 0)}]); "
+                f"verify against the design that was exported"]
+    return []
+
+
 def _tilt(err_panel: np.ndarray):
     """Dominant residual grating (cycles/pixel) of a phase difference, and its strength (0 … 1)."""
     f = np.fft.fft2(np.exp(1j * err_panel))
@@ -190,7 +199,7 @@ def verify_slm(path, design: PhaseDesign, *, lut: Optional[PhaseLUT] = None,
     tol = tolerances or Tolerances()
     side = _read_sidecar(p, "phaseforge-slm-bitmap")
     opt, dev = options_from_sidecar(side)
-    causes: List[str] = []
+    causes: List[str] = _design_check(side, design)
     notes: List[str] = []
     b = int(side["bit_depth"])
     lv = np.asarray(side["lut"]["levels_rad"], dtype=np.float64)
@@ -271,6 +280,7 @@ def verify_doe(out_dir, design: PhaseDesign, *, tolerances: Optional[Tolerances]
     n0 = float(side["material"]["n_medium"])
     L = side["levels"]
     h2pi = float(side["material"]["h_2pi_m"])
+    design_causes = _design_check(side, design)
 
     def to_phase(h_m):
         return materials.height_to_phase(torch.from_numpy(np.asarray(h_m, dtype=np.float64)), wavelength_m=lam,
@@ -287,7 +297,7 @@ def verify_doe(out_dir, design: PhaseDesign, *, tolerances: Optional[Tolerances]
     if "tiff" in files:
         import tifffile
         p = out / files["tiff"]["path"]
-        causes, notes = [], []
+        causes, notes = list(design_causes), []
         try:
             h_um = tifffile.imread(p).astype(np.float64)
         except Exception as exc:  # noqa: BLE001 - any decoder failure means a corrupted file
@@ -311,7 +321,7 @@ def verify_doe(out_dir, design: PhaseDesign, *, tolerances: Optional[Tolerances]
     if "gray" in files:
         from .bitmap import read_bitmap
         p = out / files["gray"]["path"]
-        causes, notes = [], []
+        causes, notes = list(design_causes), []
         curve = (np.asarray(files["gray"]["dose_curve_gray"]), np.asarray(files["gray"]["dose_curve_height_um"]))
         want_g = heights_to_gray(intended_h * 1e6, curve, int(files["gray"]["bits"]))
         try:
@@ -333,7 +343,7 @@ def verify_doe(out_dir, design: PhaseDesign, *, tolerances: Optional[Tolerances]
     if "gds" in files:
         g = files["gds"]
         p = out / g["path"]
-        causes, notes = [], []
+        causes, notes = list(design_causes), []
         table = np.genfromtxt(out / files["levels_csv"]["path"], delimiter=",", names=True)
         level_height_m = {int(r["level"]): float(r["height_um"]) * 1e-6 for r in np.atleast_1d(table)}
         layer0 = int(g["layer0"])

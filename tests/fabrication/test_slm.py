@@ -179,6 +179,13 @@ def test_verification_fails_for_one_flipped_byte(tmp_path, device_file, lens_des
     assert any("modified or corrupted" in c for c in r.causes)
 
 
+def test_verification_names_a_different_design(tmp_path, device_file, lens_design):
+    res = _export(lens_design, tmp_path, device_file)
+    other = PhaseDesign(lens_design.phase_rad + 0.5, 8e-6, 633e-9)
+    r = verify_slm(res.path, other)
+    assert not r.passed and any("design differs from the exported one" in c for c in r.causes)
+
+
 def test_verification_fails_for_a_wrong_lut(tmp_path, device_file, lens_design):
     res = _export(lens_design, tmp_path, device_file)
     r = verify_slm(res.path, lens_design, lut=PhaseLUT.linear(8, 1.8 * math.pi))
