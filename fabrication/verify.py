@@ -198,6 +198,12 @@ def verify_slm(path, design: PhaseDesign, *, lut: Optional[PhaseLUT] = None,
     p = Path(path)
     tol = tolerances or Tolerances()
     side = _read_sidecar(p, "phaseforge-slm-bitmap")
+    freq = [0.0 if not q else 1.0 / float(q) for q in side["options"]["carrier_period_px"]]
+    if any(abs(f) > 0.5 for f in freq):
+        return VerificationResult(str(p), "slm", math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, -1, {},
+                                  False, [f"carrier aliasing: carrier frequency {freq} cycles/pixel exceeds ½ (a "
+                                          f"period under 2 pixels), so its first order lands at the alias "
+                                          f"frequency; use |period| >= 2 pixels"], [])
     opt, dev = options_from_sidecar(side)
     causes: List[str] = _design_check(side, design)
     notes: List[str] = []
@@ -241,9 +247,6 @@ def verify_slm(path, design: PhaseDesign, *, lut: Optional[PhaseLUT] = None,
         if strength > 0.5 and (fy or fx):
             causes.append(f"carrier mismatch: the file carries an extra grating of ({fy:.4g}, {fx:.4g}) cycles/pixel "
                           f"beyond the sidecar's carrier (another or an aliased period)")
-    freq = side["carrier"]["frequency_cycles_per_px"]
-    if any(abs(f) > 0.5 for f in freq):
-        causes.append(f"carrier aliasing: carrier frequency {freq} cycles/pixel exceeds ½ (period under 2 pixels)")
     back = mapping.phase_on_design_grid(gray, design.shape, sign=opt.sign, lut_eff=lut_read)
     intended = mapping.phase_on_design_grid(mapping.gray, design.shape, sign=opt.sign)
     mapping_causes = []

@@ -212,3 +212,16 @@ def test_sidecar_records_every_parameter(tmp_path, device_file, lens_design):
     assert s["device"]["key"] == "test-panel" and s["sign"] == -1 and s["options"]["carrier_period_px"] == [0, 4.0]
     assert len(s["pixel_data"]["sha256"]) == 64 and len(s["lut"]["sha256"]) == 64
     assert s["design"]["pixel_pitch_m"] == 8e-6 and s["resampling"]["mode"] == "exact"
+
+
+def test_verification_names_a_carrier_mismatch_and_aliasing(tmp_path, device_file, lens_design):
+    res = _export(lens_design, tmp_path, device_file, carrier_period_px=(0, 8.0))
+    side = json.loads(res.sidecar_path.read_text())
+    side["options"]["carrier_period_px"] = [0, 16.0]  # the file carries period 8, the record says 16
+    res.sidecar_path.write_text(json.dumps(side))
+    r = verify_slm(res.path, lens_design)
+    assert not r.passed and any("carrier mismatch" in c and "0.0625" in c for c in r.causes)
+    side["options"]["carrier_period_px"] = [0, 1.5]
+    res.sidecar_path.write_text(json.dumps(side))
+    r = verify_slm(res.path, lens_design)
+    assert not r.passed and any("carrier aliasing" in c for c in r.causes)
