@@ -285,7 +285,9 @@ def export_doe(design: PhaseDesign, out_dir, *, options: Optional[DOEOptions] = 
     sidecar = {
         "format": SIDECAR_FORMAT, "format_version": "1",
         "design": design.describe(),
-        "material": {"name": mat.name, "n": n, "n_medium": opt.n_medium, "wavelength_m": lam,
+        "material": {"name": mat.name, "sellmeier_b": mat.sellmeier_b, "sellmeier_c_um2": mat.sellmeier_c_um2,
+                     "constant_n": mat.constant_n, "wavelength_range_m": mat.wavelength_range_m,
+                     "n": n, "n_medium": opt.n_medium, "wavelength_m": lam,
                      "h_2pi_m": h2pi, "formula": "h = φλ/(2π(n(λ) − n₀))"},
         "levels": L, "quantisation": "continuous" if L is None else "l = round(wrap(φ)·L/2π) mod L, h = l·h_2π/L",
         "height": {"max_um": float(height.max()) * 1e6, "min_um": float(height.min()) * 1e6,

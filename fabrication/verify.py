@@ -273,12 +273,14 @@ def _design_levels(design: PhaseDesign, L):
 def verify_doe(out_dir, design: PhaseDesign, *, tolerances: Optional[Tolerances] = None) -> List[VerificationResult]:
     """Verify every file of a DOE export folder (TIFF, GDSII, grayscale PNG) against ``design``."""
     from .doe import FILES, gray_to_heights, heights_to_gray
-    from .gds import etch_masks, read_layer_rasters
+    from .gds import read_layer_rasters
 
     out = Path(out_dir)
     tol = tolerances or Tolerances()
     side = _read_sidecar(out / FILES["sidecar"], "phaseforge-doe")
-    mat = materials.get_material(side["material"]["name"])
+    m = side["material"]
+    mat = materials.Material(name=m["name"], sellmeier_b=m.get("sellmeier_b"), sellmeier_c_um2=m.get("sellmeier_c_um2"),
+                             constant_n=m.get("constant_n"), wavelength_range_m=m.get("wavelength_range_m"))
     lam = design.wavelength_m
     n0 = float(side["material"]["n_medium"])
     L = side["levels"]
@@ -309,12 +311,12 @@ def verify_doe(out_dir, design: PhaseDesign, *, tolerances: Optional[Tolerances]
             h_um = None
         if h_um is not None:
             exp32 = (intended_h * 1e6).astype(np.float32).astype(np.float64)
-            diff = np.abs(h_um - exp32) > 1e-6 * max(1.0, float(np.abs(exp32).max()))
             if h_um.shape != design.shape:
                 causes.append(f"file modified: TIFF shape {h_um.shape} differs from the design's {design.shape}")
                 results.append(VerificationResult(str(p), "tiff", math.nan, math.nan, math.nan, math.nan, math.nan,
                                                   math.nan, -1, {}, False, causes, notes))
             else:
+                diff = np.abs(h_um - exp32) > 1e-6 * max(1.0, float(np.abs(exp32).max()))
                 if diff.any():
                     causes.append(f"file modified or corrupted: {int(diff.sum())} height(s) differ from the design's "
                                   f"(first at {_first(diff)})")

@@ -168,6 +168,15 @@ def test_bad_input_refused_with_the_fix(tmp_path):
         export_doe(d, tmp_path / "e", options=DOEOptions(levels=8))
 
 
+def test_constant_index_material_and_continuous_relief_verify(tmp_path):
+    d = _levels_design()
+    res = export_doe(PhaseDesign(d.phase_rad + 0.3, 2e-6, 633e-9), tmp_path / "k",
+                     options=DOEOptions(material="1.5", gds=False))
+    assert res.h2pi_m == pytest.approx(633e-9 / 0.5)
+    [r] = verify_doe(res.out_dir, PhaseDesign(d.phase_rad + 0.3, 2e-6, 633e-9))
+    assert r.passed and r.phase_max_rad < 1e-5  # float32 µm heights
+
+
 def test_grayscale_through_a_contrast_curve(tmp_path):
     d = _levels_design(L=4)
     curve = tmp_path / "curve.csv"  # positive resist: more dose, less height left
