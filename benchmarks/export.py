@@ -8,7 +8,8 @@ each — BOUNDARY, LAYER, DATATYPE, XY with 5 points, ENDEL).
 
 Floors: GDSII — gdstk writing the finished polygons (``Library.write_gds``), i.e. the cost of
 the file itself, without tracing; bitmap — zlib-compressing the panel's 16-bit samples (the
-PNG encoder's own work), without the LUT mapping, placement and hashes.
+PNG encoder's own work), without the LUT mapping, placement and hashes; verification — the CDP
+simulations it runs (the re-read and rasterisation are the overhead).
 
     python benchmarks/export.py [--repeats 3] [--worst-case]
 
@@ -84,6 +85,22 @@ def bench_gds(design: PhaseDesign, tmp: Path, repeats: int, tag: str):
             "naive_MB": H * W * NAIVE_BYTES_PER_RECT / 1e6}
 
 
+def bench_verify(design: PhaseDesign, tmp: Path, repeats: int):
+    """Round-trip verification of the smooth GDSII export (re-read, rasterise, 2 × 2 CDPs); floor:
+    the CDP simulations alone (two CDPSystem.intensity calls on two masks)."""
+    from fabrication.verify import cdp_difference, verify_doe
+
+    export_doe(design, tmp / "doe_v", options=DOEOptions(levels=8, tiff=False), overwrite=True)
+    t, res = timed(lambda: verify_doe(tmp / "doe_v", design), repeats)
+    assert all(r.passed for r in res), [r.summary() for r in res]
+    back = res[0].arrays["file_rad"]
+    t_floor, _ = timed(lambda: (cdp_difference(design.phase_rad, back, design),
+                                cdp_difference(design.phase_rad, back, design)), repeats)
+    return {"config": "verify GDSII (re-read + 2 CDP pairs)", "time_s": t, "floor_s": t_floor, "polygons": None,
+            "vertices": None, "file_MB": (tmp / "doe_v" / "relief.gds").stat().st_size / 1e6, "naive_rects": None,
+            "naive_vertices": None, "naive_MB": None}
+
+
 def bench_bitmap(design: PhaseDesign, tmp: Path, repeats: int):
     dev = tmp / "dev.yaml"
     dev.write_text("panel-12:\n  name: 1920 x 1080 12-bit panel\n  width_px: 1920\n  height_px: 1080\n"
@@ -115,6 +132,7 @@ def main(argv=None):
         design = PhaseDesign(smooth_design(), 8e-6, 633e-9, z_m=0.1, method="fraunhofer", source="benchmark")
         rows.append(bench_gds(design, tmp, args.repeats, "smooth"))
         rows.append(bench_bitmap(design, tmp, args.repeats))
+        rows.append(bench_verify(design, tmp, args.repeats))
         if args.worst_case:
             rng = np.random.default_rng(1)
             worst = PhaseDesign(rng.integers(0, 8, (H, W)) * (2 * np.pi / 8), 8e-6, 633e-9, source="iid")

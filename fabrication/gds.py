@@ -162,30 +162,33 @@ def layer_rasters(level_map: np.ndarray, levels: int, mode: str) -> List[np.ndar
 
 def rasterize_polygons(polygons, shape, *, cell_um: float) -> np.ndarray:
     """Inverse of :func:`raster_polygons`: which cell centres lie inside the polygons (even-odd
-    rule, scan lines through the cell-centre rows). Keyhole cuts cancel (each is crossed twice)."""
+    rule, scan lines through the cell-centre rows; keyhole cuts cancel, being crossed twice).
+    Vectorised over all edges of all polygons."""
     h, w = shape
-    acc = np.zeros((h, w + 1), dtype=np.int64)
-    yc = (h - 1 - np.arange(h) + 0.5) * cell_um     # centre y of each row
+    a_list, b_list = [], []
     for poly in polygons:
         pts = np.asarray(poly.points if hasattr(poly, "points") else poly, dtype=np.float64)
-        if len(pts) < 3:
-            continue
-        a, b = pts, np.roll(pts, -1, axis=0)
-        dy = b[:, 1] - a[:, 1]
-        keep = dy != 0
-        a, b, dy = a[keep], b[keep], dy[keep]
-        ylo, yhi = np.minimum(a[:, 1], b[:, 1]), np.maximum(a[:, 1], b[:, 1])
-        # rows whose centre y lies in [ylo, yhi): row index r has yc[r] = (h - 0.5 - r)·cell
-        r_hi = np.floor(h - 0.5 - ylo / cell_um + 1e-9).astype(np.int64)   # inclusive, largest row with yc >= ylo
-        r_lo = np.floor(h - 0.5 - yhi / cell_um + 1e-9).astype(np.int64) + 1  # smallest row with yc < yhi
-        r_lo, r_hi = np.clip(r_lo, 0, h), np.clip(r_hi, -1, h - 1)
-        n = np.maximum(r_hi - r_lo + 1, 0)
-        if n.sum() == 0:
-            continue
+        if len(pts) >= 3:
+            a_list.append(pts)
+            b_list.append(np.roll(pts, -1, axis=0))
+    if not a_list:
+        return np.zeros((h, w), dtype=bool)
+    a, b = np.concatenate(a_list), np.concatenate(b_list)
+    dy = b[:, 1] - a[:, 1]
+    keep = dy != 0
+    a, b, dy = a[keep], b[keep], dy[keep]
+    ylo, yhi = np.minimum(a[:, 1], b[:, 1]), np.maximum(a[:, 1], b[:, 1])
+    # row r has its centre at y = (h − 0.5 − r)·cell; an edge covers the rows with centre in [ylo, yhi)
+    r_hi = np.clip(np.floor(h - 0.5 - ylo / cell_um + 1e-9).astype(np.int64), -1, h - 1)
+    r_lo = np.clip(np.floor(h - 0.5 - yhi / cell_um + 1e-9).astype(np.int64) + 1, 0, h)
+    n = np.maximum(r_hi - r_lo + 1, 0)
+    acc = np.zeros((h, w + 1), dtype=np.int64)
+    if n.sum():
         e = np.repeat(np.arange(len(a)), n)
-        rows = np.concatenate([np.arange(lo, lo + k) for lo, k in zip(r_lo[n > 0], n[n > 0])])
-        t = (yc[rows] - a[e, 1]) / dy[e]
-        xcross = a[e, 0] + t * (b[e, 0] - a[e, 0])
+        start = np.repeat(np.cumsum(n) - n, n)
+        rows = r_lo[e] + (np.arange(e.size) - start)
+        yc = (h - 0.5 - rows) * cell_um
+        xcross = a[e, 0] + (yc - a[e, 1]) / dy[e] * (b[e, 0] - a[e, 0])
         col = np.clip(np.ceil(xcross / cell_um - 0.5 - 1e-9).astype(np.int64), 0, w)
         np.add.at(acc, (rows, col), 1)
     return (np.cumsum(acc, axis=1)[:, :w] % 2).astype(bool)
