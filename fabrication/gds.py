@@ -7,7 +7,7 @@ unit is 1 µm and the database unit 1 nm by default (``precision_m``); every coo
 multiple of the cell size, so a cell size that is a multiple of the database unit is exact.
 
 Polygons: each boolean raster (a level, or a binary etch mask) is traced into its boundary
-loops (:func:`trace_loops`, vectorised edge linking, only corners kept), one polygon per
+loops (:func:`trace_loops`: vectorised edge linking and loop ordering, only corners kept), one polygon per
 4-connected component: never one rectangle per pixel. The polygons do not overlap; holes are
 kept as GDSII allows, by a cut line joining each hole to its outer boundary (a "keyhole",
 ``gdstk.boolean(outer, holes, "not")``). Polygons with more vertices than ``max_points`` (8190, the
@@ -68,33 +68,51 @@ def trace_loops(mask: np.ndarray) -> List[np.ndarray]:
     if n == 0:
         return []
     w1 = w + 1
-    table = np.full(((h + 1) * w1, 4), -1, dtype=np.int64)
-    table[sy * w1 + sx, d] = np.arange(n)
+    key = (sy * w1 + sx) * 4 + d                       # (start vertex, direction) → edge, by binary search
+    by_key = np.argsort(key)
+    sorted_key = key[by_key]
     end = (sy + _DY[d]) * w1 + (sx + _DX[d])
-    nxt = table[end, (d + 1) % 4]                      # left turn
+
+    def lookup(k):
+        pos = np.minimum(np.searchsorted(sorted_key, k), n - 1)
+        return np.where(sorted_key[pos] == k, by_key[pos], -1)
+
+    nxt = lookup(end * 4 + (d + 1) % 4)                # left turn
     for turn in (0, 3):                                # straight on, right turn
         miss = nxt < 0
-        nxt[miss] = table[end[miss], (d[miss] + turn) % 4]
+        nxt[miss] = lookup(end[miss] * 4 + (d[miss] + turn) % 4)
     if (nxt < 0).any():  # pragma: no cover - impossible for a closed boundary
         raise FabricationError("internal error: open boundary while tracing a raster")
-    corner_edge = d != d[nxt]  # the edge after e starts a new direction: its start is a corner
-    nl = nxt.tolist()
-    seen = np.zeros(n, dtype=bool)
-    loops = []
-    for s in range(n):
-        if seen[s]:
-            continue
-        cyc = [s]
-        e = nl[s]
-        while e != s:
-            cyc.append(e)
-            e = nl[e]
-        cyc = np.asarray(cyc)
-        seen[cyc] = True
-        nx = nxt[cyc]
-        corners = nx[corner_edge[cyc]]
-        loops.append(np.stack([sx[corners], sy[corners]], axis=1))
-    return loops
+    # order the edges loop by loop without a Python loop: pointer jumping gives every edge its
+    # loop label (the smallest edge index on the loop) and, with each loop cut before its label
+    # edge, its distance to the loop's last edge (list ranking)
+    idx = np.arange(n)
+    label = idx.copy()
+    jump = nxt.copy()
+    steps = 1
+    while steps < n:
+        np.minimum(label, label[jump], out=label)
+        jump = jump[jump]
+        steps *= 2
+        if np.array_equal(label[nxt], label):  # constant on every loop: the loop minimum
+            break
+    succ = nxt.copy()
+    prev = np.empty(n, dtype=np.int64)
+    prev[nxt] = idx
+    tail = prev[idx[label == idx]]            # the edge before each label edge ends its loop
+    succ[tail] = tail
+    dist = (succ != idx).astype(np.int64)
+    for _ in range(int(np.ceil(np.log2(max(n, 2)))) + 1):
+        dist = dist + dist[succ]
+        succ = succ[succ]
+        if np.array_equal(succ, succ[succ]):  # every edge points at its loop's tail
+            break
+    order = np.lexsort((-dist, label))
+    corner = d != d[prev]                     # an edge whose direction differs from its predecessor's starts at a corner
+    order = order[corner[order]]
+    xy = np.stack([sx[order], sy[order]], axis=1)
+    cuts = np.flatnonzero(np.diff(label[order])) + 1
+    return np.split(xy, cuts)
 
 
 def _signed_area(pts: np.ndarray) -> float:
