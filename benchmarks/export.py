@@ -139,8 +139,8 @@ def main(argv=None):
             rows.append(bench_gds(worst, tmp, 1, "i.i.d. random"))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"export benchmark: {W} x {H} design, median of {args.repeats}, 1 thread; peak RSS {peak:.0f} MB")
-    print(f"| configuration | time (s) | floor (s) | ratio | polygons | vertices | file (MB) | naive rects | "
-          f"naive vertices | naive file (MB) |")
+    print("| configuration | time (s) | floor (s) | ratio | polygons | vertices | file (MB) | naive rects | "
+          "naive vertices | naive file (MB) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
 
     def f(v, fmt):

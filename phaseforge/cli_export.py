@@ -12,7 +12,6 @@ Existing outputs are refused without --overwrite; the design file is only read.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 __all__ = ["add_parsers", "run", "export_demo"]
