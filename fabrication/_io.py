@@ -50,3 +50,26 @@ def software_version() -> str:
 def utc_now() -> str:
     import datetime as _dt
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def positive(name: str, value, *, unit: str, lo: float = 0.0, hi: float = float("inf"), hint: str = "") -> float:
+    """A finite number in ``(lo, hi]`` (SI units), else :class:`FabricationError` naming value, range and fix."""
+    import math
+
+    from .errors import FabricationError
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise FabricationError(f"{name} must be a number in {unit}, got {value!r}") from None
+    if not (math.isfinite(v) and lo < v <= hi):
+        raise FabricationError(f"{name} = {value!r} {unit} is outside ({lo:g}, {hi:g}] {unit}{'; ' + hint if hint else ''}")
+    return v
+
+
+def pitch(name: str, value) -> float:
+    return positive(name, value, unit="m", hi=0.1, hint="pitches are in metres (8 µm is 8e-6)")
+
+
+def wavelength(name: str, value) -> float:
+    return positive(name, value, unit="m", lo=1e-9 * (1 - 1e-12), hi=1e-3,
+                    hint="wavelengths are in metres (633 nm is 633e-9)")

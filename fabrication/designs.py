@@ -23,10 +23,10 @@ from typing import Optional
 
 import numpy as np
 
-from optics import _validate
 from optics.design import FORMAT as DESIGN_FORMAT
 from optics.design import read_design
 
+from . import _io as _v
 from .errors import FabricationError
 
 __all__ = ["PhaseDesign", "load_design", "IMAGE_SUFFIXES"]
@@ -52,8 +52,8 @@ class PhaseDesign:
 
     def __post_init__(self):
         self.phase_rad = _check_finite(self.phase_rad, f"design {self.source or '(in memory)'}")
-        self.pixel_pitch_m = _validate.pitch("pixel_pitch_m", self.pixel_pitch_m)
-        self.wavelength_m = _validate.wavelength(self.wavelength_m)
+        self.pixel_pitch_m = _v.pitch("pixel_pitch_m", self.pixel_pitch_m)
+        self.wavelength_m = _v.wavelength("wavelength_m", self.wavelength_m)
 
     @property
     def shape(self):
@@ -100,7 +100,7 @@ def _grid_from_options(pixel_pitch_m, wavelength_m, what: str):
     if missing:
         raise FabricationError(f"{what} carries no grid: give {' and '.join(missing)}; a phase map "
                                f"without its pitch and wavelength cannot be exported")
-    return _validate.pitch("pixel_pitch_m", pixel_pitch_m), _validate.wavelength(wavelength_m)
+    return _v.pitch("pixel_pitch_m", pixel_pitch_m), _v.wavelength("wavelength_m", wavelength_m)
 
 
 def _agree(name: str, given, stored: float, path) -> None:
@@ -157,7 +157,7 @@ def load_design(path, *, index: int = 0, pixel_pitch_m: Optional[float] = None,
         if phase_per_gray_rad is None:
             raise FabricationError(f"{p} is an image: give its phase scale --phase-per-gray-rad (phase = gray × "
                                    f"scale, e.g. {2 * math.pi / 256:.6g} for an 8-bit 2π picture)")
-        k = _validate.positive("phase_per_gray_rad", phase_per_gray_rad, unit="rad")
+        k = _v.positive("phase_per_gray_rad", phase_per_gray_rad, unit="rad")
         g = _read_gray_image(p)
         dx, lam = _grid_from_options(pixel_pitch_m, wavelength_m, str(p))
         ph = _check_finite(g.astype(np.float64) * k, str(p))

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Optional
 
-from optics import _validate
 
+from . import _io as _v
 from .errors import DeviceError
 
 __all__ = ["SLMDevice", "FILE_FORMATS", "load_devices", "get_device", "preset_path", "device_table"]
@@ -75,10 +75,10 @@ def _device(key: str, d, where: str) -> SLMDevice:
     if b > 8 and fmt != "png16":
         raise DeviceError(f"{where}: device {key!r}: a {b}-bit device needs file_format png16")
     try:
-        pitch = _validate.pitch(f"{key}.pixel_pitch_m", float(d["pixel_pitch_m"]))
+        pitch = _v.pitch(f"{key}.pixel_pitch_m", float(d["pixel_pitch_m"]))
         rng = float(d["phase_range_rad"])
         cal = d.get("calibration_wavelength_m")
-        cal = None if cal is None else _validate.wavelength(float(cal))
+        cal = None if cal is None else _v.wavelength(f"{key}.calibration_wavelength_m", float(cal))
     except (TypeError, ValueError) as exc:
         raise DeviceError(f"{where}: device {key!r}: {exc}") from None
     if not (math.isfinite(rng) and rng > 0):
