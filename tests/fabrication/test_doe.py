@@ -200,12 +200,14 @@ def test_verification_passes_then_fails_for_a_corrupted_file(tmp_path):
     results = verify_doe(res.out_dir, d)
     assert [r.kind for r in results] == ["tiff", "gds"] and all(r.passed for r in results)
     assert all(r.phase_rms_rad < 1e-6 and r.mismatched_pixels == 0 for r in results)  # a levelled design
-    # flip one byte of the float heights in the TIFF
+    # flip the least significant byte of one float32 height in the TIFF (a 1e-7 relative change)
     tif = tmp_path / "v" / "height_um.tif"
     with tifffile.TiffFile(tif) as t:
         off = t.pages[0].dataoffsets[0]
+        assert t.byteorder == "<"  # little-endian float32 samples
+    k = int(np.flatnonzero(res.level_map.ravel() > 0)[0])
     data = bytearray(tif.read_bytes())
-    data[off + 4 * 57 + 3] ^= 0x01
+    data[off + 4 * k] ^= 0x01
     tif.write_bytes(bytes(data))
     # and move one polygon of the GDS by one cell: rewrite it with a shifted layer-3 polygon
     lib = gdstk.read_gds(str(tmp_path / "v" / "relief.gds"))
@@ -216,6 +218,7 @@ def test_verification_passes_then_fails_for_a_corrupted_file(tmp_path):
     results = verify_doe(res.out_dir, d)
     assert not any(r.passed for r in results)
     assert all(any("corrupted" in c or "broken" in c for c in r.causes) for r in results)
+    assert results[0].mismatched_pixels == 1
 
 
 def _first_order_efficiency(phase: np.ndarray, period_cells: int, upsample: int = 8) -> float:
