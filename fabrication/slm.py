@@ -143,13 +143,14 @@ def _sample(phase: np.ndarray, yc: np.ndarray, xc: np.ndarray, mode: str) -> np.
     return np.angle(v)
 
 
-def sample_at_design_centres(phase_slm: np.ndarray, ratio: float, design_shape) -> np.ndarray:
-    """Phase of the SLM image at the design pixel centres (bilinear on ``e^{iφ}``): the inverse
-    map used by verification. Exact for an integer ratio (the centre lies inside a constant block)."""
+def sample_at_design_centres(phase_slm: np.ndarray, ratio: float, design_shape, mode: str = "linear") -> np.ndarray:
+    """Phase of the SLM image at the design pixel centres: the inverse map used by verification —
+    the SLM pixel under each centre for ``mode="nearest"``, bilinear on ``e^{iφ}`` otherwise (exact
+    for an integer ratio, where the centre lies inside a constant block)."""
     h, w = design_shape
     yc = (np.arange(h) + 0.5) * ratio - 0.5
     xc = (np.arange(w) + 0.5) * ratio - 0.5
-    return _sample(phase_slm, yc, xc, "linear")
+    return _sample(phase_slm, yc, xc, "nearest" if mode == "nearest" else "linear")
 
 
 def carrier_phase(panel_shape, period_px) -> np.ndarray:
@@ -192,6 +193,7 @@ class PanelMapping:
     lut_wavelength_m: float
     fill_gray: int
     offset: Tuple[int, int]
+    resample: str = "exact"
 
     def phase_on_design_grid(self, gray: np.ndarray, design_shape, *, sign: int, lut_eff=None) -> np.ndarray:
         """Read-back: gray → LUT phase over the design area → minus the carrier → times the sign →
@@ -201,7 +203,7 @@ class PanelMapping:
         area = gray[self.top:self.top + h, self.left:self.left + w]
         disp = lut_eff.gray_to_phase(torch.from_numpy(area.astype(np.int64))).numpy()
         car = carrier_phase(gray.shape, self.period)[self.top:self.top + h, self.left:self.left + w]
-        return sample_at_design_centres(sign * (disp - car), self.ratio, design_shape)
+        return sample_at_design_centres(sign * (disp - car), self.ratio, design_shape, self.resample)
 
 
 def map_to_panel(design: PhaseDesign, dev: SLMDevice, opt: SLMOptions, bit_depth: int) -> PanelMapping:
@@ -236,7 +238,8 @@ def map_to_panel(design: PhaseDesign, dev: SLMDevice, opt: SLMOptions, bit_depth
     fill_gray = int(lut_eff.phase_to_gray(torch.tensor(float(opt.fill_phase_rad), dtype=torch.float64), wrap=True))
     gray = np.full((H, W), fill_gray, dtype=np.uint16)
     gray[top:top + h, left:left + w] = lut_eff.phase_to_gray(torch.from_numpy(disp), wrap=True).numpy()
-    return PanelMapping(gray, top, left, (h, w), ratio, period, lut, lut_eff, lam_lut, fill_gray, (dy, dx))
+    return PanelMapping(gray, top, left, (h, w), ratio, period, lut, lut_eff, lam_lut, fill_gray, (dy, dx),
+                        opt.resample)
 
 
 def export_slm(design: PhaseDesign, device, out, *, options: Optional[SLMOptions] = None,

@@ -225,3 +225,13 @@ def test_verification_names_a_carrier_mismatch_and_aliasing(tmp_path, device_fil
     res.sidecar_path.write_text(json.dumps(side))
     r = verify_slm(res.path, lens_design)
     assert not r.passed and any("carrier aliasing" in c for c in r.causes)
+
+
+def test_non_integer_resampling_is_verified_at_the_design_pixel_centres(tmp_path, device_file, lens_design):
+    d = PhaseDesign(lens_design.phase_rad, 12e-6, 633e-9)  # 1.5 panel pixels per design pixel
+    res = _export(d, tmp_path, device_file, name="n.png", resample="nearest")
+    assert res.sidecar["resampling"]["shape_on_slm_px"] == [36, 48]
+    assert verify_slm(res.path, d).passed  # each design centre falls in a panel pixel that took its value
+    res = _export(d, tmp_path, device_file, name="l.png", resample="linear")
+    r = verify_slm(res.path, d)  # interpolation smooths the phase: beyond the quantisation limit, named
+    assert not r.passed and r.mismatched_pixels == 0 and any(c.startswith("resampling") for c in r.causes)
