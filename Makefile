@@ -40,6 +40,7 @@ bench: setup
 	$(PY) benchmarks/propagation.py
 	$(PY) benchmarks/simulate.py
 	$(PY) benchmarks/solvers.py
+	$(PY) benchmarks/export.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -7,6 +7,7 @@
     phaseforge reconstruct --data DATA.h5 [--solver wf|er|gs|hio|af] --out DIR [--n-iter K] [--n N]
                            [--config CFG] [--set solver.n_iter=…]
     phaseforge config      [--config CFG] [--set …]    (print the resolved configuration)
+    phaseforge export      slm|doe|verify|devices …   (see phaseforge/cli_export.py)
 
 Errors from bad input (the packages' own error types: :class:`optics.errors.OpticsError`,
 :class:`learning.errors.LearningError`, :class:`phaseforge.config.ConfigError`, the fabrication
@@ -72,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print the resolved configuration (YAML)")
     with_config(p)
+
+    from .cli_export import add_parsers as add_export_parsers
+    add_export_parsers(sub)
     return ap
 
 
@@ -141,6 +145,9 @@ def main(argv=None) -> int:
                   f"outputs in {args.out}")
         elif args.command == "config":
             print(dump(load(args.config, args.overrides)), end="")
+        elif args.command == "export":
+            from .cli_export import run as run_export
+            return run_export(args)
     except user_errors() as exc:
         print(f"phaseforge: error: {exc}", file=sys.stderr)
         return 2

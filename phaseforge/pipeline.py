@@ -245,8 +245,10 @@ def demo(out: Path, *, progress: bool = True, config: Optional[Path] = None, ove
     data = simulate(cfg, out / "demo_cdp.h5", overwrite=True, progress=progress)
     rec_dir = out / f"reconstruct_{cfg.solver.name}"
     report = reconstruct(data, rec_dir, solver=cfg.solver.name, progress=progress)
+    from .cli_export import export_demo_from_dataset
+    export = export_demo_from_dataset(out / "export", data)
     return {"showcase": str(out / "showcase_cdp.png"), "dataset": str(data), "baseline": report,
-            "baseline_dir": str(rec_dir)}
+            "baseline_dir": str(rec_dir), "export": export}
 
 
 def _showcase_object(size: int) -> torch.Tensor:
