@@ -33,12 +33,14 @@ demo: setup
 	$(VENV)/bin/phaseforge demo --out $(DEMO_OUT)
 
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) benchmarks/propagation.py
 	$(PY) benchmarks/simulate.py
 	$(PY) benchmarks/solvers.py
+	$(PY) benchmarks/export.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -435,7 +435,7 @@ def _fit_parameters(geometry, gray_patterns, data_e, *, lut_phase_rad, nominal, 
     else:
         cands = [(float(start["distance_m"]), float("nan"), prob.to_q(start), float("nan"))]
     best = None
-    for z, _, q0, q_reg in cands:
+    for _z, _, q0, q_reg in cands:
         q, L = _run(prob, q0, refine_iters)
         if math.isfinite(L) and (best is None or L < best[1]):
             best = (q, L, q_reg)

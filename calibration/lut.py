@@ -216,7 +216,7 @@ def _fit_lut(gray, h, h_std, *, bit_depth, degree, n_starts, seed, grating, top)
         opt = torch.optim.LBFGS([p], lr=1.0, max_iter=200, tolerance_grad=1e-10, tolerance_change=1e-12,
                                 line_search_fn="strong_wolfe")
 
-        def closure():
+        def closure(opt=opt, p=p):
             opt.zero_grad()
             r = y - model(p, B)
             loss = (wt * r * r).sum()

@@ -195,24 +195,29 @@ def make(out: Path, *, seed: int = 0, overwrite: bool = True) -> Path:
     # photon scale: sample frames average sample_mean_e electrons at the sample exposure
     ph_per_unit_s = t["sample_mean_e"] / (t["quantum_efficiency"] * ir_rand.mean() * t["sample_exposure_s"])
     frames, keys, exps, pids = [], [], [], []
+
+    def add(photons, key, exposure_s, pattern_id=""):
+        frames.append(cam.capture(photons, exposure_s))
+        keys.append(key)
+        exps.append(exposure_s)
+        pids.append(pattern_id)
+
+    dark = np.zeros(t["camera_shape"])
     for texp in (0.002, 0.01, 0.02, 0.04):
         for _ in range(2):
-            frames.append(cam.capture(np.zeros(t["camera_shape"]), texp)); keys.append(2); exps.append(texp); pids.append("")
+            add(dark, 2, texp)
     sat_t = t["full_well_e"] / (t["quantum_efficiency"] * ph_per_unit_s * ir_flat.mean())
     for frac in np.concatenate([np.linspace(0.03, 0.9, 9), [1.15]]):
         texp = float(frac * sat_t)
         for _ in range(2):
-            frames.append(cam.capture(ph_per_unit_s * texp * ir_flat, texp)); keys.append(1); exps.append(texp)
-            pids.append("uniform_0")
+            add(ph_per_unit_s * texp * ir_flat, 1, texp, "uniform_0")
     texp = t["sample_exposure_s"]
-    frames.append(cam.capture(np.zeros(t["camera_shape"]), texp)); keys.append(4); exps.append(texp); pids.append("")
+    add(dark, 4, texp)
     for i in range(8):
-        frames.append(cam.capture(ph_per_unit_s * texp * ir_rand[i], texp)); keys.append(0); exps.append(texp)
-        pids.append(f"random_{i:02d}")
+        add(ph_per_unit_s * texp * ir_rand[i], 0, texp, f"random_{i:02d}")
     tg = t["grating_exposure_s"]  # shorter: the grating's bright fringes must stay below saturation
     for g, ir in zip(levels, ir_grat):
-        frames.append(cam.capture(ph_per_unit_s * tg * ir, tg)); keys.append(0); exps.append(tg)
-        pids.append(f"grating_{g:03d}")
+        add(ph_per_unit_s * tg * ir, 0, tg, f"grating_{g:03d}")
     instrument = {"wavelength_m": t["wavelength_m"], "camera_pitch_m": t["camera_pitch_m"],
                   "slm_pitch_m": t["slm_pitch_m"], "distance_m": t["distance_nominal_m"],
                   "magnification": t["magnification_nominal"], "slm_bit_depth": t["slm_bit_depth"]}

@@ -7,6 +7,8 @@ problem (the file, dataset, key or value), what was expected, and the fix.
 Hierarchy::
 
     LearningError(ValueError)
+    ├── SolverError                 bad input to a solver (measurements, operator, options)
+    ├── MetricError                 bad input to a metric (shapes, data range, zero reference)
     ├── ImageSourceError            an image source cannot be read or is malformed
     ├── EncodingError               images cannot be turned into complex objects
     ├── ParamsError                 a parameter tree cannot be stored as HDF5 attributes
@@ -24,6 +26,14 @@ from __future__ import annotations
 
 class LearningError(ValueError):
     """Base class of every error raised by :mod:`learning`."""
+
+
+class SolverError(LearningError):
+    """Bad input to a solver: measurement shape/values, operator, constraints or options."""
+
+
+class MetricError(LearningError):
+    """Bad input to a metric: mismatched shapes, missing data range, zero-norm reference."""
 
 
 class ImageSourceError(LearningError):
@@ -71,7 +81,7 @@ class DatasetIncompleteError(DatasetFormatError):
 
 
 __all__ = [
-    "LearningError", "ImageSourceError", "EncodingError", "ParamsError",
+    "LearningError", "SolverError", "MetricError", "ImageSourceError", "EncodingError", "ParamsError",
     "SimulationOutputError", "DatasetExistsError", "ResumeMismatchError", "ShardError",
     "DatasetFormatError", "DatasetNotFoundError", "DatasetVersionError", "DatasetIncompleteError",
 ]

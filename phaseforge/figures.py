@@ -32,7 +32,7 @@ def cdp_figure(obj, modulation, measurements, system):
                         extent=ext_obj_mm)
     axes[2].set_title("mask 1 phase [rad]")
     fig.colorbar(im, ax=axes[2], fraction=0.046)
-    p_out = system.out_pitch_m if not isinstance(system.out_pitch_m, tuple) else system.out_pitch_m[1]
+    p_out = system.out_pitch_m[1]
     ext_det = np.array([-0.5, 0.5, -0.5, 0.5]) * y.shape[-1] * p_out * 1e3
     for l in range(L):
         ax = axes[3 + l]

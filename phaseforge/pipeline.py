@@ -26,9 +26,7 @@ from .config import Config, dump, from_yaml_text, load
 def _file_params(cfg: Config, system) -> dict:
     """The parameter tree stored in a dataset file (SI values; units from the key suffix)."""
     o = cfg.optics
-    out_pitch = system.out_pitch_m
-    if isinstance(out_pitch, tuple):
-        out_pitch = list(out_pitch)
+    out_pitch = list(system.out_pitch_m)
     params = {
         "optics": {"wavelength_m": o.wavelength_m, "pitch_m": o.pitch_m, "z_m": o.z_m,
                    "method": system.method, "oversampling": o.oversampling,
@@ -97,14 +95,18 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
                 progress: bool = True, config: Optional[Path] = None, overrides=None) -> dict:
     """Run a classical solver on every sample of ``data``; write reconstructions, metrics, figure.
 
-    The configuration is the one stored in the dataset, then ``config`` (YAML) and
-    ``overrides`` on top (e.g. ``solver.n_iter=500``); explicit arguments win over both."""
+    The physics (operator, masks, sensor, object encoding) comes from the dataset file only.
+    ``config`` (YAML) and ``overrides`` may change the solver settings (``solver.*``,
+    ``batch_size``, ``seed``); a change to any physics key is refused, because it would not
+    apply to measurements already simulated. Explicit arguments win over both."""
     from learning.h5io import CDPDataset
     from learning.metrics import evaluate
     from learning.solvers import solve
 
     ds = CDPDataset(data)
-    cfg = load(config, overrides, base=from_yaml_text(ds.attrs.get("config_yaml", "")))
+    stored = from_yaml_text(ds.attrs.get("config_yaml", ""))
+    cfg = load(config, overrides, base=stored)
+    _refuse_physics_changes(stored, cfg, data)
     if solver is None:
         solver = cfg.solver.name
     if n_iter is None:
@@ -113,9 +115,12 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
         tol = cfg.solver.tol
     masks, amp = ds.masks_rad, ds.mask_amplitude
     system = system_from_file_params(ds.params, masks, amp)
-    sensor = sensor_from_config(cfg, system.out_pitch_m)
+    sensor = sensor_from_config(stored)
+    if sensor is not None:
+        sensor.bind(system.out_pitch_m)
     if sensor is not None and sensor.binning > 1:
-        raise ValueError(
+        from .config import ConfigError
+        raise ConfigError(
             f"{data}: the sensor binned {sensor.binning}×{sensor.binning} detector samples per pixel; a "
             f"sum of |field|² over a pixel is not |A x|² of any linear A, so the classical solvers "
             f"cannot model it — simulate with sensor.pitch_m unset (one sample per pixel) to reconstruct")
@@ -133,7 +138,7 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
     kw = {}
     if solver in ("er", "gs", "hio"):
         kw["support"] = support
-        if cfg.data.encoding == "amplitude":  # objects known to be real and non-negative
+        if stored.data.encoding == "amplitude":  # objects known to be real and non-negative
             kw.update(nonnegative=True, real=True)
     for start in tqdm(range(0, count, batch_size), desc=f"reconstruct ({solver})", disable=not progress,
                       unit="batch"):
@@ -152,10 +157,10 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
     x = torch.cat(xs)
     x_hat = torch.cat(xhats)
     # with a photon budget the measurement scale is arbitrary: align a complex scale, not only the phase
-    align_scale = cfg.sensor.enabled and cfg.sensor.mean_photons is not None
+    align_scale = stored.sensor.enabled and stored.sensor.mean_photons is not None
     # PSNR of the phase over the encoded phase range (amplitude objects: the full 2π)
-    lo, hi = cfg.data.phase_range_rad
-    phase_range = 2 * math.pi if cfg.data.encoding == "amplitude" else float(hi - lo)
+    lo, hi = stored.data.phase_range_rad
+    phase_range = 2 * math.pi if stored.data.encoding == "amplitude" else float(hi - lo)
     metrics = evaluate(x_hat, x, amplitude_range=1.0, phase_range_rad=phase_range, align_scale=align_scale)
     report = {"data": str(data), "solver": solver, "n_samples": count, "n_iter": n_iter, "tol": tol,
               "seconds": elapsed, "seconds_per_sample": elapsed / count, "align_scale": align_scale,
@@ -167,6 +172,35 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
     save_figure(reconstruction_figure(x, x_hat, metrics, title=f"{solver} on {Path(data).name}"),
                 out / "reconstructions.png", dpi=110)
     return report
+
+
+#: configuration sections that only steer the reconstruction (everything else is physics)
+RECONSTRUCT_KEYS = ("solver", "batch_size", "seed")
+
+
+def _refuse_physics_changes(stored: Config, cfg: Config, data) -> None:
+    from .config import ConfigError
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                out.update(flat(v, key + "."))
+            else:
+                out[key] = v
+        return out
+
+    a, b = flat(dataclasses.asdict(stored)), flat(dataclasses.asdict(cfg))
+    changed = [k for k in sorted(set(a) | set(b))
+               if k.split(".")[0] not in RECONSTRUCT_KEYS and a.get(k) != b.get(k)]
+    if changed:
+        shown = ", ".join(f"{k} ({a.get(k)!r} → {b.get(k)!r})" for k in changed[:6])
+        raise ConfigError(
+            f"{data}: the configuration changes physics key(s) {shown}{' …' if len(changed) > 6 else ''}; "
+            f"they would not apply — the measurements in the file were simulated with the stored values, "
+            f"which reconstruct always uses. Change only {', '.join(k + ('.*' if k == 'solver' else '') for k in RECONSTRUCT_KEYS)} "
+            f"here, or simulate a new dataset with the physics you want")
 
 
 def _padded_operator(params, masks, amp, system):
@@ -204,16 +238,19 @@ def demo(out: Path, *, progress: bool = True, config: Optional[Path] = None, ove
         y = system(obj[None], generator=torch.Generator().manual_seed(show_cfg.seed))[0]
         mod = system.modulation()
     save_npz(out / "showcase_measurements.npz", object=obj.numpy(), modulation=mod.numpy(),
-             measurements_dn=y.numpy(), detector_pitch_m=np.float64(system.out_pitch_m))
+             measurements_dn=y.numpy(), detector_pitch_m=np.asarray(system.out_pitch_m, dtype=np.float64))
     write_text(out / "showcase_config.yaml", dump(show_cfg))
     save_figure(cdp_figure(obj, mod, y, system), out / "showcase_cdp.png", dpi=110)
     # 2. a small CDP dataset with `phaseforge simulate`, 3. a Wirtinger-flow baseline
     data = simulate(cfg, out / "demo_cdp.h5", overwrite=True, progress=progress)
     rec_dir = out / f"reconstruct_{cfg.solver.name}"
     report = reconstruct(data, rec_dir, solver=cfg.solver.name, progress=progress)
-    from .calibration_jobs import calibration_demo  # 4. calibrate against the committed sample capture
+    from .cli_export import export_demo_from_dataset
+    export = export_demo_from_dataset(out / "export", data)
+    from .calibration_jobs import calibration_demo  # 5. calibrate against the committed sample capture
     return {"showcase": str(out / "showcase_cdp.png"), "dataset": str(data), "baseline": report,
-            "baseline_dir": str(rec_dir), "calibration": calibration_demo(out / "calibration", progress=progress)}
+            "baseline_dir": str(rec_dir), "export": export,
+            "calibration": calibration_demo(out / "calibration", progress=progress)}
 
 
 def _showcase_object(size: int) -> torch.Tensor:
