@@ -138,8 +138,8 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
     for start in tqdm(range(0, count, batch_size), desc=f"reconstruct ({solver})", disable=not progress,
                       unit="batch"):
         items = [ds[i] for i in range(start, min(count, start + batch_size))]
-        y = torch.stack([m for m, _ in items])
-        x = torch.stack([o for _, o in items])
+        x = torch.stack([o for o, _ in items])
+        y = torch.stack([m for _, m in items])
         y = _measurements_to_intensity(sensor, y)
         res = solve(system, y, solver=solver, n_iter=n_iter, tol=tol, generator=cfg.seed, history=False, **kw)
         x_hat = res.x.detach().to(torch.complex64)

@@ -190,12 +190,14 @@ def test_writer_batches_bounded_and_memory_flat(tmp_path):
         assert len(gens) == x.shape[0]
         return simulate(x, gens)
 
+    # one compression thread: each zlib deflate holds a ≈300 kB state while it runs (constant in
+    # N); with two threads the peak would depend on whether two of them happen to overlap
     write(tmp_path / "warmup.h5", n=8, simulate=spy, batch_size=8)  # one-time imports/caches
     peaks = {}
     for n in (50, 200):
         calls.clear()
         tracemalloc.start()
-        write(tmp_path / f"N{n}.h5", n=n, simulate=spy, batch_size=8)
+        write(tmp_path / f"N{n}.h5", n=n, simulate=spy, batch_size=8, threads=1)
         peaks[n] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert max(calls) <= 8 and sum(calls) == n
@@ -310,7 +312,7 @@ def test_cdp_dataset_items_properties_and_splits(reference):
     objs, meas = arrays(reference)
     assert len(ds) == 10 and ds.n_masks == L
     assert ds.object_shape == (H, W) and ds.measurement_shape == (L, H, W)
-    m, o = ds[3]
+    o, m = ds[3]  # (x, y): object first, measurements second
     assert m.dtype == torch.float32 and o.dtype == torch.complex64
     np.testing.assert_array_equal(m.numpy(), meas[3])
     np.testing.assert_array_equal(o.numpy(), objs[3])
@@ -318,11 +320,18 @@ def test_cdp_dataset_items_properties_and_splits(reference):
     assert ds.params == read_params(reference)
     mem = CDPDataset(reference, in_memory=True)
     for i in range(10):
+        torch.testing.assert_close(mem[i][1], ds[i][1], rtol=0, atol=0)
         torch.testing.assert_close(mem[i][0], ds[i][0], rtol=0, atol=0)
     parts = [CDPDataset(reference, split=s).indices for s in ("train", "val", "test")]
     assert sorted(np.concatenate(parts).tolist()) == list(range(10))
     val = CDPDataset(reference, split="val", in_memory=True)
-    np.testing.assert_array_equal(val[0][0].numpy(), meas[val.indices[0]])
+    np.testing.assert_array_equal(val[0][1].numpy(), meas[val.indices[0]])
+    # the sample index: the file row, also through a split and in memory
+    x, y, k = CDPDataset(reference, split="val", return_index=True)[0]
+    assert k == int(val.indices[0]) and isinstance(k, int)
+    np.testing.assert_array_equal(x.numpy(), objs[k])
+    s = val.sample(0)
+    assert s["index"] == k and torch.equal(s["y"], y) and torch.equal(s["x"], x)
     pickle.loads(pickle.dumps(ds))  # after use: the open handle is not pickled
 
 
@@ -330,9 +339,13 @@ def test_dataloader_with_two_workers_reads_same_items(reference):
     ds = CDPDataset(reference)
     _ = ds[0]  # the parent process holds an open handle before the workers start
     loader = DataLoader(ds, batch_size=3, shuffle=False, num_workers=2)
-    ms, os_ = zip(*loader)
+    os_, ms = zip(*loader)
     direct = [ds[i] for i in range(len(ds))]
-    torch.testing.assert_close(torch.cat(ms), torch.stack([d[0] for d in direct]),
+    torch.testing.assert_close(torch.cat(os_), torch.stack([d[0] for d in direct]),
                                rtol=0, atol=0)
-    torch.testing.assert_close(torch.cat(os_), torch.stack([d[1] for d in direct]),
+    torch.testing.assert_close(torch.cat(ms), torch.stack([d[1] for d in direct]),
                                rtol=0, atol=0)
+    # with the index: the default collation stacks it into a tensor of file rows
+    ds_i = CDPDataset(reference, return_index=True, split="train")
+    rows = torch.cat([k for _, _, k in DataLoader(ds_i, batch_size=4, num_workers=0)])
+    assert rows.tolist() == ds_i.indices.tolist()
