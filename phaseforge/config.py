@@ -97,6 +97,7 @@ class DataConfig:
     resize: str = "resize"  # resize | crop | error
     h5_dataset: str = "images"
     npz_key: Optional[str] = None
+    compression: str = "gzip"  # gzip (portable) | lzf | zstd (needs hdf5plugin) | none
 
 
 @dataclass
@@ -141,6 +142,8 @@ class Config:
         _choice("data.encoding", self.data.encoding, ("amplitude", "phase", "complex"))
         _choice("data.split", self.data.split, ("train", "val", "test", "all"))
         _choice("data.resize", self.data.resize, ("resize", "crop", "error"))
+        from learning.h5io.compression import COMPRESSIONS
+        _choice("data.compression", self.data.compression, COMPRESSIONS)
         if self.data.size < 4:
             raise ConfigError(f"data.size must be >= 4 pixels, got {self.data.size}")
         if len(self.data.phase_range_rad) != 2:
