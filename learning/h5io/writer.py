@@ -458,7 +458,16 @@ class CDPWriter:
             return
         used = []
         with src:
-            diffs = self._resume_diffs(src)
+            try:
+                diffs = self._resume_diffs(src)
+            except (OSError, KeyError, RuntimeError, TypeError) as exc:  # metadata torn apart
+                diffs = None
+                log.warning("%s is damaged beyond its header (%s); starting it afresh",
+                            self.tmp, exc)
+            if diffs is None:
+                src.close()
+                self._discard()
+                return
             if diffs:
                 raise self._mismatch(diffs)
             self.object_shape = tuple(src["objects"].shape[1:])
