@@ -5,9 +5,10 @@ as always in HDF5, in each dataset's filter pipeline, so readers need no configu
 
 ``"gzip"`` (default)
     byte shuffle + deflate level 4: every HDF5 reader can decode it. The writer compresses the
-    chunks itself on a thread pool (``zlib`` releases the GIL) and stores them with
-    ``write_direct_chunk`` — the same bytes HDF5's own shuffle + deflate filters would produce
-    and decode, on both cores.
+    chunks itself on a thread pool (the compressor releases the GIL) and stores them with
+    ``write_direct_chunk`` — a zlib stream that HDF5's own shuffle + deflate filters decode,
+    made on both cores. The deflate encoder is ``zlib-ng`` (package ``zlib-ng``, ≈ 1.7× faster
+    than zlib at the same level, same format) when it is installed, else the standard ``zlib``.
 ``"lzf"``
     byte shuffle + LZF (built into h5py; other HDF5 readers need the LZF filter plugin):
     ≈ 5× faster than gzip, ≈ 25 % larger files.
@@ -24,6 +25,11 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
+
+try:  # the same deflate format, ≈ 1.7× faster (optional)
+    from zlib_ng import zlib_ng as _deflate_module
+except ImportError:  # pragma: no cover — exercised where zlib-ng is not installed
+    _deflate_module = zlib
 
 import h5py
 import numpy as np
@@ -74,14 +80,14 @@ def dataset_options(compression: str) -> dict:
 
 def encode_chunk(compression: str, array: np.ndarray) -> bytes | None:
     """The stored bytes of one chunk (``array`` is exactly one chunk, C order) for choices the
-    writer compresses itself ("gzip": HDF5's shuffle filter, then zlib level 4 as HDF5's
-    deflate filter writes it), or None when HDF5 applies the filter itself. Releases the GIL
-    while compressing, so chunks can be encoded on a thread pool."""
+    writer compresses itself ("gzip": HDF5's shuffle filter, then a level-4 zlib stream as
+    HDF5's deflate filter expects it), or None when HDF5 applies the filter itself. Releases the
+    GIL while compressing, so chunks can be encoded on a thread pool."""
     if compression != "gzip":
         return None
     a = np.ascontiguousarray(array)
     shuffled = a.reshape(-1).view(np.uint8).reshape(-1, a.dtype.itemsize).T.tobytes()
-    return zlib.compress(shuffled, COMPRESSION_OPTS)
+    return _deflate_module.compress(shuffled, COMPRESSION_OPTS)
 
 
 def compression_of(f: h5py.File) -> str:

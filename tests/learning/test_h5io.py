@@ -468,3 +468,20 @@ def test_unavailable_filter_names_the_package(tmp_path, monkeypatch):
     assert "'zstd' (id 32015)" in msg and "pip install hdf5plugin" in msg and "D.h5" in msg
     with pytest.raises(LearningError, match="compression 'bz' is not one of gzip, lzf, zstd, none"):
         write(tmp_path / "E.h5", compression="bz")
+
+
+def test_gzip_chunks_decode_with_the_standard_zlib(tmp_path):
+    # the writer's own deflate (zlib-ng when installed) must give streams that plain zlib and
+    # HDF5's filter decode: undo shuffle + deflate by hand and compare with the array
+    import zlib
+
+    from learning.h5io.compression import encode_chunk
+
+    a = (np.arange(2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8) * 1.5).astype(np.float32)
+    raw = zlib.decompress(encode_chunk("gzip", a))
+    back = np.frombuffer(raw, np.uint8).reshape(4, -1).T.copy().view(np.float32).reshape(a.shape)
+    np.testing.assert_array_equal(back, a)
+    c = (a[0] + 1j * a[1]).astype(np.complex64)
+    raw = zlib.decompress(encode_chunk("gzip", c))
+    back = np.frombuffer(raw, np.uint8).reshape(8, -1).T.copy().view(np.complex64).reshape(c.shape)
+    np.testing.assert_array_equal(back, c)
