@@ -143,7 +143,8 @@ class CDPWriter:
     resume : continue ``<file>.tmp`` left by an interrupted run (after checking it was written
         with the same seed, sizes, masks, params, config, compression and software version — else
         :class:`ResumeMismatchError` listing what differs); salvages a hard-killed file. Without
-        a ``.tmp`` it starts afresh.
+        a ``.tmp`` it starts afresh — or, when the final file exists, is complete and was written
+        with the same inputs (the run was killed just after renaming it), does nothing.
     overwrite : replace an existing final file (the old one stays until the new one is
         complete) and discard a stale ``.tmp``. Without it an existing final file raises
         :class:`DatasetExistsError`, and so does a stale ``.tmp`` when ``resume`` is False.
@@ -201,10 +202,6 @@ class CDPWriter:
             raise OutputFolderError(
                 f"the output folder {folder} does not exist; create it (mkdir -p {folder}) or "
                 f"choose an output path in an existing folder")
-        if self.final.exists() and not overwrite:
-            raise DatasetExistsError(
-                f"{self.final} already exists; pass overwrite=True (--overwrite) to replace it, "
-                f"or choose another output path")
         self.masks = _mask_array(masks_rad, "masks_rad")
         self.mask_amp = None
         if mask_amplitude is not None:
@@ -233,6 +230,16 @@ class CDPWriter:
         if objects is not None:
             self.object_shape = tuple(object_at(objects, self.start, None).shape)
 
+        self._finished = False
+        if self.final.exists() and not overwrite:
+            if resume and not self.tmp.exists() and self._finished_matches(objects):
+                # the interrupted run had renamed the finished file already: nothing left to do
+                self._finished = True
+                self.k = self.n
+                return
+            raise DatasetExistsError(
+                f"{self.final} already exists; pass overwrite=True (--overwrite) to replace it, "
+                f"or choose another output path")
         if self._salvage_path.exists():
             self._salvage_path.unlink()
         if self.tmp.exists():
@@ -412,6 +419,25 @@ class CDPWriter:
                                       f"(the image source, split, encoding or their seed "
                                       f"changed)"])
 
+    def _finished_matches(self, objects) -> bool:
+        """True when the final file exists, is complete and was written with these inputs."""
+        try:
+            f = h5py.File(self.final, "r")
+        except OSError:
+            return False
+        with f:
+            try:
+                if self._resume_diffs(f) or not bool(py_value(f.attrs.get("complete", False))):
+                    return False
+                if py_value(f.attrs["n_written"]) != self.n:
+                    return False
+                self._check_objects(f, objects, self.n)
+            except (ResumeMismatchError, OSError, KeyError):
+                return False
+            self.object_shape = tuple(f["objects"].shape[1:])
+            self.measurement_shape = tuple(f["measurements"].shape[1:])
+        return True
+
     def _open_checked(self, objects) -> None:
         f = h5py.File(self.tmp, "r+")
         try:
@@ -575,7 +601,8 @@ class CDPWriter:
     def close(self) -> Path:
         """Close the file. Complete (all samples written): mark it complete and rename it to
         the final name; return that. Else leave the resumable ``.tmp`` and return its path."""
-        if self._closed:
+        if self._closed or self._finished:
+            self._closed = True
             return self.final if self.final.exists() and not self.tmp.exists() else self.tmp
         self._closed = True
         try:

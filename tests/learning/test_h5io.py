@@ -485,3 +485,15 @@ def test_gzip_chunks_decode_with_the_standard_zlib(tmp_path):
     raw = zlib.decompress(encode_chunk("gzip", c))
     back = np.frombuffer(raw, np.uint8).reshape(8, -1).T.copy().view(np.complex64).reshape(c.shape)
     np.testing.assert_array_equal(back, c)
+
+
+def test_resume_after_the_rename_finds_the_finished_file(tmp_path):
+    # killed between the rename and exiting: --resume reports the finished file, simulating
+    # nothing, when it was written with the same inputs; otherwise the file is protected
+    p = write(tmp_path / "DATA.h5", n=5)
+    before = os.path.getmtime(p)
+    calls = []
+    assert write(p, n=5, resume=True, simulate=lambda x, g: calls.append(1) or simulate(x, g)) == p
+    assert calls == [] and os.path.getmtime(p) == before
+    with pytest.raises(DatasetExistsError, match="already exists"):
+        write(p, n=5, resume=True, seed=6)
