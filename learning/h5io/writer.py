@@ -153,6 +153,9 @@ class CDPWriter:
     durable : ``fsync`` the file and the journal after every batch (survives power loss, not
         only a killed process).
     threads : threads that compress chunks ("gzip") and compute checksums.
+    write_behind : write each batch on a background thread while the caller produces the next
+        one (HDF5 releases the GIL, and lzf/zstd compress inside HDF5); False writes in
+        ``append`` itself. The file is the same either way.
 
     Use: ``with CDPWriter(...) as w: for …: w.append(x, y)`` then ``path = w.close()`` (the final
     path when all samples are written, else the ``.tmp``). ``w.next_index`` is the global index of
@@ -164,7 +167,7 @@ class CDPWriter:
                  measurement_units: str = "DN", compression: str = DEFAULT_COMPRESSION,
                  resume: bool = False, overwrite: bool = False,
                  shard: tuple[int, int] | None = None, objects: Sequence | None = None,
-                 durable: bool = True, threads: int = 2):
+                 durable: bool = True, threads: int = 2, write_behind: bool = True):
         path = Path(path)
         n_total = check_int(n_samples, "n_samples", 1)
         self.seed = check_int(seed, "seed", 0)
@@ -220,7 +223,11 @@ class CDPWriter:
         self.durable = bool(durable)
         self.object_shape: tuple | None = None
         self.measurement_shape: tuple | None = None
-        self.k = 0
+        self.k = 0  # samples written and journaled
+        self._appended = 0  # samples accepted by append (≥ k while a batch is in flight)
+        self.write_behind = bool(write_behind)
+        self._io: ThreadPoolExecutor | None = None
+        self._inflight = None
         self._f: h5py.File | None = None
         self._jf = None
         self._pool: ThreadPoolExecutor | None = None
@@ -235,7 +242,7 @@ class CDPWriter:
             if resume and not self.tmp.exists() and self._finished_matches(objects):
                 # the interrupted run had renamed the finished file already: nothing left to do
                 self._finished = True
-                self.k = self.n
+                self.k = self._appended = self.n
                 return
             raise DatasetExistsError(
                 f"{self.final} already exists; pass overwrite=True (--overwrite) to replace it, "
@@ -257,17 +264,19 @@ class CDPWriter:
     # -- public state ---------------------------------------------------------------------------
     @property
     def n_written(self) -> int:
-        """Samples in this file so far."""
+        """Samples written to this file and journaled so far (a batch being written in the
+        background is not counted yet)."""
         return self.k
 
     @property
     def next_index(self) -> int:
         """Global index of the next sample to append."""
-        return self.start + self.k
+        return self.start + self._appended
 
     @property
     def done(self) -> bool:
-        return self.k >= self.n
+        """All samples appended (``close`` then completes the file)."""
+        return self._appended >= self.n
 
     # -- test hook ------------------------------------------------------------------------------
     @staticmethod
@@ -449,7 +458,7 @@ class CDPWriter:
         except BaseException:
             f.close()
             raise
-        self._f, self.k = f, k
+        self._f, self.k, self._appended = f, k, k
         self.object_shape = tuple(f["objects"].shape[1:])
         self.measurement_shape = tuple(f["measurements"].shape[1:])
 
@@ -536,9 +545,10 @@ class CDPWriter:
             raise LearningError(f"objects batch has dtype {x.dtype} and shape {tuple(x.shape)}; "
                                 f"expected a complex (B, H, W) batch")
         b = x.shape[0]
-        if b < 1 or self.k + b > self.n:
-            raise LearningError(f"appending {b} samples to a file holding {self.k} of {self.n}; "
-                                f"append at most {self.n - self.k} more (and at least 1)")
+        if b < 1 or self._appended + b > self.n:
+            raise LearningError(f"appending {b} samples to a file holding {self._appended} of "
+                                f"{self.n}; append at most {self.n - self._appended} more (and at "
+                                f"least 1)")
         if self.object_shape is not None and tuple(x.shape[1:]) != tuple(self.object_shape):
             raise LearningError(f"objects of shape {tuple(x.shape[1:])} appended to a file of "
                                 f"objects {self.object_shape}")
@@ -558,11 +568,17 @@ class CDPWriter:
         if not np.isfinite(x.view(np.float32)).all() or not np.isfinite(y).all():
             raise LearningError(f"samples {self.next_index}..{self.next_index + b - 1} contain "
                                 f"NaN or inf")
+        if self.write_behind:  # the caller may reuse its buffers while the batch is written
+            return np.array(x, order="C", copy=True), np.array(y, order="C", copy=True)
         return np.ascontiguousarray(x), np.ascontiguousarray(y)
 
     def append(self, objects, measurements) -> None:
         """Append a batch: complex ``(B, H, W)`` objects and real ``(B, L, Mh, Mw)``
-        measurements (stored complex64 / float32) as samples ``next_index …``."""
+        measurements (stored complex64 / float32) as samples ``next_index …``.
+
+        With ``write_behind`` the batch is checked here, then compressed and written on a
+        background thread while the caller produces the next batch (at most one batch in
+        flight; an error of that write is raised by the next ``append`` or by ``close``)."""
         if self._closed:
             raise LearningError(f"{self.final}: the writer is closed; create a new one (with "
                                 f"resume=True) to continue")
@@ -575,7 +591,26 @@ class CDPWriter:
             self._f = self._create(self.tmp)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.threads)
-        pool, k = self._pool, self.k
+        self._wait()
+        k = self._appended
+        self._appended = k + b
+        if self.write_behind:
+            if self._io is None:
+                self._io = ThreadPoolExecutor(max_workers=1)
+            self._inflight = self._io.submit(self._commit, k, x, y)
+        else:
+            self._commit(k, x, y)
+
+    def _wait(self) -> None:
+        """Wait for the batch being written in the background (re-raising its error)."""
+        if self._inflight is not None:
+            job, self._inflight = self._inflight, None
+            job.result()
+
+    def _commit(self, k: int, x: np.ndarray, y: np.ndarray) -> None:
+        """Compress and write samples ``k…`` of this file, flush, then journal them."""
+        b = x.shape[0]
+        pool = self._pool
         crc_x, crc_y = pool.submit(_crc, x), pool.submit(_crc, y)
         for name, arr in (("objects", x), ("measurements", y)):
             d = self._f[name]
@@ -605,13 +640,20 @@ class CDPWriter:
             self._closed = True
             return self.final if self.final.exists() and not self.tmp.exists() else self.tmp
         self._closed = True
+        error = None
         try:
+            try:
+                self._wait()
+            except BaseException as exc:  # noqa: BLE001 — re-raised below, after a clean close
+                error = exc
             if self._f is None:
                 return self.tmp
-            if self.k < self.n:
+            if self.k < self.n or error is not None:
                 self._f.close()
                 self._f = None
                 self._log({"closed": self.k})
+                if error is not None:
+                    raise error
                 return self.tmp
             self._f.attrs["complete"] = np.bool_(True)
             self._event("complete")
@@ -630,6 +672,9 @@ class CDPWriter:
             if self._jf is not None:
                 self._jf.close()
                 self._jf = None
+            if self._io is not None:
+                self._io.shutdown()
+                self._io = None
             if self._pool is not None:
                 self._pool.shutdown()
                 self._pool = None
