@@ -11,9 +11,10 @@ shot + read noise, 12-bit ADC), in CDPs (one object × one mask) per second:
 * ``phaseforge simulate`` end to end into HDF5 for each ``data.compression`` — images, encoding,
   simulation, compression, checksums, ``fsync`` per batch; marginal cost per CDP (the one-time
   set-up — imports, loading the sample images — cancels between a run of n and one of 3n
-  samples; best of two), with the file size per CDP.
+  samples, alternated, best of three), with the file size per CDP.
 
-The ratio is throughput ÷ floor (the target is ≥ 0.7). "CPU ms/CDP" is the process's CPU time
+The ratio is throughput ÷ floor (the target is ≥ 0.7), with the floor measured again just before
+and after each row (their mean). "CPU ms/CDP" is the process's CPU time
 (all threads) per CDP — less sensitive than wall time to other jobs on a shared machine; on an
 idle 2-core machine the wall time is about half of it when both cores are kept busy. Memory: peak RSS of a fresh process
 writing N = 1,000 and N = 10,000 samples (32² objects, L = 1) — it must be flat in N.
@@ -68,33 +69,36 @@ def _cpu_time(fn, reps: int) -> float:
     return (_cpu() - c0) / reps
 
 
-def floor_and_memory(L: int, size: int = 128, batch: int = 16, reps: int = 5) -> dict:
+def floor_and_memory(L: int, size: int = 128, batch: int = 16, reps: int = 5, memory: bool = True) -> dict:
     """Seconds per CDP of the floor (fft2 + exact Poisson) and of the in-memory simulator."""
     cfg = load(None, [f"data.size={size}", f"masks.n_masks={L}", f"batch_size={batch}", *NOISE])
     system = system_from_config(cfg)
-    sim = make_simulator(system)
     g = torch.Generator().manual_seed(0)
     x = torch.polar(torch.ones(batch, size, size), torch.rand(batch, size, size, generator=g) * 3.14)
-    gens = lambda: [torch.Generator().manual_seed(i) for i in range(batch)]  # noqa: E731
-    t_mem = _median_time(lambda: sim(x, gens()), reps) / (batch * L)
-    sim.close()
+    out = {}
+    if memory:
+        sim = make_simulator(system)
+        gens = lambda: [torch.Generator().manual_seed(i) for i in range(batch)]  # noqa: E731
+        out["memory"] = _median_time(lambda: sim(x, gens()), reps) / (batch * L)
+        sim.close()
     with torch.no_grad():
         mu = system.sensor.mean_electrons(system.intensity(x))
     u = torch.randn(batch, L, *system.out_shape, dtype=torch.complex64)
     t_fft = _median_time(lambda: torch.fft.fft2(u), reps) / (batch * L)
     t_poisson = _median_time(lambda: torch.poisson(mu, generator=g), reps) / (batch * L)
     c_floor = _cpu_time(lambda: (torch.fft.fft2(u), torch.poisson(mu, generator=g)), reps) / (batch * L)
-    return {"fft": t_fft, "poisson": t_poisson, "floor": t_fft + t_poisson, "memory": t_mem, "cpu_floor": c_floor}
+    out.update(fft=t_fft, poisson=t_poisson, floor=t_fft + t_poisson, cpu_floor=c_floor)
+    return out
 
 
-def end_to_end(L: int, compression: str, n: int, size: int = 128, batch: int = 16, reps: int = 2) -> dict:
-    """Marginal seconds per CDP of ``simulate`` into HDF5 (best of ``reps``), and bytes per CDP of
-    the file."""
+def end_to_end(L: int, compression: str, n: int, size: int = 128, batch: int = 16, reps: int = 3) -> dict:
+    """Marginal seconds per CDP of ``simulate`` into HDF5 (runs of n and 3n samples, alternated,
+    best of ``reps`` each), and bytes per CDP of the file."""
     times, sizes, cpus = {}, {}, {}
-    for count in (n, 3 * n):
-        c = load(None, [f"data.size={size}", f"data.n={count}", f"masks.n_masks={L}", f"batch_size={batch}",
-                        f"data.compression={compression}", *NOISE])
-        for _ in range(reps):
+    cfgs = {count: load(None, [f"data.size={size}", f"data.n={count}", f"masks.n_masks={L}", f"batch_size={batch}",
+                               f"data.compression={compression}", *NOISE]) for count in (n, 3 * n)}
+    for _ in range(reps):
+        for count, c in cfgs.items():
             with tempfile.TemporaryDirectory() as d:
                 t0, c0 = time.perf_counter(), _cpu()
                 simulate(c, Path(d) / "b.h5", progress=False)
@@ -150,8 +154,12 @@ def main(argv=None):
         print(f"| {L} | system + sensor (memory) | {1 / f['memory']:.0f} | {floor:.0f} | {f['floor'] / f['memory']:.2f} "
               f"| | |")
         for comp in args.compression:
-            r = end_to_end(L, comp, n=(32 if args.quick else 64) // L * 2, reps=1 if args.quick else 2)
-            print(f"| {L} | simulate → HDF5, {comp} | {1 / r['t']:.0f} | {floor:.0f} | {f['floor'] / r['t']:.2f} | "
+            # the floor again right before and after the row (the load of a shared machine drifts)
+            t_floor = [floor_and_memory(L, memory=False)["floor"]]
+            r = end_to_end(L, comp, n=(32 if args.quick else 64) // L * 2, reps=1 if args.quick else 3)
+            t_floor.append(floor_and_memory(L, memory=False)["floor"])
+            t_floor = sum(t_floor) / 2
+            print(f"| {L} | simulate → HDF5, {comp} | {1 / r['t']:.0f} | {1 / t_floor:.0f} | {t_floor / r['t']:.2f} | "
                   f"{1e3 * r['cpu']:.2f} | {r['bytes']:.0f} |")
     if not args.skip_memory:
         print("\nwriter memory (fresh process each; 32² objects, L = 1, 64² detector)")
