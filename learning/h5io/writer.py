@@ -17,8 +17,9 @@ with N). Beside it, an append-only journal ``<name>.tmp.journal`` (JSON lines) r
 
 When all samples are in, ``complete`` is set to True, the file is closed, the journal removed and
 the file renamed to its final name (:func:`optics.fileio.replace_durably`), so a file at the
-final name is always complete and the ``.tmp`` never says ``complete`` while it is reachable by
-a reader of the final name.
+final name is always complete. With ``write_behind`` (the default) each batch is compressed and
+written on a background thread while the caller produces the next one; the journal still records
+it only once it is in the file.
 
 Resume after an interruption (``resume=True``):
 
@@ -27,9 +28,10 @@ Resume after an interruption (``resume=True``):
 * a ``.tmp`` left by a hard kill (SIGKILL, out-of-memory kill, power loss: the journal has no
   ``closed`` record) may hold half-written HDF5 metadata. It is **salvaged**: the batches the
   journal commits are read back, checked against their CRC-32 and copied chunk by chunk (no
-  recompression) into a fresh file, which replaces the ``.tmp``; samples after the first batch
-  that fails are simulated again. A ``.tmp`` too damaged to open is started afresh (its content
-  is determined by the inputs, so nothing but time is lost).
+  recompression) into a fresh file, which replaces the ``.tmp``; the caller produces the samples
+  from the first batch that fails on again (``next_index`` starts there). A ``.tmp`` too damaged
+  to open is started afresh (its content is determined by the inputs, so nothing but time is
+  lost).
 
 The files use ``libver="earliest"`` (see :data:`learning.h5io.format.LIBVER`): HDF5 ≥ 1.10's
 file-consistency flags would otherwise make the library refuse to open a hard-killed file.
