@@ -421,18 +421,21 @@ def test_tmp_without_journal_resumes_as_before(tmp_path, reference):
 
 
 # ---------------------------------------------------------------- writer API, compression
-def test_writer_appends_batches_and_checks_them(tmp_path, reference):
+@pytest.mark.parametrize("write_behind", [True, False])
+def test_writer_appends_batches_and_checks_them(tmp_path, reference, write_behind):
     objs, meas = arrays(reference)
     with pytest.raises(OutputFolderError, match=r"output folder .*nowhere does not exist.*mkdir -p"):
         CDPWriter(tmp_path / "nowhere" / "D.h5", n_samples=10, masks_rad=MASKS, params=PARAMS,
                   software_version="0.1.0", seed=5)
     w = CDPWriter(tmp_path / "D.h5", n_samples=10, masks_rad=MASKS, params=PARAMS,
-                  config_yaml=CONFIG, software_version="0.1.0", seed=5)
+                  config_yaml=CONFIG, software_version="0.1.0", seed=5, write_behind=write_behind)
     with w:
         for k0 in (0, 3, 7):
             k1 = {0: 3, 3: 7, 7: 10}[k0]
             assert w.next_index == k0
-            w.append(torch.from_numpy(objs[k0:k1]), torch.from_numpy(meas[k0:k1]))
+            y = torch.from_numpy(meas[k0:k1].copy())
+            w.append(torch.from_numpy(objs[k0:k1]), y)
+            y.fill_(-1.0)  # the caller reuses its buffer while the batch may still be written
             if k0 == 0:
                 with pytest.raises(LearningError, match=r"expected real \(B=1, L=2"):
                     w.append(objs[3:4], meas[3:4, :1])
