@@ -537,7 +537,9 @@ class CDPWriter:
         replace_durably(self._salvage_path, self.tmp, fsync=self.durable)
         write_text(self.journal, "".join(json.dumps(r) + "\n" for r in used)
                    + json.dumps({"closed": k}) + "\n")
-        log.info("salvaged %d of %d samples of %s after a hard interruption", k, self.n, self.tmp)
+        log.warning("%s was left by a hard interruption: %d of its %d samples recovered "
+                    "(checksums verified); continuing from sample %d", self.tmp, k, self.n,
+                    self.start + k)
 
     # -- appending ------------------------------------------------------------------------------
     def _check_batch(self, objects, measurements):
