@@ -14,6 +14,7 @@ Hierarchy::
     ├── ParamsError                 a parameter tree cannot be stored as HDF5 attributes
     ├── SimulationOutputError       the ``simulate`` callable returned the wrong shape/values
     ├── DatasetExistsError          output exists and overwrite was not asked (also FileExistsError)
+    ├── OutputFolderError           the output file's folder does not exist (also FileNotFoundError)
     ├── ResumeMismatchError         an interrupted ``.tmp`` file does not match the new request
     ├── ShardError                  sharding arguments or shard files are inconsistent
     └── DatasetFormatError          a CDP dataset file is not what the format promises
@@ -56,6 +57,10 @@ class DatasetExistsError(LearningError, FileExistsError):
     """The output file exists and overwriting was not requested."""
 
 
+class OutputFolderError(LearningError, FileNotFoundError):
+    """The folder an output file should be written to does not exist."""
+
+
 class ResumeMismatchError(LearningError):
     """An interrupted ``.tmp`` file cannot be resumed because it was written with other inputs."""
 
@@ -82,6 +87,6 @@ class DatasetIncompleteError(DatasetFormatError):
 
 __all__ = [
     "LearningError", "SolverError", "MetricError", "ImageSourceError", "EncodingError", "ParamsError",
-    "SimulationOutputError", "DatasetExistsError", "ResumeMismatchError", "ShardError",
+    "SimulationOutputError", "DatasetExistsError", "OutputFolderError", "ResumeMismatchError", "ShardError",
     "DatasetFormatError", "DatasetNotFoundError", "DatasetVersionError", "DatasetIncompleteError",
 ]

@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="simulate a CDP dataset into HDF5")
     with_config(p)
     p.add_argument("--out", type=Path, required=True, help="output file DATA.h5")
-    p.add_argument("--resume", action="store_true", help="continue DATA.h5.tmp left by an interrupted run")
+    p.add_argument("--resume", action="store_true", help="continue DATA.h5.tmp left by an interrupted run (also one killed hard)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DATA.h5")
     p.add_argument("--shard", type=str, default=None, metavar="I/N",
                    help="write shard I of N (automatic under torchrun: RANK/WORLD_SIZE)")

@@ -106,6 +106,7 @@ class DataConfig:
     resize: str = "resize"  # resize | crop | error
     h5_dataset: str = "images"
     npz_key: Optional[str] = None
+    compression: str = "gzip"  # gzip (portable) | lzf | zstd (needs hdf5plugin) | none
 
 
 @dataclass
@@ -151,6 +152,8 @@ class Config:
         _choice("data.encoding", self.data.encoding, ENCODINGS)
         _choice("data.split", self.data.split, SPLITS)
         _choice("data.resize", self.data.resize, RESIZE_MODES)
+        from learning.h5io.compression import COMPRESSIONS
+        _choice("data.compression", self.data.compression, COMPRESSIONS)
         if self.data.size < 4:
             raise ConfigError(f"data.size must be >= 4 pixels, got {self.data.size}")
         if len(self.data.phase_range_rad) != 2:

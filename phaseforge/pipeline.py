@@ -18,8 +18,7 @@ from optics.fileio import save_figure, save_npz, write_json, write_text
 from optics.grid import crop_centered, pad_centered
 
 from . import __version__
-from .build import (effective_masks, objects_from_config, sensor_from_config, system_from_config,
-                    system_from_file_params)
+from .build import effective_masks, objects_from_config, system_from_config, system_from_file_params
 from .config import Config, dump, from_yaml_text, load
 
 
@@ -44,40 +43,91 @@ def _file_params(cfg: Config, system) -> dict:
     return params
 
 
-def make_simulator(system):
-    """``simulate(x, generators)`` for :func:`learning.h5io.write_cdp_dataset`: noiseless
-    intensities for the batch, then each sample's sensor noise from its own generator."""
-    sensor = system.sensor
+class NoisySimulator:
+    """``simulate(x, generators)``: noiseless intensities of the batch ``system.intensity(x)``,
+    then each sample's exact sensor draw :meth:`optics.sensor.Sensor.sample` from its own
+    generator, the samples spread over a pool of ``threads`` threads (``torch.poisson`` releases
+    the GIL, and each draw holds only its own generator, so the result is the same as one
+    sample after the other, bit for bit)."""
 
-    def simulate(x: torch.Tensor, generators):
+    def __init__(self, system, *, threads: Optional[int] = None):
+        self.system = system
+        self.sensor = system.sensor
+        self.threads = max(1, int(threads if threads is not None else torch.get_num_threads()))
+        self._pool = None
+
+    def __call__(self, x: torch.Tensor, generators) -> torch.Tensor:
         with torch.no_grad():
-            inten = system.intensity(x.to(torch.complex64))
-            if sensor is None:
+            inten = self.system.intensity(x.to(torch.complex64))
+            if self.sensor is None:
                 return inten.float()
-            return torch.stack([sensor.sample(inten[b], generator=g) for b, g in enumerate(generators)]).float()
+            draw = lambda b: self.sensor.sample(inten[b], generator=generators[b])  # noqa: E731
+            if self.threads == 1 or len(generators) == 1:
+                ys = [draw(b) for b in range(len(generators))]
+            else:
+                if self._pool is None:
+                    from concurrent.futures import ThreadPoolExecutor
+                    self._pool = ThreadPoolExecutor(max_workers=self.threads)
+                ys = list(self._pool.map(draw, range(len(generators))))
+            return torch.stack(ys).float()
 
-    return simulate
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+
+def make_simulator(system, *, threads: Optional[int] = None) -> NoisySimulator:
+    """``simulate(x, generators)`` for :func:`learning.h5io.write_cdp_dataset` and
+    :func:`simulate`: noiseless intensities for the batch, then each sample's sensor noise from
+    its own generator (:class:`NoisySimulator`)."""
+    return NoisySimulator(system, threads=threads)
 
 
 def simulate(cfg: Config, out: Path, *, resume: bool = False, overwrite: bool = False,
              shard: Optional[Tuple[int, int]] = None, progress: bool = True,
              max_batches: Optional[int] = None) -> Path:
-    """Simulate ``cfg.data`` through the configured CDP system into the HDF5 file ``out``."""
-    from learning.h5io import shard_from_env, write_cdp_dataset
+    """Simulate ``cfg.data`` through the configured CDP system into the HDF5 file ``out``.
+
+    The loop: objects of a batch → noiseless intensities → each sample's exact sensor draw from
+    its own generator ``learning.h5io.sample_generator(seed, i)`` → appended to a
+    :class:`learning.h5io.CDPWriter` (compression ``data.compression``), so the file does not
+    depend on the batch size, the threads, sharding or where an interrupted run (even a killed
+    one) was resumed."""
+    from tqdm.auto import tqdm
+
+    from learning.h5io import CDPWriter, sample_generator, shard_from_env
+    from learning.h5io.writer import check_int, object_at
 
     out = Path(out)
+    if max_batches is not None:
+        max_batches = check_int(max_batches, "max_batches", 1)
     system = system_from_config(cfg)
     objects = objects_from_config(cfg)
     if shard is None:
         shard = shard_from_env()
     masks_rad, mask_amp = effective_masks(system)
-    path = write_cdp_dataset(
-        out, objects=objects, simulate=make_simulator(system), masks_rad=masks_rad,
-        mask_amplitude=mask_amp, params=_file_params(cfg, system), config_yaml=dump(cfg),
-        software_version=__version__, seed=cfg.seed,
-        measurement_units="DN" if system.sensor is not None else "arb",
-        batch_size=cfg.batch_size, resume=resume, overwrite=overwrite, shard=shard,
-        progress=progress, max_batches=max_batches)
+    writer = CDPWriter(
+        out, n_samples=len(objects), masks_rad=masks_rad, mask_amplitude=mask_amp,
+        params=_file_params(cfg, system), config_yaml=dump(cfg), software_version=__version__,
+        seed=cfg.seed, measurement_units="DN" if system.sensor is not None else "arb",
+        compression=cfg.data.compression, resume=resume, overwrite=overwrite, shard=shard,
+        objects=objects)
+    sim = make_simulator(system)
+    try:
+        with writer, tqdm(total=writer.n, initial=writer.n_written, disable=not progress,
+                          desc=writer.final.name, unit="sample", dynamic_ncols=True) as bar:
+            batches = 0
+            while not writer.done and (max_batches is None or batches < max_batches):
+                idx = range(writer.next_index, min(writer.next_index + cfg.batch_size, writer.stop))
+                x = torch.stack([object_at(objects, j, writer.object_shape) for j in idx])
+                y = sim(x, [sample_generator(cfg.seed, j) for j in idx])
+                writer.append(x, y)
+                batches += 1
+                bar.update(len(idx))
+            path = writer.close()
+    finally:
+        sim.close()
     if Path(path).suffix != ".tmp":
         write_text(Path(path).with_name(Path(path).name + ".config.yaml"), dump(cfg))
     return Path(path)
@@ -99,7 +149,7 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
     ``config`` (YAML) and ``overrides`` may change the solver settings (``solver.*``,
     ``batch_size``, ``seed``); a change to any physics key is refused, because it would not
     apply to measurements already simulated. Explicit arguments win over both."""
-    from learning.h5io import CDPDataset
+    from learning.h5io import CDPDataset, physics_from_file
     from learning.metrics import evaluate
     from learning.solvers import solve
 
@@ -114,10 +164,7 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
     if tol is None:
         tol = cfg.solver.tol
     masks, amp = ds.masks_rad, ds.mask_amplitude
-    system = system_from_file_params(ds.params, masks, amp)
-    sensor = sensor_from_config(stored)
-    if sensor is not None:
-        sensor.bind(system.out_pitch_m)
+    system, sensor = physics_from_file(data)  # the physics comes from the file alone
     if sensor is not None and sensor.binning > 1:
         from .config import ConfigError
         raise ConfigError(
@@ -143,8 +190,8 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
     for start in tqdm(range(0, count, batch_size), desc=f"reconstruct ({solver})", disable=not progress,
                       unit="batch"):
         items = [ds[i] for i in range(start, min(count, start + batch_size))]
-        y = torch.stack([m for m, _ in items])
-        x = torch.stack([o for _, o in items])
+        x = torch.stack([o for o, _ in items])
+        y = torch.stack([m for _, m in items])
         y = _measurements_to_intensity(sensor, y)
         res = solve(system, y, solver=solver, n_iter=n_iter, tol=tol, generator=cfg.seed, history=False, **kw)
         x_hat = res.x.detach().to(torch.complex64)
