@@ -21,7 +21,7 @@ def cdp_figure(obj, modulation, measurements, system):
     L = y.shape[0]
     ncol = 3 + L
     fig, axes = plt.subplots(1, ncol, figsize=(2.6 * ncol, 2.9))
-    ext_obj_mm = np.array([-0.5, 0.5, -0.5, 0.5]) * obj.shape[-1] * system.pitch_m * 1e3
+    ext_obj_mm = np.array([-0.5, 0.5, -0.5, 0.5]) * obj.shape[-1] * float(system.pitch_m) * 1e3
     im = axes[0].imshow(np.abs(obj), cmap="gray", extent=ext_obj_mm)
     axes[0].set_title("object |x|")
     fig.colorbar(im, ax=axes[0], fraction=0.046)
