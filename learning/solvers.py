@@ -275,8 +275,9 @@ def _setup(op, y, norm_sq) -> _Problem:
 
 
 def _abs2(z: Tensor) -> Tensor:
-    """``|z|²`` in one pass over the interleaved real/imaginary data."""
-    return torch.view_as_real(z).square().sum(-1)
+    """``|z|²`` as ``re·re + im·im`` (two passes, measured cheaper than ``abs()²`` or a
+    reduction over the interleaved real/imaginary axis)."""
+    return torch.addcmul(z.real * z.real, z.imag, z.imag)
 
 
 def _times_real(z: Tensor, r: Tensor) -> Tensor:
@@ -610,8 +611,8 @@ def wirtinger_flow(op, y: Tensor, *, n_iter: int = 1000, x0: Optional[Tensor] = 
         y_ = prob.y
 
         def loss_grad_terms(z):
-            r = _abs2(z) - y_
-            return r, r.square().sum(dim=(-3, -2, -1))
+            r = _abs2(z).sub_(y_)  # in place on a fresh tensor (addcmul keeps no output for backward)
+            return r, torch.linalg.vector_norm(r, dim=(-3, -2, -1)).square()
 
         B, BH = prob.B, prob.BH
         z = B(x)
@@ -750,7 +751,8 @@ def _fourier_setup(op, y, norm_sq, x_true, support, generator, x0, init, spectra
     def p_m(x):
         """Measurement projection ``A⁺(√y ⊙ sgn(A x))``; also returns ``B x`` (``|B x| = |A x|``)."""
         z = prob.B(x)
-        return pinv(sy_c * torch.sgn(z), x), z
+        u = torch.sgn(z).mul_(sy_c) if not torch.is_grad_enabled() else sy_c * torch.sgn(z)
+        return pinv(u, x), z
 
     def random_init():
         u = sy.to(prob.cdtype) * _rand_phase(prob.batch + prob.meas_shape, gen, prob.cdtype,

@@ -303,8 +303,15 @@ class CDPOperator(LinearOperator):
         x = self._check_x(x, finite)
         f = self._factors(x.dtype, x.device)
         if f["kind"] == "ft":
-            u = x.unsqueeze(-3) * (f["mod_c"] if phase_free else f["mod"])
-            U = torch.fft.fft2(self._pad_end(u, self.out_shape))
+            mod = f["mod_c"] if phase_free else f["mod"]
+            if self.out_shape != self.in_shape and not (torch.is_grad_enabled() and (x.requires_grad or mod.requires_grad)):
+                # no autograd: multiply straight into the persistent zero-padded buffer (one pass)
+                buf = self._pad_buffer(x.shape[:-2] + (self.n_masks,) + tuple(self.out_shape), self.in_shape, mod.dtype,
+                                       x.device)
+                torch.mul(x.unsqueeze(-3), mod, out=buf[..., : self.in_shape[0], : self.in_shape[1]])
+                U = torch.fft.fft2(buf)
+            else:
+                U = torch.fft.fft2(self._pad_end(x.unsqueeze(-3) * mod, self.out_shape))
             if phase_free:
                 return U
             out = f["out"]
@@ -356,13 +363,19 @@ class CDPOperator(LinearOperator):
             return u
         if torch.is_grad_enabled() and u.requires_grad:
             return _pad_end(u, shape)
-        full = u.shape[:-2] + shape
-        key = (full, (h, w), u.dtype, str(u.device))  # the window too: other windows leave other data
+        buf = self._pad_buffer(u.shape[:-2] + shape, (h, w), u.dtype, u.device)
+        buf[..., :h, :w] = u
+        return buf
+
+    def _pad_buffer(self, full, window, dtype, device) -> torch.Tensor:
+        """The persistent zero buffer of shape ``full`` whose ``window`` corner is rewritten on
+        every use (keyed by the window too: another window would leave other data behind).
+        Not for concurrent use of one operator from several threads."""
+        key = (tuple(full), tuple(window), dtype, str(device))
         buf = self._pad_buffers.get(key)
         if buf is None:
-            buf = u.new_zeros(full)
+            buf = torch.zeros(full, dtype=dtype, device=device)
             self._pad_buffers = {key: buf, **{k: v for k, v in list(self._pad_buffers.items())[:3]}}
-        buf[..., :h, :w] = u
         return buf
 
     def normal_is_diagonal(self) -> Optional[bool]:
