@@ -33,13 +33,18 @@ demo: setup
 	$(VENV)/bin/phaseforge demo --out $(DEMO_OUT)
 
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) benchmarks/propagation.py
 	$(PY) benchmarks/simulate.py
 	$(PY) benchmarks/solvers.py
+<<<<<<< HEAD
 	$(PY) benchmarks/training.py
+=======
+	$(PY) benchmarks/export.py
+>>>>>>> main
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -7,11 +7,14 @@ problem (the file, dataset, key or value), what was expected, and the fix.
 Hierarchy::
 
     LearningError(ValueError)
+    ├── SolverError                 bad input to a solver (measurements, operator, options)
+    ├── MetricError                 bad input to a metric (shapes, data range, zero reference)
     ├── ImageSourceError            an image source cannot be read or is malformed
     ├── EncodingError               images cannot be turned into complex objects
     ├── ParamsError                 a parameter tree cannot be stored as HDF5 attributes
     ├── SimulationOutputError       the ``simulate`` callable returned the wrong shape/values
     ├── DatasetExistsError          output exists and overwrite was not asked (also FileExistsError)
+    ├── OutputFolderError           the output file's folder does not exist (also FileNotFoundError)
     ├── ResumeMismatchError         an interrupted ``.tmp`` file does not match the new request
     ├── ShardError                  sharding arguments or shard files are inconsistent
     └── DatasetFormatError          a CDP dataset file is not what the format promises
@@ -24,6 +27,14 @@ from __future__ import annotations
 
 class LearningError(ValueError):
     """Base class of every error raised by :mod:`learning`."""
+
+
+class SolverError(LearningError):
+    """Bad input to a solver: measurement shape/values, operator, constraints or options."""
+
+
+class MetricError(LearningError):
+    """Bad input to a metric: mismatched shapes, missing data range, zero-norm reference."""
 
 
 class ImageSourceError(LearningError):
@@ -44,6 +55,10 @@ class SimulationOutputError(LearningError):
 
 class DatasetExistsError(LearningError, FileExistsError):
     """The output file exists and overwriting was not requested."""
+
+
+class OutputFolderError(LearningError, FileNotFoundError):
+    """The folder an output file should be written to does not exist."""
 
 
 class ResumeMismatchError(LearningError):
@@ -71,7 +86,7 @@ class DatasetIncompleteError(DatasetFormatError):
 
 
 __all__ = [
-    "LearningError", "ImageSourceError", "EncodingError", "ParamsError",
-    "SimulationOutputError", "DatasetExistsError", "ResumeMismatchError", "ShardError",
+    "LearningError", "SolverError", "MetricError", "ImageSourceError", "EncodingError", "ParamsError",
+    "SimulationOutputError", "DatasetExistsError", "OutputFolderError", "ResumeMismatchError", "ShardError",
     "DatasetFormatError", "DatasetNotFoundError", "DatasetVersionError", "DatasetIncompleteError",
 ]

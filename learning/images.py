@@ -84,7 +84,8 @@ EMBEDDED_IMAGE_NAMES = (
     "brick", "grass", "gravel", "horse", "clock", "immunohistochemistry", "hubble_deep_field",
     "retina", "cell", "shepp_logan_phantom",
 )
-_RESIZE_MODES = ("resize", "crop", "error")
+RESIZE_MODES = ("resize", "crop", "error")
+_RESIZE_MODES = RESIZE_MODES
 _LUMA = np.array([0.2125, 0.7154, 0.0721], dtype=np.float64)
 _IDX_IMAGES_MAGIC = 0x00000803
 

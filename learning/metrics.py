@@ -34,6 +34,8 @@ from typing import Dict, Iterable, Union
 import numpy as np
 import torch
 
+from .errors import MetricError
+
 __all__ = [
     "MetricError", "PSNR_CAP_DB", "align_global_phase", "relative_error", "psnr",
     "psnr_amplitude", "psnr_phase", "ssim_amplitude", "ssim_phase", "success", "summarize",
@@ -44,10 +46,6 @@ __all__ = [
 PSNR_CAP_DB = 200.0
 
 ArrayLike = Union[torch.Tensor, np.ndarray, Iterable[float]]
-
-
-class MetricError(ValueError):
-    """Bad input to a metric: mismatched shapes, missing data range, zero-norm reference."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,14 +118,6 @@ def _check_range(name: str, data_range) -> float:
     return r
 
 
-def _wrap(phi: torch.Tensor) -> torch.Tensor:
-    """Wrap to (−π, π]."""
-    return torch.atan2(torch.sin(phi), torch.cos(phi))
-
-
-# --------------------------------------------------------------------------------------------
-# alignment and errors
-# --------------------------------------------------------------------------------------------
 def align_global_phase(x_hat, x, *, align_scale: bool = False) -> torch.Tensor:
     """Remove the global-phase ambiguity of ``x_hat`` relative to the reference ``x``.
 

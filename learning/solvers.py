@@ -60,6 +60,10 @@ from typing import Callable, Dict, Optional, Protocol, Tuple, Union, runtime_che
 
 import torch
 
+from optics.operator import PINV_MODES, OperatorError, PseudoInverse
+from optics.operator import estimate_norm_sq as _estimate_norm_sq
+
+from .errors import SolverError
 from .metrics import relative_error
 
 __all__ = [
@@ -72,10 +76,6 @@ Tensor = torch.Tensor
 GeneratorLike = Union[torch.Generator, int, None]
 
 _NORM_SEED = 20150402  # fixed seed of the internal probes (scale estimate, pinv check)
-
-
-class SolverError(ValueError):
-    """Bad input to a solver: measurement shape/values, operator, constraints or options."""
 
 
 @runtime_checkable
@@ -164,6 +164,8 @@ class _Problem:
     s: float
     sqrt_y: Tensor
     y_sum: Tensor  # (..., 1, 1, 1)
+    B: Callable = None   # the operator's magnitude pair (A = D·B, D unit-modulus diagonal):
+    BH: Callable = None  # |Bx| = |Ax| and Bᴴ(w ⊙ Bx) = Aᴴ(w ⊙ Ax) for real w — all the solvers need
 
 
 def _check_y(op, y) -> Tuple[Tensor, Tuple[int, int], Tuple[int, int, int]]:
@@ -236,29 +238,29 @@ def _safe_sqrt(y: Tensor) -> Tensor:
 
 def estimate_norm_sq(op, in_shape, *, dtype=torch.complex64, device=None, n_probes: int = 4
                      ) -> float:
-    """Hutchinson estimate of ``s = tr(AᴴA)/n``, the mean eigenvalue of ``AᴴA``.
+    """``s = tr(AᴴA)/n`` (:func:`optics.operator.estimate_norm_sq`, re-raised as a
+    :class:`SolverError`)."""
+    try:
+        return _estimate_norm_sq(op, in_shape, dtype=dtype, device=device, n_probes=n_probes)
+    except OperatorError as exc:
+        raise SolverError(str(exc)) from exc
 
-    ``s ≈ (1/(K n)) Σ_k ‖A z_k‖²`` with unit-modulus random-phase probes ``z_k`` (fixed seed):
-    unbiased for any ``A`` (``E[z zᴴ] = I``) and exact for diagonal ``AᴴA`` (masks + Fraunhofer
-    or FFT propagation), since then ``zᴴ D z = Σ D_ii |z_i|² = tr D``. No gradient.
-    """
-    h, w = int(in_shape[0]), int(in_shape[1])
-    gen = torch.Generator().manual_seed(_NORM_SEED)
-    with torch.no_grad():
-        z = _rand_phase((n_probes, h, w), gen, dtype, device)
-        az = op.A(z)
-        s = float((az.real ** 2 + az.imag ** 2).sum()) / (n_probes * h * w)
-    if not (s > 0 and math.isfinite(s)):
-        raise SolverError(f"the operator's mean squared norm tr(AᴴA)/n = {s!r} is not a positive "
-                          f"finite number; check the masks and propagation parameters")
-    return s
+
+def _pair(op):
+    mp = getattr(op, "magnitude_pair", None)
+    return mp() if callable(mp) else (op.A, op.A_adjoint)
+
+
+class _Probe:
+    def __init__(self, pair):
+        self.A, self.A_adjoint = pair
 
 
 def _setup(op, y, norm_sq) -> _Problem:
     y, in_shape, meas = _check_y(op, y)
     cdtype = _cdtype(y)
     if norm_sq is None:
-        s = estimate_norm_sq(op, in_shape, dtype=cdtype, device=y.device)
+        s = estimate_norm_sq(_Probe(_pair(op)), in_shape, dtype=cdtype, device=y.device)
     else:
         s = float(norm_sq)
         if not (s > 0 and math.isfinite(s)):
@@ -266,9 +268,21 @@ def _setup(op, y, norm_sq) -> _Problem:
                               f"{norm_sq!r}; leave it None to estimate it")
     m = meas[0] * meas[1] * meas[2]
     n = in_shape[0] * in_shape[1]
+    B, BH = _pair(op)
     return _Problem(op=op, y=y, batch=tuple(y.shape[:-3]), in_shape=in_shape, meas_shape=meas,
                     cdtype=cdtype, m=m, n=n, s=s, sqrt_y=_safe_sqrt(y),
-                    y_sum=y.sum(dim=(-3, -2, -1), keepdim=True))
+                    y_sum=y.sum(dim=(-3, -2, -1), keepdim=True), B=B, BH=BH)
+
+
+def _abs2(z: Tensor) -> Tensor:
+    """``|z|²`` as ``re·re + im·im`` (two passes, measured cheaper than ``abs()²`` or a
+    reduction over the interleaved real/imaginary axis)."""
+    return torch.addcmul(z.real * z.real, z.imag, z.imag)
+
+
+def _times_real(z: Tensor, r: Tensor) -> Tensor:
+    """``z ⊙ r`` for a real ``r`` without promoting ``r`` to complex (one pass)."""
+    return torch.view_as_complex(torch.view_as_real(z) * r.unsqueeze(-1))
 
 
 def _image_norm2(x: Tensor) -> Tensor:
@@ -359,13 +373,13 @@ def _negative_shift(prob: _Problem, apply, n_iter: int = 20) -> Tensor:
 
 
 def _spectral(prob: _Problem, method: str, n_iter: int, gen, alpha_y: float) -> Tensor:
-    op = prob.op
     w = _spectral_weights(prob, method, alpha_y)
     w_c = w.to(prob.cdtype)
+    B, BH = prob.B, prob.BH
 
     def apply(v):
-        # Ỹ v = (1/m) Ãᴴ diag(w) Ã v = (1/s) Aᴴ (w ⊙ A v)
-        return op.A_adjoint(w_c * op.A(v)) / prob.s
+        # Ỹ v = (1/m) Ãᴴ diag(w) Ã v = (1/s) Aᴴ (w ⊙ A v)  (= Bᴴ(w ⊙ B v): w is real)
+        return BH(w_c * B(v)) / prob.s
 
     shift = _negative_shift(prob, apply) if method == "optimal" else None
     v = _randn_complex(prob.batch + prob.in_shape, gen, prob.cdtype, prob.y.device)
@@ -451,7 +465,7 @@ def _run(prob: _Problem, step: Step, x: Tensor, *, name: str, n_iter: int, tol, 
         frozen = out[3] if len(out) > 3 else None
         if need_res:
             if z is None:
-                z = prob.op.A(est)
+                z = prob.B(est)
             r = _residual(prob, z).detach()
             if history:
                 res_hist.append(r)
@@ -476,7 +490,7 @@ def _run(prob: _Problem, step: Step, x: Tensor, *, name: str, n_iter: int, tol, 
         if converged:
             break
     x_out = finalize(x) if finalize is not None else x
-    z = prob.op.A(x_out)
+    z = prob.B(x_out)
     r = _residual(prob, z).detach()
     hist: Dict[str, Tensor] = {}
     if history:
@@ -492,8 +506,16 @@ def _run(prob: _Problem, step: Step, x: Tensor, *, name: str, n_iter: int, tol, 
                         solver=name)
 
 
-def _grad_context(differentiable: bool):
-    return contextlib.nullcontext() if differentiable else torch.no_grad()
+def _grad_context(differentiable: bool, op=None):
+    """No autograd unless ``differentiable``; and the operator's modulation and kernels
+    evaluated once for the whole call (``op.frozen()``, where the operator offers it)."""
+    stack = contextlib.ExitStack()
+    if not differentiable:
+        stack.enter_context(torch.no_grad())
+    frozen = getattr(op, "frozen", None)
+    if callable(frozen):
+        stack.enter_context(frozen())
+    return stack
 
 
 def _default_residual_tol(prob: _Problem, residual_tol):
@@ -576,7 +598,7 @@ def wirtinger_flow(op, y: Tensor, *, n_iter: int = 1000, x0: Optional[Tensor] = 
     _check_options(n_iter=n_iter, mu_max=mu_max, tau0=tau0, tol=tol, n_power_iter=n_power_iter)
     if not tau0 > 0:
         raise SolverError(f"tau0 must be positive, got {tau0!r}")
-    with _grad_context(differentiable):
+    with _grad_context(differentiable, op):
         prob = _setup(op, y, norm_sq)
         x_true = _x_true(prob, x_true)
         gen = _generator(generator)
@@ -589,32 +611,40 @@ def wirtinger_flow(op, y: Tensor, *, n_iter: int = 1000, x0: Optional[Tensor] = 
         y_ = prob.y
 
         def loss_grad_terms(z):
-            r = z.real ** 2 + z.imag ** 2 - y_
-            return r, (r * r).sum(dim=(-3, -2, -1))
+            r = _abs2(z).sub_(y_)  # in place on a fresh tensor (addcmul keeps no output for backward)
+            return r, torch.linalg.vector_norm(r, dim=(-3, -2, -1)).square()
 
-        z = op.A(x)
+        B, BH = prob.B, prob.BH
+        z = B(x)
         r, f = loss_grad_terms(z)
-        st = {"z": z, "f": f, "g": op.A_adjoint(r.to(z.dtype) * z),
+        st = {"z": z, "f": f, "g": BH(_times_real(z, r)),
               "eta": torch.ones_like(f), "rej": torch.zeros_like(f, dtype=torch.bool)}
 
         def step(x, t):
             z, f, g, eta, frozen = st["z"], st["f"], st["g"], st["eta"], st["rej"]
             mu = min(1.0 - math.exp(-(t + 1) / tau0), mu_max)
             x_new = x - (mu * scale * eta[..., None, None]).to(x.dtype) * g
-            z_new = op.A(x_new)
+            z_new = B(x_new)
             r_new, f_new = loss_grad_terms(z_new)
+            if safeguard and not differentiable and bool((f_new <= f).all()):
+                # every sample accepted (the usual case): no masking passes over the data
+                st["g"] = BH(_times_real(z_new, r_new))
+                st["z"], st["f"] = z_new, f_new
+                st["eta"] = torch.clamp(eta * 1.25, max=1.0)
+                st["rej"] = torch.zeros_like(frozen)
+                return x_new, z, x, frozen
             if safeguard:
                 acc = f_new <= f  # False for NaN/inf
                 acc3 = acc[..., None, None, None]
-                rz = torch.where(acc3, r_new.to(z_new.dtype) * z_new, torch.zeros_like(z_new))
-                g_new = torch.where(acc[..., None, None], op.A_adjoint(rz), g)
+                rz = torch.where(acc3, _times_real(z_new, r_new), torch.zeros_like(z_new))
+                g_new = torch.where(acc[..., None, None], BH(rz), g)
                 st["z"] = torch.where(acc3, z_new, z)
                 st["f"] = torch.where(acc, f_new, f)
                 st["eta"] = torch.where(acc, torch.clamp(eta * 1.25, max=1.0), eta * 0.5)
                 x_new = torch.where(acc[..., None, None], x_new, x)
                 st["rej"] = ~acc
             else:
-                g_new = op.A_adjoint(r_new.to(z_new.dtype) * z_new)
+                g_new = BH(_times_real(z_new, r_new))
                 st["z"], st["f"] = z_new, f_new
             st["g"] = g_new
             return x_new, z, x, frozen
@@ -655,21 +685,23 @@ def amplitude_flow(op, y: Tensor, *, n_iter: int = 1000, x0: Optional[Tensor] = 
     _check_options(n_iter=n_iter, mu=mu, gamma=gamma, tol=tol, n_power_iter=n_power_iter)
     if weighting not in AF_WEIGHTINGS:
         raise SolverError(f"unknown weighting {weighting!r}; choose one of {AF_WEIGHTINGS}")
-    with _grad_context(differentiable):
+    with _grad_context(differentiable, op):
         prob = _setup(op, y, norm_sq)
         x_true = _x_true(prob, x_true)
         gen = _generator(generator)
         x = _init(prob, x0, init, spectral_method, n_power_iter, gen, alpha_y)
         step_size = mu / prob.s
         sy = prob.sqrt_y
+        sy_c = sy.to(prob.cdtype)
+        B, BH = prob.B, prob.BH
 
         def step(x, t):
-            z = op.A(x)
-            resid = z - sy.to(z.dtype) * torch.sgn(z)
+            z = B(x)
+            resid = torch.addcmul(z, torch.sgn(z), sy_c, value=-1)  # z − √y ⊙ sgn(z), one pass
             if weighting == "truncated":
                 keep = z.abs() >= sy / (1.0 + gamma)
                 resid = torch.where(keep, resid, torch.zeros_like(resid))
-            return x - step_size * op.A_adjoint(resid), z, x
+            return x - step_size * BH(resid), z, x
 
         return _run(prob, step, x, name="amplitude_flow", n_iter=n_iter, tol=tol,
                     residual_tol=_default_residual_tol(prob, residual_tol), history=history,
@@ -679,78 +711,18 @@ def amplitude_flow(op, y: Tensor, *, n_iter: int = 1000, x0: Optional[Tensor] = 
 # --------------------------------------------------------------------------------------------
 # projections: pseudo-inverse and object constraints
 # --------------------------------------------------------------------------------------------
-PINV_MODES = ("auto", "diagonal", "cg")
-
-
-class _PInv:
-    r"""Least-squares pseudo-inverse ``A⁺ = (AᴴA)⁻¹Aᴴ`` of the stacked operator.
-
-    For unit-modulus (or any) masks and propagation with ``PᴴP = c·I`` on the (zero-padded)
-    support — Fraunhofer and FFT propagation — ``AᴴA = c Σ_l diag(|M_l|²)`` is diagonal; its
-    diagonal is ``D = Re Aᴴ A 1``. That assumption is verified once, ``‖AᴴA e − D e‖ ≤
-    tol·‖AᴴA e‖`` for a random ``e``; when it fails (``pinv="auto"``) ``A⁺u`` is computed by
-    ``cg_iter`` conjugate-gradient steps on ``AᴴA v = Aᴴu`` warm-started at the previous
-    estimate. Pixels with ``D ≤ 1e-6·max D`` (unilluminated) are mapped to 0.
-    """
-
-    def __init__(self, prob: _Problem, mode: str, cg_iter: int, check_tol: float):
-        if mode not in PINV_MODES:
-            raise SolverError(f"unknown pinv mode {mode!r}; choose one of {PINV_MODES}")
-        op = prob.op
-        self.op, self.cg_iter = op, cg_iter
-        ones = torch.ones(prob.in_shape, dtype=prob.cdtype, device=prob.y.device)
-        diag_ok = False
-        if mode in ("auto", "diagonal"):
-            d = op.A_adjoint(op.A(ones)).real
-            with torch.no_grad():
-                gen = torch.Generator().manual_seed(_NORM_SEED + 2)
-                e = _randn_complex(prob.in_shape, gen, prob.cdtype, prob.y.device)
-                lhs = op.A_adjoint(op.A(e))
-                err = float(_image_norm2(lhs - d.detach().to(e.dtype) * e).sqrt()
-                            / _image_norm2(lhs).sqrt())
-            diag_ok = err <= check_tol
-            if mode == "diagonal" and not diag_ok:
-                raise SolverError(
-                    f"AᴴA is not diagonal for this operator (relative deviation {err:.2e} > "
-                    f"{check_tol:.1e}): propagation is not unitary up to scale on the padded "
-                    f"support; use pinv='cg' (or 'auto')")
-        self.diagonal = diag_ok
-        if diag_ok:
-            dmax = d.detach().max()
-            ok = d > 1e-6 * dmax
-            self.dinv = torch.where(ok, 1.0 / torch.where(ok, d, torch.ones_like(d)),
-                                    torch.zeros_like(d)).to(prob.cdtype)
-        else:
-            self.dinv = None
-
-    def __call__(self, u: Tensor, warm: Tensor) -> Tensor:
-        b = self.op.A_adjoint(u)
-        if self.diagonal:
-            return self.dinv * b
-        return _cg(lambda v: self.op.A_adjoint(self.op.A(v)), b, warm, self.cg_iter)
-
-
-def _cg(normal: Callable[[Tensor], Tensor], b: Tensor, x: Tensor, n_iter: int) -> Tensor:
-    """Batched conjugate gradient for the Hermitian PSD system ``N x = b`` (no in-place ops)."""
-    def dot(a, c):
-        return (a.conj() * c).sum(dim=(-2, -1), keepdim=True).real
-
-    r = b - normal(x)
-    p = r
-    rs = dot(r, r)
-    for _ in range(n_iter):
-        q = normal(p)
-        den = dot(p, q)
-        alpha = torch.where(den > 0, rs / torch.where(den > 0, den, torch.ones_like(den)),
-                            torch.zeros_like(den))
-        x = x + alpha.to(x.dtype) * p
-        r = r - alpha.to(r.dtype) * q
-        rs_new = dot(r, r)
-        beta = torch.where(rs > 0, rs_new / torch.where(rs > 0, rs, torch.ones_like(rs)),
-                           torch.zeros_like(rs))
-        p = r + beta.to(r.dtype) * p
-        rs = rs_new
-    return x
+def _pinv(prob: _Problem, mode: str, cg_iter: int, check_tol: float) -> PseudoInverse:
+    """The operator's least-squares pseudo-inverse (:class:`optics.operator.PseudoInverse`) on
+    its magnitude pair, so that ``A⁺(√y ⊙ sgn(A x)) = B⁺(√y ⊙ sgn(B x))``."""
+    if mode not in PINV_MODES:
+        raise SolverError(f"unknown pinv mode {mode!r}; choose one of {PINV_MODES}")
+    if mode == "auto" and getattr(prob.op, "normal_is_diagonal", lambda: None)() is False:
+        mode = "cg"
+    try:
+        return PseudoInverse(prob.op, prob.in_shape, dtype=prob.cdtype, device=prob.y.device, mode=mode,
+                             cg_iter=cg_iter, check_tol=check_tol, pair=(prob.B, prob.BH))
+    except OperatorError as exc:
+        raise SolverError(str(exc)) from exc
 
 
 def _project_object(x: Tensor, support: Optional[Tensor], nonnegative: bool, real: bool) -> Tensor:
@@ -772,13 +744,15 @@ def _fourier_setup(op, y, norm_sq, x_true, support, generator, x0, init, spectra
     x_true = _x_true(prob, x_true)
     support = _prepare_constraint(prob, support)
     gen = _generator(generator)
-    pinv = _PInv(prob, pinv_mode, cg_iter, check_tol)
+    pinv = _pinv(prob, pinv_mode, cg_iter, check_tol)
     sy = prob.sqrt_y
+    sy_c = sy.to(prob.cdtype)
 
     def p_m(x):
-        """Measurement projection ``A⁺(√y ⊙ sgn(A x))``; also returns ``A x``."""
-        z = prob.op.A(x)
-        return pinv(sy.to(z.dtype) * torch.sgn(z), x), z
+        """Measurement projection ``A⁺(√y ⊙ sgn(A x))``; also returns ``B x`` (``|B x| = |A x|``)."""
+        z = prob.B(x)
+        u = torch.sgn(z).mul_(sy_c) if not torch.is_grad_enabled() else sy_c * torch.sgn(z)
+        return pinv(u, x), z
 
     def random_init():
         u = sy.to(prob.cdtype) * _rand_phase(prob.batch + prob.meas_shape, gen, prob.cdtype,
@@ -808,7 +782,7 @@ def error_reduction(op, y: Tensor, *, n_iter: int = 500, x0: Optional[Tensor] = 
         ``x_{k+1} = P_C(A⁺(√y ⊙ sgn(A x_k)))``
 
     ``sgn(z) = z/|z|`` (0 at 0), ``A⁺ = (AᴴA)⁻¹Aᴴ`` the least-squares pseudo-inverse of the
-    stacked operator (see :class:`_PInv`: the diagonal of ``AᴴA`` when it is diagonal — checked
+    stacked operator (see :class:`optics.operator.PseudoInverse`: the diagonal of ``AᴴA`` when it is diagonal — checked
     at start — else ``cg_iter`` CG steps), and ``P_C`` the object-domain projection onto
     ``support`` (bool ``(..., H, W)``), ``real`` and/or ``nonnegative`` (which implies real).
     With no object constraint this is Gerchberg–Saxton's alternating projection between the
@@ -822,7 +796,7 @@ def error_reduction(op, y: Tensor, *, n_iter: int = 500, x0: Optional[Tensor] = 
     as in :func:`wirtinger_flow`.
     """
     _check_options(n_iter=n_iter, tol=tol, cg_iter=cg_iter, n_power_iter=n_power_iter)
-    with _grad_context(differentiable):
+    with _grad_context(differentiable, op):
         prob, x_true, sup, p_m, x = _fourier_setup(
             op, y, norm_sq, x_true, support, generator, x0, init, spectral_method, n_power_iter,
             alpha_y, pinv, cg_iter, pinv_check_tol, nonnegative, real)
@@ -883,7 +857,7 @@ def hio(op, y: Tensor, *, n_iter: int = 500, beta: float = 0.9, x0: Optional[Ten
     and the support as ``support`` (the classic Fienup set-up).
     """
     _check_options(n_iter=n_iter, beta=beta, tol=tol, cg_iter=cg_iter, n_power_iter=n_power_iter)
-    with _grad_context(differentiable):
+    with _grad_context(differentiable, op):
         prob, x_true, sup, p_m, x = _fourier_setup(
             op, y, norm_sq, x_true, support, generator, x0, init, spectral_method, n_power_iter,
             alpha_y, pinv, cg_iter, pinv_check_tol, nonnegative, real)
@@ -915,6 +889,8 @@ def hio(op, y: Tensor, *, n_iter: int = 500, beta: float = 0.9, x0: Optional[Ten
 # --------------------------------------------------------------------------------------------
 # dispatcher
 # --------------------------------------------------------------------------------------------
+#: the short solver names (config ``solver.name`` and ``reconstruct --solver`` take these)
+SOLVER_NAMES = ("wf", "er", "gs", "hio", "af")
 SOLVERS = {
     "wf": wirtinger_flow, "wirtinger_flow": wirtinger_flow,
     "af": amplitude_flow, "amplitude_flow": amplitude_flow,

@@ -86,8 +86,8 @@ class CodedPhysics(nn.Module):
                               "chosen explicitly by CodedPhysics.measure)")
         if sensor is not None and getattr(sensor, "binning", 1) != 1:
             raise SystemError(
-                f"the sensor bins {sensor.binning}×{sensor.binning} detector samples per pixel; the "
-                f"unrolled solver needs |A x|² per detector sample — leave sensor.pitch_m unset")
+                f"the sensor has a camera pitch (binning {getattr(sensor, 'binning', None)}); the unrolled "
+                f"solver needs |A x|² per detector sample — leave sensor.pitch_m unset")
         self.system = system
         self.sensor = sensor
 

@@ -16,23 +16,32 @@ Conventions
   far-field spot sits at ``x' = +λ z f_x``. ``tests/optics/test_propagation.py`` checks this.
 * **Functional core, thin modules**: pure functions do the maths (:mod:`optics.propagation`);
   ``nn.Module`` wrappers only hold learnable or cached state.
+* **Operators** follow :mod:`optics.operator` (``A``, ``A_adjoint``, norm, pseudo-inverse,
+  dot-product test); :class:`optics.cdp.CDPSystem` is the linear :class:`~optics.cdp.CDPOperator`
+  plus ``|·|²`` plus an optional sensor whose noise model is an argument.
+* **Geometry has one owner**: the CDP system's simulation pitch; SLM and sensor are bound to it.
+* **Physical parameters are tensors** (buffers, or parameters with ``fit=``).
 * **Errors**: subclasses of :class:`optics.errors.OpticsError` (a ``ValueError``) whose message
   names the quantity, the value, the limit and the fix.
 """
-from . import cdp, errors, grid, propagation
-from .errors import (LUTError, NonFiniteError, OpticsError, SamplingError, ShapeError,
-                     UnitsError)
-from .cdp import CDPSystem, adjointness_error
+from . import cdp, errors, grid, operator, propagation
+from .cdp import CDPOperator, CDPSystem
+from .errors import (GeometryError, IntensityError, LUTError, MaterialError, NonFiniteError, OpticsError,
+                     OptionError, PitchRatioError, SamplingError, ShapeError, UnitsError,
+                     WavelengthRangeError)
 from .grid import Grid
-from .propagation import (Propagated, asm, asm_adjoint, choose_method, fraunhofer,
-                          fraunhofer_adjoint, fresnel_1fft, fresnel_1fft_adjoint, fresnel_ir,
+from .operator import LinearOperator, PseudoInverse, adjointness_error, estimate_norm_sq
+from .propagation import (METHOD_OPTIONS, METHODS, Propagated, asm, asm_adjoint, choose_method,
+                          fraunhofer, fraunhofer_adjoint, fresnel_1fft, fresnel_1fft_adjoint, fresnel_ir,
                           fresnel_ir_adjoint, fresnel_tf, fresnel_tf_adjoint, propagate,
-                          propagate_adjoint)
+                          propagate_adjoint, resolve_method)
 
 __all__ = [
-    "cdp", "CDPSystem", "adjointness_error", "errors", "grid", "propagation", "Grid", "Propagated", "propagate", "propagate_adjoint",
-    "choose_method", "fraunhofer", "fraunhofer_adjoint", "fresnel_tf", "fresnel_tf_adjoint",
-    "fresnel_ir", "fresnel_ir_adjoint", "fresnel_1fft", "fresnel_1fft_adjoint", "asm",
-    "asm_adjoint", "OpticsError", "UnitsError", "ShapeError", "NonFiniteError",
-    "SamplingError", "LUTError",
+    "cdp", "errors", "grid", "operator", "propagation",
+    "CDPOperator", "CDPSystem", "LinearOperator", "PseudoInverse", "adjointness_error", "estimate_norm_sq",
+    "Grid", "Propagated", "propagate", "propagate_adjoint", "resolve_method", "choose_method", "METHODS",
+    "METHOD_OPTIONS", "fraunhofer", "fraunhofer_adjoint", "fresnel_tf", "fresnel_tf_adjoint",
+    "fresnel_ir", "fresnel_ir_adjoint", "fresnel_1fft", "fresnel_1fft_adjoint", "asm", "asm_adjoint",
+    "OpticsError", "UnitsError", "ShapeError", "NonFiniteError", "SamplingError", "LUTError",
+    "PitchRatioError", "GeometryError", "IntensityError", "MaterialError", "WavelengthRangeError", "OptionError",
 ]

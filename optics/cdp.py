@@ -1,34 +1,54 @@
-"""Coded-diffraction-pattern (CDP) system.
+"""Coded-diffraction-pattern (CDP) system: a linear operator, a measurement, a sensor.
 
-``y_l = Sensor(|P(pad(M_l ⊙ x))|²)``, ``l = 1 … L``, with
+``y_l = Sensor(|P(pad(M_l ⊙ x))|²)``, ``l = 1 … L``, built in two layers:
 
-* ``M_l`` the coded modulation: a fixed complex mask, a (learnable) phase mask ``e^{iθ_l}``, or
-  phase values shown on an :class:`~optics.slm.SLM` (pixel pitch, fill factor, crosstalk, LUT,
-  quantisation) that turns SLM-pixel phases into a modulation on the simulation grid;
-* ``pad`` a centred zero-padding of the object plane by ``oversampling`` (the detector window
-  is ``round(oversampling·N)`` samples; for Fraunhofer this halves the output pitch at 2×);
-* ``P`` any propagator of :mod:`optics.propagation`;
-* ``Sensor`` optional (:class:`~optics.sensor.Sensor`): pixel integration, photon budget,
-  shot/read/dark noise, gain, bit depth, saturation.
+* :class:`CDPOperator` — the **linear** field map ``A x = P(pad(M ⊙ x))`` with its exact
+  adjoint ``Aᴴ z = Σ_l conj(M_l) ⊙ crop(Pᴴ z_l)`` (the :class:`optics.operator.LinearOperator`
+  contract: norm estimate, pseudo-inverse, dot-product test, and a phase-free
+  :meth:`~CDPOperator.magnitude_pair` for Fourier-transform propagators). ``M_l`` is a fixed
+  complex mask, a (learnable) phase mask ``e^{iθ_l}``, or phases shown on an
+  :class:`~optics.slm.SLM` (pixel pitch, fill factor, crosstalk, LUT, quantisation); ``pad`` a
+  centred zero padding by ``oversampling`` (detector window ``round(oversampling·N)``);
+  ``P`` a propagator of :mod:`optics.propagation`.
+* :class:`CDPSystem` — the measurement ``|A x|²`` (:meth:`~CDPSystem.intensity`) followed by
+  an optional :class:`~optics.sensor.Sensor` whose **noise model is an argument**
+  (:meth:`~CDPSystem.measure`: ``noise="poisson" | "gaussian" | "none"``), never the module's
+  train/eval mode.
 
-Linearity: ``A(x) = P(pad(M ⊙ x))`` is linear in ``x`` (for fixed masks) and has the exact
-adjoint ``A_adjoint(z) = Σ_l conj(M_l) ⊙ crop(Pᴴ z_l)``; ``intensity`` (``|·|²``) and the sensor
-are not. The same class serves a teacher with ``L`` masks and a student with one.
+Geometry has one owner: the system's ``pitch_m`` is the simulation pitch; an SLM built without
+``sim_pitch_m`` is bound to it, and one built with a different value raises; the detector-plane
+pitch ``out_pitch_m`` (always ``(py, px)``) is computed here and bound to the sensor, which
+raises if it was built for another. Physical scalars (``pitch_m``, ``wavelength_m``, ``z_m``)
+are float64 tensors: buffers, or ``nn.Parameter`` when named in ``fit=`` so a calibration can
+fit them by autograd; kernels and the modulation are cached only while nothing they depend on
+requires grad.
+
+Speed: for the Fourier-transform methods the centring factor, the centred padding (a phase
+ramp) and the input factors are folded into one cached ``(L, H, W)`` modulation, and the
+data is zero-padded at the end of the FFT grid in one copy (``norm="forward"`` for the
+adjoint, so no rescaling pass); conjugates are resolved once in the cache. Transfer-function
+methods fold the centring shift into the cached transfer function the same way.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
 from . import _validate
-from .errors import ShapeError
-from .grid import crop_centered, pad_centered
-from .propagation import METHODS, output_pitch, propagate, propagate_adjoint
+from .errors import GeometryError, OpticsError, ShapeError
+from .operator import LinearOperator, adjointness_error
+from .propagation import (_asm_setup, _fresnel_ir_setup, _fresnel_tf_setup, _ft_factors,
+                          check_options, output_pitch, resolve_method)
 
-__all__ = ["CDPSystem", "adjointness_error"]
+__all__ = ["CDPOperator", "CDPSystem", "adjointness_error", "PHYSICAL_PARAMETERS"]
+
+#: the system's physical scalars (tensors; fit any of them with ``fit=``)
+PHYSICAL_PARAMETERS = ("pitch_m", "wavelength_m", "z_m")
+_FT_METHODS = ("fraunhofer", "fresnel-1fft")
 
 
 class _FixedModulation(nn.Module):
@@ -40,141 +60,461 @@ class _FixedModulation(nn.Module):
         return self.values
 
 
-def _as_mask_module(masks) -> nn.Module:
+class _FixedPhases(nn.Module):
+    """Fixed phases (rad) per SLM pixel, for a system with an SLM."""
+
+    def __init__(self, theta: torch.Tensor):
+        super().__init__()
+        self.register_buffer("theta", theta)
+
+    def phase(self) -> torch.Tensor:
+        return self.theta
+
+    def forward(self) -> torch.Tensor:
+        return torch.polar(torch.ones_like(self.theta), self.theta)
+
+
+def _as_lhw(t: torch.Tensor, name: str) -> torch.Tensor:
+    if t.ndim == 2:
+        t = t[None]
+    if t.ndim != 3:
+        raise ShapeError(f"{name} must have shape (L, H, W) or (H, W); got {tuple(t.shape)}")
+    return t
+
+
+def _mask_module(masks, with_slm: bool) -> nn.Module:
+    """A module giving the modulation (``forward()``) or, with an SLM, the phases (``phase()``)."""
     if isinstance(masks, nn.Module):
+        if with_slm and not hasattr(masks, "phase"):
+            raise ShapeError(
+                f"with an SLM the masks must be phases per SLM pixel: a PhaseMask or a real (L, h, w) tensor "
+                f"in rad; got {type(masks).__name__} (an SLM is phase-only and cannot show a complex mask)")
         return masks
     if not isinstance(masks, torch.Tensor):
         masks = torch.as_tensor(masks)
     _validate.finite_tensor("masks", masks)
-    if masks.ndim == 2:
-        masks = masks[None]
-    if masks.ndim != 3:
-        raise ShapeError(f"masks must have shape (L, H, W) or (H, W); got {tuple(masks.shape)}")
+    masks = _as_lhw(masks, "masks")
+    if with_slm:
+        if masks.is_complex():
+            raise ShapeError("with an SLM the masks must be real phases per SLM pixel (rad); got a complex "
+                             "tensor — pass torch.angle(masks) if the amplitude is 1")
+        if not masks.is_floating_point():
+            masks = masks.to(torch.float32)
+        return _FixedPhases(masks)
     if not masks.is_complex():
         # real values are phases in radians
-        masks = torch.polar(torch.ones_like(masks), masks)
+        masks = torch.polar(torch.ones_like(masks.to(torch.float64 if masks.dtype == torch.float64
+                                                     else torch.float32)), masks.to(
+            torch.float64 if masks.dtype == torch.float64 else torch.float32))
     return _FixedModulation(masks)
 
 
-class CDPSystem(nn.Module):
-    """Coded diffraction patterns through free space (see module docstring).
+def _f(t) -> float:
+    """A tensor parameter as a plain float (for reporting and sampling decisions; no gradient)."""
+    return float(t.detach()) if isinstance(t, torch.Tensor) else float(t)
+
+
+def _param(module: nn.Module, name: str, value: float, fit) -> None:
+    t = torch.tensor(float(value), dtype=torch.float64)
+    if name in fit:
+        setattr(module, name, nn.Parameter(t))
+    else:
+        module.register_buffer(name, t)
+
+
+def _ramp(n_out: int, shift: int, device) -> torch.Tensor:
+    """``e^{-2πi k·shift/n_out}``: the DFT of a signal delayed by ``shift`` samples."""
+    k = torch.arange(n_out, dtype=torch.float64, device=device)
+    return torch.polar(torch.ones_like(k), -2 * math.pi * ((k * shift) % n_out) / n_out)
+
+
+class CDPOperator(LinearOperator):
+    """The linear part ``A x = P(pad(M ⊙ x))`` of a CDP system (module docstring).
 
     Parameters
     ----------
     masks
-        ``(L, H, W)`` complex modulation, ``(L, H, W)`` real phases in rad, or an ``nn.Module``
-        whose ``forward()`` returns the ``(L, H, W)`` complex modulation (e.g.
-        :class:`optics.masks.PhaseMask`). With ``slm`` given, ``masks`` must expose ``theta``
-        (``(L, h, w)`` phases per SLM pixel) and the SLM makes the modulation.
+        ``(L, H, W)`` complex modulation, real phases in rad, or an ``nn.Module`` whose
+        ``forward()`` returns the modulation (:class:`optics.masks.PhaseMask`). With ``slm``:
+        phases per SLM pixel — a real ``(L, h, w)`` tensor or a module with ``phase()``
+        (:class:`~optics.masks.PhaseMask`).
     pitch_m, wavelength_m, z_m
-        Object-plane sample pitch, wavelength, mask-to-detector distance (SI).
+        Simulation (object-plane) pitch, wavelength, mask-to-detector distance (SI).
     method
-        Propagation method (:func:`optics.propagate`); default ``"fraunhofer"``.
+        Propagation method (:data:`optics.propagation.METHODS`); ``"auto"`` is resolved here,
+        once, on the detector window.
     oversampling
-        Detector window / object window ratio (≥ 1) realised by centred zero padding.
-    slm, sensor
-        Optional :class:`optics.slm.SLM` and :class:`optics.sensor.Sensor`.
+        Detector window / object window (≥ 1), by centred zero padding.
+    slm
+        Optional :class:`optics.slm.SLM`; bound to ``pitch_m`` (see :meth:`optics.slm.SLM.bind`).
+    fit
+        Names from :data:`PHYSICAL_PARAMETERS` to store as ``nn.Parameter``.
     propagation_options
-        Passed to the propagator (``pad``, ``band_limit``, ``evanescent``, ``allow_aliasing``).
+        The chosen method's options (:data:`optics.propagation.METHOD_OPTIONS`); others raise.
     """
 
-    def __init__(self, masks, *, pitch_m: float, wavelength_m: float, z_m: float,
-                 method: str = "fraunhofer", oversampling: float = 1.0, slm: Optional[nn.Module] = None,
-                 sensor: Optional[nn.Module] = None, **propagation_options):
+    def __init__(self, masks, *, pitch_m, wavelength_m, z_m, method: str = "fraunhofer",
+                 oversampling: float = 1.0, slm: Optional[nn.Module] = None, fit=(), **propagation_options):
         super().__init__()
-        self.pitch_m = _validate.pitch("pitch_m", pitch_m)
-        self.wavelength_m = _validate.wavelength(wavelength_m)
-        self.z_m = _validate.finite_scalar("z_m", z_m)
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if not (math.isfinite(oversampling) and oversampling >= 1.0):
+        unknown = sorted(set(fit) - set(PHYSICAL_PARAMETERS))
+        if unknown:
+            raise OpticsError(f"cannot fit {unknown}; the CDP operator fits {list(PHYSICAL_PARAMETERS)}")
+        dx = _validate.pitch("pitch_m", pitch_m)
+        lam = _validate.wavelength(wavelength_m)
+        z = _validate.finite_scalar("z_m", z_m)
+        if not (isinstance(oversampling, (int, float)) and math.isfinite(oversampling) and oversampling >= 1.0):
             raise ShapeError(f"oversampling must be a finite number >= 1, got {oversampling!r}")
-        self.method = method
+        _param(self, "pitch_m", dx, fit)
+        _param(self, "wavelength_m", lam, fit)
+        _param(self, "z_m", z, fit)
         self.oversampling = float(oversampling)
-        self.masks = _as_mask_module(masks)
-        self.slm = slm
-        self.sensor = sensor
-        self.propagation_options = dict(propagation_options)
-        if slm is not None and not hasattr(self.masks, "theta"):
-            raise ShapeError("with an SLM, masks must be a PhaseMask (phases per SLM pixel, attribute 'theta')")
-        mod = self.modulation()
+        self.slm = slm.bind(dx) if slm is not None else None
+        self.masks = _mask_module(masks, slm is not None)
+        with torch.no_grad():
+            mod = self._raw_modulation()
         self.n_masks = int(mod.shape[0])
         self.in_shape: Tuple[int, int] = (int(mod.shape[-2]), int(mod.shape[-1]))
         self.out_shape: Tuple[int, int] = tuple(int(round(self.oversampling * n)) for n in self.in_shape)
-        if method == "auto":
-            from .propagation import choose_method
-            self.method = choose_method(self.out_shape, pitch_m=self.pitch_m,
-                                        wavelength_m=self.wavelength_m, z_m=self.z_m)
+        self.method = resolve_method(self.out_shape, method, pitch_m=dx, wavelength_m=lam, z_m=z)
+        if self.method in _FT_METHODS and z <= 0:
+            from .errors import UnitsError
+            raise UnitsError(f"z_m must be a positive distance in metres for method {self.method!r}, got {z!r}; "
+                             f"far-field and single-FFT propagation are defined for z > 0")
+        self.propagation_options = check_options(self.method, propagation_options)
+        self._frozen: Optional[dict] = None
+        self._cache: dict = {}
+        self._pad_buffers: dict = {}
+        with torch.no_grad():  # validates sampling now, with the numbers, not at the first call
+            self._factors(torch.complex64, torch.device("cpu"))
 
     # ---- geometry -------------------------------------------------------------------------
     @property
-    def out_pitch_m(self):
-        """Detector-plane sample pitch (``λz/(M·dx)`` for Fraunhofer / single-FFT Fresnel)."""
-        return output_pitch(self.out_shape, pitch_m=self.pitch_m, wavelength_m=self.wavelength_m,
-                            z_m=self.z_m, method=self.method)
+    def out_pitch_m(self) -> Tuple[float, float]:
+        """Detector-plane sample pitch ``(py, px)`` (``λz/(M·dx)`` per axis for Fraunhofer /
+        single-FFT Fresnel, the simulation pitch otherwise)."""
+        return output_pitch(self.out_shape, pitch_m=_f(self.pitch_m), wavelength_m=_f(self.wavelength_m),
+                            z_m=_f(self.z_m), method=self.method)
 
-    def _prop_kw(self):
-        return dict(pitch_m=self.pitch_m, wavelength_m=self.wavelength_m, z_m=self.z_m,
-                    method=self.method, **self.propagation_options)
+    @property
+    def offset(self) -> Tuple[int, int]:
+        """Where the object window sits in the detector window (centred padding: N//2 → M//2)."""
+        return tuple(m // 2 - n // 2 for m, n in zip(self.out_shape, self.in_shape))
 
-    # ---- masks ----------------------------------------------------------------------------
+    # ---- modulation -----------------------------------------------------------------------
+    def _raw_modulation(self) -> torch.Tensor:
+        if self.slm is not None:
+            return _as_lhw(self.slm(self.masks.phase()), "SLM modulation")
+        return _as_lhw(self.masks(), "masks")
+
     def modulation(self) -> torch.Tensor:
         """The ``(L, H, W)`` complex modulation on the simulation grid (after the SLM model)."""
-        if self.slm is not None:
-            return self.slm(self.masks.theta)
-        mod = self.masks()
-        if mod.ndim == 2:
-            mod = mod[None]
-        return mod
+        return self._raw_modulation()
 
-    def _check_x(self, x: torch.Tensor) -> torch.Tensor:
-        _validate.field_2d("object x", x)
+    def _needs_grad(self) -> bool:
+        if not torch.is_grad_enabled():
+            return False
+        return any(t.requires_grad for t in self.parameters()) or any(t.requires_grad for t in self.buffers())
+
+    def _state_key(self, dtype, device) -> tuple:
+        tensors = list(self.parameters()) + list(self.buffers())
+        mode = tuple(m.training for m in self.modules())
+        return (dtype, str(device), mode) + tuple((id(t), t._version) for t in tensors)
+
+    @contextlib.contextmanager
+    def frozen(self):
+        """Evaluate the modulation and kernels once for the whole block (e.g. one solver call
+        or one training step that unrolls several iterations), even when they require grad."""
+        outer = self._frozen
+        self._frozen = {} if outer is None else outer
+        try:
+            yield self
+        finally:
+            self._frozen = outer
+
+    def _factors(self, dtype, device) -> dict:
+        """The folded factors for ``dtype``: cached while nothing requires grad (keyed on the
+        version counters of every parameter and buffer, so in-place updates invalidate it),
+        once per :meth:`frozen` block otherwise."""
+        key = (dtype, str(device))
+        if self._frozen is not None and key in self._frozen:
+            return self._frozen[key]
+        grad = self._needs_grad()
+        if not grad:
+            skey = self._state_key(dtype, device)
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] == skey:
+                return hit[1]
+        f = self._build_factors(dtype, device)
+        if self._frozen is not None:
+            self._frozen[key] = f
+        if not grad:
+            self._cache = {key: (skey, f)}
+        return f
+
+    def _build_factors(self, dtype, device) -> dict:
+        mod = self._raw_modulation().to(device=device, dtype=dtype)
+        n, M = self.in_shape, self.out_shape
+        oy, ox = self.offset
+        dx, lam, z = self.pitch_m, self.wavelength_m, self.z_m
+        if self.method in _FT_METHODS:
+            chirp = self.method == "fresnel-1fft"
+            if chirp:  # the sampling check of the single-FFT method, with the numbers
+                _fresnel_1fft_check(M, dx, lam, z, self.propagation_options)
+            q_out, q_in = _ft_factors(M, dx, lam, z, chirp, dtype, device)
+            mod_in = mod * q_in[oy:oy + n[0], ox:ox + n[1]]
+            ramp = (_ramp(M[0], oy, device)[:, None] * _ramp(M[1], ox, device)[None, :]).to(dtype)
+            out = q_out * ramp
+            c = out.abs().mean()  # |out| is the constant dx²/(λz): the phase-free pair keeps it
+            mod_c = mod_in * c
+            return {"kind": "ft", "mod": mod_in, "out": out, "out_conj": out.conj().resolve_conj(),
+                    "mod_conj": mod_in.conj().resolve_conj(), "mod_c": mod_c,
+                    "mod_c_conj": mod_c.conj().resolve_conj()}
+        # transfer-function methods: propagate the detector window M (padded to P internally)
+        probe = torch.zeros(M, dtype=dtype, device=device)
+        setup = {"fresnel-tf": _fresnel_tf_setup, "asm": _asm_setup, "fresnel-ir": _fresnel_ir_setup}[self.method]
+        opts = dict(self.propagation_options)
+        if self.method == "asm":
+            H, P, _ = setup(probe, dx, lam, z, opts.get("band_limit", True), opts.get("evanescent", "drop"),
+                            opts.get("pad", True), opts.get("allow_aliasing", False))
+        else:
+            H, P, _ = setup(probe, dx, lam, z, opts.get("pad", True), opts.get("allow_aliasing", False))
+        H = H.to(dtype) * (_ramp(P[0], oy, device)[:, None] * _ramp(P[1], ox, device)[None, :]).to(dtype)
+        return {"kind": "tf", "mod": mod, "mod_conj": mod.conj().resolve_conj(), "H": H,
+                "H_conj": H.conj().resolve_conj(), "P": tuple(P)}
+
+    # ---- the linear map ---------------------------------------------------------------------
+    def _check_x(self, x: torch.Tensor, finite: bool = True) -> torch.Tensor:
+        if finite:
+            _validate.field_2d("object x", x)
         if tuple(x.shape[-2:]) != self.in_shape:
             raise ShapeError(f"object x has spatial shape {tuple(x.shape[-2:])} but the masks are "
                              f"{self.in_shape}; resize the object or the masks to agree")
         return _validate.as_complex(x)
 
-    # ---- linear part ----------------------------------------------------------------------
-    def A(self, x: torch.Tensor) -> torch.Tensor:
-        """Linear part ``(..., H, W) → (..., L, Mh, Mw)``: detector-plane complex fields."""
-        x = self._check_x(x)
-        mod = self.modulation().to(x.dtype)
-        u = x.unsqueeze(-3) * mod
-        if self.out_shape != self.in_shape:
-            u = pad_centered(u, self.out_shape)
-        return propagate(u, **self._prop_kw()).field
-
-    def A_adjoint(self, z: torch.Tensor) -> torch.Tensor:
-        """Exact adjoint of :meth:`A`: ``(..., L, Mh, Mw) → (..., H, W)``."""
-        _validate.field_2d("detector field z", z)
+    def _check_z(self, z: torch.Tensor, finite: bool = True) -> torch.Tensor:
+        if finite:
+            _validate.field_2d("detector field z", z)
         if z.ndim < 3 or tuple(z.shape[-3:]) != (self.n_masks,) + tuple(self.out_shape):
             raise ShapeError(f"detector field has shape {tuple(z.shape)}; expected (..., "
                              f"{self.n_masks}, {self.out_shape[0]}, {self.out_shape[1]})")
-        z = _validate.as_complex(z)
-        u = propagate_adjoint(z, **self._prop_kw())
-        if self.out_shape != self.in_shape:
-            u = crop_centered(u, self.in_shape)
-        mod = self.modulation().to(u.dtype)
-        return (u * mod.conj()).sum(dim=-3)
+        return _validate.as_complex(z)
+
+    def _fwd(self, x: torch.Tensor, phase_free: bool, finite: bool = True) -> torch.Tensor:
+        x = self._check_x(x, finite)
+        f = self._factors(x.dtype, x.device)
+        if f["kind"] == "ft":
+            mod = f["mod_c"] if phase_free else f["mod"]
+            if self.out_shape != self.in_shape and not (torch.is_grad_enabled() and (x.requires_grad or mod.requires_grad)):
+                # no autograd: multiply straight into the persistent zero-padded buffer (one pass)
+                buf = self._pad_buffer(x.shape[:-2] + (self.n_masks,) + tuple(self.out_shape), self.in_shape, mod.dtype,
+                                       x.device)
+                torch.mul(x.unsqueeze(-3), mod, out=buf[..., : self.in_shape[0], : self.in_shape[1]])
+                U = torch.fft.fft2(buf)
+            else:
+                U = torch.fft.fft2(self._pad_end(x.unsqueeze(-3) * mod, self.out_shape))
+            if phase_free:
+                return U
+            out = f["out"]
+            return U * out if (out.requires_grad or U.requires_grad) else U.mul_(out)
+        u = x.unsqueeze(-3) * f["mod"]
+        return _tf_apply(self._pad_end(u, f["P"]), f["H"], self.out_shape)
+
+    # (the adjoints use conjugates resolved once in the cached factors: multiplying by a lazily
+    # conjugated view takes torch's slow path, about twice the time of a plain product)
+
+    def _adj(self, z: torch.Tensor, phase_free: bool, finite: bool = True) -> torch.Tensor:
+        z = self._check_z(z, finite)
+        f = self._factors(z.dtype, z.device)
+        n = self.in_shape
+        if f["kind"] == "ft":
+            w = z if phase_free else z * f["out_conj"]
+            # Fᴴ = M²·ifft2 (norm="forward": no rescaling pass); the first N rows/columns are the
+            # object window (the centring ramp moved it there)
+            u = torch.fft.ifft2(w, norm="forward")[..., : n[0], : n[1]]
+            return (u * (f["mod_c_conj"] if phase_free else f["mod_conj"])).sum(dim=-3)
+        u = _tf_apply_adjoint(self._pad_end(z, f["P"]), f["H_conj"], n)
+        return (u * f["mod_conj"]).sum(dim=-3)
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., H, W) → (..., L, Mh, Mw)``: the detector-plane complex fields (exact physics,
+        every phase factor included)."""
+        return self._fwd(x, phase_free=False)
+
+    def A_adjoint(self, z: torch.Tensor) -> torch.Tensor:
+        """Exact adjoint of :meth:`A`: ``(..., L, Mh, Mw) → (..., H, W)``."""
+        return self._adj(z, phase_free=False)
+
+    def magnitude_pair(self):
+        """For Fraunhofer / single-FFT Fresnel, ``(B, Bᴴ)`` without the unit-modulus output
+        factor (``A = D B``): same ``|·|`` and same ``Aᴴ(w ⊙ ·)`` for real ``w``, one
+        elementwise pass less each; other methods: ``A``/``Aᴴ`` themselves. The pair is meant
+        for iterative solvers that validated their data once: it checks shapes, not finiteness
+        (a NaN/inf scan is a full pass over the data on every call)."""
+        phase_free = self.method in _FT_METHODS
+        return (lambda x: self._fwd(x, phase_free, finite=False)), (lambda z: self._adj(z, phase_free, finite=False))
+
+    def _pad_end(self, u: torch.Tensor, shape) -> torch.Tensor:
+        """Zero-pad the last two axes at their end to ``shape``. Without autograd a persistent
+        zero buffer per shape is reused (only the data window is ever written, so the rest
+        stays zero): no fill pass over the padded grid on every call."""
+        h, w = u.shape[-2:]
+        shape = tuple(shape)
+        if (h, w) == shape:
+            return u
+        if torch.is_grad_enabled() and u.requires_grad:
+            return _pad_end(u, shape)
+        buf = self._pad_buffer(u.shape[:-2] + shape, (h, w), u.dtype, u.device)
+        buf[..., :h, :w] = u
+        return buf
+
+    def _pad_buffer(self, full, window, dtype, device) -> torch.Tensor:
+        """The persistent zero buffer of shape ``full`` whose ``window`` corner is rewritten on
+        every use (keyed by the window too: another window would leave other data behind).
+        Not for concurrent use of one operator from several threads."""
+        key = (tuple(full), tuple(window), dtype, str(device))
+        buf = self._pad_buffers.get(key)
+        if buf is None:
+            buf = torch.zeros(full, dtype=dtype, device=device)
+            self._pad_buffers = {key: buf, **{k: v for k, v in list(self._pad_buffers.items())[:3]}}
+        return buf
+
+    def normal_is_diagonal(self) -> Optional[bool]:
+        return True if self.method in _FT_METHODS else None
+
+    def extra_repr(self) -> str:
+        return (f"L={self.n_masks}, in_shape={self.in_shape}, out_shape={self.out_shape}, method={self.method!r}, "
+                f"pitch_m={_f(self.pitch_m):.4g}, wavelength_m={_f(self.wavelength_m):.4g}, "
+                f"z_m={_f(self.z_m):.4g}")
+
+
+def _fresnel_1fft_check(M, dx, lam, z, opts) -> None:
+    from .errors import SamplingError
+    limit = max(M) * _f(dx) ** 2 / _f(lam)
+    if _f(z) < limit and not opts.get("allow_aliasing", False):
+        raise SamplingError(
+            f"single-FFT Fresnel input chirp aliases: z = {_f(z):.4g} m < N·pitch²/λ = {limit:.4g} m "
+            f"(N = {max(M)}, pitch {_f(dx):.4g} m, λ = {_f(lam):.4g} m); use method='fresnel-tf' or 'asm', "
+            f"increase z, or decrease the pitch; pass allow_aliasing=True to proceed anyway")
+
+
+def _pad_end(u: torch.Tensor, shape) -> torch.Tensor:
+    """Zero-pad the last two axes at their end to ``shape`` (one copy; measured faster than
+    ``torch.fft.fft2(u, s=shape)`` and than pruned 1-D transforms along each axis)."""
+    h, w = u.shape[-2:]
+    if (h, w) == tuple(shape):
+        return u
+    v = u.new_zeros(u.shape[:-2] + tuple(shape))
+    v[..., :h, :w] = u
+    return v
+
+
+def _tf_apply(u_padded: torch.Tensor, H: torch.Tensor, M) -> torch.Tensor:
+    """``ifft2(H · fft2(u))`` of a field zero-padded to the FFT grid, cropped to the first ``M``
+    rows/columns."""
+    U = torch.fft.fft2(u_padded)
+    U = U * H if (H.requires_grad or U.requires_grad) else U.mul_(H)
+    return torch.fft.ifft2(U)[..., : M[0], : M[1]]
+
+
+def _tf_apply_adjoint(z_padded: torch.Tensor, H_conj: torch.Tensor, n) -> torch.Tensor:
+    """Adjoint of :func:`_tf_apply`: ``ifft2 ∘ conj(H) ∘ fft2`` on the padded grid, then crop
+    (the ``P²`` factors of ``fft2ᴴ`` and ``ifft2ᴴ`` cancel)."""
+    U = torch.fft.fft2(z_padded)
+    U = U * H_conj if (H_conj.requires_grad or U.requires_grad) else U.mul_(H_conj)
+    return torch.fft.ifft2(U)[..., : n[0], : n[1]]
+
+
+class CDPSystem(nn.Module):
+    """A CDP measurement: the linear :class:`CDPOperator` (``.operator``), ``|A x|²`` and an
+    optional sensor (module docstring). Construction takes the operator's arguments plus
+    ``sensor`` (an :class:`optics.sensor.Sensor`, bound to the detector pitch here).
+
+    ``A``/``A_adjoint``/``modulation``/``magnitude_pair`` and the contract methods delegate to
+    the operator, so a system can be passed wherever a linear operator is expected (the
+    solvers); :meth:`intensity` is the noiseless measurement and :meth:`measure` (also
+    ``forward``) applies the sensor with an explicit noise model.
+    """
+
+    def __init__(self, masks, *, pitch_m, wavelength_m, z_m, method: str = "fraunhofer",
+                 oversampling: float = 1.0, slm: Optional[nn.Module] = None,
+                 sensor: Optional[nn.Module] = None, fit=(), **propagation_options):
+        super().__init__()
+        self.operator = CDPOperator(masks, pitch_m=pitch_m, wavelength_m=wavelength_m, z_m=z_m, method=method,
+                                    oversampling=oversampling, slm=slm, fit=fit, **propagation_options)
+        if sensor is not None:
+            sensor.bind(self.operator.out_pitch_m)
+            if sensor.binning is not None and sensor.binning > 1 and any(
+                    m % sensor.binning for m in self.operator.out_shape):
+                raise GeometryError(
+                    f"the detector window {self.operator.out_shape} is not divisible by the camera binning "
+                    f"{sensor.binning} (camera pitch / detector sample pitch); change the object size or oversampling")
+        self.sensor = sensor
+
+    # ---- delegation to the operator -------------------------------------------------------
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("operator",):
+                raise
+            op = super().__getattr__("operator")
+            if name in ("n_masks", "in_shape", "out_shape", "method", "oversampling", "propagation_options",
+                        "out_pitch_m", "offset", "pitch_m", "wavelength_m", "z_m", "masks", "slm"):
+                return getattr(op, name)
+            raise
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        """The linear part (:meth:`CDPOperator.A`)."""
+        return self.operator.A(x)
+
+    def A_adjoint(self, z: torch.Tensor) -> torch.Tensor:
+        """Exact adjoint of :meth:`A` (:meth:`CDPOperator.A_adjoint`)."""
+        return self.operator.A_adjoint(z)
+
+    def magnitude_pair(self):
+        return self.operator.magnitude_pair()
+
+    def normal_is_diagonal(self):
+        return self.operator.normal_is_diagonal()
+
+    def modulation(self) -> torch.Tensor:
+        return self.operator.modulation()
+
+    def frozen(self):
+        """:meth:`CDPOperator.frozen`."""
+        return self.operator.frozen()
+
+    def norm_sq(self, **kw) -> float:
+        return self.operator.norm_sq(**kw)
+
+    def pseudo_inverse(self, **kw):
+        return self.operator.pseudo_inverse(**kw)
+
+    def A_dagger(self, z: torch.Tensor, **kw) -> torch.Tensor:
+        return self.operator.A_dagger(z, **kw)
+
+    def adjointness_error(self, **kw) -> float:
+        return self.operator.adjointness_error(**kw)
 
     # ---- measurements ---------------------------------------------------------------------
     def intensity(self, x: torch.Tensor) -> torch.Tensor:
-        """Noiseless ``|A x|²`` (real, ``(..., L, Mh, Mw)``)."""
-        a = self.A(x)
+        """Noiseless ``|A x|²`` (real, ``(..., L, Mh, Mw)``), on the detector sample grid."""
+        a = self.operator._fwd(x, phase_free=True)
         return a.real ** 2 + a.imag ** 2
 
-    def forward(self, x: torch.Tensor, *, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """``Sensor(|A x|²)``; without a sensor, the noiseless intensity."""
-        intensity = self.intensity(x)
+    def measure(self, x: torch.Tensor, *, noise: Optional[str] = None,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``Sensor(|A x|²)`` with the noise model ``noise`` (``"poisson"`` exact,
+        ``"gaussian"`` differentiable, ``"none"``; default: the sensor's own). Without a sensor,
+        the noiseless intensity (``noise`` other than ``None``/``"none"`` then raises)."""
+        inten = self.intensity(x)
         if self.sensor is None:
-            return intensity
-        return self.sensor(intensity, generator=generator)
+            if noise not in (None, "none"):
+                raise OpticsError(f"noise={noise!r} needs a sensor; build the system with sensor=Sensor(...)")
+            return inten
+        return self.sensor(inten, generator=generator, noise=noise)
 
-
-def adjointness_error(A, A_adjoint, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Relative dot-product-test error ``|⟨Ax, y⟩ − ⟨x, Aᴴy⟩| / (‖Ax‖‖y‖)`` (0 for an exact adjoint)."""
-    ax = A(x)
-    aty = A_adjoint(y)
-    lhs = torch.vdot(ax.reshape(-1), y.reshape(-1).to(ax.dtype))
-    rhs = torch.vdot(x.reshape(-1).to(aty.dtype), aty.reshape(-1))
-    return float(((lhs - rhs).abs() / (ax.norm() * y.norm())).detach())
+    def forward(self, x: torch.Tensor, *, noise: Optional[str] = None,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """:meth:`measure`."""
+        return self.measure(x, noise=noise, generator=generator)

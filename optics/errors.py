@@ -27,3 +27,34 @@ class SamplingError(OpticsError):
 
 class LUTError(OpticsError):
     """An SLM gray-level → phase look-up table is malformed (e.g. not monotone)."""
+
+
+class PitchRatioError(ShapeError, UnitsError):
+    """Two pitches that must be in an integer ratio are not (it is both a shape and a units
+    problem, so it subclasses :class:`ShapeError` and :class:`UnitsError`)."""
+
+
+class GeometryError(ShapeError, UnitsError):
+    """Parts of one optical system disagree about its geometry (simulation pitch of the SLM,
+    detector pitch of the sensor, shapes); the message gives both numbers."""
+
+
+class IntensityError(UnitsError):
+    """An intensity is negative or complex (it must be a non-negative real power or count)."""
+
+
+class MaterialError(OpticsError):
+    """Unknown material name or unusable index contrast."""
+
+
+class WavelengthRangeError(UnitsError):
+    """A wavelength lies outside the range a dispersion formula was fitted on."""
+
+
+class OptionError(OpticsError):
+    """An unknown or inapplicable keyword option (e.g. ``pad`` for Fraunhofer propagation)."""
+
+
+__all__ = ["OpticsError", "UnitsError", "ShapeError", "NonFiniteError", "SamplingError", "LUTError",
+           "PitchRatioError", "GeometryError", "IntensityError", "MaterialError",
+           "WavelengthRangeError", "OptionError"]

@@ -35,6 +35,34 @@ def atomic_path(path: PathLike, *, keep_partial: bool = True) -> Iterator[Path]:
     os.replace(tmp, final)
 
 
+def replace_durably(tmp: PathLike, final: PathLike, *, fsync: bool = True) -> Path:
+    """Finish an atomic write whose temporary file was filled elsewhere (e.g. over several
+    sessions, as a resumable HDF5 writer does): flush ``tmp`` to disk (``os.fsync``), rename it
+    to ``final`` with ``os.replace`` and flush the folder entry, so that after a crash or power
+    loss ``final`` is either absent or complete. ``fsync=False`` skips both flushes (the rename
+    alone is atomic against a killed process, not against power loss)."""
+    tmp, final = Path(tmp), Path(final)
+    if fsync:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    os.replace(tmp, final)
+    if fsync:
+        try:
+            dfd = os.open(final.parent, os.O_RDONLY)
+        except OSError:  # a platform without directory handles (Windows): the rename is enough
+            return final
+        try:
+            os.fsync(dfd)
+        except OSError:
+            pass
+        finally:
+            os.close(dfd)
+    return final
+
+
 def write_json(path: PathLike, obj) -> Path:
     """Write ``obj`` as indented JSON atomically (NaN/inf written as strings, JSON has none)."""
     def fix(v):

@@ -25,7 +25,10 @@ def coords(n: int, pitch_m: float, *, dtype=torch.float64, device=None) -> torch
 
 def freqs(n: int, pitch_m: float, *, centered: bool = False, dtype=torch.float64, device=None) -> torch.Tensor:
     """Spatial frequencies in cycles/m from ``torch.fft.fftfreq`` (DC at 0, or at ``n//2`` if centred)."""
-    f = torch.fft.fftfreq(n, d=pitch_m, dtype=dtype, device=device)
+    if isinstance(pitch_m, torch.Tensor):  # a tensor pitch (e.g. fitted) keeps its gradient
+        f = torch.fft.fftfreq(n, dtype=dtype, device=device) / pitch_m.to(dtype)
+    else:
+        f = torch.fft.fftfreq(n, d=pitch_m, dtype=dtype, device=device)
     return torch.fft.fftshift(f) if centered else f
 
 
@@ -114,9 +117,6 @@ class Grid:
         """``(Y, X)`` coordinate arrays of shape ``(H, W)`` in metres."""
         return torch.meshgrid(self.y_m(**kw), self.x_m(**kw), indexing="ij")
 
-    def r2_m2(self, **kw) -> torch.Tensor:
-        y, x = self.meshgrid(**kw)
-        return x * x + y * y
 
     def critical_distance_m(self, wavelength_m: float) -> float:
         """``N · pitch² / λ`` (N the larger side): below it transfer-function kernels are well

@@ -39,6 +39,9 @@ __all__ = [
 
 ShapeLike = Union[int, Sequence[int], torch.Size]
 
+#: mask kinds a configuration can ask for (random_phase, binary_phase, octanary, or phases from a file)
+MASK_KINDS = ("random_phase", "binary", "octanary", "file")
+
 TWO_PI = 2.0 * math.pi
 
 
@@ -240,6 +243,10 @@ class PhaseMask(nn.Module):
     def shape(self) -> Tuple[int, int]:
         """Spatial shape ``(H, W)`` of each mask."""
         return (int(self.theta.shape[-2]), int(self.theta.shape[-1]))
+
+    def phase(self) -> torch.Tensor:
+        """The phases ``θ`` (rad), ``(L, H, W)``: what an SLM displays."""
+        return self.theta
 
     def forward(self) -> torch.Tensor:
         th = self.theta

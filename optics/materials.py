@@ -31,7 +31,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from . import _validate
-from .errors import OpticsError, UnitsError
+from .errors import MaterialError, UnitsError, WavelengthRangeError
 
 __all__ = [
     "Material", "FUSED_SILICA", "NBK7", "constant_index", "get_material", "height_to_phase",
@@ -39,14 +39,6 @@ __all__ = [
 ]
 
 Number = Union[float, int, torch.Tensor]
-
-
-class MaterialError(OpticsError):
-    """Unknown material name or unusable index contrast."""
-
-
-class WavelengthRangeError(UnitsError):
-    """A wavelength lies outside the range a dispersion formula was fitted on."""
 
 
 def _wavelength_bounds(wavelength_m: Number) -> Tuple[float, float]:

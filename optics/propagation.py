@@ -45,7 +45,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from . import _validate
-from .errors import OpticsError, SamplingError
+from .errors import OpticsError, OptionError, SamplingError
 from .grid import coords, fast_size, freqs
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,37 @@ PadSpec = Union[bool, int, Tuple[int, int]]
 
 METHODS = ("fraunhofer", "fresnel-tf", "fresnel-ir", "fresnel-1fft", "asm", "auto")
 EVANESCENT = ("drop", "decay")
+#: keyword options each method takes (the one source of truth: config, CLI and the checks use it)
+METHOD_OPTIONS = {
+    "fraunhofer": (),
+    "fresnel-1fft": ("allow_aliasing",),
+    "fresnel-tf": ("pad", "allow_aliasing"),
+    "fresnel-ir": ("pad", "allow_aliasing"),
+    "asm": ("pad", "band_limit", "evanescent", "allow_aliasing"),
+}
+
+class Propagated(tuple):
+    """``(field, pitch_m)`` returned by every propagator and its adjoint: the field and the
+    ``(py, px)`` sample pitch of the plane it lives on; ``.method`` names the method used."""
+
+    def __new__(cls, field, pitch_m, method: str):
+        obj = super().__new__(cls, (field, pitch_m))
+        obj.method = method
+        return obj
+
+    @property
+    def field(self) -> torch.Tensor:
+        return self[0]
+
+    @property
+    def pitch_m(self) -> Tuple[float, float]:
+        return self[1]
+
+
+def _pair(p) -> Tuple[float, float]:
+    v = _key(p)
+    return (v, v)
+
 
 # --------------------------------------------------------------------------------------------
 # kernel cache
@@ -176,21 +207,23 @@ def _apply_tf(u: torch.Tensor, H: torch.Tensor, padded: Tuple[int, int], conj: b
 
 def _tf_fresnel_kernel(padded, dx, lam, z, dtype, device):
     def build():
-        fy = freqs(padded[0], dx, device=device)
-        fx = freqs(padded[1], dx, device=device)
+        dxt = _f64(dx, device)
+        fy = freqs(padded[0], dxt, device=device)
+        fx = freqs(padded[1], dxt, device=device)
         zt, lt = _f64(z, device), _f64(lam, device)
         f2 = fy[:, None] ** 2 + fx[None, :] ** 2
         phase = 2 * math.pi / lt * zt - math.pi * lt * zt * f2
         return torch.polar(torch.ones_like(phase), phase).to(dtype)
 
-    key = ("fresnel-tf", tuple(padded), dx, _key(lam), _key(z), dtype, str(device))
-    return _cached(key, build, z, lam)
+    key = ("fresnel-tf", tuple(padded), _key(dx), _key(lam), _key(z), dtype, str(device))
+    return _cached(key, build, z, lam, dx)
 
 
 def _asm_kernel(shape, padded, dx, lam, z, band_limit, evanescent, periodic, dtype, device):
     def build():
-        fy = freqs(padded[0], dx, device=device)
-        fx = freqs(padded[1], dx, device=device)
+        dxt = _f64(dx, device)
+        fy = freqs(padded[0], dxt, device=device)
+        fx = freqs(padded[1], dxt, device=device)
         zt, lt = _f64(z, device), _f64(lam, device)
         arg = 1.0 / lt ** 2 - fy[:, None] ** 2 - fx[None, :] ** 2
         prop = arg > 0
@@ -210,35 +243,37 @@ def _asm_kernel(shape, padded, dx, lam, z, band_limit, evanescent, periodic, dty
             cos_t = torch.sqrt(torch.clamp(arg, min=0.0)) * lt
             keep = torch.ones_like(prop)
             for n_i, m_i, f in zip(shape, padded, (fy[:, None], fx[None, :])):
-                d = (m_i / 2 if periodic else min(m_i / 2, m_i - n_i)) * dx
-                if d <= 0:
-                    d = m_i * dx / 2
+                d = (m_i / 2 if periodic else min(m_i / 2, m_i - n_i)) * dxt
+                if m_i / 2 <= 0 or (not periodic and m_i - n_i <= 0):
+                    d = m_i * dxt / 2
                 keep = keep & ((zt.abs() * lt * f.abs() <= d * cos_t) | ~prop)
             H = H * keep.to(H.dtype)
         return H.to(dtype)
 
-    key = ("asm", tuple(shape), tuple(padded), dx, _key(lam), _key(z), band_limit, evanescent, periodic, dtype, str(device))
-    return _cached(key, build, z, lam)
+    key = ("asm", tuple(shape), tuple(padded), _key(dx), _key(lam), _key(z), band_limit, evanescent, periodic,
+           dtype, str(device))
+    return _cached(key, build, z, lam, dx)
 
 
 def _ir_kernel(padded, dx, lam, z, dtype, device):
     def build():
-        y = coords(padded[0], dx, device=device)
-        x = coords(padded[1], dx, device=device)
+        dxt = _f64(dx, device)
+        y = coords(padded[0], 1.0, device=device) * dxt
+        x = coords(padded[1], 1.0, device=device) * dxt
         zt, lt = _f64(z, device), _f64(lam, device)
         r2 = y[:, None] ** 2 + x[None, :] ** 2
         phase = 2 * math.pi / lt * zt + math.pi * r2 / (lt * zt)
         # h = e^{ikz}/(iλz) · exp(iπ r²/(λz)); the FFT of the sampled h times dx² is the TF.
-        h = torch.polar(torch.ones_like(phase), phase) * (dx * dx / (1j * lt * zt))
+        h = torch.polar(torch.ones_like(phase), phase) * (dxt * dxt / (1j * lt * zt))
         # Keep the kernel where its local frequency x/(λz) is below Nyquist 1/(2dx): beyond
         # |x| = λ|z|/(2dx) the sampled chirp aliases (angles the grid cannot carry).
-        reach = _key(lam) * abs(_key(z)) / (2 * dx)
+        reach = _key(lam) * abs(_key(z)) / (2 * _key(dx))
         h = h * ((y.abs() <= reach)[:, None] & (x.abs() <= reach)[None, :]).to(h.dtype)
         h = torch.fft.ifftshift(h, dim=(-2, -1))
         return torch.fft.fft2(h).to(dtype)
 
-    key = ("fresnel-ir", tuple(padded), dx, _key(lam), _key(z), dtype, str(device))
-    return _cached(key, build, z, lam)
+    key = ("fresnel-ir", tuple(padded), _key(dx), _key(lam), _key(z), dtype, str(device))
+    return _cached(key, build, z, lam, dx)
 
 
 def _fresnel_tf_setup(u, pitch_m, wavelength_m, z_m, pad, allow_aliasing):
@@ -254,12 +289,12 @@ def _fresnel_tf_setup(u, pitch_m, wavelength_m, z_m, pad, allow_aliasing):
             f"or decrease z; pass allow_aliasing=True to proceed anyway"
         )
     dtype = _validate.complex_dtype_for(u)
-    H = _tf_fresnel_kernel(padded, dx, wavelength_m, z_m, dtype, u.device)
+    H = _tf_fresnel_kernel(padded, pitch_m, wavelength_m, z_m, dtype, u.device)
     return H, padded, dtype
 
 
 def fresnel_tf(u: torch.Tensor, *, pitch_m: Scalar, wavelength_m: Scalar, z_m: Scalar,
-               pad: PadSpec = True, allow_aliasing: bool = False) -> torch.Tensor:
+               pad: PadSpec = True, allow_aliasing: bool = False) -> Propagated:
     """Fresnel propagation by its transfer function (Goodman, *Fourier Optics*, eq. 4-21):
 
     ``H(f) = e^{ikz} · exp(-iπλz(f_x² + f_y²))``; the output has the input pitch.
@@ -267,14 +302,16 @@ def fresnel_tf(u: torch.Tensor, *, pitch_m: Scalar, wavelength_m: Scalar, z_m: S
     Negative ``z`` propagates backwards.
     """
     H, padded, dtype = _fresnel_tf_setup(u, pitch_m, wavelength_m, z_m, pad, allow_aliasing)
-    return _apply_tf(_validate.as_complex(u).to(dtype), H, padded, conj=False)
+    return Propagated(_apply_tf(_validate.as_complex(u).to(dtype), H, padded, conj=False), _pair(pitch_m),
+                      "fresnel-tf")
 
 
 def fresnel_tf_adjoint(v: torch.Tensor, *, pitch_m: Scalar, wavelength_m: Scalar, z_m: Scalar,
-                       pad: PadSpec = True, allow_aliasing: bool = False) -> torch.Tensor:
+                       pad: PadSpec = True, allow_aliasing: bool = False) -> Propagated:
     """Exact adjoint of :func:`fresnel_tf` (same padding, conjugate transfer function)."""
     H, padded, dtype = _fresnel_tf_setup(v, pitch_m, wavelength_m, z_m, pad, allow_aliasing)
-    return _apply_tf(_validate.as_complex(v).to(dtype), H, padded, conj=True)
+    return Propagated(_apply_tf(_validate.as_complex(v).to(dtype), H, padded, conj=True), _pair(pitch_m),
+                      "fresnel-tf")
 
 
 def _asm_setup(u, pitch_m, wavelength_m, z_m, band_limit, evanescent, pad, allow_aliasing):
@@ -296,13 +333,13 @@ def _asm_setup(u, pitch_m, wavelength_m, z_m, band_limit, evanescent, pad, allow
                 f"or decrease z; pass allow_aliasing=True to proceed anyway"
             )
     dtype = _validate.complex_dtype_for(u)
-    H = _asm_kernel(n, padded, dx, wavelength_m, z_m, band_limit, evanescent, periodic, dtype, u.device)
+    H = _asm_kernel(n, padded, pitch_m, wavelength_m, z_m, band_limit, evanescent, periodic, dtype, u.device)
     return H, padded, dtype
 
 
 def asm(u: torch.Tensor, *, pitch_m: Scalar, wavelength_m: Scalar, z_m: Scalar,
         band_limit: bool = True, evanescent: str = "drop", pad: PadSpec = True,
-        allow_aliasing: bool = False) -> torch.Tensor:
+        allow_aliasing: bool = False) -> Propagated:
     """Angular-spectrum propagation (Goodman eq. 3-74), exact within scalar theory:
 
     ``H(f) = exp(i 2π z sqrt(1/λ² - f_x² - f_y²))`` for propagating waves. Evanescent waves
@@ -311,15 +348,15 @@ def asm(u: torch.Tensor, *, pitch_m: Scalar, wavelength_m: Scalar, z_m: Scalar,
     Matsushima–Shimobaba band limit (module docstring). Output pitch equals input pitch.
     """
     H, padded, dtype = _asm_setup(u, pitch_m, wavelength_m, z_m, band_limit, evanescent, pad, allow_aliasing)
-    return _apply_tf(_validate.as_complex(u).to(dtype), H, padded, conj=False)
+    return Propagated(_apply_tf(_validate.as_complex(u).to(dtype), H, padded, conj=False), _pair(pitch_m), "asm")
 
 
 def asm_adjoint(v: torch.Tensor, *, pitch_m: Scalar, wavelength_m: Scalar, z_m: Scalar,
                 band_limit: bool = True, evanescent: str = "drop", pad: PadSpec = True,
-                allow_aliasing: bool = False) -> torch.Tensor:
+                allow_aliasing: bool = False) -> Propagated:
     """Exact adjoint of :func:`asm`."""
     H, padded, dtype = _asm_setup(v, pitch_m, wavelength_m, z_m, band_limit, evanescent, pad, allow_aliasing)
-    return _apply_tf(_validate.as_complex(v).to(dtype), H, padded, conj=True)
+    return Propagated(_apply_tf(_validate.as_complex(v).to(dtype), H, padded, conj=True), _pair(pitch_m), "asm")
 
 
 def _fresnel_ir_setup(u, pitch_m, wavelength_m, z_m, pad, allow_aliasing):
@@ -335,12 +372,12 @@ def _fresnel_ir_setup(u, pitch_m, wavelength_m, z_m, pad, allow_aliasing):
             f"pass allow_aliasing=True to proceed anyway"
         )
     dtype = _validate.complex_dtype_for(u)
-    H = _ir_kernel(padded, dx, wavelength_m, z_m, dtype, u.device)
+    H = _ir_kernel(padded, pitch_m, wavelength_m, z_m, dtype, u.device)
     return H, padded, dtype
 
 
 def fresnel_ir(u: torch.Tensor, *, pitch_m: Scalar, wavelength_m: Scalar, z_m: Scalar,
-               pad: PadSpec = True, allow_aliasing: bool = False) -> torch.Tensor:
+               pad: PadSpec = True, allow_aliasing: bool = False) -> Propagated:
     """Fresnel propagation by convolution with the sampled impulse response (Goodman eq. 4-16):
 
     ``h(x, y) = e^{ikz}/(iλz) · exp(iπ(x² + y²)/(λz))``, convolved on a ``fast_size(2N-1)``
@@ -348,27 +385,28 @@ def fresnel_ir(u: torch.Tensor, *, pitch_m: Scalar, wavelength_m: Scalar, z_m: S
     Output pitch equals input pitch.
     """
     H, padded, dtype = _fresnel_ir_setup(u, pitch_m, wavelength_m, z_m, pad, allow_aliasing)
-    return _apply_tf(_validate.as_complex(u).to(dtype), H, padded, conj=False)
+    return Propagated(_apply_tf(_validate.as_complex(u).to(dtype), H, padded, conj=False), _pair(pitch_m),
+                      "fresnel-ir")
 
 
 def fresnel_ir_adjoint(v: torch.Tensor, *, pitch_m: Scalar, wavelength_m: Scalar, z_m: Scalar,
-                       pad: PadSpec = True, allow_aliasing: bool = False) -> torch.Tensor:
+                       pad: PadSpec = True, allow_aliasing: bool = False) -> Propagated:
     """Exact adjoint of :func:`fresnel_ir`."""
     H, padded, dtype = _fresnel_ir_setup(v, pitch_m, wavelength_m, z_m, pad, allow_aliasing)
-    return _apply_tf(_validate.as_complex(v).to(dtype), H, padded, conj=True)
+    return Propagated(_apply_tf(_validate.as_complex(v).to(dtype), H, padded, conj=True), _pair(pitch_m),
+                      "fresnel-ir")
 
 
 # --------------------------------------------------------------------------------------------
 # Fourier-transform methods (output grid scaled by λz/(N·dx))
 # --------------------------------------------------------------------------------------------
-def _out_pitch(n: Tuple[int, int], dx: float, lam: float, z: float):
-    py, px = lam * z / (n[0] * dx), lam * z / (n[1] * dx)
-    return py if n[0] == n[1] else (py, px)
+def _out_pitch(n: Tuple[int, int], dx: float, lam: float, z: float) -> Tuple[float, float]:
+    return (lam * z / (n[0] * dx), lam * z / (n[1] * dx))
 
 
 def _quadratic(n, pitch_yx, lam, z, device):
-    y = coords(n[0], pitch_yx[0], device=device)
-    x = coords(n[1], pitch_yx[1], device=device)
+    y = coords(n[0], 1.0, device=device) * pitch_yx[0]
+    x = coords(n[1], 1.0, device=device) * pitch_yx[1]
     r2 = y[:, None] ** 2 + x[None, :] ** 2
     return math.pi * r2 / (_f64(lam, device) * _f64(z, device))
 
@@ -381,11 +419,11 @@ def _centering(n: int, device) -> torch.Tensor:
     return torch.polar(torch.ones_like(j), 2 * math.pi * ((n // 2) * j % n) / n)
 
 
-def _ft_factors(n, dx, lam, z, with_input_chirp: bool, dtype, device):
+def _ft_factors(n, dx_in, lam, z, with_input_chirp: bool, dtype, device):
     """(output factor, input factor): ``fft2(u · input) · output`` is the centred transform
     times ``e^{ikz}·dx²/(iλz)·exp(iπ|x'|²/(λz))`` (times the input chirp for single-FFT Fresnel)."""
     def build():
-        lt, zt = _f64(lam, device), _f64(z, device)
+        lt, zt, dx = _f64(lam, device), _f64(z, device), _f64(dx_in, device)
         # output coordinates x' = (k − n//2)·λz/(n·dx): keep their λz dependence for gradients
         y = (torch.arange(n[0], dtype=torch.float64, device=device) - n[0] // 2) * lt * zt / (n[0] * dx)
         x = (torch.arange(n[1], dtype=torch.float64, device=device) - n[1] // 2) * lt * zt / (n[1] * dx)
@@ -396,12 +434,12 @@ def _ft_factors(n, dx, lam, z, with_input_chirp: bool, dtype, device):
         out = out * (cy[:, None] * cx[None, :]) * complex(math.cos(c_ph), math.sin(c_ph))
         inp = cy[:, None] * cx[None, :]
         if with_input_chirp:
-            ph_in = _quadratic(n, (dx, dx), lam, z, device)
+            ph_in = _quadratic(n, (dx, dx), lt, zt, device)
             inp = inp * torch.polar(torch.ones_like(ph_in), ph_in)
         return out.to(dtype), inp.to(dtype)
 
-    key = ("ft", tuple(n), dx, _key(lam), _key(z), with_input_chirp, dtype, str(device))
-    return _cached(key, build, z, lam)
+    key = ("ft", tuple(n), _key(dx_in), _key(lam), _key(z), with_input_chirp, dtype, str(device))
+    return _cached(key, build, z, lam, dx_in)
 
 
 def _ft_setup(u, pitch_m, wavelength_m, z_m, chirp: bool, allow_aliasing: bool):
@@ -416,7 +454,7 @@ def _ft_setup(u, pitch_m, wavelength_m, z_m, chirp: bool, allow_aliasing: bool):
                 f"increase z, or decrease the pitch; pass allow_aliasing=True to proceed anyway"
             )
     dtype = _validate.complex_dtype_for(u)
-    q_out, q_in = _ft_factors(n, dx, wavelength_m, z_m, chirp, dtype, u.device)
+    q_out, q_in = _ft_factors(n, pitch_m, wavelength_m, z_m, chirp, dtype, u.device)
     return q_out, q_in, _out_pitch(n, dx, lam, z), dtype
 
 
@@ -432,63 +470,48 @@ def _ft_apply_adjoint(v: torch.Tensor, q_out: torch.Tensor, q_in: torch.Tensor) 
     return torch.fft.ifft2(v * q_out.conj()) * (q_in.conj() * (h * w))  # fft2ᴴ = (h·w)·ifft2
 
 
-def fraunhofer(u: torch.Tensor, *, pitch_m: Scalar, wavelength_m: Scalar, z_m: Scalar):
+def fraunhofer(u: torch.Tensor, *, pitch_m: Scalar, wavelength_m: Scalar, z_m: Scalar) -> Propagated:
     """Far-field (Fraunhofer) propagation (Goodman eq. 4-25):
 
     ``U(x') = e^{ikz}/(iλz) · exp(iπ|x'|²/(λz)) · dx² · Σ u(x) exp(-i2π x·x'/(λz))``,
-    evaluated on the *output* grid ``x' = (j - N//2)·λz/(N·dx)``. Returns ``(U, pitch_out_m)``
-    (a ``(py, px)`` tuple for non-square fields). Energy is conserved:
+    evaluated on the *output* grid ``x' = (j - N//2)·λz/(N·dx)``. Returns :class:`Propagated`
+    ``(U, (py, px))`` with the output pitch ``λz/(N·dx)`` per axis. Energy is conserved:
     ``Σ|U|²·pitch_out² = Σ|u|²·dx²``. Zero-pad the input for finer output sampling.
     """
     q_out, q_in, p_out, dtype = _ft_setup(u, pitch_m, wavelength_m, z_m, False, True)
-    return _ft_apply(_validate.as_complex(u).to(dtype), q_out, q_in), p_out
+    return Propagated(_ft_apply(_validate.as_complex(u).to(dtype), q_out, q_in), p_out, "fraunhofer")
 
 
-def fraunhofer_adjoint(v: torch.Tensor, *, pitch_m: Scalar, wavelength_m: Scalar, z_m: Scalar) -> torch.Tensor:
+def fraunhofer_adjoint(v: torch.Tensor, *, pitch_m: Scalar, wavelength_m: Scalar, z_m: Scalar) -> Propagated:
     """Exact adjoint of :func:`fraunhofer`; ``pitch_m`` is the *input-plane* pitch."""
     q_out, q_in, _, dtype = _ft_setup(v, pitch_m, wavelength_m, z_m, False, True)
-    return _ft_apply_adjoint(_validate.as_complex(v).to(dtype), q_out, q_in)
+    return Propagated(_ft_apply_adjoint(_validate.as_complex(v).to(dtype), q_out, q_in), _pair(pitch_m),
+                      "fraunhofer")
 
 
 def fresnel_1fft(u: torch.Tensor, *, pitch_m: Scalar, wavelength_m: Scalar, z_m: Scalar,
-                 allow_aliasing: bool = False):
+                 allow_aliasing: bool = False) -> Propagated:
     """Single-FFT Fresnel propagation (Goodman eq. 4-17):
 
     ``U(x') = e^{ikz}/(iλz) · exp(iπ|x'|²/(λz)) · dx² · FFT[u(x) exp(iπ|x|²/(λz))]`` on the
-    output grid of pitch ``λz/(N·dx)``. Returns ``(U, pitch_out_m)``. Meant for
+    output grid of pitch ``λz/(N·dx)``. Returns :class:`Propagated` ``(U, (py, px))``. Meant for
     ``z >= N·dx²/λ``.
     """
     q_out, q_in, p_out, dtype = _ft_setup(u, pitch_m, wavelength_m, z_m, True, allow_aliasing)
-    return _ft_apply(_validate.as_complex(u).to(dtype), q_out, q_in), p_out
+    return Propagated(_ft_apply(_validate.as_complex(u).to(dtype), q_out, q_in), p_out, "fresnel-1fft")
 
 
 def fresnel_1fft_adjoint(v: torch.Tensor, *, pitch_m: Scalar, wavelength_m: Scalar, z_m: Scalar,
-                         allow_aliasing: bool = False) -> torch.Tensor:
+                         allow_aliasing: bool = False) -> Propagated:
     """Exact adjoint of :func:`fresnel_1fft`; ``pitch_m`` is the *input-plane* pitch."""
     q_out, q_in, _, dtype = _ft_setup(v, pitch_m, wavelength_m, z_m, True, allow_aliasing)
-    return _ft_apply_adjoint(_validate.as_complex(v).to(dtype), q_out, q_in)
+    return Propagated(_ft_apply_adjoint(_validate.as_complex(v).to(dtype), q_out, q_in), _pair(pitch_m),
+                      "fresnel-1fft")
 
 
 # --------------------------------------------------------------------------------------------
 # dispatcher
 # --------------------------------------------------------------------------------------------
-class Propagated(tuple):
-    """``(field, pitch_m)`` returned by :func:`propagate`; ``.method`` names the method used."""
-
-    def __new__(cls, field, pitch_m, method: str):
-        obj = super().__new__(cls, (field, pitch_m))
-        obj.method = method
-        return obj
-
-    @property
-    def field(self) -> torch.Tensor:
-        return self[0]
-
-    @property
-    def pitch_m(self):
-        return self[1]
-
-
 def choose_method(shape: Tuple[int, int], *, pitch_m: float, wavelength_m: float, z_m: float) -> str:
     """What ``method="auto"`` picks: band-limited ``"asm"`` for ``|z| <= 2·N·dx²/λ`` (with the
     automatic padding its transfer function is well sampled up to there; same output pitch),
@@ -501,54 +524,73 @@ def choose_method(shape: Tuple[int, int], *, pitch_m: float, wavelength_m: float
     return "asm" if z <= 2 * zc else "fresnel-ir"
 
 
-def _resolve(u, method, pitch_m, wavelength_m, z_m):
+def resolve_method(shape: Tuple[int, int], method: str, *, pitch_m: Scalar, wavelength_m: Scalar,
+                   z_m: Scalar) -> str:
+    """The one place ``method="auto"`` is resolved (:func:`choose_method` on the field's
+    ``shape``); any other name is checked against :data:`METHODS` and returned."""
     if method not in METHODS:
         raise OpticsError(f"method must be one of {METHODS}, got {method!r}")
-    if method == "auto":
-        _validate.field_2d("field", u)
-        method = choose_method(tuple(u.shape[-2:]), pitch_m=_key(pitch_m), wavelength_m=_key(wavelength_m), z_m=_key(z_m))
-        dx = _validate._value(pitch_m)
-        log.info("propagate(method='auto'): z = %.4g m, critical distance N·dx²/λ = %.4g m → %s",
-                 _key(z_m), max(u.shape[-2:]) * dx * dx / _key(wavelength_m), method)
-    return method
+    if method != "auto":
+        return method
+    chosen = choose_method(tuple(shape), pitch_m=_key(pitch_m), wavelength_m=_key(wavelength_m), z_m=_key(z_m))
+    dx = _key(pitch_m)
+    log.info("propagate(method='auto'): z = %.4g m, critical distance N·dx²/λ = %.4g m → %s",
+             _key(z_m), max(shape) * dx * dx / _key(wavelength_m), chosen)
+    return chosen
+
+
+def check_options(method: str, options: dict) -> dict:
+    """Reject options that ``method`` does not take (the same check for a propagator and its
+    adjoint); :data:`METHOD_OPTIONS` lists what each takes."""
+    allowed = METHOD_OPTIONS[method]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        takes = ", ".join(allowed) if allowed else "no options"
+        hint = (" (zero-pad the field yourself, e.g. CDPSystem(oversampling=2), for a finer far-field grid)"
+                if "pad" in unknown and method in ("fraunhofer", "fresnel-1fft") else "")
+        raise OptionError(f"method {method!r} does not take option(s) {', '.join(unknown)}; it takes {takes}{hint}")
+    return dict(options)
+
+
+_FORWARD = {"fraunhofer": fraunhofer, "fresnel-1fft": fresnel_1fft, "fresnel-tf": fresnel_tf,
+            "fresnel-ir": fresnel_ir, "asm": asm}
+_ADJOINT = {"fraunhofer": fraunhofer_adjoint, "fresnel-1fft": fresnel_1fft_adjoint,
+            "fresnel-tf": fresnel_tf_adjoint, "fresnel-ir": fresnel_ir_adjoint, "asm": asm_adjoint}
+
+
+def _dispatch(table, u, pitch_m, wavelength_m, z_m, method, options) -> Propagated:
+    _validate.field_2d("field", u)
+    m = resolve_method(tuple(u.shape[-2:]), method, pitch_m=pitch_m, wavelength_m=wavelength_m, z_m=z_m)
+    opts = check_options(m, options)
+    return table[m](u, pitch_m=pitch_m, wavelength_m=wavelength_m, z_m=z_m, **opts)
 
 
 def propagate(u: torch.Tensor, *, pitch_m: Scalar, wavelength_m: Scalar, z_m: Scalar,
               method: str = "auto", **options) -> Propagated:
     """Propagate ``u`` (shape ``(..., H, W)``) by ``z_m`` and return :class:`Propagated`
-    ``(field, pitch_m)``. ``method`` is one of ``"fraunhofer"``, ``"fresnel-tf"``,
+    ``(field, (py, px))``. ``method`` is one of ``"fraunhofer"``, ``"fresnel-tf"``,
     ``"fresnel-ir"``, ``"fresnel-1fft"``, ``"asm"``, ``"auto"`` (see :func:`choose_method`;
     the choice is logged at INFO level and stored in ``result.method``). ``options`` go to
-    the method's function (``pad``, ``band_limit``, ``evanescent``, ``allow_aliasing``).
+    the method's function; :data:`METHOD_OPTIONS` lists what each takes, and any other
+    option raises :class:`~optics.errors.OptionError`.
     """
-    m = _resolve(u, method, pitch_m, wavelength_m, z_m)
-    kw = dict(pitch_m=pitch_m, wavelength_m=wavelength_m, z_m=z_m)
-    if m == "fraunhofer":
-        out, p = fraunhofer(u, **kw)
-    elif m == "fresnel-1fft":
-        out, p = fresnel_1fft(u, **kw, **options)
-    else:
-        fn = {"fresnel-tf": fresnel_tf, "fresnel-ir": fresnel_ir, "asm": asm}[m]
-        out, p = fn(u, **kw, **options), _validate._value(pitch_m)
-    return Propagated(out, p, m)
+    return _dispatch(_FORWARD, u, pitch_m, wavelength_m, z_m, method, options)
 
 
 def propagate_adjoint(v: torch.Tensor, *, pitch_m: Scalar, wavelength_m: Scalar, z_m: Scalar,
-                      method: str = "auto", **options) -> torch.Tensor:
-    """Adjoint of :func:`propagate` with the same arguments (``pitch_m`` is the input-plane
-    pitch); returns the field on the input grid."""
-    m = _resolve(v, method, pitch_m, wavelength_m, z_m)
-    kw = dict(pitch_m=pitch_m, wavelength_m=wavelength_m, z_m=z_m)
-    fn = {"fraunhofer": fraunhofer_adjoint, "fresnel-1fft": fresnel_1fft_adjoint,
-          "fresnel-tf": fresnel_tf_adjoint, "fresnel-ir": fresnel_ir_adjoint, "asm": asm_adjoint}[m]
-    return fn(v, **kw, **options)
+                      method: str = "auto", **options) -> Propagated:
+    """Exact adjoint of :func:`propagate` with the same arguments and options (``pitch_m`` is
+    the *input-plane* pitch); returns :class:`Propagated` with the field on the input grid.
+    ``"auto"`` is resolved from ``v``'s shape, which is the input's for every method that
+    ``auto`` can pick (both keep the grid)."""
+    return _dispatch(_ADJOINT, v, pitch_m, wavelength_m, z_m, method, options)
 
 
 def padded_shape(shape: Tuple[int, int], *, pitch_m: float, wavelength_m: float, z_m: float,
                  method: str, pad: PadSpec = True) -> Tuple[int, int]:
     """FFT grid a same-pitch method uses for a field of ``shape`` (the Fourier-transform
     methods use the field's own grid). Lets benchmarks time the bare FFT on the same grid."""
-    dx, lam, z = float(pitch_m), float(wavelength_m), float(z_m)
+    dx, lam, z = _key(pitch_m), _key(wavelength_m), _key(z_m)
     shape = tuple(int(n) for n in shape)
     if method == "fresnel-tf":
         s = _spread_paraxial(z, lam, dx)
@@ -563,11 +605,15 @@ def padded_shape(shape: Tuple[int, int], *, pitch_m: float, wavelength_m: float,
     return shape
 
 
-def output_pitch(shape: Tuple[int, int], *, pitch_m: float, wavelength_m: float, z_m: float, method: str):
-    """Output-plane pitch of ``method`` without propagating (``λz/(N·dx)`` for the FT methods)."""
+def output_pitch(shape: Tuple[int, int], *, pitch_m: float, wavelength_m: float, z_m: float,
+                 method: str) -> Tuple[float, float]:
+    """Output-plane pitch ``(py, px)`` of ``method`` without propagating (``λz/(N·dx)`` per
+    axis for the Fourier-transform methods, the input pitch otherwise)."""
+    if method == "auto":
+        method = resolve_method(shape, method, pitch_m=pitch_m, wavelength_m=wavelength_m, z_m=z_m)
     if method in ("fraunhofer", "fresnel-1fft"):
-        return _out_pitch(tuple(shape), float(pitch_m), float(wavelength_m), float(z_m))
-    return float(pitch_m)
+        return _out_pitch(tuple(shape), _key(pitch_m), _key(wavelength_m), _key(z_m))
+    return _pair(pitch_m)
 
 
 def gaussian_beam(shape: Tuple[int, int], *, pitch_m: float, waist_m: float,

@@ -23,9 +23,11 @@ frame), :class:`Sensor` models the camera in five steps:
    Rounding adds variance ``1/12`` DN² (Sheppard's correction) when the signal spread is
    well above one DN.
 
-Paths (like dropout): ``forward`` uses :meth:`sample_differentiable` in training mode and the
-exact :meth:`sample` in eval mode; ``noise=False`` gives the noiseless :meth:`expected_dn`
-(with saturation and clamp, no rounding). The differentiable path replaces the Poisson draw by
+Noise is chosen explicitly, never by ``.train()``/``.eval()``: ``noise=`` (constructor default,
+overridable per call) is one of :data:`NOISE_MODELS` — ``"poisson"`` the exact path
+(:meth:`sample`), ``"gaussian"`` the differentiable approximation
+(:meth:`sample_differentiable`), ``"none"`` the noiseless :meth:`expected_dn` (with saturation
+and clamp, no rounding). The differentiable path replaces the Poisson draw by
 its Gaussian approximation with the reparametrisation trick,
 ``e = μ_e + sqrt(μ_e + σ_r²)·ε``, ``ε ~ N(0, 1)`` (Kingma & Welling, arXiv:1312.6114 (2013)),
 rounds with a straight-through estimator (identity gradient), and clamps (zero gradient past
@@ -44,14 +46,16 @@ import torch
 from torch import nn
 
 from . import _validate
-from .errors import ShapeError, UnitsError
+from .errors import GeometryError, IntensityError, OpticsError, ShapeError, UnitsError
 from .slm import integer_pitch_ratio
 
-__all__ = ["Sensor", "IntensityError"]
+__all__ = ["Sensor", "IntensityError", "NOISE_MODELS", "SENSOR_PARAMETERS"]
 
-
-class IntensityError(UnitsError):
-    """An intensity is negative or complex (it must be a non-negative real power or count)."""
+#: noise models of :meth:`Sensor.forward` (the one list; config and CLI import it)
+NOISE_MODELS = ("poisson", "gaussian", "none")
+#: physical parameters stored as tensors (buffers, or parameters when named in ``fit=``)
+SENSOR_PARAMETERS = ("quantum_efficiency", "mean_photons", "read_noise_e", "dark_current_e_per_s",
+                     "exposure_s", "gain_e_per_dn", "offset_dn", "full_well_e")
 
 
 def _nonneg(name: str, x, unit: str) -> float:
@@ -67,9 +71,11 @@ class Sensor(nn.Module):
     Parameters
     ----------
     pitch_m, grid_pitch_m
-        Camera pixel pitch and simulation grid pitch (m). With ``pitch_m`` set, ``grid_pitch_m``
-        is required and ``pitch_m/grid_pitch_m`` must be an integer within 1e-6 relative
-        (:class:`~optics.slm.PitchRatioError` otherwise). ``pitch_m=None``: one sample per pixel.
+        Camera pixel pitch and the detector-plane sample pitch (m). ``pitch_m/grid_pitch_m``
+        must be an integer within 1e-6 relative (:class:`~optics.errors.PitchRatioError`
+        otherwise). The CDP system owns the geometry: leave ``grid_pitch_m=None`` and
+        :class:`optics.cdp.CDPSystem` binds its detector pitch (a given ``grid_pitch_m`` that
+        disagrees raises). ``pitch_m=None``: one sample per pixel.
     quantum_efficiency
         ``QE`` in ``(0, 1]``.
     mean_photons
@@ -90,7 +96,11 @@ class Sensor(nn.Module):
     full_well_e
         Full-well capacity (e⁻, ``> 0``) or ``None`` (no saturation).
     noise
-        ``False``: ``forward`` returns :meth:`expected_dn`.
+        Default noise model of :meth:`forward`: ``"poisson"`` (exact), ``"gaussian"``
+        (differentiable), ``"none"``; ``True``/``False`` mean ``"poisson"``/``"none"``.
+    fit
+        Names from :data:`SENSOR_PARAMETERS` to store as ``nn.Parameter`` (fitting by
+        autograd); the others are float64 buffers.
     """
 
     def __init__(self, *, pitch_m: Optional[float] = None, grid_pitch_m: Optional[float] = None,
@@ -98,53 +108,84 @@ class Sensor(nn.Module):
                  read_noise_e: float = 0.0, dark_current_e_per_s: float = 0.0,
                  exposure_s: float = 1e-3, gain_e_per_dn: float = 1.0, offset_dn: float = 0.0,
                  bit_depth: Optional[int] = None, full_well_e: Optional[float] = None,
-                 noise: bool = True, budget_dims: int = 2):
+                 noise="poisson", budget_dims: int = 2, fit=()):
         super().__init__()
         if budget_dims not in (2, 3):
             raise UnitsError(f"budget_dims must be 2 (per frame) or 3 (per snapshot set), got {budget_dims!r}")
         self.budget_dims = int(budget_dims)
-        if pitch_m is not None:
-            if grid_pitch_m is None:
-                raise UnitsError(
-                    f"pitch_m = {pitch_m!r} m needs grid_pitch_m (the simulation pitch) to work out the "
-                    f"pixel binning; pass grid_pitch_m= or leave pitch_m=None for one sample per pixel"
-                )
-            self.binning = integer_pitch_ratio(
-                "pitch_m", pitch_m, "grid_pitch_m", grid_pitch_m,
-                fix="choose grid_pitch_m = pitch_m / n for an integer n, or resample the field",
-            )
-            self.pitch_m: Optional[float] = float(pitch_m)
-            self.grid_pitch_m: Optional[float] = float(grid_pitch_m)
-        else:
-            self.binning = 1
-            self.pitch_m = None
-            self.grid_pitch_m = None if grid_pitch_m is None else _validate.pitch("grid_pitch_m", grid_pitch_m)
+        self.pitch_m: Optional[float] = None if pitch_m is None else _validate.pitch("pitch_m", pitch_m)
+        self.grid_pitch_m: Optional[float] = None
+        self.binning: Optional[int] = 1 if pitch_m is None else None
+        if grid_pitch_m is not None:
+            self._set_grid(grid_pitch_m)
         qe = _validate.positive("quantum_efficiency", quantum_efficiency, unit="e⁻/photon")
         if qe > 1.0:
             raise UnitsError(
                 f"quantum_efficiency = {qe!r} exceeds 1; it is a fraction of photons converted "
                 f"(a 70 % QE is 0.7)"
             )
-        self.quantum_efficiency = qe
-        self.mean_photons = (None if mean_photons is None
-                             else _validate.positive("mean_photons", mean_photons, unit="photons/pixel"))
-        self.read_noise_e = _nonneg("read_noise_e", read_noise_e, "e⁻ rms")
-        self.dark_current_e_per_s = _nonneg("dark_current_e_per_s", dark_current_e_per_s, "e⁻/s")
-        self.exposure_s = _validate.positive("exposure_s", exposure_s, unit="s")
-        self.gain_e_per_dn = _validate.positive("gain_e_per_dn", gain_e_per_dn, unit="e⁻/DN")
-        self.offset_dn = _validate.finite_scalar("offset_dn", offset_dn, unit="DN")
+        mp = (None if mean_photons is None
+              else _validate.positive("mean_photons", mean_photons, unit="photons/pixel"))
+        values = dict(
+            quantum_efficiency=qe, mean_photons=mp,
+            read_noise_e=_nonneg("read_noise_e", read_noise_e, "e⁻ rms"),
+            dark_current_e_per_s=_nonneg("dark_current_e_per_s", dark_current_e_per_s, "e⁻/s"),
+            exposure_s=_validate.positive("exposure_s", exposure_s, unit="s"),
+            gain_e_per_dn=_validate.positive("gain_e_per_dn", gain_e_per_dn, unit="e⁻/DN"),
+            offset_dn=_validate.finite_scalar("offset_dn", offset_dn, unit="DN"),
+            full_well_e=(None if full_well_e is None else _validate.positive("full_well_e", full_well_e, unit="e⁻")),
+        )
+        unknown = sorted(set(fit) - set(SENSOR_PARAMETERS))
+        if unknown:
+            raise OpticsError(f"Sensor cannot fit {unknown}; it fits {list(SENSOR_PARAMETERS)}")
+        for name, v in values.items():
+            if v is None:
+                if name in fit:
+                    raise OpticsError(f"cannot fit {name}: it is None (disabled); give a starting value")
+                setattr(self, name, None)
+                continue
+            t = torch.tensor(float(v), dtype=torch.float64)
+            if name in fit:
+                setattr(self, name, nn.Parameter(t))
+            else:
+                self.register_buffer(name, t)
         if bit_depth is not None:
             if isinstance(bit_depth, bool) or not isinstance(bit_depth, (int, np.integer)) or not 1 <= int(bit_depth) <= 32:
                 raise UnitsError(f"bit_depth must be an int in 1 … 32 or None, got {bit_depth!r} (cameras are 8–16 bit)")
             bit_depth = int(bit_depth)
         self.bit_depth = bit_depth
-        self.full_well_e = (None if full_well_e is None
-                            else _validate.positive("full_well_e", full_well_e, unit="e⁻"))
-        self.noise = bool(noise)
+        self.noise = _noise_model(noise)
+
+    # -- geometry -------------------------------------------------------------------------------
+    def _set_grid(self, grid_pitch_m) -> None:
+        g = _validate.pitch("grid_pitch_m", grid_pitch_m)
+        self.grid_pitch_m = g
+        if self.pitch_m is not None:
+            self.binning = integer_pitch_ratio(
+                "pitch_m", self.pitch_m, "grid_pitch_m", g,
+                fix="choose grid_pitch_m (the detector-plane sample pitch) = pitch_m / n for an integer n: "
+                    "change the system's z_m / oversampling / pitch_m, or the camera pitch_m",
+            )
+
+    def bind(self, detector_pitch_m) -> "Sensor":
+        """Attach to a system's detector-plane sample pitch (a float or ``(py, px)``; called by
+        :class:`optics.cdp.CDPSystem`). A ``grid_pitch_m`` given at construction must agree,
+        else :class:`~optics.errors.GeometryError` with both numbers."""
+        py, px = (detector_pitch_m, detector_pitch_m) if not isinstance(detector_pitch_m, (tuple, list)) \
+            else (float(detector_pitch_m[0]), float(detector_pitch_m[1]))
+        if abs(py - px) > 1e-6 * max(py, px) and self.pitch_m is not None:
+            raise GeometryError(f"the detector plane is sampled at {py:.6g} m × {px:.6g} m (non-square) but the "
+                                f"camera pitch {self.pitch_m:.6g} m bins square pixels; use a square object grid")
+        if self.grid_pitch_m is not None and abs(self.grid_pitch_m - px) > 1e-6 * px:
+            raise GeometryError(f"the sensor was built for a detector sample pitch of {self.grid_pitch_m:.6g} m but "
+                                f"the system's detector pitch is {px:.6g} m; leave grid_pitch_m unset (the "
+                                f"system supplies it) or change the system's geometry")
+        self._set_grid(px)
+        return self
 
     # -- derived --------------------------------------------------------------------------------
     @property
-    def dark_e(self) -> float:
+    def dark_e(self) -> torch.Tensor:
         """Dark electrons per pixel per exposure ``D·t``."""
         return self.dark_current_e_per_s * self.exposure_s
 
@@ -169,6 +210,10 @@ class Sensor(nn.Module):
         """Sum over ``bin × bin`` blocks of the last two axes (total conserved)."""
         intensity = self._check_intensity(intensity)
         b = self.binning
+        if b is None:
+            raise GeometryError(f"the camera pitch is {self.pitch_m:.6g} m but the sensor is not attached to a "
+                                f"system (no detector-plane pitch to bin from); pass it to CDPSystem(sensor=...) "
+                                f"or call sensor.bind(detector_pitch_m)")
         if b == 1:
             return intensity
         h, w = intensity.shape[-2:]
@@ -191,7 +236,7 @@ class Sensor(nn.Module):
             raise UnitsError(f"budget_dims = {self.budget_dims} but the intensity has shape {tuple(p.shape)}")
         m = p.mean(dim=tuple(range(-self.budget_dims, 0)), keepdim=True)
         pos = m > 0
-        scale = torch.where(pos, self.mean_photons / torch.where(pos, m, torch.ones_like(m)),
+        scale = torch.where(pos, self.mean_photons.to(m.dtype) / torch.where(pos, m, torch.ones_like(m)),
                             torch.zeros_like(m))
         return p * scale
 
@@ -202,7 +247,10 @@ class Sensor(nn.Module):
     def _saturate(self, e: torch.Tensor) -> torch.Tensor:
         if self.full_well_e is None:
             return e
-        return e.clamp(max=self.full_well_e)
+        fw = self.full_well_e
+        if fw.requires_grad:
+            return torch.minimum(e, fw.to(e.dtype))
+        return e.clamp(max=float(fw))
 
     def _adc_clamp(self, dn: torch.Tensor) -> torch.Tensor:
         if self.bit_depth is None:
@@ -233,8 +281,8 @@ class Sensor(nn.Module):
         with torch.no_grad():
             mu = self.mean_electrons(intensity.detach() if isinstance(intensity, torch.Tensor) else intensity)
             e = torch.poisson(mu, generator=generator)
-            if self.read_noise_e > 0:
-                e = e + self.read_noise_e * torch.randn(mu.shape, generator=generator, dtype=mu.dtype,
+            if float(self.read_noise_e) > 0:
+                e = e + self.read_noise_e.to(mu.dtype) * torch.randn(mu.shape, generator=generator, dtype=mu.dtype,
                                                         device=mu.device)
             e = self._saturate(e)
             dn = torch.round(e / self.gain_e_per_dn + self.offset_dn)
@@ -259,17 +307,31 @@ class Sensor(nn.Module):
             dn = dn + (torch.round(dn) - dn).detach()
         return self._adc_clamp(dn)
 
-    def forward(self, intensity: torch.Tensor, *, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Noisy DN: differentiable path in training mode, exact in eval; ``noise=False`` →
-        :meth:`expected_dn`."""
-        if not self.noise:
+    def forward(self, intensity: torch.Tensor, *, generator: Optional[torch.Generator] = None,
+                noise: Optional[str] = None) -> torch.Tensor:
+        """DN with the noise model ``noise`` (default: the one given at construction):
+        ``"poisson"`` → :meth:`sample`, ``"gaussian"`` → :meth:`sample_differentiable`,
+        ``"none"`` → :meth:`expected_dn`. Independent of ``.train()``/``.eval()``."""
+        mode = self.noise if noise is None else _noise_model(noise)
+        if mode == "none":
             return self.expected_dn(intensity)
-        if self.training:
+        if mode == "gaussian":
             return self.sample_differentiable(intensity, generator=generator)
         return self.sample(intensity, generator=generator)
 
     def extra_repr(self) -> str:
-        return (f"binning={self.binning}, QE={self.quantum_efficiency}, mean_photons={self.mean_photons}, "
-                f"read_noise_e={self.read_noise_e}, dark_e={self.dark_e:g}, gain_e_per_dn={self.gain_e_per_dn}, "
-                f"offset_dn={self.offset_dn}, bit_depth={self.bit_depth}, full_well_e={self.full_well_e}, "
-                f"noise={self.noise}, budget_dims={self.budget_dims}")
+        f = lambda v: None if v is None else float(v)  # noqa: E731
+        return (f"binning={self.binning}, QE={f(self.quantum_efficiency)}, mean_photons={f(self.mean_photons)}, "
+                f"read_noise_e={f(self.read_noise_e)}, dark_e={float(self.dark_e):g}, "
+                f"gain_e_per_dn={f(self.gain_e_per_dn)}, offset_dn={f(self.offset_dn)}, bit_depth={self.bit_depth}, "
+                f"full_well_e={f(self.full_well_e)}, noise={self.noise!r}, budget_dims={self.budget_dims}")
+
+
+def _noise_model(noise) -> str:
+    if noise is True:
+        return "poisson"
+    if noise is False or noise is None:
+        return "none"
+    if noise not in NOISE_MODELS:
+        raise OpticsError(f"noise must be one of {NOISE_MODELS} (or True/False), got {noise!r}")
+    return noise

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _validate
-from .errors import LUTError, OpticsError, ShapeError, UnitsError
+from .errors import LUTError, OpticsError, PitchRatioError, ShapeError, UnitsError
 
 __all__ = [
     "PhaseLUT", "SLM", "PitchRatioError", "integer_pitch_ratio", "wrap_phase",
@@ -50,11 +50,6 @@ log = logging.getLogger(__name__)
 
 TWO_PI = 2.0 * math.pi
 QUANTIZATION_MODES = ("ste", "soft", "exact", "none")
-
-
-class PitchRatioError(ShapeError, UnitsError):
-    """Two pitches that must be in an integer ratio are not (it is both a shape and a units
-    problem, so it subclasses :class:`ShapeError` and :class:`UnitsError`)."""
 
 
 def integer_pitch_ratio(coarse_name: str, coarse_m: float, fine_name: str, fine_m: float,
@@ -90,7 +85,7 @@ def _check_bit_depth(bit_depth) -> int:
     return int(bit_depth)
 
 
-class PhaseLUT:
+class PhaseLUT(nn.Module):
     """Gray level → phase look-up table of an SLM: ``φ(g)`` in radians for ``g = 0 … 2^b − 1``.
 
     ``PhaseLUT(levels_rad)`` takes the phase of every gray level (length ``2^b``, strictly
@@ -102,9 +97,15 @@ class PhaseLUT:
     nearest in the wrap-aware distance ``|wrap(θ − φ_k)|`` (a phase of ``2π − ε`` maps to
     gray 0 of a ``[0, 2π)`` LUT); otherwise it picks the plainly nearest level
     ``|θ − φ_k|`` (out-of-range phases saturate at the end levels). ``wrap=`` overrides.
+
+    The table is a float64 buffer (``levels_rad``; it moves with ``.to()``), or an
+    ``nn.Parameter`` with ``learnable=True`` so a calibration can fit the phase of every gray
+    level by autograd: the *choice* of gray level is discrete, the phase it displays
+    (:meth:`quantize`, :meth:`gray_to_phase`) carries the gradient to the table.
     """
 
-    def __init__(self, levels_rad):
+    def __init__(self, levels_rad, *, learnable: bool = False):
+        super().__init__()
         lv = torch.as_tensor(np.asarray(levels_rad, dtype=np.float64)
                              if not isinstance(levels_rad, torch.Tensor) else levels_rad.detach())
         lv = lv.to(device="cpu", dtype=torch.float64).reshape(-1)
@@ -118,7 +119,10 @@ class PhaseLUT:
             bad = int(torch.nonzero(~torch.isfinite(lv))[0])
             raise LUTError(f"LUT phase at gray level {bad} is {float(lv[bad])!r}; every level must be finite")
         _check_monotone(torch.arange(n), lv)
-        self._levels = lv
+        if learnable:
+            self.levels_rad = nn.Parameter(lv.clone())
+        else:
+            self.register_buffer("levels_rad", lv.clone())
         self.bit_depth = int(round(math.log2(n)))
         span = float(lv[-1] - lv[0])
         self._wraps = span * n / (n - 1) >= TWO_PI * (1.0 - 1e-6)
@@ -185,9 +189,9 @@ class PhaseLUT:
 
     # -- properties ---------------------------------------------------------------------------
     @property
-    def levels_rad(self) -> torch.Tensor:
-        """float64 tensor ``(2^b,)``: the phase of every gray level, in radians."""
-        return self._levels
+    def _levels(self) -> torch.Tensor:
+        """The table without gradient (searches, wrapping, messages)."""
+        return self.levels_rad.detach()
 
     @property
     def n_levels(self) -> int:
@@ -222,8 +226,8 @@ class PhaseLUT:
                 f"gray levels must lie in 0 … {self.n_levels - 1} for a {self.bit_depth}-bit LUT, "
                 f"got {int(g.min())} … {int(g.max())}; clamp them or use a LUT of higher bit depth"
             )
-        lv = self._levels.to(g.device)
-        out = lv[g]
+        lv = self.levels_rad
+        out = lv[g.to(lv.device)]
         return out.to(dtype) if dtype is not None else out
 
     def _circular_sorted(self):
@@ -243,6 +247,10 @@ class PhaseLUT:
             ext = self._levels
             idx = torch.arange(self.n_levels)
         return ext.to(device), idx.to(device)
+
+    def forward(self, gray) -> torch.Tensor:
+        """:meth:`gray_to_phase`."""
+        return self.gray_to_phase(gray)
 
     def reduce(self, theta: torch.Tensor) -> torch.Tensor:
         """``θ`` moved by a multiple of 2π into ``[φ_0, φ_0 + 2π)`` (φ_0 the gray-0 phase)."""
@@ -272,11 +280,12 @@ class PhaseLUT:
         return idx[pick]
 
     def quantize(self, theta: torch.Tensor, *, wrap: Optional[bool] = None) -> torch.Tensor:
-        """``φ(phase_to_gray(θ))``: the displayed LUT level, in ``θ``'s dtype (no gradient)."""
+        """``φ(phase_to_gray(θ))``: the displayed LUT level, in ``θ``'s dtype (no gradient to
+        ``θ``; a learnable table receives the gradient of the level it displays)."""
         theta = torch.as_tensor(theta)
         g = self.phase_to_gray(theta, wrap=wrap)
         dt = theta.dtype if theta.is_floating_point() else torch.float32
-        return self._levels.to(theta.device)[g].to(dt)
+        return self.levels_rad[g.to(self.levels_rad.device)].to(dt)
 
     def __repr__(self) -> str:
         lv = self._levels
@@ -305,15 +314,19 @@ def gaussian_kernel1d(sigma_samples: float, *, truncate: float = 4.0,
 
     Normalising to unit sum preserves the mean of a constant region exactly.
     """
-    r = max(1, int(math.ceil(truncate * sigma_samples)))
+    s_val = float(sigma_samples.detach()) if isinstance(sigma_samples, torch.Tensor) else float(sigma_samples)
+    r = max(1, int(math.ceil(truncate * s_val)))
     j = torch.arange(-r, r + 1, dtype=torch.float64, device=device)
-    k = torch.exp(-0.5 * (j / sigma_samples) ** 2)
+    sig = sigma_samples.to(torch.float64) if isinstance(sigma_samples, torch.Tensor) else sigma_samples
+    k = torch.exp(-0.5 * (j / sig) ** 2)
     return (k / k.sum()).to(dtype)
 
 
 def gaussian_blur(x: torch.Tensor, sigma_samples: float, *, truncate: float = 4.0) -> torch.Tensor:
-    """Separable Gaussian blur of the last two axes of a real tensor, replicate padding."""
-    if sigma_samples <= 0:
+    """Separable Gaussian blur of the last two axes of a real tensor, replicate padding.
+    ``sigma_samples`` may be a 0-d tensor (its gradient flows through the kernel)."""
+    s_val = float(sigma_samples.detach()) if isinstance(sigma_samples, torch.Tensor) else float(sigma_samples)
+    if s_val <= 0:
         return x
     k = gaussian_kernel1d(sigma_samples, truncate=truncate, dtype=x.dtype, device=x.device)
     r = (k.numel() - 1) // 2
@@ -336,7 +349,12 @@ class SLM(nn.Module):
     ----------
     pixel_pitch_m, sim_pitch_m
         SLM pixel pitch and simulation-grid pitch (m). ``upsample = pixel_pitch_m/sim_pitch_m``
-        must be an integer (within 1e-6 relative), else :class:`PitchRatioError`.
+        must be an integer (within 1e-6 relative), else :class:`PitchRatioError`. The CDP
+        system owns the simulation pitch: leave ``sim_pitch_m=None`` and give ``upsample``
+        (default 1) and :class:`optics.cdp.CDPSystem` binds the pitch (and raises if a given
+        ``sim_pitch_m`` disagrees with its own).
+    upsample
+        Simulation samples per SLM pixel (an int ``>= 1``), used when ``sim_pitch_m`` is None.
     fill_factor
         **Area** fill factor in ``(0, 1]``: the active square of each pixel has side
         ``round(sqrt(fill_factor)·upsample)`` samples, centred (offset ``(upsample − a)//2``);
@@ -369,24 +387,44 @@ class SLM(nn.Module):
         Used only for the default LUT.
     soft_temperature_rad
         ``T`` of the soft surrogate (rad), ``> 0``.
+    fit
+        Names of physical parameters to store as ``nn.Parameter`` for fitting by autograd:
+        ``"crosstalk_sigma_m"``, ``"dead_phase_rad"``, ``"lut"`` (the LUT table). The others
+        are buffers (0-d float64 tensors that move with ``.to()``).
 
     Shapes: ``theta`` is ``(..., h, w)`` in SLM pixels; the output is
     ``(..., h·upsample, w·upsample)``, complex64 for float32 ``theta`` and complex128 for
     float64.
     """
 
-    def __init__(self, *, pixel_pitch_m: float, sim_pitch_m: float, fill_factor: float = 1.0,
+    def __init__(self, *, pixel_pitch_m: float, sim_pitch_m: Optional[float] = None,
+                 upsample: Optional[int] = None, fill_factor: float = 1.0,
                  dead_phase_rad: float = 0.0, crosstalk_sigma_m: float = 0.0,
                  lut: Optional[PhaseLUT] = None, bit_depth: int = 8, quantization: str = "ste",
-                 soft_temperature_rad: float = 0.1):
+                 soft_temperature_rad: float = 0.1, fit=()):
         super().__init__()
+        unknown = sorted(set(fit) - {"crosstalk_sigma_m", "dead_phase_rad", "lut"})
+        if unknown:
+            raise OpticsError(f"SLM cannot fit {unknown}; it fits 'crosstalk_sigma_m', 'dead_phase_rad', 'lut'")
         self.pixel_pitch_m = _validate.pitch("pixel_pitch_m", pixel_pitch_m)
-        self.sim_pitch_m = _validate.pitch("sim_pitch_m", sim_pitch_m)
-        self.upsample = integer_pitch_ratio(
-            "pixel_pitch_m", self.pixel_pitch_m, "sim_pitch_m", self.sim_pitch_m,
-            fix="choose sim_pitch_m = pixel_pitch_m / n for an integer n (e.g. "
-                f"{self.pixel_pitch_m / max(1, round(self.pixel_pitch_m / self.sim_pitch_m)):.6g} m)",
-        )
+        if sim_pitch_m is not None:
+            self.sim_pitch_m = _validate.pitch("sim_pitch_m", sim_pitch_m)
+            n = integer_pitch_ratio(
+                "pixel_pitch_m", self.pixel_pitch_m, "sim_pitch_m", self.sim_pitch_m,
+                fix="choose sim_pitch_m = pixel_pitch_m / n for an integer n (e.g. "
+                    f"{self.pixel_pitch_m / max(1, round(self.pixel_pitch_m / self.sim_pitch_m)):.6g} m)",
+            )
+            if upsample is not None and int(upsample) != n:
+                raise PitchRatioError(f"upsample = {upsample!r} disagrees with pixel_pitch_m/sim_pitch_m = {n}; "
+                                      f"give one of them")
+            self.upsample = n
+        else:
+            if upsample is None:
+                upsample = 1
+            if isinstance(upsample, bool) or not isinstance(upsample, (int, np.integer)) or int(upsample) < 1:
+                raise ShapeError(f"upsample must be an int >= 1 (simulation samples per SLM pixel), got {upsample!r}")
+            self.upsample = int(upsample)
+            self.sim_pitch_m = self.pixel_pitch_m / self.upsample
         ff = _validate.finite_scalar("fill_factor", fill_factor, unit="area fraction")
         if not 0.0 < ff <= 1.0:
             raise UnitsError(
@@ -405,18 +443,25 @@ class SLM(nn.Module):
         if abs(eff - ff) > 0.02:
             log.warning("SLM fill_factor %.4g is represented as %.4g (active square %d of %d samples); "
                         "refine sim_pitch_m for a closer match", ff, eff, self.active_side, self.upsample)
-        self.dead_phase_rad = _validate.finite_scalar("dead_phase_rad", dead_phase_rad, unit="rad")
+        dead = _validate.finite_scalar("dead_phase_rad", dead_phase_rad, unit="rad")
         sig = _validate.finite_scalar("crosstalk_sigma_m", crosstalk_sigma_m, unit="m")
         if sig < 0:
             raise UnitsError(
                 f"crosstalk_sigma_m = {sig!r} m must be >= 0 (0 disables crosstalk); it is the std "
                 f"of the fringing-field blur, typically 0.2–1 pixel pitch"
             )
-        self.crosstalk_sigma_m = sig
+        for name, v in (("dead_phase_rad", dead), ("crosstalk_sigma_m", sig)):
+            t = torch.tensor(v, dtype=torch.float64)
+            if name in fit:
+                setattr(self, name, nn.Parameter(t))
+            else:
+                self.register_buffer(name, t)
         if lut is None:
             lut = PhaseLUT.linear(bit_depth)
         if not isinstance(lut, PhaseLUT):
             raise LUTError(f"lut must be a PhaseLUT, got {type(lut).__name__}; use PhaseLUT.linear/tabulated")
+        if "lut" in fit and not isinstance(lut.levels_rad, nn.Parameter):
+            lut = PhaseLUT(lut.levels_rad, learnable=True)
         self.lut = lut
         if quantization not in QUANTIZATION_MODES:
             raise OpticsError(f"quantization must be one of {QUANTIZATION_MODES}, got {quantization!r}")
@@ -439,8 +484,23 @@ class SLM(nn.Module):
         return self.active_side ** 2 / self.upsample ** 2
 
     @property
-    def crosstalk_sigma_samples(self) -> float:
+    def crosstalk_sigma_samples(self) -> torch.Tensor:
         return self.crosstalk_sigma_m / self.sim_pitch_m
+
+    def bind(self, sim_pitch_m: float) -> "SLM":
+        """Check that this SLM agrees with a system's simulation pitch (called by
+        :class:`optics.cdp.CDPSystem`); raises :class:`~optics.errors.GeometryError` with both
+        numbers when it does not."""
+        from .errors import GeometryError
+
+        dx = _validate.pitch("sim_pitch_m", sim_pitch_m)
+        if abs(self.sim_pitch_m - dx) > 1e-6 * dx:
+            raise GeometryError(
+                f"the SLM simulates its {self.pixel_pitch_m:.6g} m pixels on a {self.sim_pitch_m:.6g} m grid "
+                f"(upsample {self.upsample}) but the system's simulation pitch is {dx:.6g} m; build the SLM "
+                f"with upsample = pixel_pitch_m / pitch_m = {self.pixel_pitch_m / dx:.6g} (an integer) and "
+                f"no sim_pitch_m, or change the system's pitch_m")
+        return self
 
     def active_mask(self, h: int, w: int) -> torch.Tensor:
         """Boolean ``(h·upsample, w·upsample)`` map of the active (non-gap) samples."""
@@ -513,9 +573,9 @@ class SLM(nn.Module):
         if self.active_side < u:
             h, w = q.shape[-2:]
             m = self.active_mask(h, w).to(up.device)
-            up = torch.where(m, up, torch.full_like(up, self.dead_phase_rad))
+            up = torch.where(m, up, self.dead_phase_rad.to(up.dtype).expand_as(up))
         sig = self.crosstalk_sigma_samples
-        if sig > 0:
+        if float(sig.detach()) > 0:
             up = gaussian_blur(up, sig)
         return up
 
@@ -526,5 +586,5 @@ class SLM(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"upsample={self.upsample}, fill_factor={self.fill_factor} (effective "
-                f"{self.effective_fill_factor:.4g}), crosstalk_sigma_m={self.crosstalk_sigma_m:g}, "
+                f"{self.effective_fill_factor:.4g}), crosstalk_sigma_m={float(self.crosstalk_sigma_m):g}, "
                 f"quantization={self.quantization!r}, lut={self.lut!r}")

@@ -1,4 +1,10 @@
-"""Build optics and data objects from a validated :class:`~phaseforge.config.Config`."""
+"""Build optics and data objects from a validated :class:`~phaseforge.config.Config`.
+
+The system owns the geometry: the SLM is built with its upsampling (pixel pitch / simulation
+pitch) and no simulation pitch of its own, the sensor with its camera pitch and no grid pitch;
+:class:`optics.cdp.CDPSystem` binds both and raises when they disagree, which is turned into a
+:class:`~phaseforge.config.ConfigError` naming the keys to change.
+"""
 from __future__ import annotations
 
 import math
@@ -9,10 +15,11 @@ import numpy as np
 import torch
 
 from optics.cdp import CDPSystem
-from optics.propagation import choose_method
-from optics.masks import ComplexMask, PhaseMask, binary_phase, octanary, random_phase
+from optics.errors import GeometryError, PitchRatioError
+from optics.masks import ComplexMask, PhaseMask, binary_phase, random_phase
+from optics.propagation import METHOD_OPTIONS, output_pitch, resolve_method
 from optics.sensor import Sensor
-from optics.slm import SLM, PhaseLUT, PitchRatioError
+from optics.slm import SLM, PhaseLUT, integer_pitch_ratio
 
 from .config import Config, ConfigError
 
@@ -21,41 +28,32 @@ def slm_from_config(cfg: Config) -> Optional[SLM]:
     s = cfg.slm
     if not s.enabled:
         return None
+    try:
+        upsample = integer_pitch_ratio(
+            "slm.pixel_pitch_m", s.pixel_pitch_m, "optics.pitch_m", cfg.optics.pitch_m,
+            fix="the simulation pitch optics.pitch_m must divide the SLM pixel pitch: set optics.pitch_m = "
+                "slm.pixel_pitch_m / n for an integer n")
+    except PitchRatioError as exc:
+        raise ConfigError(str(exc)) from exc
     if s.lut is not None and s.lut.gray:
         lut = PhaseLUT.tabulated(s.lut.gray, s.lut.phase_rad, bit_depth=s.bit_depth)
     else:
         lut = PhaseLUT.linear(s.bit_depth, s.max_phase_rad)
-    slm = SLM(pixel_pitch_m=s.pixel_pitch_m, sim_pitch_m=cfg.optics.pitch_m, fill_factor=s.fill_factor,
+    slm = SLM(pixel_pitch_m=s.pixel_pitch_m, upsample=upsample, fill_factor=s.fill_factor,
               dead_phase_rad=s.dead_phase_rad, crosstalk_sigma_m=s.crosstalk_sigma_m, lut=lut,
               bit_depth=s.bit_depth, quantization=s.quantization)
     return slm.eval()
 
 
-def sensor_from_config(cfg: Config, detector_pitch_m=None) -> Optional[Sensor]:
-    """The camera. ``detector_pitch_m`` is the sample pitch of the detector plane (for the
-    Fourier methods ``λz/(M·dx)``, not ``optics.pitch_m``); it is needed only to work out the
-    pixel binning when ``sensor.pitch_m`` is set."""
+def sensor_from_config(cfg: Config) -> Optional[Sensor]:
+    """The camera, not yet bound to a detector pitch (the system binds it)."""
     s = cfg.sensor
     if not s.enabled:
         return None
-    grid = None
-    if s.pitch_m is not None:
-        if detector_pitch_m is None:
-            raise ConfigError("sensor.pitch_m is set but the detector-plane sample pitch is unknown")
-        grid = detector_pitch_m if not isinstance(detector_pitch_m, tuple) else detector_pitch_m[1]
-    try:
-        sensor = Sensor(pitch_m=s.pitch_m, grid_pitch_m=grid,
-                        quantum_efficiency=s.quantum_efficiency, mean_photons=s.mean_photons,
-                        read_noise_e=s.read_noise_e, dark_current_e_per_s=s.dark_current_e_per_s,
-                        exposure_s=s.exposure_s, gain_e_per_dn=s.gain_e_per_dn, offset_dn=s.offset_dn,
-                        bit_depth=s.bit_depth, full_well_e=s.full_well_e, budget_dims=3)
-    except PitchRatioError as exc:
-        raise ConfigError(
-            f"sensor.pitch_m = {s.pitch_m:.6g} m is not an integer multiple of the detector-plane sample "
-            f"pitch {grid:.6g} m ({cfg.optics.method}); choose sensor.pitch_m = n × {grid:.6g} m, or change "
-            f"optics.z_m / optics.oversampling / optics.pitch_m so that the detector pitch divides it "
-            f"({exc})") from exc
-    return sensor.eval()
+    return Sensor(pitch_m=s.pitch_m, quantum_efficiency=s.quantum_efficiency, mean_photons=s.mean_photons,
+                  read_noise_e=s.read_noise_e, dark_current_e_per_s=s.dark_current_e_per_s,
+                  exposure_s=s.exposure_s, gain_e_per_dn=s.gain_e_per_dn, offset_dn=s.offset_dn,
+                  bit_depth=s.bit_depth, full_well_e=s.full_well_e, budget_dims=3, noise=s.noise)
 
 
 def masks_from_config(cfg: Config, slm: Optional[SLM]):
@@ -87,28 +85,33 @@ def masks_from_config(cfg: Config, slm: Optional[SLM]):
     return PhaseMask(theta, learnable=False)
 
 
-# the keyword options each propagation method takes (optics.propagation)
-_METHOD_OPTIONS = {
-    "fraunhofer": (),
-    "fresnel-1fft": ("allow_aliasing",),
-    "fresnel-tf": ("pad", "allow_aliasing"),
-    "fresnel-ir": ("pad", "allow_aliasing"),
-    "asm": ("pad", "band_limit", "evanescent", "allow_aliasing"),
-}
+def resolved_method(cfg: Config) -> str:
+    """``optics.method`` with ``"auto"`` resolved (by :func:`optics.propagation.resolve_method`,
+    the one place) on the detector window, so the configured options of the chosen method apply."""
+    o = cfg.optics
+    n_out = int(round(o.oversampling * cfg.data.size))
+    return resolve_method((n_out, n_out), o.method, pitch_m=o.pitch_m, wavelength_m=o.wavelength_m, z_m=o.z_m)
 
 
 def system_from_config(cfg: Config) -> CDPSystem:
     slm = slm_from_config(cfg)
     masks = masks_from_config(cfg, slm)
     o = cfg.optics
-    method = o.method
-    if method == "auto":  # resolve here so the configured options of the chosen method apply
-        n_out = int(round(o.oversampling * cfg.data.size))
-        method = choose_method((n_out, n_out), pitch_m=o.pitch_m, wavelength_m=o.wavelength_m, z_m=o.z_m)
-    prop = {k: getattr(o.propagation, k) for k in _METHOD_OPTIONS[method]}
-    system = CDPSystem(masks, pitch_m=o.pitch_m, wavelength_m=o.wavelength_m, z_m=o.z_m, method=method,
-                       oversampling=o.oversampling, slm=slm, **prop)
-    system.sensor = sensor_from_config(cfg, system.out_pitch_m)
+    method = resolved_method(cfg)
+    prop = {k: getattr(o.propagation, k) for k in METHOD_OPTIONS[method]}
+    try:
+        system = CDPSystem(masks, pitch_m=o.pitch_m, wavelength_m=o.wavelength_m, z_m=o.z_m, method=method,
+                           oversampling=o.oversampling, slm=slm, sensor=sensor_from_config(cfg), **prop)
+    except (PitchRatioError, GeometryError) as exc:
+        if cfg.sensor.enabled and cfg.sensor.pitch_m is not None and "grid_pitch_m" in str(exc):
+            n_out = int(round(o.oversampling * cfg.data.size))
+            grid = output_pitch((n_out, n_out), pitch_m=o.pitch_m, wavelength_m=o.wavelength_m, z_m=o.z_m,
+                                method=method)[1]
+            raise ConfigError(
+                f"sensor.pitch_m = {cfg.sensor.pitch_m:.6g} m is not an integer multiple of the detector-plane "
+                f"sample pitch {grid:.6g} m ({method}); choose sensor.pitch_m = n × {grid:.6g} m, or change "
+                f"optics.z_m / optics.oversampling / optics.pitch_m so that the detector pitch divides it") from exc
+        raise ConfigError(str(exc)) from exc
     return system.eval()
 
 

@@ -8,14 +8,22 @@
                            [--config CFG] [--set solver.n_iter=…]
     phaseforge config      [--config CFG] [--set …]    (print the resolved configuration)
     phaseforge train | distill | evaluate              (learning; see phaseforge.cli_learn)
+    phaseforge export      slm|doe|verify|devices …   (see phaseforge/cli_export.py)
+    phaseforge capture     validate|info FILE | pack FOLDER --metadata META.yaml --out FILE
+    phaseforge calibrate   CAPTURES.h5 --out CALIBRATION.h5   (simulate takes --calibration CALIBRATION.h5)
 
-Errors from bad input are printed as one line ``phaseforge: error: …`` with exit status 2.
+Errors from bad input (the packages' own error types: :class:`optics.errors.OpticsError`,
+:class:`learning.errors.LearningError`, :class:`phaseforge.config.ConfigError`, the fabrication
+and calibration errors, missing or existing files) are printed as one line
+``phaseforge: error: …`` with exit status 2. Anything else is a bug: the full traceback is
+printed with a line saying so, exit status 3.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from . import __version__
@@ -41,12 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="simulate a CDP dataset into HDF5")
     with_config(p)
     p.add_argument("--out", type=Path, required=True, help="output file DATA.h5")
-    p.add_argument("--resume", action="store_true", help="continue DATA.h5.tmp left by an interrupted run")
+    p.add_argument("--resume", action="store_true", help="continue DATA.h5.tmp left by an interrupted run (also one killed hard)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DATA.h5")
     p.add_argument("--shard", type=str, default=None, metavar="I/N",
                    help="write shard I of N (automatic under torchrun: RANK/WORLD_SIZE)")
     p.add_argument("--max-batches", type=int, default=None, help="stop after K batches (leaves a resumable .tmp)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--calibration", type=Path, default=None, metavar="CALIBRATION.h5",
+                   help="use fitted distance, camera, LUT and crosstalk from `phaseforge calibrate`")
 
     p = sub.add_parser("merge", help="join shard files with an HDF5 virtual dataset (no copy)")
     p.add_argument("shards", nargs="+", type=Path)
@@ -56,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reconstruct", help="classical phase retrieval on a CDP dataset")
     with_config(p)
     p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--solver", choices=["wf", "er", "gs", "hio", "af"], default=None,
+    from learning.solvers import SOLVER_NAMES
+    p.add_argument("--solver", choices=SOLVER_NAMES, default=None,
                    help="default: solver.name of the configuration (wf)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--n-iter", type=int, default=None)
@@ -69,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     with_config(p)
     from . import cli_learn
     cli_learn.add_parsers(sub)
+
+    from .cli_export import add_parsers as add_export_parsers
+    add_export_parsers(sub)
+    from .cli_calibration import add_parsers as add_calibration_parsers
+    add_calibration_parsers(sub)
     return ap
 
 
@@ -79,7 +95,25 @@ def _parse_shard(text):
         i, n = text.split("/")
         return int(i), int(n)
     except ValueError:
-        raise ValueError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+        from .config import ConfigError
+        raise ConfigError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+
+
+def user_errors() -> tuple:
+    """The exception types that mean bad input (one line, exit 2) rather than a bug."""
+    from learning.errors import LearningError
+    from optics.errors import OpticsError
+
+    from .config import ConfigError
+
+    types = [OpticsError, LearningError, ConfigError, FileNotFoundError, FileExistsError, IsADirectoryError,
+             NotADirectoryError, PermissionError]
+    for mod, name in (("fabrication.errors", "FabricationError"), ("calibration.errors", "CalibrationError")):
+        try:
+            types.append(getattr(__import__(mod, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)
 
 
 def main(argv=None) -> int:
@@ -100,11 +134,15 @@ def main(argv=None) -> int:
                   f"relative error median {m['relative_error']['median']:.3g}, "
                   f"outputs in {res['baseline_dir']}")
             print(f"demo: learned single-snapshot student design {res['design']}")
+            if "calibration" in res:
+                print(f"demo: calibration of the sample capture in {res['calibration']['calibration']}")
         elif args.command == "simulate":
-            cfg = load(args.config, args.overrides)
+            from .calibration_jobs import note_calibration, simulate_overrides
+            cfg = load(args.config, simulate_overrides(args.calibration) + args.overrides)
             path = pipeline.simulate(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
                                      shard=_parse_shard(args.shard), progress=not args.no_progress,
                                      max_batches=args.max_batches)
+            note_calibration(path, args.calibration, args.overrides)
             state = "incomplete (resume with --resume)" if path.suffix == ".tmp" else "complete"
             print(f"simulate: wrote {path} ({state})")
         elif args.command == "merge":
@@ -121,12 +159,27 @@ def main(argv=None) -> int:
                   f"outputs in {args.out}")
         elif args.command == "config":
             print(dump(load(args.config, args.overrides)), end="")
+        elif args.command == "export":
+            from .cli_export import run as run_export
+            return run_export(args)
+        elif args.command in ("capture", "calibrate"):
+            from .cli_calibration import run as run_calibration
+            return run_calibration(args)
         else:
             from . import cli_learn
             cli_learn.run(args)
-    except (ValueError, FileNotFoundError, OSError) as exc:
+    except user_errors() as exc:
         print(f"phaseforge: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("phaseforge: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - a bug: show everything
+        traceback.print_exc()
+        print(f"phaseforge: internal error (this is a bug, not a problem with your input): please report it "
+              f"with the traceback above and the command: phaseforge {' '.join(sys.argv[1:] if argv is None else argv)}",
+              file=sys.stderr)
+        return 3
     return 0
 
 

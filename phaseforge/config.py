@@ -16,9 +16,17 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Union
+from typing import List, Optional, Union
 
 import yaml
+
+from learning.encoding import ENCODINGS
+from learning.images import RESIZE_MODES, SPLITS
+from learning.solvers import SOLVER_NAMES
+from optics.masks import MASK_KINDS
+from optics.propagation import EVANESCENT, METHODS
+from optics.sensor import NOISE_MODELS
+from optics.slm import QUANTIZATION_MODES
 
 
 class ConfigError(ValueError):
@@ -84,6 +92,7 @@ class SensorConfig:
     offset_dn: float = 0.0
     bit_depth: Optional[int] = None
     full_well_e: Optional[float] = None
+    noise: str = "poisson"  # poisson (exact) | gaussian (differentiable approximation) | none
 
 
 @dataclass
@@ -97,6 +106,7 @@ class DataConfig:
     resize: str = "resize"  # resize | crop | error
     h5_dataset: str = "images"
     npz_key: Optional[str] = None
+    compression: str = "gzip"  # gzip (portable) | lzf | zstd (needs hdf5plugin) | none
 
 
 @dataclass
@@ -168,8 +178,8 @@ class Config:
 
     def validate(self) -> "Config":
         o = self.optics
-        _choice("optics.method", o.method, ("fraunhofer", "fresnel-tf", "fresnel-ir", "fresnel-1fft", "asm", "auto"))
-        _choice("optics.propagation.evanescent", o.propagation.evanescent, ("drop", "decay"))
+        _choice("optics.method", o.method, METHODS)
+        _choice("optics.propagation.evanescent", o.propagation.evanescent, EVANESCENT)
         for key, v in (("optics.wavelength_m", o.wavelength_m), ("optics.pitch_m", o.pitch_m)):
             _positive(key, v)
         if not (1e-9 <= o.wavelength_m <= 1e-3):
@@ -178,7 +188,7 @@ class Config:
             raise ConfigError(f"optics.z_m must be a finite non-zero distance in metres, got {o.z_m!r}")
         if o.oversampling < 1:
             raise ConfigError(f"optics.oversampling must be >= 1, got {o.oversampling!r}")
-        _choice("masks.kind", self.masks.kind, ("random_phase", "binary", "octanary", "file"))
+        _choice("masks.kind", self.masks.kind, MASK_KINDS)
         if self.masks.n_masks < 1:
             raise ConfigError(f"masks.n_masks must be >= 1, got {self.masks.n_masks}")
         if self.masks.kind == "file" and not self.masks.path:
@@ -186,15 +196,18 @@ class Config:
         if self.slm.enabled and self.masks.kind == "octanary":
             raise ConfigError("masks.kind = 'octanary' modulates amplitude, which a phase-only SLM cannot show; "
                               "use random_phase or binary with slm.enabled, or disable the SLM")
-        _choice("slm.quantization", self.slm.quantization, ("ste", "soft", "exact", "none"))
-        _choice("data.encoding", self.data.encoding, ("amplitude", "phase", "complex"))
-        _choice("data.split", self.data.split, ("train", "val", "test", "all"))
-        _choice("data.resize", self.data.resize, ("resize", "crop", "error"))
+        _choice("slm.quantization", self.slm.quantization, QUANTIZATION_MODES)
+        _choice("sensor.noise", self.sensor.noise, NOISE_MODELS)
+        _choice("data.encoding", self.data.encoding, ENCODINGS)
+        _choice("data.split", self.data.split, SPLITS)
+        _choice("data.resize", self.data.resize, RESIZE_MODES)
+        from learning.h5io.compression import COMPRESSIONS
+        _choice("data.compression", self.data.compression, COMPRESSIONS)
         if self.data.size < 4:
             raise ConfigError(f"data.size must be >= 4 pixels, got {self.data.size}")
         if len(self.data.phase_range_rad) != 2:
             raise ConfigError(f"data.phase_range_rad must be [low, high] in rad, got {self.data.phase_range_rad!r}")
-        _choice("solver.name", self.solver.name, ("wf", "er", "gs", "hio", "af"))
+        _choice("solver.name", self.solver.name, SOLVER_NAMES)
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         _validate_learning(self)

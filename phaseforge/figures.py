@@ -21,7 +21,7 @@ def cdp_figure(obj, modulation, measurements, system):
     L = y.shape[0]
     ncol = 3 + L
     fig, axes = plt.subplots(1, ncol, figsize=(2.6 * ncol, 2.9))
-    ext_obj_mm = np.array([-0.5, 0.5, -0.5, 0.5]) * obj.shape[-1] * system.pitch_m * 1e3
+    ext_obj_mm = np.array([-0.5, 0.5, -0.5, 0.5]) * obj.shape[-1] * float(system.pitch_m) * 1e3
     im = axes[0].imshow(np.abs(obj), cmap="gray", extent=ext_obj_mm)
     axes[0].set_title("object |x|")
     fig.colorbar(im, ax=axes[0], fraction=0.046)
@@ -32,7 +32,7 @@ def cdp_figure(obj, modulation, measurements, system):
                         extent=ext_obj_mm)
     axes[2].set_title("mask 1 phase [rad]")
     fig.colorbar(im, ax=axes[2], fraction=0.046)
-    p_out = system.out_pitch_m if not isinstance(system.out_pitch_m, tuple) else system.out_pitch_m[1]
+    p_out = system.out_pitch_m[1]
     ext_det = np.array([-0.5, 0.5, -0.5, 0.5]) * y.shape[-1] * p_out * 1e3
     for l in range(L):
         ax = axes[3 + l]

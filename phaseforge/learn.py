@@ -33,9 +33,10 @@ from optics.cdp import CDPSystem
 from learning.errors import LearningError
 from optics.design import write_design
 from optics.fileio import save_figure, write_json, write_text
+from optics.propagation import METHOD_OPTIONS
 
 from . import __version__
-from .build import _METHOD_OPTIONS, sensor_from_config, slm_from_config
+from .build import resolved_method, sensor_from_config, slm_from_config
 from .config import Config, ConfigError, dump, from_yaml_text, load, to_dict
 
 __all__ = ["build_model", "load_objects", "train_run", "distill_run", "load_run", "evaluate_runs",
@@ -77,18 +78,15 @@ def build_model(cfg: Config):
     masks = build_phase_mask(cfg.masks.n_masks, (size // up, size // up), seed=cfg.masks.seed,
                              role=cfg.model.role, learnable=True)
     o = cfg.optics
-    method = o.method
-    if method == "auto":
-        from optics.propagation import choose_method
-        n_out = int(round(o.oversampling * size))
-        method = choose_method((n_out, n_out), pitch_m=o.pitch_m, wavelength_m=o.wavelength_m, z_m=o.z_m)
-    prop = {k: getattr(o.propagation, k) for k in _METHOD_OPTIONS[method]}
+    method = resolved_method(cfg)
+    prop = {k: getattr(o.propagation, k) for k in METHOD_OPTIONS[method]}
+    # the sensor is held by CodedPhysics and called explicitly (noise by argument), not by the system
     system = CDPSystem(masks, pitch_m=o.pitch_m, wavelength_m=o.wavelength_m, z_m=o.z_m, method=method,
                        oversampling=o.oversampling, slm=slm, **prop)
-    sensor = sensor_from_config(cfg, system.out_pitch_m)
-    if sensor is not None and sensor.binning != 1:
+    if cfg.sensor.enabled and cfg.sensor.pitch_m is not None:
         raise ConfigError("sensor.pitch_m bins several detector samples per camera pixel, which the unrolled "
-                          "solver cannot model; leave sensor.pitch_m unset for training")
+                          "solver cannot model; leave sensor.pitch_m unset (null) for training")
+    sensor = sensor_from_config(cfg)
     physics = CodedPhysics(system, sensor, masks=masks)
     m = cfg.model
     rec = Reconstructor(encoding=cfg.data.encoding, widths=m.widths, norm=m.norm, solver=m.solver,
@@ -147,7 +145,7 @@ def _cdp_dataset_objects(source: str, split: str, n: int, key: str, cfg: Config)
     if len(ds) < n:
         raise ConfigError(f"{key} = {n} but the {split} split of {source} holds only {len(ds)} objects; "
                           f"lower {key} or simulate more objects")
-    return torch.stack([ds[i][1] for i in range(n)])
+    return torch.stack([ds.sample(i)["x"] for i in range(n)])
 
 
 def _settings(cfg: Config, progress: bool):
@@ -345,7 +343,7 @@ def _test_objects(data, cfg: Config, n: Optional[int]) -> torch.Tensor:
         raise RunError(f"{data} holds {enc} objects but the runs were trained on {cfg.data.encoding} objects "
                        f"(data.encoding); simulate the test set with data.encoding={cfg.data.encoding}")
     k = len(ds) if n is None else min(n, len(ds))
-    return torch.stack([ds[i][1] for i in range(k)])
+    return torch.stack([ds.sample(i)["x"] for i in range(k)])
 
 
 def evaluate_runs(runs: Sequence, out, *, data=None, n: Optional[int] = None, seed: int = 0,

@@ -18,17 +18,14 @@ from optics.fileio import save_figure, save_npz, write_json, write_text
 from optics.grid import crop_centered, pad_centered
 
 from . import __version__
-from .build import (effective_masks, objects_from_config, sensor_from_config, system_from_config,
-                    system_from_file_params)
+from .build import effective_masks, objects_from_config, system_from_config, system_from_file_params
 from .config import Config, dump, from_yaml_text, load
 
 
 def _file_params(cfg: Config, system) -> dict:
     """The parameter tree stored in a dataset file (SI values; units from the key suffix)."""
     o = cfg.optics
-    out_pitch = system.out_pitch_m
-    if isinstance(out_pitch, tuple):
-        out_pitch = list(out_pitch)
+    out_pitch = list(system.out_pitch_m)
     params = {
         "optics": {"wavelength_m": o.wavelength_m, "pitch_m": o.pitch_m, "z_m": o.z_m,
                    "method": system.method, "oversampling": o.oversampling,
@@ -46,40 +43,91 @@ def _file_params(cfg: Config, system) -> dict:
     return params
 
 
-def make_simulator(system):
-    """``simulate(x, generators)`` for :func:`learning.h5io.write_cdp_dataset`: noiseless
-    intensities for the batch, then each sample's sensor noise from its own generator."""
-    sensor = system.sensor
+class NoisySimulator:
+    """``simulate(x, generators)``: noiseless intensities of the batch ``system.intensity(x)``,
+    then each sample's exact sensor draw :meth:`optics.sensor.Sensor.sample` from its own
+    generator, the samples spread over a pool of ``threads`` threads (``torch.poisson`` releases
+    the GIL, and each draw holds only its own generator, so the result is the same as one
+    sample after the other, bit for bit)."""
 
-    def simulate(x: torch.Tensor, generators):
+    def __init__(self, system, *, threads: Optional[int] = None):
+        self.system = system
+        self.sensor = system.sensor
+        self.threads = max(1, int(threads if threads is not None else torch.get_num_threads()))
+        self._pool = None
+
+    def __call__(self, x: torch.Tensor, generators) -> torch.Tensor:
         with torch.no_grad():
-            inten = system.intensity(x.to(torch.complex64))
-            if sensor is None:
+            inten = self.system.intensity(x.to(torch.complex64))
+            if self.sensor is None:
                 return inten.float()
-            return torch.stack([sensor.sample(inten[b], generator=g) for b, g in enumerate(generators)]).float()
+            draw = lambda b: self.sensor.sample(inten[b], generator=generators[b])  # noqa: E731
+            if self.threads == 1 or len(generators) == 1:
+                ys = [draw(b) for b in range(len(generators))]
+            else:
+                if self._pool is None:
+                    from concurrent.futures import ThreadPoolExecutor
+                    self._pool = ThreadPoolExecutor(max_workers=self.threads)
+                ys = list(self._pool.map(draw, range(len(generators))))
+            return torch.stack(ys).float()
 
-    return simulate
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+
+def make_simulator(system, *, threads: Optional[int] = None) -> NoisySimulator:
+    """``simulate(x, generators)`` for :func:`learning.h5io.write_cdp_dataset` and
+    :func:`simulate`: noiseless intensities for the batch, then each sample's sensor noise from
+    its own generator (:class:`NoisySimulator`)."""
+    return NoisySimulator(system, threads=threads)
 
 
 def simulate(cfg: Config, out: Path, *, resume: bool = False, overwrite: bool = False,
              shard: Optional[Tuple[int, int]] = None, progress: bool = True,
              max_batches: Optional[int] = None) -> Path:
-    """Simulate ``cfg.data`` through the configured CDP system into the HDF5 file ``out``."""
-    from learning.h5io import shard_from_env, write_cdp_dataset
+    """Simulate ``cfg.data`` through the configured CDP system into the HDF5 file ``out``.
+
+    The loop: objects of a batch → noiseless intensities → each sample's exact sensor draw from
+    its own generator ``learning.h5io.sample_generator(seed, i)`` → appended to a
+    :class:`learning.h5io.CDPWriter` (compression ``data.compression``), so the file does not
+    depend on the batch size, the threads, sharding or where an interrupted run (even a killed
+    one) was resumed."""
+    from tqdm.auto import tqdm
+
+    from learning.h5io import CDPWriter, sample_generator, shard_from_env
+    from learning.h5io.writer import check_int, object_at
 
     out = Path(out)
+    if max_batches is not None:
+        max_batches = check_int(max_batches, "max_batches", 1)
     system = system_from_config(cfg)
     objects = objects_from_config(cfg)
     if shard is None:
         shard = shard_from_env()
     masks_rad, mask_amp = effective_masks(system)
-    path = write_cdp_dataset(
-        out, objects=objects, simulate=make_simulator(system), masks_rad=masks_rad,
-        mask_amplitude=mask_amp, params=_file_params(cfg, system), config_yaml=dump(cfg),
-        software_version=__version__, seed=cfg.seed,
-        measurement_units="DN" if system.sensor is not None else "arb",
-        batch_size=cfg.batch_size, resume=resume, overwrite=overwrite, shard=shard,
-        progress=progress, max_batches=max_batches)
+    writer = CDPWriter(
+        out, n_samples=len(objects), masks_rad=masks_rad, mask_amplitude=mask_amp,
+        params=_file_params(cfg, system), config_yaml=dump(cfg), software_version=__version__,
+        seed=cfg.seed, measurement_units="DN" if system.sensor is not None else "arb",
+        compression=cfg.data.compression, resume=resume, overwrite=overwrite, shard=shard,
+        objects=objects)
+    sim = make_simulator(system)
+    try:
+        with writer, tqdm(total=writer.n, initial=writer.n_written, disable=not progress,
+                          desc=writer.final.name, unit="sample", dynamic_ncols=True) as bar:
+            batches = 0
+            while not writer.done and (max_batches is None or batches < max_batches):
+                idx = range(writer.next_index, min(writer.next_index + cfg.batch_size, writer.stop))
+                x = torch.stack([object_at(objects, j, writer.object_shape) for j in idx])
+                y = sim(x, [sample_generator(cfg.seed, j) for j in idx])
+                writer.append(x, y)
+                batches += 1
+                bar.update(len(idx))
+            path = writer.close()
+    finally:
+        sim.close()
     if Path(path).suffix != ".tmp":
         write_text(Path(path).with_name(Path(path).name + ".config.yaml"), dump(cfg))
     return Path(path)
@@ -97,14 +145,18 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
                 progress: bool = True, config: Optional[Path] = None, overrides=None) -> dict:
     """Run a classical solver on every sample of ``data``; write reconstructions, metrics, figure.
 
-    The configuration is the one stored in the dataset, then ``config`` (YAML) and
-    ``overrides`` on top (e.g. ``solver.n_iter=500``); explicit arguments win over both."""
-    from learning.h5io import CDPDataset
+    The physics (operator, masks, sensor, object encoding) comes from the dataset file only.
+    ``config`` (YAML) and ``overrides`` may change the solver settings (``solver.*``,
+    ``batch_size``, ``seed``); a change to any physics key is refused, because it would not
+    apply to measurements already simulated. Explicit arguments win over both."""
+    from learning.h5io import CDPDataset, physics_from_file
     from learning.metrics import evaluate
     from learning.solvers import solve
 
     ds = CDPDataset(data)
-    cfg = load(config, overrides, base=from_yaml_text(ds.attrs.get("config_yaml", "")))
+    stored = from_yaml_text(ds.attrs.get("config_yaml", ""))
+    cfg = load(config, overrides, base=stored)
+    _refuse_physics_changes(stored, cfg, data)
     if solver is None:
         solver = cfg.solver.name
     if n_iter is None:
@@ -112,10 +164,10 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
     if tol is None:
         tol = cfg.solver.tol
     masks, amp = ds.masks_rad, ds.mask_amplitude
-    system = system_from_file_params(ds.params, masks, amp)
-    sensor = sensor_from_config(cfg, system.out_pitch_m)
+    system, sensor = physics_from_file(data)  # the physics comes from the file alone
     if sensor is not None and sensor.binning > 1:
-        raise ValueError(
+        from .config import ConfigError
+        raise ConfigError(
             f"{data}: the sensor binned {sensor.binning}×{sensor.binning} detector samples per pixel; a "
             f"sum of |field|² over a pixel is not |A x|² of any linear A, so the classical solvers "
             f"cannot model it — simulate with sensor.pitch_m unset (one sample per pixel) to reconstruct")
@@ -133,13 +185,13 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
     kw = {}
     if solver in ("er", "gs", "hio"):
         kw["support"] = support
-        if cfg.data.encoding == "amplitude":  # objects known to be real and non-negative
+        if stored.data.encoding == "amplitude":  # objects known to be real and non-negative
             kw.update(nonnegative=True, real=True)
     for start in tqdm(range(0, count, batch_size), desc=f"reconstruct ({solver})", disable=not progress,
                       unit="batch"):
         items = [ds[i] for i in range(start, min(count, start + batch_size))]
-        y = torch.stack([m for m, _ in items])
-        x = torch.stack([o for _, o in items])
+        x = torch.stack([o for o, _ in items])
+        y = torch.stack([m for _, m in items])
         y = _measurements_to_intensity(sensor, y)
         res = solve(system, y, solver=solver, n_iter=n_iter, tol=tol, generator=cfg.seed, history=False, **kw)
         x_hat = res.x.detach().to(torch.complex64)
@@ -152,10 +204,10 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
     x = torch.cat(xs)
     x_hat = torch.cat(xhats)
     # with a photon budget the measurement scale is arbitrary: align a complex scale, not only the phase
-    align_scale = cfg.sensor.enabled and cfg.sensor.mean_photons is not None
+    align_scale = stored.sensor.enabled and stored.sensor.mean_photons is not None
     # PSNR of the phase over the encoded phase range (amplitude objects: the full 2π)
-    lo, hi = cfg.data.phase_range_rad
-    phase_range = 2 * math.pi if cfg.data.encoding == "amplitude" else float(hi - lo)
+    lo, hi = stored.data.phase_range_rad
+    phase_range = 2 * math.pi if stored.data.encoding == "amplitude" else float(hi - lo)
     metrics = evaluate(x_hat, x, amplitude_range=1.0, phase_range_rad=phase_range, align_scale=align_scale)
     report = {"data": str(data), "solver": solver, "n_samples": count, "n_iter": n_iter, "tol": tol,
               "seconds": elapsed, "seconds_per_sample": elapsed / count, "align_scale": align_scale,
@@ -167,6 +219,35 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
     save_figure(reconstruction_figure(x, x_hat, metrics, title=f"{solver} on {Path(data).name}"),
                 out / "reconstructions.png", dpi=110)
     return report
+
+
+#: configuration sections that only steer the reconstruction (everything else is physics)
+RECONSTRUCT_KEYS = ("solver", "batch_size", "seed")
+
+
+def _refuse_physics_changes(stored: Config, cfg: Config, data) -> None:
+    from .config import ConfigError
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                out.update(flat(v, key + "."))
+            else:
+                out[key] = v
+        return out
+
+    a, b = flat(dataclasses.asdict(stored)), flat(dataclasses.asdict(cfg))
+    changed = [k for k in sorted(set(a) | set(b))
+               if k.split(".")[0] not in RECONSTRUCT_KEYS and a.get(k) != b.get(k)]
+    if changed:
+        shown = ", ".join(f"{k} ({a.get(k)!r} → {b.get(k)!r})" for k in changed[:6])
+        raise ConfigError(
+            f"{data}: the configuration changes physics key(s) {shown}{' …' if len(changed) > 6 else ''}; "
+            f"they would not apply — the measurements in the file were simulated with the stored values, "
+            f"which reconstruct always uses. Change only {', '.join(k + ('.*' if k == 'solver' else '') for k in RECONSTRUCT_KEYS)} "
+            f"here, or simulate a new dataset with the physics you want")
 
 
 def _padded_operator(params, masks, amp, system):
@@ -204,16 +285,21 @@ def demo(out: Path, *, progress: bool = True, config: Optional[Path] = None, ove
         y = system(obj[None], generator=torch.Generator().manual_seed(show_cfg.seed))[0]
         mod = system.modulation()
     save_npz(out / "showcase_measurements.npz", object=obj.numpy(), modulation=mod.numpy(),
-             measurements_dn=y.numpy(), detector_pitch_m=np.float64(system.out_pitch_m))
+             measurements_dn=y.numpy(), detector_pitch_m=np.asarray(system.out_pitch_m, dtype=np.float64))
     write_text(out / "showcase_config.yaml", dump(show_cfg))
     save_figure(cdp_figure(obj, mod, y, system), out / "showcase_cdp.png", dpi=110)
     # 2. a small CDP dataset with `phaseforge simulate`, 3. a Wirtinger-flow baseline
     data = simulate(cfg, out / "demo_cdp.h5", overwrite=True, progress=progress)
     rec_dir = out / f"reconstruct_{cfg.solver.name}"
     report = reconstruct(data, rec_dir, solver=cfg.solver.name, progress=progress)
+    from .cli_export import export_demo_from_dataset
+    export = export_demo_from_dataset(out / "export", data)
+    from .calibration_jobs import calibration_demo  # 5. calibrate against the committed sample capture
     from .learn import learning_demo  # simulate → teacher → student E2E → distilled student → evaluate
     return {"showcase": str(out / "showcase_cdp.png"), "dataset": str(data), "baseline": report,
-            "baseline_dir": str(rec_dir), "design": learning_demo(out, progress=progress)}
+            "baseline_dir": str(rec_dir), "export": export,
+            "calibration": calibration_demo(out / "calibration", progress=progress),
+            "design": learning_demo(out, progress=progress)}
 
 
 def _showcase_object(size: int) -> torch.Tensor:

@@ -5,6 +5,7 @@ sample's generator); the physics lives in optics and is tested there.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -17,11 +18,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from learning.errors import (DatasetExistsError, DatasetFormatError, DatasetIncompleteError,
-                             DatasetNotFoundError, DatasetVersionError, ResumeMismatchError,
-                             ShardError, SimulationOutputError)
-from learning.h5io import (CDPDataset, merge_shards, open_cdp_file, read_attributes, read_masks,
-                           read_params, sample_generator, shard_from_env, shard_path,
-                           write_cdp_dataset)
+                             DatasetNotFoundError, DatasetVersionError, LearningError,
+                             OutputFolderError, ResumeMismatchError, ShardError,
+                             SimulationOutputError)
+from learning.h5io import (CDPDataset, CDPWriter, journal_path, merge_shards, open_cdp_file,
+                           read_attributes, read_masks, read_params, sample_generator,
+                           shard_from_env, shard_path, write_cdp_dataset)
 from learning.h5io import tmp_path as temporary_name
 
 H = W = 8
@@ -190,12 +192,14 @@ def test_writer_batches_bounded_and_memory_flat(tmp_path):
         assert len(gens) == x.shape[0]
         return simulate(x, gens)
 
+    # one compression thread: each zlib deflate holds a ≈300 kB state while it runs (constant in
+    # N); with two threads the peak would depend on whether two of them happen to overlap
     write(tmp_path / "warmup.h5", n=8, simulate=spy, batch_size=8)  # one-time imports/caches
     peaks = {}
     for n in (50, 200):
         calls.clear()
         tracemalloc.start()
-        write(tmp_path / f"N{n}.h5", n=n, simulate=spy, batch_size=8)
+        write(tmp_path / f"N{n}.h5", n=n, simulate=spy, batch_size=8, threads=1)
         peaks[n] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert max(calls) <= 8 and sum(calls) == n
@@ -310,7 +314,7 @@ def test_cdp_dataset_items_properties_and_splits(reference):
     objs, meas = arrays(reference)
     assert len(ds) == 10 and ds.n_masks == L
     assert ds.object_shape == (H, W) and ds.measurement_shape == (L, H, W)
-    m, o = ds[3]
+    o, m = ds[3]  # (x, y): object first, measurements second
     assert m.dtype == torch.float32 and o.dtype == torch.complex64
     np.testing.assert_array_equal(m.numpy(), meas[3])
     np.testing.assert_array_equal(o.numpy(), objs[3])
@@ -318,11 +322,18 @@ def test_cdp_dataset_items_properties_and_splits(reference):
     assert ds.params == read_params(reference)
     mem = CDPDataset(reference, in_memory=True)
     for i in range(10):
+        torch.testing.assert_close(mem[i][1], ds[i][1], rtol=0, atol=0)
         torch.testing.assert_close(mem[i][0], ds[i][0], rtol=0, atol=0)
     parts = [CDPDataset(reference, split=s).indices for s in ("train", "val", "test")]
     assert sorted(np.concatenate(parts).tolist()) == list(range(10))
     val = CDPDataset(reference, split="val", in_memory=True)
-    np.testing.assert_array_equal(val[0][0].numpy(), meas[val.indices[0]])
+    np.testing.assert_array_equal(val[0][1].numpy(), meas[val.indices[0]])
+    # the sample index: the file row, also through a split and in memory
+    x, y, k = CDPDataset(reference, split="val", return_index=True)[0]
+    assert k == int(val.indices[0]) and isinstance(k, int)
+    np.testing.assert_array_equal(x.numpy(), objs[k])
+    s = val.sample(0)
+    assert s["index"] == k and torch.equal(s["y"], y) and torch.equal(s["x"], x)
     pickle.loads(pickle.dumps(ds))  # after use: the open handle is not pickled
 
 
@@ -330,9 +341,162 @@ def test_dataloader_with_two_workers_reads_same_items(reference):
     ds = CDPDataset(reference)
     _ = ds[0]  # the parent process holds an open handle before the workers start
     loader = DataLoader(ds, batch_size=3, shuffle=False, num_workers=2)
-    ms, os_ = zip(*loader)
+    os_, ms = zip(*loader)
     direct = [ds[i] for i in range(len(ds))]
-    torch.testing.assert_close(torch.cat(ms), torch.stack([d[0] for d in direct]),
+    torch.testing.assert_close(torch.cat(os_), torch.stack([d[0] for d in direct]),
                                rtol=0, atol=0)
-    torch.testing.assert_close(torch.cat(os_), torch.stack([d[1] for d in direct]),
+    torch.testing.assert_close(torch.cat(ms), torch.stack([d[1] for d in direct]),
                                rtol=0, atol=0)
+    # with the index: the default collation stacks it into a tensor of file rows
+    ds_i = CDPDataset(reference, return_index=True, split="train")
+    rows = torch.cat([k for _, _, k in DataLoader(ds_i, batch_size=4, num_workers=0)])
+    assert rows.tolist() == ds_i.indices.tolist()
+
+
+# ---------------------------------------------------------------- hard kills (in process)
+def _as_if_hard_killed(path):
+    """Make a cleanly stopped run look hard-killed: drop the journal's last 'closed' record."""
+    j = journal_path(path)
+    lines = j.read_text().splitlines()
+    assert lines[-1].startswith('{"closed"')
+    j.write_text("\n".join(lines[:-1]) + "\n")
+
+
+def test_hard_killed_file_is_salvaged_up_to_the_first_bad_batch(tmp_path, reference):
+    calls = []
+
+    def spy(x, gens):
+        calls.append(x.shape[0])
+        return simulate(x, gens)
+
+    final = tmp_path / "DATA.h5"
+    write(final, max_batches=2)  # samples 0..7 committed (batches of 4)
+    _as_if_hard_killed(final)
+    assert write(final, resume=True, simulate=spy) == final
+    assert sum(calls) == 2  # samples 0..7 salvaged, only 8..9 simulated again
+    for a, b in zip(arrays(final), arrays(reference)):
+        np.testing.assert_array_equal(a, b)
+    assert not journal_path(final).exists()
+    # a batch whose bytes do not match its journal checksum ends the salvage there
+    calls.clear()
+    final = tmp_path / "B.h5"
+    write(final, max_batches=2)
+    _as_if_hard_killed(final)
+    j = journal_path(final)
+    lines = j.read_text().splitlines()
+    rec = json.loads(lines[-1])
+    rec["crc32"][1] ^= 1
+    j.write_text("\n".join(lines[:-1] + [json.dumps(rec)]) + "\n")
+    assert write(final, resume=True, simulate=spy) == final
+    assert sum(calls) == 6  # batch 4..7 failed its check: 4..9 simulated again
+    for a, b in zip(arrays(final), arrays(reference)):
+        np.testing.assert_array_equal(a, b)
+    # a file too damaged to open is started afresh (its content is fixed by the inputs)
+    calls.clear()
+    final = tmp_path / "C.h5"
+    write(final, max_batches=1)
+    _as_if_hard_killed(final)
+    with open(temporary_name(final), "r+b") as fh:
+        fh.truncate(64)
+    assert write(final, resume=True, simulate=spy) == final
+    assert sum(calls) == 10
+    for a, b in zip(arrays(final), arrays(reference)):
+        np.testing.assert_array_equal(a, b)
+    # a salvaged file is still checked against the new inputs
+    final = tmp_path / "D.h5"
+    write(final, max_batches=1)
+    _as_if_hard_killed(final)
+    with pytest.raises(ResumeMismatchError, match="seed: 5 \\(the file\\) vs 6 \\(now\\)"):
+        write(final, resume=True, seed=6)
+
+
+def test_tmp_without_journal_resumes_as_before(tmp_path, reference):
+    # a .tmp stopped cleanly by phaseforge ≤ 0.1.0 has no journal: it is reopened as it is
+    final = tmp_path / "DATA.h5"
+    write(final, max_batches=1)
+    journal_path(final).unlink()
+    assert write(final, resume=True) == final
+    for a, b in zip(arrays(final), arrays(reference)):
+        np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- writer API, compression
+@pytest.mark.parametrize("write_behind", [True, False])
+def test_writer_appends_batches_and_checks_them(tmp_path, reference, write_behind):
+    objs, meas = arrays(reference)
+    with pytest.raises(OutputFolderError, match=r"output folder .*nowhere does not exist.*mkdir -p"):
+        CDPWriter(tmp_path / "nowhere" / "D.h5", n_samples=10, masks_rad=MASKS, params=PARAMS,
+                  software_version="0.1.0", seed=5)
+    w = CDPWriter(tmp_path / "D.h5", n_samples=10, masks_rad=MASKS, params=PARAMS,
+                  config_yaml=CONFIG, software_version="0.1.0", seed=5, write_behind=write_behind)
+    with w:
+        for k0 in (0, 3, 7):
+            k1 = {0: 3, 3: 7, 7: 10}[k0]
+            assert w.next_index == k0
+            y = torch.from_numpy(meas[k0:k1].copy())
+            w.append(torch.from_numpy(objs[k0:k1]), y)
+            y.fill_(-1.0)  # the caller reuses its buffer while the batch may still be written
+            if k0 == 0:
+                with pytest.raises(LearningError, match=r"expected real \(B=1, L=2"):
+                    w.append(objs[3:4], meas[3:4, :1])
+                with pytest.raises(LearningError, match="objects of shape"):
+                    w.append(objs[3:4, :4], meas[3:4])
+        with pytest.raises(LearningError, match="append at most 0 more"):
+            w.append(objs[:1], meas[:1])
+        assert w.close() == tmp_path / "D.h5"
+    for a, b in zip(arrays(tmp_path / "D.h5"), (objs, meas)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "lzf", "zstd", "none"])
+def test_compression_round_trip(tmp_path, reference, compression):
+    p = write(tmp_path / "D.h5", compression=compression)
+    for a, b in zip(arrays(p), arrays(reference)):
+        np.testing.assert_array_equal(a, b)
+    assert read_attributes(p)["compression"] == compression
+    if compression == "gzip":  # chunks compressed by the writer decode through HDF5's own filters
+        with h5py.File(p, "r") as f:
+            d = f["measurements"]
+            assert d.compression == "gzip" and d.compression_opts == 4 and d.shuffle
+
+
+def test_unavailable_filter_names_the_package(tmp_path, monkeypatch):
+    p = write(tmp_path / "D.h5", n=2, compression="zstd")
+    import learning.h5io.compression as comp
+
+    monkeypatch.setattr(comp.h5py.h5z, "filter_avail", lambda code: code != 32015)
+    with pytest.raises(DatasetFormatError) as ei:
+        open_cdp_file(p)
+    msg = str(ei.value)
+    assert "'zstd' (id 32015)" in msg and "pip install hdf5plugin" in msg and "D.h5" in msg
+    with pytest.raises(LearningError, match="compression 'bz' is not one of gzip, lzf, zstd, none"):
+        write(tmp_path / "E.h5", compression="bz")
+
+
+def test_gzip_chunks_decode_with_the_standard_zlib(tmp_path):
+    # the writer's own deflate (zlib-ng when installed) must give streams that plain zlib and
+    # HDF5's filter decode: undo shuffle + deflate by hand and compare with the array
+    import zlib
+
+    from learning.h5io.compression import encode_chunk
+
+    a = (np.arange(2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8) * 1.5).astype(np.float32)
+    raw = zlib.decompress(encode_chunk("gzip", a))
+    back = np.frombuffer(raw, np.uint8).reshape(4, -1).T.copy().view(np.float32).reshape(a.shape)
+    np.testing.assert_array_equal(back, a)
+    c = (a[0] + 1j * a[1]).astype(np.complex64)
+    raw = zlib.decompress(encode_chunk("gzip", c))
+    back = np.frombuffer(raw, np.uint8).reshape(8, -1).T.copy().view(np.complex64).reshape(c.shape)
+    np.testing.assert_array_equal(back, c)
+
+
+def test_resume_after_the_rename_finds_the_finished_file(tmp_path):
+    # killed between the rename and exiting: --resume reports the finished file, simulating
+    # nothing, when it was written with the same inputs; otherwise the file is protected
+    p = write(tmp_path / "DATA.h5", n=5)
+    before = os.path.getmtime(p)
+    calls = []
+    assert write(p, n=5, resume=True, simulate=lambda x, g: calls.append(1) or simulate(x, g)) == p
+    assert calls == [] and os.path.getmtime(p) == before
+    with pytest.raises(DatasetExistsError, match="already exists"):
+        write(p, n=5, resume=True, seed=6)

@@ -173,8 +173,8 @@ def test_bad_inputs_rejected_with_messages():
     with pytest.raises(PitchRatioError, match=r"pitch_m = 5e-06 m is not an integer multiple of "
                                               r"grid_pitch_m = 2e-06 m.*choose grid_pitch_m"):
         Sensor(pitch_m=5e-6, grid_pitch_m=2e-6)
-    with pytest.raises(UnitsError, match="needs grid_pitch_m"):
-        Sensor(pitch_m=5e-6)
+    with pytest.raises(UnitsError, match="not attached to a system"):
+        Sensor(pitch_m=5e-6).bin(torch.ones(4, 4))
     s = Sensor()
     with pytest.raises(NonFiniteError, match="intensity contains 1 NaN/inf"):
         s(torch.tensor([[1.0, float("nan")]]))

@@ -3,7 +3,6 @@ import json
 
 import h5py
 import numpy as np
-import pytest
 
 from phaseforge.cli import main
 
@@ -59,6 +58,31 @@ def test_reconstruct_writes_metrics_figure_and_config(tmp_path):
     assert rep["metrics"]["summary"]["relative_error"]["median"] < 1e-3
     assert (out / "reconstructions.png").stat().st_size > 10_000
     assert (out / "config.yaml").exists() and (out / "reconstructions.npz").exists()
+
+
+def test_reconstruct_refuses_physics_overrides_of_a_dataset(tmp_path, capsys):
+    data = tmp_path / "d.h5"
+    assert main(["simulate", "--out", str(data), "--no-progress", *SMALL]) == 0
+    for key in ("sensor.gain_e_per_dn=2", "optics.z_m=0.2"):
+        assert main(["reconstruct", "--data", str(data), "--out", str(tmp_path / "r"), "--n", "2",
+                     "--no-progress", "--set", key]) == 2
+        err = capsys.readouterr().err
+        assert key.split("=")[0] in err and "would not apply" in err and "simulate a new dataset" in err
+    # solver settings may change
+    assert main(["reconstruct", "--data", str(data), "--out", str(tmp_path / "r"), "--n", "2", "--no-progress",
+                 "--set", "solver.n_iter=5"]) == 0
+
+
+def test_a_bug_shows_its_traceback(monkeypatch, capsys):
+    from phaseforge import pipeline
+
+    def broken(*a, **k):
+        raise ValueError("an internal inconsistency")  # a plain ValueError is not a user error
+
+    monkeypatch.setattr(pipeline, "simulate", broken)
+    assert main(["simulate", "--out", "x.h5"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "this is a bug" in err and "an internal inconsistency" in err
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

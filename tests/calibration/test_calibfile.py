@@ -1,0 +1,68 @@
+"""CALIBRATION.h5: contents, units, provenance, round trip into optics objects, bad files;
+the input capture is never modified; simulate --calibration uses the fitted values."""
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from calibration.calibfile import read_calibration
+from calibration.capture import file_sha256
+from calibration.errors import CalibrationFileError
+from optics.sensor import Sensor
+from optics.slm import PhaseLUT
+from phaseforge.cli import main
+
+
+def test_file_contents_units_and_provenance(calibrated):
+    out, report, cap, before = calibrated
+    assert file_sha256(cap) == before                      # the input is untouched
+    cal = read_calibration(out)
+    assert cal.attrs["capture_sha256"] == before
+    assert cal.attrs["format"] == "phaseforge-calibration"
+    with h5py.File(out, "r") as f:
+        for g in ("camera", "fit"):
+            for k, ds in f[g].items():
+                if isinstance(ds, h5py.Dataset):
+                    assert "units" in ds.attrs, f"/{g}/{k} has no units"
+        assert f["fit/distance_m"].attrs["std"] > 0 and "nominal" in f["fit/distance_m"].attrs
+    lut = cal.phase_lut()
+    assert isinstance(lut, PhaseLUT) and lut.n_levels == 256
+    s = cal.sensor(exposure_s=0.01)
+    assert isinstance(s, Sensor) and s.gain_e_per_dn == pytest.approx(cal.camera["gain_e_per_dn"])
+    for name in ("photon_transfer.png", "lut_fit.png", "registration_overlay.png", "residuals.png", "report.json"):
+        assert (report / name).stat().st_size > 1000
+    assert not list(out.parent.glob("*.tmp"))
+
+
+def test_bad_calibration_files(tmp_path, sample_path):
+    with pytest.raises(CalibrationFileError, match="another program"):
+        read_calibration(sample_path)                       # a capture is not a calibration
+    t = tmp_path / "t.h5"
+    t.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    with pytest.raises(CalibrationFileError, match="truncated"):
+        read_calibration(t)
+    e = tmp_path / "e.h5"
+    with h5py.File(e, "w") as f:
+        f.attrs["format"] = "phaseforge-calibration"
+    with pytest.raises(CalibrationFileError) as ei:
+        read_calibration(e)
+    assert "/camera/gain_dn_per_e is missing" in str(ei.value) and "/lut/phase_rad is missing" in str(ei.value)
+
+
+def test_simulate_uses_the_calibration(calibrated, tmp_path):
+    out = calibrated[0]
+    cal = read_calibration(out)
+    data = tmp_path / "d.h5"
+    rc = main(["simulate", "--calibration", str(out), "--out", str(data), "--no-progress",
+               "--set", "data.n=2", "--set", "data.size=16", "--set", "masks.n_masks=2", "--set", "slm.enabled=true",
+               "--set", "slm.pixel_pitch_m=16e-6", "--set", "sensor.read_noise_e=3.0"])
+    assert rc == 0
+    text = (tmp_path / "d.h5.config.yaml").read_text()
+    assert "values from the calibration file" in text
+    assert "optics.z_m  <-" in text and "sensor.read_noise_e  <-" not in text  # --set wins and is not claimed
+    cfg = yaml.safe_load(text)
+    assert cfg["optics"]["z_m"] == pytest.approx(cal.fit["distance_m"])
+    assert cfg["sensor"]["gain_e_per_dn"] == pytest.approx(cal.camera["gain_e_per_dn"])
+    assert cfg["sensor"]["read_noise_e"] == 3.0
+    assert np.allclose(cfg["slm"]["lut"]["phase_rad"], cal.lut_phase_rad)
+    assert cfg["slm"]["crosstalk_sigma_m"] == pytest.approx(cal.fit["crosstalk_sigma_m"])

@@ -1,0 +1,215 @@
+"""The operator contract (A, Aᴴ, magnitude pair, pseudo-inverse, norm), one geometry, explicit
+noise, tensor parameters with gradients, and symmetric propagation options.
+
+Tolerances: complex128 throughout unless stated, so identities hold to ~1e-12 relative."""
+import math
+
+import pytest
+import torch
+from torch.func import functional_call
+
+import optics
+from optics.cdp import CDPSystem
+from optics.errors import GeometryError, OptionError
+from optics.grid import pad_centered
+from optics.masks import PhaseMask
+from optics.propagation import propagate
+from optics.sensor import Sensor
+from optics.slm import SLM
+
+LAM, DX = 633e-9, 8e-6
+ZC = 16 * DX * DX / LAM  # critical distance of a 16-sample window
+
+CASES = [("fraunhofer", 0.1, {}), ("fresnel-1fft", 3 * 32 * DX * DX / LAM, {}),
+         ("fresnel-tf", 0.5 * ZC, {}), ("fresnel-ir", 3 * 32 * DX * DX / LAM, {}),
+         ("asm", 0.5 * ZC, {}), ("asm", 0.5 * ZC, {"pad": False}), ("asm", 3 * ZC, {"evanescent": "decay"})]
+
+
+def _x(shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.complex(torch.randn(shape, generator=g, dtype=torch.float64),
+                         torch.randn(shape, generator=g, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("oversampling", [1, 2])
+@pytest.mark.parametrize("method,z,opts", CASES)
+def test_operator_is_the_direct_composition_with_exact_adjoint(method, z, opts, oversampling):
+    masks = PhaseMask.random(3, (16, 16), seed=1, dtype=torch.float64)
+    sys = CDPSystem(masks, pitch_m=DX, wavelength_m=LAM, z_m=z, method=method, oversampling=oversampling, **opts)
+    x = _x((2, 16, 16), 2)
+    M = sys.out_shape
+    direct = propagate(pad_centered(x.unsqueeze(-3) * masks().detach(), M), pitch_m=DX, wavelength_m=LAM, z_m=z,
+                       method=method, **opts).field
+    assert torch.allclose(sys.A(x), direct, rtol=1e-10, atol=1e-12 * float(direct.abs().max()))
+    assert sys.adjointness_error() < 1e-12
+    # the phase-free pair gives the same magnitudes and the same Aᴴ(w ⊙ A x) for real w
+    B, BH = sys.magnitude_pair()
+    ax, bx = sys.A(x), B(x)
+    assert torch.allclose(ax.abs(), bx.abs(), rtol=1e-10, atol=1e-14)
+    w = torch.rand(ax.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(sys.A_adjoint(w * ax), BH(w * bx), rtol=1e-9, atol=1e-12 * float(ax.detach().abs().max()))
+    assert torch.allclose(sys.intensity(x), ax.abs() ** 2, rtol=1e-10, atol=1e-14)
+
+
+def test_pseudo_inverse_and_norm():
+    masks = PhaseMask.random(2, (16, 16), seed=4, dtype=torch.float64)
+    fr = CDPSystem(masks, pitch_m=DX, wavelength_m=LAM, z_m=0.1, oversampling=2)
+    x = _x((16, 16), 5)
+    # diagonal AᴴA (Fraunhofer): A⁺A = I exactly, and tr(AᴴA)/n = L·(dx²/λz)²·M² exactly
+    assert fr.normal_is_diagonal() is True
+    assert torch.allclose(fr.A_dagger(fr.A(x)), x, rtol=1e-10, atol=1e-12)
+    c = (DX ** 2 / (LAM * 0.1)) ** 2 * 32 ** 2
+    assert fr.norm_sq(dtype=torch.complex128) == pytest.approx(2 * c, rel=1e-12)
+    # near-field ASM: AᴴA is not diagonal; CG recovers x from A x
+    asm = CDPSystem(masks, pitch_m=DX, wavelength_m=LAM, z_m=0.3 * ZC, method="asm", oversampling=1.5)
+    pinv = asm.pseudo_inverse(dtype=torch.complex128, cg_iter=60)
+    assert not pinv.diagonal
+    err = float((pinv(asm.A(x)) - x).detach().norm() / x.norm())
+    assert err < 1e-6
+
+
+def test_one_geometry_binds_and_rejects_disagreement():
+    theta = torch.zeros(1, 8, 8)
+    slm = SLM(pixel_pitch_m=2 * DX, upsample=2, bit_depth=2)
+    sys = CDPSystem(theta, pitch_m=DX, wavelength_m=LAM, z_m=0.1, slm=slm)  # real phases with an SLM work
+    assert sys.in_shape == (16, 16) and sys.slm.sim_pitch_m == pytest.approx(DX)
+    with pytest.raises(GeometryError, match=r"SLM simulates .* on a 4e-06 m grid .* system's simulation pitch is 8e-06 m"):
+        CDPSystem(theta, pitch_m=DX, wavelength_m=LAM, z_m=0.1, slm=SLM(pixel_pitch_m=2 * DX, sim_pitch_m=DX / 2))
+    # the detector pitch λz/(M·dx) is the system's; a sensor built for another one is refused
+    det = LAM * 0.1 / (16 * DX)
+    cam = Sensor(pitch_m=2 * det)
+    sys = CDPSystem(theta, pitch_m=DX, wavelength_m=LAM, z_m=0.1, slm=SLM(pixel_pitch_m=2 * DX, upsample=2),
+                    sensor=cam)
+    assert sys.sensor.binning == 2 and sys.measure(torch.ones(16, 16), noise="none").shape == (1, 8, 8)
+    with pytest.raises(GeometryError, match=r"built for a detector sample pitch of 1e-06 m .* detector pitch is 0.000494"):
+        CDPSystem(theta, pitch_m=DX, wavelength_m=LAM, z_m=0.1, slm=SLM(pixel_pitch_m=2 * DX, upsample=2),
+                  sensor=Sensor(grid_pitch_m=1e-6))
+    with pytest.raises(optics.errors.PitchRatioError, match="not an integer multiple"):
+        CDPSystem(theta, pitch_m=DX, wavelength_m=LAM, z_m=0.1, slm=SLM(pixel_pitch_m=2 * DX, upsample=2),
+                  sensor=Sensor(pitch_m=1.5 * det))
+
+
+def test_noise_is_an_argument_not_a_mode():
+    masks = PhaseMask.random(2, (8, 8), seed=0, learnable=False)
+    sys = CDPSystem(masks, pitch_m=DX, wavelength_m=LAM, z_m=0.1, sensor=Sensor(mean_photons=50.0, read_noise_e=1.0))
+    x = torch.ones(8, 8, dtype=torch.complex64)
+    sys.train()
+    a = sys(x, generator=torch.Generator().manual_seed(1))
+    sys.eval()
+    b = sys(x, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and torch.equal(a, torch.round(a))  # exact Poisson path, integer DN, either mode
+    g = sys.measure(x, noise="gaussian", generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(g, a)
+    assert torch.equal(sys.measure(x, noise="none"), sys.sensor.expected_dn(sys.intensity(x)))
+    with pytest.raises(optics.OpticsError, match="noise must be one of"):
+        sys.measure(x, noise="shot")
+    # the differentiable path carries gradients to the object; the exact one does not pretend to
+    xr = torch.ones(8, 8, dtype=torch.complex64, requires_grad=True)
+    sys.measure(xr, noise="gaussian", generator=torch.Generator().manual_seed(2)).sum().backward()
+    assert xr.grad is not None and torch.isfinite(xr.grad).all() and float(xr.grad.abs().sum()) > 0
+
+
+def _loss(sys, params, x):
+    return functional_call(sys, params, (x,), {"noise": None}).sum()
+
+
+def test_gradients_reach_distance_pitch_lut_and_crosstalk():
+    """gradcheck (complex128/float64) through the physical scalars, which are tensors."""
+    x = (_x((16, 16), 7).abs() + 0.2).to(torch.complex128)
+    masks = PhaseMask.random(1, (16, 16), seed=2, dtype=torch.float64, learnable=False)
+    asm = CDPSystem(masks, pitch_m=DX, wavelength_m=LAM, z_m=0.5 * ZC, method="asm", pad=False,
+                    fit=("z_m", "pitch_m"))
+    assert isinstance(asm.operator.z_m, torch.nn.Parameter)
+    w = torch.rand(1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def f_z(z):
+        return (functional_call(asm, {"operator.z_m": z * ZC}, (x,)) * w).sum()
+
+    def f_p(scale):
+        return (functional_call(asm, {"operator.pitch_m": scale * DX}, (x,)) * w).sum()
+
+    assert torch.autograd.gradcheck(f_z, (torch.tensor(0.5, dtype=torch.float64, requires_grad=True),), eps=1e-6)
+    assert torch.autograd.gradcheck(f_p, (torch.tensor(1.0, dtype=torch.float64, requires_grad=True),), eps=1e-7,
+                                    atol=1e-6)
+    # the fitted distance receives a gradient through the system's own parameters too
+    (asm(x) * w).sum().backward()
+    assert asm.operator.z_m.grad is not None and float(asm.operator.z_m.grad.abs()) > 0
+
+    slm = SLM(pixel_pitch_m=2 * DX, upsample=2, bit_depth=2, quantization="exact",
+              crosstalk_sigma_m=0.6 * DX, fit=("lut", "crosstalk_sigma_m"))
+    theta = torch.rand(1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 6
+    sys = CDPSystem(theta, pitch_m=DX, wavelength_m=LAM, z_m=0.1, slm=slm)
+    w2 = torch.rand(1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+
+    def f_lut(levels):
+        return (functional_call(sys, {"operator.slm.lut.levels_rad": levels}, (x,)) * w2).sum()
+
+    def f_sig(sig_px):
+        return (functional_call(sys, {"operator.slm.crosstalk_sigma_m": sig_px * DX}, (x,)) * w2).sum()
+
+    lv = (torch.arange(4, dtype=torch.float64) * math.pi / 2 + 0.1).requires_grad_(True)
+    assert torch.autograd.gradcheck(f_lut, (lv,), eps=1e-6)
+    assert torch.autograd.gradcheck(f_sig, (torch.tensor(0.6, dtype=torch.float64, requires_grad=True),), eps=1e-6)
+
+
+def test_modulation_cache_follows_in_place_updates_and_skips_grad():
+    masks = PhaseMask.random(1, (8, 8), seed=0)
+    sys = CDPSystem(masks, pitch_m=DX, wavelength_m=LAM, z_m=0.1)
+    x = torch.ones(8, 8, dtype=torch.complex64)
+    with torch.no_grad():
+        a = sys.intensity(x)
+        f1 = sys.operator._factors(torch.complex64, x.device)
+        assert sys.operator._factors(torch.complex64, x.device) is f1  # cached
+        masks.theta.add_(0.5 * torch.randn(1, 8, 8))  # an optimiser step, in place
+        b = sys.intensity(x)
+    assert not torch.allclose(a, b)
+    ref = CDPSystem(masks.theta.detach().clone(), pitch_m=DX, wavelength_m=LAM, z_m=0.1)
+    assert torch.allclose(b, ref.intensity(x), rtol=1e-5)
+    # with grad: rebuilt per call, so gradients reach the learnable phases
+    sys.intensity(x).sum().backward()
+    assert masks.theta.grad is not None
+
+
+def test_propagation_options_are_symmetric_and_checked():
+    u = torch.ones(8, 8, dtype=torch.complex64)
+    kw = dict(pitch_m=DX, wavelength_m=LAM, z_m=0.1, method="fraunhofer")
+    for fn in (optics.propagate, optics.propagate_adjoint):
+        with pytest.raises(OptionError, match="'fraunhofer' does not take option.*pad.*takes no options"):
+            fn(u, pad=False, **kw)
+        with pytest.raises(OptionError, match="band_limt"):
+            fn(u, pitch_m=DX, wavelength_m=LAM, z_m=1e-4, method="asm", band_limt=True)
+    with pytest.raises(OptionError, match="pad"):
+        CDPSystem(torch.zeros(1, 8, 8), pitch_m=DX, wavelength_m=LAM, z_m=0.1, pad=False)
+    # every propagator and adjoint returns (field, (py, px))
+    for m, z in (("fraunhofer", 0.1), ("asm", 1e-4)):
+        f = optics.propagate(u, pitch_m=DX, wavelength_m=LAM, z_m=z, method=m)
+        b = optics.propagate_adjoint(f.field, pitch_m=DX, wavelength_m=LAM, z_m=z, method=m)
+        assert isinstance(f.pitch_m, tuple) and len(f.pitch_m) == 2 and b.pitch_m == (DX, DX)
+
+
+# ---- property: the adjoint is exact for any geometry the contract accepts ------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=12, deadline=None)
+@given(n=st.integers(4, 12), L=st.integers(1, 3), over=st.sampled_from([1.0, 1.5, 2.0]),
+       method=st.sampled_from(["fraunhofer", "asm", "fresnel-tf"]), zf=st.floats(0.2, 1.5))
+def test_adjoint_exact_for_any_accepted_geometry(n, L, over, method, zf):
+    z = 0.1 if method == "fraunhofer" else zf * n * DX * DX / LAM
+    masks = torch.rand(L, n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n)) * 6.28
+    sys = CDPSystem(masks, pitch_m=DX, wavelength_m=LAM, z_m=z,
+                    method=method, oversampling=over)
+    assert sys.adjointness_error() < 1e-12
+
+
+def test_pad_buffers_never_leak_between_forward_and_adjoint(rand_field):
+    # the persistent zero-padding buffers are keyed by window: A, Aᴴ, A again must agree
+    masks = PhaseMask.random(2, (12, 12), seed=0, dtype=torch.float64, learnable=False)
+    sys = CDPSystem(masks, pitch_m=DX, wavelength_m=LAM, z_m=0.5 * 12 * DX * DX / LAM, method="asm", oversampling=1.5)
+    x = rand_field((12, 12), 1)
+    with torch.no_grad():
+        a1 = sys.A(x)
+        sys.A_adjoint(rand_field(a1.shape, 2))
+        a2 = sys.A(x)
+    assert torch.equal(a1, a2)
