@@ -40,11 +40,8 @@ bench: setup
 	$(PY) benchmarks/propagation.py
 	$(PY) benchmarks/simulate.py
 	$(PY) benchmarks/solvers.py
-<<<<<<< HEAD
 	$(PY) benchmarks/training.py
-=======
 	$(PY) benchmarks/export.py
->>>>>>> main
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
