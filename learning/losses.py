@@ -20,8 +20,7 @@ the gradient each term sends to the mask phases).
 """
 from __future__ import annotations
 
-import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Sequence
 
 import torch
 import torch.nn.functional as F

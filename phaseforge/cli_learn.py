@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 COMMANDS = ("train", "distill", "evaluate")

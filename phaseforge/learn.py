@@ -18,7 +18,6 @@ checkpoints, an existing run folder (``--overwrite`` replaces it, ``--resume`` c
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import shutil
@@ -370,16 +369,18 @@ def evaluate_runs(runs: Sequence, out, *, data=None, n: Optional[int] = None, se
     if tuple(objects.shape[-2:]) != (size, size):
         raise RunError(f"{data}: objects are {tuple(objects.shape[-2:])} but the runs were trained on "
                        f"{size}×{size} (data.size); simulate the test set with data.size={size}")
-    entries, seen = [], set()
-    for r, cfg, model, _ in loaded:
-        name = r.name
+    entries, names = [], []
+    for r, _, model, _ in loaded:
+        name = r.name if r.name not in names else f"{r.parent.name}/{r.name}"  # unique row names
+        names.append(name)
         entries.append(EvalEntry(name, model))
         entries.append(EvalEntry(f"{name} masks, ER only", model, classical="er", n_iter=classical_iters))
     res = evaluate_entries(entries, objects, encoding=cfg0.data.encoding,
                            phase_range_rad=tuple(cfg0.data.phase_range_rad), seed=seed, progress=progress)
     rows = [v["row"] for v in res.values()]
     out.mkdir(parents=True, exist_ok=True)
-    import csv, io
+    import csv
+    import io
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
@@ -390,12 +391,11 @@ def evaluate_runs(runs: Sequence, out, *, data=None, n: Optional[int] = None, se
     write_json(out / "metrics.json", {"runs": [str(r) for r, *_ in loaded], "data": None if data is None else str(data),
                                       "n_objects": int(objects.shape[0]), "noise_seed": seed,
                                       "rows": rows, "per_sample": {k: v["per_sample"] for k, v in res.items()}})
-    _evaluation_figures(out, loaded, res, objects, cfg0)
+    _evaluation_figures(out, loaded, names, res, objects, cfg0)
     return {"rows": rows, "table": table, "out": str(out)}
 
 
-def _evaluation_figures(out: Path, loaded, res, objects, cfg) -> None:
-    import csv
+def _evaluation_figures(out: Path, loaded, run_names, res, objects, cfg) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -421,11 +421,11 @@ def _evaluation_figures(out: Path, loaded, res, objects, cfg) -> None:
     plt.close(fig)
     # masks and CDPs of each run
     fig, axes = plt.subplots(len(loaded), 2, figsize=(5, 2.5 * len(loaded)), squeeze=False)
-    for i, (r, _, model, _) in enumerate(loaded):
+    for i, ((_, _, model, _), nm) in enumerate(zip(loaded, run_names)):
         ph = model.physics.design_phase()[0].cpu().numpy()
         axes[i, 0].imshow(ph, cmap="twilight", vmin=0, vmax=2 * math.pi)
-        axes[i, 0].set_title(f"{r.name}: mask 0 of {model.physics.n_masks}", fontsize=8)
-        y = res[r.name]["measurement"][0].numpy()
+        axes[i, 0].set_title(f"{nm}: mask 0 of {model.physics.n_masks}", fontsize=8)
+        y = res[nm]["measurement"][0].numpy()
         axes[i, 1].imshow(np.log10(1 + y), cmap="magma")
         axes[i, 1].set_title("CDP of object 0 (log)", fontsize=8)
         for a in axes[i]:
@@ -435,16 +435,20 @@ def _evaluation_figures(out: Path, loaded, res, objects, cfg) -> None:
     plt.close(fig)
     # training curves and mask-gradient norms of every run
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    for r, _, _, state in loaded:
+    for (_, _, _, state), nm in zip(loaded, run_names):
         vh = state.get("val_history", [])
-        ax[0].plot([v["step"] for v in vh], [v["val_psnr"] for v in vh], "o-", label=r.name, ms=3)
+        ax[0].plot([v["step"] for v in vh], [v["val_psnr"] for v in vh], "o-", label=nm, ms=3)
         h = state.get("history", [])
         pts = [(row["step"], sum(v for kk, v in row.items() if kk.startswith("grad_mask_") and v is not None))
                for row in h if any(kk.startswith("grad_mask_") for kk in row)]
         if pts:
-            ax[1].semilogy([p[0] for p in pts], [max(p[1], 1e-16) for p in pts], label=r.name, lw=1)
-    ax[0].set_xlabel("step"); ax[0].set_ylabel("validation PSNR (dB)"); ax[0].legend(fontsize=7)
-    ax[1].set_xlabel("step"); ax[1].set_ylabel("Σ_terms ‖∂term/∂θ‖"); ax[1].legend(fontsize=7)
+            ax[1].semilogy([p[0] for p in pts], [max(p[1], 1e-16) for p in pts], label=nm, lw=1)
+    ax[0].set_xlabel("step")
+    ax[0].set_ylabel("validation PSNR (dB)")
+    ax[0].legend(fontsize=7)
+    ax[1].set_xlabel("step")
+    ax[1].set_ylabel("Σ_terms ‖∂term/∂θ‖")
+    ax[1].legend(fontsize=7)
     ax[1].set_title("gradient reaching the mask phases", fontsize=9)
     fig.tight_layout()
     save_figure(fig, out / "training.png", dpi=90)

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 from learning.losses import (DistillationLoss, LossError, feature_loss, gram_mask_loss,
                              gram_mask_loss_explicit, radial_power_profile, recon_error,
                              spectrum_mask_loss)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _phases(L, h, w, seed, dtype=torch.float64):
@@ -63,7 +63,7 @@ def test_gradcheck_mask_losses_and_features():
     fs = torch.randn(2, 3, 2, 2, dtype=torch.float64, requires_grad=True)
     ft = torch.randn(2, 3, 2, 2, dtype=torch.float64)
     for kind in ("mse", "cosine"):
-        assert torch.autograd.gradcheck(lambda f: feature_loss(f, ft, kind), (fs,))
+        assert torch.autograd.gradcheck(lambda f, k=kind: feature_loss(f, ft, k), (fs,))
     xh = torch.randn(1, 3, 3, dtype=torch.complex128, requires_grad=True)
     x = torch.randn(1, 3, 3, dtype=torch.complex128)
     assert torch.autograd.gradcheck(lambda z: recon_error(z, x), (xh,))

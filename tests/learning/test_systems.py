@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 from learning.systems import (CodedPhysics, SystemError, first_estimate, remove_global_phase,
                               sample_generators)
 from learning.training import encoded_psnr
 from optics.design import read_design, write_design
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_first_estimate_beats_flat_guess_and_backprojection(tiny_model, phase_objects):

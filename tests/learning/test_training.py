@@ -1,15 +1,14 @@
 """The training loop: learning, exact resume, frozen teacher, NaN stop, data parallel."""
 import math
-import os
 
 import pytest
 import torch
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 from learning.losses import DistillationLoss, ReconstructionLoss
 from learning.training import (CheckpointError, TrainSettings, TrainingError, load_checkpoint, train,
                                validate)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _settings(**kw):
