@@ -7,7 +7,8 @@ multistart physical-parameter fit on the random-pattern frames (all but the last
 ``n_heldout``); the LUT again at the fitted distance/magnification/rotation (the grating law
 with crosstalk depends on the distance); a second fit from the first one's values with the
 refined LUT; the held-out comparison of the nominal and calibrated simulators; the
-registration quality of the calibrated model; then CALIBRATION.h5 and the report folder.
+registration quality of the calibrated model; then CALIBRATION.h5, its LUT as
+``CALIBRATION_lut.csv`` (:func:`lut_csv_path`) and the report folder.
 A failed step raises (no calibration file is written).
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from optics.fileio import write_text
+from optics.lutfile import write_lut_csv
 
 from . import __version__
 
@@ -41,8 +43,10 @@ def calibrate(capture_path, out_path, *, report_dir=None, n_heldout: int = 2, ov
 
     t0 = time.perf_counter()
     out_path = Path(out_path)
-    if out_path.exists() and not overwrite:
-        raise CalibrationError(f"{out_path} exists; pass --overwrite to replace it")
+    lut_csv = lut_csv_path(out_path)
+    for p in (out_path, lut_csv):
+        if p.exists() and not overwrite:
+            raise CalibrationError(f"{p} exists; pass --overwrite to replace it")
     report_dir = Path(report_dir) if report_dir is not None else out_path.with_name(out_path.stem + "_report")
     stages = {}
 
@@ -118,8 +122,14 @@ def calibrate(capture_path, out_path, *, report_dir=None, n_heldout: int = 2, ov
     lap("validation")
     write_calibration(out_path, camera=camera, lut=lut, fit=fit, quality=quality, capture=cap,
                       software=f"phaseforge {__version__}", overwrite=overwrite)
+    write_lut_csv(lut_csv, lut.gray, lut.phase_rad, phase_std_rad=lut.phase_std_rad,
+                  wavelength_m=ins["wavelength_m"],
+                  comments=[f"SLM gray -> phase LUT from `phaseforge calibrate` ({out_path.name}, /lut)",
+                            f"capture {Path(cap.path).name} sha256 {cap.sha256}",
+                            "phase_std_rad: 1 sigma, statistical; read by `phaseforge export slm --lut`"])
     truth_lut, truth = _truth(cap.path)
     numbers = {"capture": str(cap.path), "capture_sha256": cap.sha256, "calibration": str(out_path),
+               "lut_csv": str(lut_csv),
                "camera": camera.summary(),
                "fit": {k: {"value": v, "std": fit.std.get(k), "std_jackknife": fit.std_jackknife.get(k),
                        "nominal": fit.nominal.get(k)} for k, v in fit.values.items()},
@@ -133,6 +143,13 @@ def calibrate(capture_path, out_path, *, report_dir=None, n_heldout: int = 2, ov
                         registration_quality=reg.quality, truth_lut=truth_lut)
     numbers["report"] = figs
     return numbers
+
+
+def lut_csv_path(calibration_path) -> Path:
+    """``CALIBRATION_lut.csv`` beside ``CALIBRATION.h5``: the LUT (``gray,phase_rad,phase_std_rad``
+    with the wavelength) that ``phaseforge export slm --lut`` and SLM vendor software read."""
+    p = Path(calibration_path)
+    return p.with_name(p.stem + "_lut.csv")
 
 
 def _truth(path) -> Tuple[Optional[np.ndarray], Dict[str, float]]:

@@ -86,6 +86,6 @@ def run(args) -> int:
         if "lut_rms_error_rad" in tc:
             parts.append(f"LUT rms {tc['lut_rms_error_rad']['value']:.3g} rad")
         print("calibrate: vs ground truth: " + ", ".join(parts))
-    print(f"calibrate: wrote {res['calibration']} and report {Path(res['report']['report.json']).parent} "
+    print(f"calibrate: wrote {res['calibration']}, the LUT {res['lut_csv']} and report {Path(res['report']['report.json']).parent} "
           f"({res['seconds']:.1f} s)")
     return 0
