@@ -186,9 +186,8 @@ def _compare(truth, truth_lut, camera, fit, lut) -> Dict[str, Dict[str, float]]:
 def calibration_overrides(path) -> Tuple[List[str], Dict[str, str]]:
     """Config overrides (``key.path=value``) from CALIBRATION.h5 and, for each key, where it
     came from. Applied: the fitted distance, the measured camera (sensor.*), the LUT and the
-    crosstalk width (slm.*, used when ``slm.enabled``). The relay magnification, rotation and
-    shift describe the bench's camera placement and have no simulator setting; they are
-    listed as not applied."""
+    crosstalk width (slm.*, used when ``slm.enabled``). What has no simulator setting is listed
+    by :func:`calibration_not_applied`."""
     from calibration.calibfile import read_calibration
 
     cal = read_calibration(path)
@@ -215,6 +214,30 @@ def calibration_overrides(path) -> Tuple[List[str], Dict[str, str]]:
     return overrides, sources
 
 
+def calibration_not_applied(path) -> List[Tuple[List[str], str]]:
+    """The calibrated values ``simulate --calibration`` does **not** apply: groups of
+    ``["key = value", …]`` with the reason (no simulator setting, or a setting that belongs to
+    the simulation's own geometry)."""
+    from calibration.calibfile import read_calibration
+
+    cal = read_calibration(path)
+    f, c, ins = cal.fit, cal.camera, cal.instrument
+    out = [([f"fit.magnification = {f['magnification']:.6g}", f"fit.rotation_rad = {f['rotation_rad']:.6g} rad",
+             f"fit.shift_x_m = {f['shift_x_m']:.6g} m", f"fit.shift_y_m = {f['shift_y_m']:.6g} m"],
+            "bench camera placement relative to the SLM; the simulated detector samples the propagated field on "
+            "its own grid; there is no camera magnification, rotation or shift setting"),
+           ([f"fit.intensity_scale = {f['intensity_scale']:.6g} e-/arb"],
+            "illumination brightness of the capture; the simulation's is sensor.mean_photons"),
+           ([f"fit.background_e = {f['background_e']:.6g} e-"], "stray light on the bench; the sensor model has none"),
+           ([f"camera.dsnu_e = {c['dsnu_e']:.3g} e-", f"camera.prnu = {c['prnu']:.3g}",
+             "camera dark/flat/defect maps"], "the sensor model has no fixed-pattern noise or defects")]
+    pitches = [f"instrument.{k} = {ins[k]:.6g} m" for k in ("slm_pitch_m", "camera_pitch_m") if k in ins]
+    if pitches:
+        out.append((pitches, "the simulation grid is the config's; set slm.pixel_pitch_m / sensor.pitch_m to match "
+                             "the bench if wanted"))
+    return out
+
+
 def simulate_overrides(path) -> List[str]:
     """The overrides for ``simulate --calibration PATH`` (empty when ``path`` is None)."""
     if path is None:
@@ -222,9 +245,26 @@ def simulate_overrides(path) -> List[str]:
     return calibration_overrides(path)[0]
 
 
+def calibration_summary(calibration_path, user_overrides=()) -> List[str]:
+    """Lines for the ``simulate`` output: which calibrated values were applied (keys overridden
+    again by ``--set`` excluded) and which were not, with why."""
+    if calibration_path is None:
+        return []
+    _, sources = calibration_overrides(calibration_path)
+    user = {o.split("=", 1)[0].strip() for o in user_overrides or ()}
+    applied = [k for k in sources if k not in user]
+    lines = [f"from {Path(calibration_path).name} applied: {', '.join(applied)}"]
+    if user & set(sources):
+        lines.append(f"from {Path(calibration_path).name} overridden by --set: {', '.join(sorted(user & set(sources)))}")
+    lines += [f"from {Path(calibration_path).name} NOT applied: {', '.join(keys)} ({why})"
+              for keys, why in calibration_not_applied(calibration_path)]
+    return lines
+
+
 def note_calibration(data_path, calibration_path, user_overrides=()) -> Optional[Path]:
     """Prefix the ``DATA.h5.config.yaml`` written by ``simulate`` with comments stating which
-    values came from the calibration file (keys overridden again by ``--set`` are excluded)."""
+    values came from the calibration file (keys overridden again by ``--set`` are excluded) and
+    which calibrated values were not applied, with their values and why."""
     if calibration_path is None:
         return None
     cfg_path = Path(str(data_path) + ".config.yaml")
@@ -234,7 +274,10 @@ def note_calibration(data_path, calibration_path, user_overrides=()) -> Optional
     user = {o.split("=", 1)[0].strip() for o in user_overrides or ()}
     lines = [f"# values from the calibration file {Path(calibration_path).resolve()}:"]
     lines += [f"#   {k}  <- {v}" for k, v in sources.items() if k not in user]
-    lines.append("#   (not applied: magnification, rotation, shift — bench camera placement, no simulator setting)")
+    lines.append("# calibrated values NOT applied:")
+    for keys, why in calibration_not_applied(calibration_path):
+        lines += [f"#   {k}" for k in keys]
+        lines.append(f"#     ({why})")
     write_text(cfg_path, "\n".join(lines) + "\n" + cfg_path.read_text())
     return cfg_path
 

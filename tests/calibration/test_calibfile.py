@@ -49,7 +49,7 @@ def test_bad_calibration_files(tmp_path, sample_path):
     assert "/camera/gain_dn_per_e is missing" in str(ei.value) and "/lut/phase_rad is missing" in str(ei.value)
 
 
-def test_simulate_uses_the_calibration(calibrated, tmp_path):
+def test_simulate_uses_the_calibration(calibrated, tmp_path, capsys):
     out = calibrated[0]
     cal = read_calibration(out)
     data = tmp_path / "d.h5"
@@ -66,6 +66,14 @@ def test_simulate_uses_the_calibration(calibrated, tmp_path):
     assert cfg["sensor"]["read_noise_e"] == 3.0
     assert np.allclose(cfg["slm"]["lut"]["phase_rad"], cal.lut_phase_rad)
     assert cfg["slm"]["crosstalk_sigma_m"] == pytest.approx(cal.fit["crosstalk_sigma_m"])
+    # what could not be applied is stated, with its value, in the config and on the console
+    out = capsys.readouterr().out
+    assert "applied: optics.z_m" in out and "overridden by --set: sensor.read_noise_e" in out
+    for key in ("magnification", "rotation_rad", "shift_x_m", "shift_y_m", "background_e"):
+        assert f"#   fit.{key} = " in text, key
+    assert f"NOT applied: fit.magnification = {cal.fit['magnification']:.6g}, fit.rotation_rad = " in out
+    assert "fit.shift_y_m" in out and "(bench camera placement" in out and "NOT applied: fit.background_e" in out
+    assert "instrument.slm_pitch_m = 8e-06 m" in out
 
 
 PANEL = """
