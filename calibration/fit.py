@@ -1,17 +1,23 @@
 """Differentiable fit of the near-field CDP forward model to corrected captures.
 
-Forward model (self-contained; built from :func:`optics.propagation.propagate` with a 0-d
-``z_m`` tensor that requires grad, plus the differentiable pieces below). For SLM gray
-patterns ``g`` (P, h, w) shown centred on the SLM, the camera sees, in electrons,
+Forward model. The SLM and the propagation are the optics layer's, with the fitted physical
+scalars as its tensors: an :class:`optics.slm.SLM` (``upsample`` samples per pixel,
+``quantization="none"``, ``fit=("crosstalk_sigma_m", "lut")``) inside an
+:class:`optics.cdp.CDPSystem` (``method="asm"``, ``pad=False``, ``fit=("z_m",)``); every
+evaluation substitutes the current values with :func:`torch.func.functional_call` at
+:data:`OPTICS_PATHS`. Calibration adds only what optics does not model — the camera pixel
+integration and the map onto the camera. For SLM gray patterns ``g`` (P, h, w) shown centred
+on the SLM, the camera sees, in electrons,
 
-    ``μ(u) = a · [G_pix ∗ |P_z{ exp(i·G_σ ∗ Φ) }|²](T(u)) + b``
+    ``μ(u) = a · [G_pix ∗ |P_z{ SLM_σ(φ(g)) }|²](T(u)) + b``
 
-* ``Φ`` — the LUT phase ``φ(g)`` of every SLM pixel, upsampled to the simulation grid
-  (``sim_pitch = slm_pitch/upsample``), gray 0 (phase 0) outside the pattern, plane-wave
+* ``φ(g)`` — the LUT phase of every SLM pixel (:meth:`optics.slm.PhaseLUT.gray_to_phase`, so
+  a substituted table receives the gradient; gray 0 outside the pattern), plane-wave
   illumination;
-* ``G_σ ∗`` — SLM crosstalk: a Gaussian blur of the phase with std ``σ`` (a tensor; applied in
-  the Fourier domain, ``exp(−2π²σ²f²)``, so it is differentiable in ``σ``; Persson et al.,
-  Opt. Express 20, 22334 (2012));
+* ``SLM_σ`` — :class:`optics.slm.SLM`: upsampling to the simulation grid
+  (``sim_pitch = slm_pitch/upsample``), crosstalk as a Gaussian blur of the phase with std
+  ``σ`` (sampled kernel truncated at 4σ, replicate padding; differentiable in ``σ``; Persson
+  et al., Opt. Express 20, 22334 (2012)), then ``e^{iφ}``;
 * ``P_z`` — angular-spectrum propagation by the distance ``z`` (periodic window, ``pad=False``);
 * ``G_pix ∗`` — camera pixel integration: the mean of ``k×k`` box sub-samples per pixel
   (``Geometry.pixel_subsamples = k``, the fine model), or, with ``k = 0`` (the coarse model of
@@ -48,7 +54,10 @@ A failed fit — non-finite loss, a parameter on its bound, an unidentifiable pa
 ``JᵀJ``), poor correlation or χ² — raises :class:`~calibration.errors.FitError` saying which.
 
 Not modelled (documented limits): illumination non-uniformity beyond the flat-field division,
-SLM fill factor, lens aberrations (a defocus of a relay is absorbed into ``z``), polarisation.
+SLM fill factor (:class:`~optics.slm.SLM` has one; the fit keeps 1: at 4 samples per pixel a 90 %
+fill factor has no gap to draw), lens aberrations (a defocus of a relay is absorbed into ``z``), polarisation.
+The grating law of :mod:`calibration.lut` (used by the joint LUT) stays a local 1-D model: the
+grating is periodic, and the SLM blur pads by replication and the optics propagators are 2-D.
 """
 from __future__ import annotations
 
@@ -70,7 +79,7 @@ from ._threads import single_thread
 from .errors import FitError, RegistrationError
 from .registration import pearson, register
 
-__all__ = ["Geometry", "geometry_for", "NearFieldModel", "FitResult", "fit_parameters", "refined_lut", "jackknife",
+__all__ = ["Geometry", "geometry_for", "NearFieldModel", "OPTICS_PATHS", "FitResult", "fit_parameters", "refined_lut", "jackknife",
            "evaluate", "PARAMS", "UNITS"]
 
 PARAMS = ("distance_m", "magnification", "rotation_rad", "shift_x_m", "shift_y_m", "crosstalk_sigma_m")
@@ -144,6 +153,10 @@ class _GrayPatterns(nn.Module):
         return self._lut[0].gray_to_phase(self.gray)
 
 
+def _requiring_grad(t: torch.Tensor) -> torch.Tensor:
+    return t if t.requires_grad else t.detach().requires_grad_(True)
+
+
 #: parameter paths of the optics modules inside :class:`NearFieldModel` (``torch.func.functional_call`` keys)
 OPTICS_PATHS = {"distance_m": "operator.z_m", "crosstalk_sigma_m": "operator.slm.crosstalk_sigma_m",
                 "lut_phase_rad": "operator.slm.lut.levels_rad"}
@@ -207,12 +220,14 @@ class NearFieldModel:
         values = {OPTICS_PATHS["distance_m"]: p["distance_m"],
                   OPTICS_PATHS["crosstalk_sigma_m"]: p["crosstalk_sigma_m"],
                   OPTICS_PATHS["lut_phase_rad"]: self.lut_phase_rad if lut is None else lut}
-        values = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in values.items()}
-        grad = torch.is_grad_enabled()
-        # the operator caches its kernels and modulation while nothing requires grad, keyed on its
-        # own tensors, which a functional_call substitution does not change: evaluate with autograd
-        # on (its fitted parameters require grad, so it rebuilds from the substituted values)
+        grad = torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad
+                                               for v in values.values())
+        # optics caches its kernels and modulation while nothing requires grad, keyed on tensor
+        # identity and version; substituted temporaries (freed after each call) can reuse an
+        # identity, so every value is handed over as a tensor that requires grad and the operator
+        # rebuilds from the values themselves (the result is detached again unless the caller's values require grad)
         with torch.enable_grad():
+            values = {k: _requiring_grad(torch.as_tensor(v, dtype=torch.float64)) for k, v in values.items()}
             out = functional_call(self.system, values, (self.x,), {"noise": None})
         return out if grad else out.detach()
 
