@@ -287,10 +287,11 @@ def note_calibration(data_path, calibration_path, user_overrides=()) -> Optional
 # ------------------------------------------------------------------------------------------------
 def calibration_demo(out_dir, *, progress: bool = True) -> Dict:
     """Calibrate against the committed synthetic sample capture (``data/sample_capture.h5``);
-    writes ``out_dir/CALIBRATION.h5`` and ``out_dir/report/`` (figures, report.json)."""
+    writes ``out_dir/CALIBRATION.h5``, ``out_dir/CALIBRATION_lut.csv`` and ``out_dir/report/``
+    (figures, report.json)."""
     out_dir = Path(out_dir)
     res = calibrate(SAMPLE_CAPTURE, out_dir / "CALIBRATION.h5", report_dir=out_dir / "report", overwrite=True,
                     progress=progress)
-    return {"calibration": res["calibration"], "report": str(out_dir / "report"),
+    return {"calibration": res["calibration"], "lut_csv": res["lut_csv"], "report": str(out_dir / "report"),
             "truth_comparison": res.get("truth_comparison", {}), "quality": res["quality"],
             "seconds": res["seconds"]}
