@@ -19,9 +19,11 @@ scalar also carries ``std`` (1σ, same units) and, for fitted parameters, ``nomi
                                       maps dark_offset_map_dn, dark_slope_map_dn_per_s,
                                       flat_map, bad_pixels
 ``/camera/ptc/*``                     exposure_s, mean_dn, var_dn2, used (the PTC points)
-``/lut/gray``, ``/lut/phase_rad``,    the tabulated LUT for every gray level (read by
-``/lut/phase_std_rad``                :meth:`optics.slm.PhaseLUT.tabulated`); attrs method,
-                                      chi2_reduced, degree; ``/lut/measured_*`` the data
+``/lut/gray``, ``/lut/phase_rad``,    the tabulated LUT for every gray level, written and read
+``/lut/phase_std_rad``                by :mod:`optics.lutfile` (so ``phaseforge export slm --lut
+                                      CALIBRATION.h5`` reads it without importing calibration);
+                                      attrs wavelength_m, method, chi2_reduced, degree;
+                                      ``/lut/measured_*`` the data
 ``/fit/<param>``                      (attrs std, std_jackknife when computed, nominal, lower,
                                       upper, fixed) distance_m, magnification, rotation_rad, shift_x_m,
                                       shift_y_m, crosstalk_sigma_m, intensity_scale,
@@ -43,7 +45,9 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from optics.errors import LUTError
 from optics.fileio import atomic_path
+from optics.lutfile import read_lut_group, write_lut_group
 from optics.sensor import Sensor
 from optics.slm import PhaseLUT
 
@@ -76,6 +80,7 @@ class Calibration:
     quality: Dict[str, float]
     residuals: Optional[np.ndarray] = None
     maps: Dict[str, np.ndarray] = field(default_factory=dict)
+    lut_wavelength_m: Optional[float] = None   # the wavelength the LUT was measured at
 
     def phase_lut(self) -> PhaseLUT:
         bits = int(round(np.log2(len(self.lut_gray))))
@@ -144,9 +149,8 @@ def write_calibration(path, *, camera, lut, fit, quality: Dict[str, float], capt
                 _scalar(pg, k, np.array([getattr(p, k) for p in camera.ptc]), units)
             _scalar(pg, "used", np.array([p.used for p in camera.ptc], dtype=np.uint8), "1")
             lg = f.create_group("lut")
-            _scalar(lg, "gray", np.asarray(lut.gray, dtype=np.int64), "gray")
-            _scalar(lg, "phase_rad", np.asarray(lut.phase_rad), "rad")
-            _scalar(lg, "phase_std_rad", np.asarray(lut.phase_std_rad), "rad")
+            write_lut_group(lg, lut.gray, lut.phase_rad, phase_std_rad=lut.phase_std_rad,
+                            wavelength_m=capture.instrument["wavelength_m"])
             _scalar(lg, "measured_gray", np.asarray(lut.measured_gray), "gray")
             _scalar(lg, "measured_harmonic", np.asarray(lut.measured_h), "1")
             _scalar(lg, "measured_harmonic_std", np.asarray(lut.measured_h_std), "1")
@@ -209,10 +213,15 @@ def read_calibration(path) -> Calibration:
         fit_nom = {k: float(f[f"fit/{k}"].attrs["nominal"]) for k in FIT_UNITS if "nominal" in f[f"fit/{k}"].attrs}
         quality = {k: float(ds[()]) for k, ds in f["quality"].items()} if "quality" in f else {}
         instrument = {k: float(ds[()]) for k, ds in f["instrument"].items()} if "instrument" in f else {}
+        try:
+            table = read_lut_group(f["lut"], source=f"{path}:/lut")
+        except LUTError as exc:
+            raise CalibrationFileError(str(exc)) from None
         maps = {k: f[f"camera/{k}"][()] for k in ("dark_offset_map_dn", "dark_slope_map_dn_per_s", "flat_map", "bad_pixels")
                 if f"camera/{k}" in f}
         return Calibration(path=str(path), attrs=attrs, instrument=instrument, camera=cam, camera_std=cam_std,
-                           lut_gray=f["lut/gray"][()], lut_phase_rad=f["lut/phase_rad"][()],
-                           lut_phase_std_rad=f["lut/phase_std_rad"][()], fit=fit, fit_std=fit_std,
+                           lut_gray=table.gray, lut_phase_rad=table.phase_rad,
+                           lut_phase_std_rad=table.phase_std_rad, fit=fit, fit_std=fit_std,
                            fit_nominal=fit_nom, quality=quality,
-                           residuals=f["fit/residuals"][()] if "fit/residuals" in f else None, maps=maps)
+                           residuals=f["fit/residuals"][()] if "fit/residuals" in f else None, maps=maps,
+                           lut_wavelength_m=table.wavelength_m)

@@ -1,17 +1,23 @@
 """Differentiable fit of the near-field CDP forward model to corrected captures.
 
-Forward model (self-contained; built from :func:`optics.propagation.propagate` with a 0-d
-``z_m`` tensor that requires grad, plus the differentiable pieces below). For SLM gray
-patterns ``g`` (P, h, w) shown centred on the SLM, the camera sees, in electrons,
+Forward model. The SLM and the propagation are the optics layer's, with the fitted physical
+scalars as its tensors: an :class:`optics.slm.SLM` (``upsample`` samples per pixel,
+``quantization="none"``, ``fit=("crosstalk_sigma_m", "lut")``) inside an
+:class:`optics.cdp.CDPSystem` (``method="asm"``, ``pad=False``, ``fit=("z_m",)``); every
+evaluation substitutes the current values with :func:`torch.func.functional_call` at
+:data:`OPTICS_PATHS`. Calibration adds only what optics does not model — the camera pixel
+integration and the map onto the camera. For SLM gray patterns ``g`` (P, h, w) shown centred
+on the SLM, the camera sees, in electrons,
 
-    ``μ(u) = a · [G_pix ∗ |P_z{ exp(i·G_σ ∗ Φ) }|²](T(u)) + b``
+    ``μ(u) = a · [G_pix ∗ |P_z{ SLM_σ(φ(g)) }|²](T(u)) + b``
 
-* ``Φ`` — the LUT phase ``φ(g)`` of every SLM pixel, upsampled to the simulation grid
-  (``sim_pitch = slm_pitch/upsample``), gray 0 (phase 0) outside the pattern, plane-wave
+* ``φ(g)`` — the LUT phase of every SLM pixel (:meth:`optics.slm.PhaseLUT.gray_to_phase`, so
+  a substituted table receives the gradient; gray 0 outside the pattern), plane-wave
   illumination;
-* ``G_σ ∗`` — SLM crosstalk: a Gaussian blur of the phase with std ``σ`` (a tensor; applied in
-  the Fourier domain, ``exp(−2π²σ²f²)``, so it is differentiable in ``σ``; Persson et al.,
-  Opt. Express 20, 22334 (2012));
+* ``SLM_σ`` — :class:`optics.slm.SLM`: upsampling to the simulation grid
+  (``sim_pitch = slm_pitch/upsample``), crosstalk as a Gaussian blur of the phase with std
+  ``σ`` (sampled kernel truncated at 4σ, replicate padding; differentiable in ``σ``; Persson
+  et al., Opt. Express 20, 22334 (2012)), then ``e^{iφ}``;
 * ``P_z`` — angular-spectrum propagation by the distance ``z`` (periodic window, ``pad=False``);
 * ``G_pix ∗`` — camera pixel integration: the mean of ``k×k`` box sub-samples per pixel
   (``Geometry.pixel_subsamples = k``, the fine model), or, with ``k = 0`` (the coarse model of
@@ -48,7 +54,10 @@ A failed fit — non-finite loss, a parameter on its bound, an unidentifiable pa
 ``JᵀJ``), poor correlation or χ² — raises :class:`~calibration.errors.FitError` saying which.
 
 Not modelled (documented limits): illumination non-uniformity beyond the flat-field division,
-SLM fill factor, lens aberrations (a defocus of a relay is absorbed into ``z``), polarisation.
+SLM fill factor (:class:`~optics.slm.SLM` has one; the fit keeps 1: at 4 samples per pixel a 90 %
+fill factor has no gap to draw), lens aberrations (a defocus of a relay is absorbed into ``z``), polarisation.
+The grating law of :mod:`calibration.lut` (used by the joint LUT) stays a local 1-D model: the
+grating is periodic, and the SLM blur pads by replication and the optics propagators are 2-D.
 """
 from __future__ import annotations
 
@@ -60,13 +69,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from optics.propagation import propagate
+from torch import nn
+from torch.func import functional_call
+
+from optics.cdp import CDPSystem
+from optics.slm import SLM, PhaseLUT
 
 from ._threads import single_thread
 from .errors import FitError, RegistrationError
 from .registration import pearson, register
 
-__all__ = ["Geometry", "geometry_for", "NearFieldModel", "FitResult", "fit_parameters", "refined_lut", "jackknife",
+__all__ = ["Geometry", "geometry_for", "NearFieldModel", "OPTICS_PATHS", "FitResult", "fit_parameters", "refined_lut", "jackknife",
            "evaluate", "PARAMS", "UNITS"]
 
 PARAMS = ("distance_m", "magnification", "rotation_rad", "shift_x_m", "shift_y_m", "crosstalk_sigma_m")
@@ -117,36 +130,83 @@ def geometry_for(instrument: Dict[str, float], camera_shape, gray_patterns, *, u
                     upsample=upsample, sim_n=n, pixel_subsamples=pixel_subsamples)
 
 
-def _gauss_tf(n: int, pitch_m: float, sigma_m: torch.Tensor) -> torch.Tensor:
+def _gauss_tf(n: int, pitch_m: float, sigma_m) -> torch.Tensor:
+    """Fourier transfer function ``exp(−2π²σ²f²)`` of a Gaussian of std ``σ`` (the camera pixel
+    approximation of the coarse model; ``σ`` may be a tensor)."""
     f = torch.fft.fftfreq(n, d=pitch_m, dtype=torch.float64)
     f2 = f[:, None] ** 2 + f[None, :] ** 2
     return torch.exp(-2 * math.pi ** 2 * sigma_m ** 2 * f2)
 
 
+class _GrayPatterns(nn.Module):
+    """Integer gray levels per SLM pixel (``(P, n_slm, n_slm)`` buffer) shown through the SLM's
+    LUT: :meth:`phase` is ``φ(g)`` by :meth:`optics.slm.PhaseLUT.gray_to_phase`, so a table
+    substituted for (or fitted in) ``operator.slm.lut.levels_rad`` receives the gradient. The
+    LUT is referenced, not registered: it has one home (the SLM) and one parameter path."""
+
+    def __init__(self, gray: torch.Tensor, lut: PhaseLUT):
+        super().__init__()
+        self.register_buffer("gray", gray)
+        self._lut = (lut,)
+
+    def phase(self) -> torch.Tensor:
+        return self._lut[0].gray_to_phase(self.gray)
+
+
+def _requiring_grad(t: torch.Tensor) -> torch.Tensor:
+    return t if t.requires_grad else t.detach().requires_grad_(True)
+
+
+#: parameter paths of the optics modules inside :class:`NearFieldModel` (``torch.func.functional_call`` keys)
+OPTICS_PATHS = {"distance_m": "operator.z_m", "crosstalk_sigma_m": "operator.slm.crosstalk_sigma_m",
+                "lut_phase_rad": "operator.slm.lut.levels_rad"}
+
+
 class NearFieldModel:
-    """The forward model above for fixed patterns and LUT; :meth:`intensity` is differentiable
-    in every geometric parameter (0-d float64 tensors)."""
+    """The forward model above for fixed gray patterns; :meth:`intensity` is differentiable in
+    every geometric parameter (0-d float64 tensors) and in the LUT table.
+
+    The SLM and the propagation are the optics layer's: an :class:`optics.slm.SLM`
+    (``upsample`` samples per pixel, ``quantization="none"``: the gray patterns are shown
+    through its :class:`~optics.slm.PhaseLUT` exactly, crosstalk ``σ`` its Gaussian phase blur)
+    inside an :class:`optics.cdp.CDPSystem` (``method="asm"``, ``pad=False``, plane-wave object
+    ``x = 1``) with the distance, crosstalk and LUT as fitted tensors (``fit=``). A call
+    substitutes the values of ``p`` by :func:`torch.func.functional_call` at
+    :data:`OPTICS_PATHS`. Calibration keeps only what optics does not model: the camera pixel
+    integration and the similarity map onto the camera (:func:`torch.nn.functional.grid_sample`).
+    """
 
     def __init__(self, geometry: Geometry, gray_patterns: Sequence[np.ndarray], lut_phase_rad: np.ndarray):
         self.g = geometry
         n, up = geometry.sim_n, geometry.upsample
+        if n % up:
+            raise FitError(f"simulation window {n} samples is not a multiple of upsample {up}; use geometry_for")
         n_slm = n // up
-        lut = torch.as_tensor(np.asarray(lut_phase_rad, dtype=np.float64))
-        phases, grays = [], []
+        lut_np = np.asarray(lut_phase_rad, dtype=np.float64)
+        grays = []
         for gp in gray_patterns:
             gp = np.asarray(gp, dtype=np.int64)
             h, w = gp.shape
             if h > n_slm or w > n_slm:
                 raise FitError(f"pattern {h}×{w} SLM pixels does not fit the {n_slm}×{n_slm}-pixel simulation "
                                f"window; raise sim_n")
+            if gp.size and (gp.min() < 0 or gp.max() >= lut_np.size):
+                raise FitError(f"gray levels {gp.min()} … {gp.max()} outside the {lut_np.size}-level LUT; check the "
+                               f"capture's slm_bit_depth")
             gfull = torch.zeros((n_slm, n_slm), dtype=torch.int64)
             r0, c0 = n_slm // 2 - h // 2, n_slm // 2 - w // 2
             gfull[r0:r0 + h, c0:c0 + w] = torch.from_numpy(gp)
-            gfull = gfull.repeat_interleave(up, 0).repeat_interleave(up, 1)
             grays.append(gfull)
-            phases.append(lut[gfull])
-        self.gray = torch.stack(grays)    # (P, n, n) gray levels on the simulation grid (0 outside)
-        self.phase = torch.stack(phases)  # (P, n, n) their phases under the given LUT
+        self.gray = torch.stack(grays)  # (P, n_slm, n_slm) gray levels per SLM pixel (0 outside the pattern)
+        # a non-monotone start (a provisional fit) cannot build a PhaseLUT; any table is substituted per call
+        start = lut_np if np.all(np.diff(lut_np) > 0) else np.arange(lut_np.size) * (2 * math.pi / lut_np.size)
+        slm = SLM(pixel_pitch_m=geometry.slm_pitch_m, upsample=up, lut=PhaseLUT(start, learnable=True),
+                  quantization="none", fit=("crosstalk_sigma_m", "lut"))
+        self.system = CDPSystem(_GrayPatterns(self.gray, slm.lut), pitch_m=geometry.sim_pitch_m,
+                                wavelength_m=geometry.wavelength_m, z_m=0.0, method="asm",
+                                pad=False, slm=slm, fit=("z_m",))
+        self.lut_phase_rad = torch.from_numpy(lut_np)
+        self.x = torch.ones((n, n), dtype=torch.complex128)  # plane-wave illumination
         # shifts are relative to the pattern centre: with the optical axis at sample n//2 and an
         # even pattern centred on it, the pattern centre lies half a sample before the axis
         self.centre_m = -0.5 * geometry.sim_pitch_m
@@ -154,17 +214,29 @@ class NearFieldModel:
         self.uy = (torch.arange(H, dtype=torch.float64) - H // 2) * geometry.camera_pitch_m
         self.ux = (torch.arange(W, dtype=torch.float64) - W // 2) * geometry.camera_pitch_m
 
+    def field_intensity(self, p: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """``|P_z{SLM(φ(g))}|²`` on the simulation grid, shape (P, n, n)."""
+        lut = p.get("lut_phase_rad")
+        values = {OPTICS_PATHS["distance_m"]: p["distance_m"],
+                  OPTICS_PATHS["crosstalk_sigma_m"]: p["crosstalk_sigma_m"],
+                  OPTICS_PATHS["lut_phase_rad"]: self.lut_phase_rad if lut is None else lut}
+        grad = torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad
+                                               for v in values.values())
+        # optics caches its kernels and modulation while nothing requires grad, keyed on tensor
+        # identity and version; substituted temporaries (freed after each call) can reuse an
+        # identity, so every value is handed over as a tensor that requires grad and the operator
+        # rebuilds from the values themselves (the result is detached again unless the caller's values require grad)
+        with torch.enable_grad():
+            values = {k: _requiring_grad(torch.as_tensor(v, dtype=torch.float64)) for k, v in values.items()}
+            out = functional_call(self.system, values, (self.x,), {"noise": None})
+        return out if grad else out.detach()
+
     def intensity(self, p: Dict[str, torch.Tensor]) -> torch.Tensor:
         """Unit-scale, zero-background camera image ``[G_pix ∗ I](T(u))``, shape (P, H, W).
         ``p["lut_phase_rad"]`` (a (2^b,) tensor), when present, replaces the fixed LUT."""
         g = self.g
         n, dx = g.sim_n, g.sim_pitch_m
-        sig = p["crosstalk_sigma_m"]
-        base = self.phase if p.get("lut_phase_rad") is None else p["lut_phase_rad"][self.gray]
-        phase = torch.fft.ifft2(torch.fft.fft2(base) * _gauss_tf(n, dx, sig)).real
-        u = torch.polar(torch.ones_like(phase), phase)
-        out = propagate(u, pitch_m=dx, wavelength_m=g.wavelength_m, z_m=p["distance_m"], method="asm", pad=False)
-        inten = out.field.real ** 2 + out.field.imag ** 2
+        inten = self.field_intensity(p)
         mag = p["magnification"]
         k = g.pixel_subsamples
         if k == 0:

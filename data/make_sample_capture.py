@@ -11,10 +11,12 @@ distance. The file holds dark frames (4 exposures), a flat-field photon-transfer
 binary-grating frames (17 gray levels against gray 0) for the LUT.
 
 Avoiding the inverse crime (the fit must not be handed its own model): the truth is computed
-on a 2 µm grid (the fit uses 4 µm) over a larger window, with a Gaussian illumination
-envelope and the crosstalk blur of :class:`optics.slm.SLM`, then
-*integrated* over each camera pixel (4×4 sub-samples) — the fit models none of the envelope's
-propagation or the exact pixel integration. The camera adds Poisson shot noise, dark
+on a 2 µm grid (the coarse fit uses 4 µm) over a larger window, with a Gaussian illumination
+envelope and an *exact* crosstalk blur — the pixelated phase convolved with a continuous
+Gaussian, evaluated analytically from the pixel edges (:func:`slm_phase`), where the fit uses
+:class:`optics.slm.SLM`'s sampled kernel truncated at 4σ — then *integrated* over each camera
+pixel (4×4 sub-samples; the fit uses 3×3 or a Gaussian) — the fit models none of the
+envelope's propagation or the exact pixel integration. The camera adds Poisson shot noise, dark
 current, read noise, PRNU and DSNU fixed patterns, a few dead and hot pixels, full-well
 saturation and 12-bit quantisation; quantum efficiency 0.6 (calibration works in electrons).
 
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import ndtr
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from calibration.capture import Pattern, write_capture  # noqa: E402
 from optics.fileio import atomic_path  # noqa: E402
 from optics.propagation import propagate  # noqa: E402
-from optics.slm import SLM, PhaseLUT  # noqa: E402
 
 TRUTH = {
     "wavelength_m": 633e-9,
@@ -112,20 +114,41 @@ def camera_irradiance(intensity: torch.Tensor, t: dict) -> np.ndarray:
     return out.numpy()
 
 
+def slm_phase(full_gray: np.ndarray, lut: np.ndarray, *, upsample: int, sigma_m: float) -> torch.Tensor:
+    """Displayed phase on the fine grid (FINE_PITCH_M): the piecewise-constant pixel phases
+    ``φ(g_ij)`` convolved with a continuous Gaussian of std ``σ`` (fringing-field crosstalk),
+    exactly: ``φ_σ(y, x) = Σ_ij φ(g_ij)·E_i(y)·E_j(x)``, ``E_j(x) = Φ((x − a_j)/σ) − Φ((x − b_j)/σ)``
+    with ``Φ`` the normal CDF and ``[a_j, b_j)`` the extent of SLM pixel ``j`` (fine samples
+    ``j·upsample … (j+1)·upsample − 1``, edges half a sample outside them). Light beyond the
+    window meets gray 0 (``φ(0) = 0``), so the mass a row of ``E`` loses at the border is exact.
+    The truth's own model, independent of :class:`optics.slm.SLM` (sampled kernel, truncated
+    at 4σ, replicate padding), which the fit uses."""
+    n_fine = full_gray.shape[-1] * upsample
+    k = np.arange(n_fine, dtype=np.float64)[:, None]
+    a = np.arange(full_gray.shape[-1], dtype=np.float64)[None, :] * upsample - 0.5
+    b = a + upsample
+    if sigma_m > 0:
+        s = sigma_m / FINE_PITCH_M
+        E = ndtr((k - a) / s) - ndtr((k - b) / s)
+    else:
+        E = ((k >= a) & (k < b)).astype(np.float64)
+    phi = lut[full_gray]                                            # (P, n_slm, n_slm)
+    return torch.from_numpy(np.einsum("ki,pij,lj->pkl", E, phi, E, optimize=True))
+
+
 def simulate_intensity(gray_patterns: np.ndarray, t: dict) -> torch.Tensor:
-    """Fine-grid intensity |P_z{envelope·SLM(gray)}|² for (P, h, w) gray patterns centred on the SLM."""
-    lut = PhaseLUT(torch.from_numpy(true_lut(t["slm_bit_depth"])))
+    """Fine-grid intensity |P_z{envelope·e^{iφ_σ(gray)}}|² for (P, h, w) gray patterns centred on the SLM."""
+    lut = true_lut(t["slm_bit_depth"])
     up = int(round(t["slm_pitch_m"] / FINE_PITCH_M))
     n_slm = FINE_N // up
     p, h, w = gray_patterns.shape
     full = np.zeros((p, n_slm, n_slm), dtype=np.int64)
     r0, c0 = n_slm // 2 - h // 2, n_slm // 2 - w // 2
     full[:, r0:r0 + h, c0:c0 + w] = gray_patterns
-    slm = SLM(pixel_pitch_m=t["slm_pitch_m"], sim_pitch_m=FINE_PITCH_M, fill_factor=t["fill_factor"],
-              crosstalk_sigma_m=t["crosstalk_sigma_m"], lut=lut, quantization="none").eval()
-    theta = lut.gray_to_phase(torch.from_numpy(full))
-    # the LUT maps integers exactly; quantization="none" shows these phases as they are
-    mod = slm(theta).to(torch.complex128)
+    if t["fill_factor"] != 1.0:
+        raise ValueError("the synthetic truth draws no inter-pixel gap (fill_factor must be 1.0)")
+    phase = slm_phase(full, lut, upsample=up, sigma_m=t["crosstalk_sigma_m"])
+    mod = torch.polar(torch.ones_like(phase), phase)
     x = (torch.arange(FINE_N, dtype=torch.float64) - FINE_N // 2) * FINE_PITCH_M
     env = torch.exp(-(x[:, None] ** 2 + x[None, :] ** 2) / t["beam_waist_m"] ** 2)
     u = mod * env

@@ -38,7 +38,9 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from optics.errors import LUTError
 from optics.fileio import write_json
+from optics.lutfile import LUTTable, read_lut_file
 from optics.slm import PhaseLUT
 
 from ._io import check_outputs, sha256_array, sha256_file, sidecar_path, software_version as _version
@@ -48,7 +50,7 @@ from .devices import SLMDevice, get_device
 from .errors import FabricationError
 
 __all__ = ["SLMOptions", "SLMExport", "export_slm", "resample_phase", "sample_at_design_centres",
-           "carrier_phase", "effective_lut", "read_lut_csv", "RESAMPLE_MODES", "SIDECAR_FORMAT", "map_to_panel",
+           "carrier_phase", "effective_lut", "read_lut_csv", "read_lut_table", "RESAMPLE_MODES", "SIDECAR_FORMAT", "map_to_panel",
            "PanelMapping", "max_gap", "options_from_sidecar"]
 
 TWO_PI = 2.0 * math.pi
@@ -80,23 +82,22 @@ class SLMExport:
     sidecar: dict
 
 
-def read_lut_csv(path, *, bit_depth: int) -> PhaseLUT:
-    """A measured LUT from a CSV with columns ``gray,phase_rad`` (header line; ``#`` comments)."""
+def read_lut_table(path) -> LUTTable:
+    """A measured LUT table (gray, phase, the wavelength it was measured at when recorded) from a
+    CSV ``gray,phase_rad`` or a CALIBRATION.h5 (its ``/lut`` group), by :mod:`optics.lutfile`."""
     p = Path(path)
     if not p.is_file():
         raise FabricationError(f"LUT file {p} does not exist")
     try:
-        data = np.genfromtxt(p, delimiter=",", names=True, comments="#")
-    except ValueError as exc:
-        raise FabricationError(f"{p}: cannot parse as CSV with a 'gray,phase_rad' header ({exc})") from None
-    names = data.dtype.names or ()
-    if "gray" not in names or "phase_rad" not in names:
-        raise FabricationError(f"{p}: columns {names} lack 'gray' and 'phase_rad'; write the LUT as CSV "
-                               f"with the header 'gray,phase_rad'")
-    g, ph = np.atleast_1d(data["gray"]), np.atleast_1d(data["phase_rad"])
-    if g.size < 2:
-        raise FabricationError(f"{p}: a LUT needs at least the two end gray levels, got {g.size} row(s)")
-    return PhaseLUT.tabulated(g, ph, bit_depth=bit_depth)
+        return read_lut_file(p)
+    except LUTError as exc:
+        raise FabricationError(str(exc)) from None
+
+
+def read_lut_csv(path, *, bit_depth: int) -> PhaseLUT:
+    """A measured LUT from a CSV with columns ``gray,phase_rad`` (header line; ``#`` comments) or
+    from a CALIBRATION.h5 (:func:`read_lut_table`)."""
+    return read_lut_table(path).phase_lut(bit_depth=bit_depth)
 
 
 def effective_lut(lut: PhaseLUT, *, lut_wavelength_m: float, wavelength_m: float) -> PhaseLUT:

@@ -215,10 +215,8 @@ class CDPOperator(LinearOperator):
             return False
         return any(t.requires_grad for t in self.parameters()) or any(t.requires_grad for t in self.buffers())
 
-    def _state_key(self, dtype, device) -> tuple:
-        tensors = list(self.parameters()) + list(self.buffers())
-        mode = tuple(m.training for m in self.modules())
-        return (dtype, str(device), mode) + tuple((id(t), t._version) for t in tensors)
+    def _state_key(self, dtype, device) -> "_StateKey":
+        return _StateKey(dtype, device, self)
 
     @contextlib.contextmanager
     def frozen(self):
@@ -232,9 +230,9 @@ class CDPOperator(LinearOperator):
             self._frozen = outer
 
     def _factors(self, dtype, device) -> dict:
-        """The folded factors for ``dtype``: cached while nothing requires grad (keyed on the
-        version counters of every parameter and buffer, so in-place updates invalidate it),
-        once per :meth:`frozen` block otherwise."""
+        """The folded factors for ``dtype``: cached while nothing requires grad (keyed on every
+        parameter and buffer, :class:`_StateKey`, so in-place updates and swapped-in values
+        invalidate it), once per :meth:`frozen` block otherwise."""
         key = (dtype, str(device))
         if self._frozen is not None and key in self._frozen:
             return self._frozen[key]
@@ -385,6 +383,40 @@ class CDPOperator(LinearOperator):
         return (f"L={self.n_masks}, in_shape={self.in_shape}, out_shape={self.out_shape}, method={self.method!r}, "
                 f"pitch_m={_f(self.pitch_m):.4g}, wavelength_m={_f(self.wavelength_m):.4g}, "
                 f"z_m={_f(self.z_m):.4g}")
+
+
+class _StateKey:
+    """What the cached factors were built from: strong references to every parameter and buffer
+    (compared by identity, so a freed tensor's recycled ``id`` can never match — e.g. values
+    swapped in by ``torch.func.functional_call``), their version counters and storage pointers
+    (in-place updates such as an optimiser step), the values of small tensors (physical scalars,
+    LUT tables: a write through ``.data`` does not bump the version), and the train/eval modes."""
+
+    _SMALL = 4096
+
+    def __init__(self, dtype, device, module: nn.Module):
+        self.dtype, self.device = dtype, str(device)
+        self.modes = tuple(m.training for m in module.modules())
+        self.tensors = list(module.parameters()) + list(module.buffers())
+        self.stamps = [self._stamp(t) for t in self.tensors]
+
+    @classmethod
+    def _stamp(cls, t: torch.Tensor):
+        small = t.detach().clone() if t.numel() <= cls._SMALL else None
+        return (t._version, t.data_ptr(), small)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, _StateKey) or (self.dtype, self.device, self.modes) != (
+                other.dtype, other.device, other.modes) or len(self.tensors) != len(other.tensors):
+            return False
+        for a, b, (va, pa, sa), (vb, pb, sb) in zip(self.tensors, other.tensors, self.stamps, other.stamps):
+            if a is not b or va != vb or pa != pb:
+                return False
+            if sa is not None and (sb is None or not torch.equal(sa, sb)):
+                return False
+        return True
+
+    __hash__ = None
 
 
 def _fresnel_1fft_check(M, dx, lam, z, opts) -> None:

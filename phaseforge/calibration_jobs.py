@@ -7,7 +7,8 @@ multistart physical-parameter fit on the random-pattern frames (all but the last
 ``n_heldout``); the LUT again at the fitted distance/magnification/rotation (the grating law
 with crosstalk depends on the distance); a second fit from the first one's values with the
 refined LUT; the held-out comparison of the nominal and calibrated simulators; the
-registration quality of the calibrated model; then CALIBRATION.h5 and the report folder.
+registration quality of the calibrated model; then CALIBRATION.h5, its LUT as
+``CALIBRATION_lut.csv`` (:func:`lut_csv_path`) and the report folder.
 A failed step raises (no calibration file is written).
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from optics.fileio import write_text
+from optics.lutfile import write_lut_csv
 
 from . import __version__
 
@@ -41,8 +43,10 @@ def calibrate(capture_path, out_path, *, report_dir=None, n_heldout: int = 2, ov
 
     t0 = time.perf_counter()
     out_path = Path(out_path)
-    if out_path.exists() and not overwrite:
-        raise CalibrationError(f"{out_path} exists; pass --overwrite to replace it")
+    lut_csv = lut_csv_path(out_path)
+    for p in (out_path, lut_csv):
+        if p.exists() and not overwrite:
+            raise CalibrationError(f"{p} exists; pass --overwrite to replace it")
     report_dir = Path(report_dir) if report_dir is not None else out_path.with_name(out_path.stem + "_report")
     stages = {}
 
@@ -118,8 +122,14 @@ def calibrate(capture_path, out_path, *, report_dir=None, n_heldout: int = 2, ov
     lap("validation")
     write_calibration(out_path, camera=camera, lut=lut, fit=fit, quality=quality, capture=cap,
                       software=f"phaseforge {__version__}", overwrite=overwrite)
+    write_lut_csv(lut_csv, lut.gray, lut.phase_rad, phase_std_rad=lut.phase_std_rad,
+                  wavelength_m=ins["wavelength_m"],
+                  comments=[f"SLM gray -> phase LUT from `phaseforge calibrate` ({out_path.name}, /lut)",
+                            f"capture {Path(cap.path).name} sha256 {cap.sha256}",
+                            "phase_std_rad: 1 sigma, statistical; read by `phaseforge export slm --lut`"])
     truth_lut, truth = _truth(cap.path)
     numbers = {"capture": str(cap.path), "capture_sha256": cap.sha256, "calibration": str(out_path),
+               "lut_csv": str(lut_csv),
                "camera": camera.summary(),
                "fit": {k: {"value": v, "std": fit.std.get(k), "std_jackknife": fit.std_jackknife.get(k),
                        "nominal": fit.nominal.get(k)} for k, v in fit.values.items()},
@@ -133,6 +143,13 @@ def calibrate(capture_path, out_path, *, report_dir=None, n_heldout: int = 2, ov
                         registration_quality=reg.quality, truth_lut=truth_lut)
     numbers["report"] = figs
     return numbers
+
+
+def lut_csv_path(calibration_path) -> Path:
+    """``CALIBRATION_lut.csv`` beside ``CALIBRATION.h5``: the LUT (``gray,phase_rad,phase_std_rad``
+    with the wavelength) that ``phaseforge export slm --lut`` and SLM vendor software read."""
+    p = Path(calibration_path)
+    return p.with_name(p.stem + "_lut.csv")
 
 
 def _truth(path) -> Tuple[Optional[np.ndarray], Dict[str, float]]:
@@ -169,9 +186,8 @@ def _compare(truth, truth_lut, camera, fit, lut) -> Dict[str, Dict[str, float]]:
 def calibration_overrides(path) -> Tuple[List[str], Dict[str, str]]:
     """Config overrides (``key.path=value``) from CALIBRATION.h5 and, for each key, where it
     came from. Applied: the fitted distance, the measured camera (sensor.*), the LUT and the
-    crosstalk width (slm.*, used when ``slm.enabled``). The relay magnification, rotation and
-    shift describe the bench's camera placement and have no simulator setting; they are
-    listed as not applied."""
+    crosstalk width (slm.*, used when ``slm.enabled``). What has no simulator setting is listed
+    by :func:`calibration_not_applied`."""
     from calibration.calibfile import read_calibration
 
     cal = read_calibration(path)
@@ -198,6 +214,30 @@ def calibration_overrides(path) -> Tuple[List[str], Dict[str, str]]:
     return overrides, sources
 
 
+def calibration_not_applied(path) -> List[Tuple[List[str], str]]:
+    """The calibrated values ``simulate --calibration`` does **not** apply: groups of
+    ``["key = value", …]`` with the reason (no simulator setting, or a setting that belongs to
+    the simulation's own geometry)."""
+    from calibration.calibfile import read_calibration
+
+    cal = read_calibration(path)
+    f, c, ins = cal.fit, cal.camera, cal.instrument
+    out = [([f"fit.magnification = {f['magnification']:.6g}", f"fit.rotation_rad = {f['rotation_rad']:.6g} rad",
+             f"fit.shift_x_m = {f['shift_x_m']:.6g} m", f"fit.shift_y_m = {f['shift_y_m']:.6g} m"],
+            "bench camera placement relative to the SLM; the simulated detector samples the propagated field on "
+            "its own grid; there is no camera magnification, rotation or shift setting"),
+           ([f"fit.intensity_scale = {f['intensity_scale']:.6g} e-/arb"],
+            "illumination brightness of the capture; the simulation's is sensor.mean_photons"),
+           ([f"fit.background_e = {f['background_e']:.6g} e-"], "stray light on the bench; the sensor model has none"),
+           ([f"camera.dsnu_e = {c['dsnu_e']:.3g} e-", f"camera.prnu = {c['prnu']:.3g}",
+             "camera dark/flat/defect maps"], "the sensor model has no fixed-pattern noise or defects")]
+    pitches = [f"instrument.{k} = {ins[k]:.6g} m" for k in ("slm_pitch_m", "camera_pitch_m") if k in ins]
+    if pitches:
+        out.append((pitches, "the simulation grid is the config's; set slm.pixel_pitch_m / sensor.pitch_m to match "
+                             "the bench if wanted"))
+    return out
+
+
 def simulate_overrides(path) -> List[str]:
     """The overrides for ``simulate --calibration PATH`` (empty when ``path`` is None)."""
     if path is None:
@@ -205,9 +245,26 @@ def simulate_overrides(path) -> List[str]:
     return calibration_overrides(path)[0]
 
 
+def calibration_summary(calibration_path, user_overrides=()) -> List[str]:
+    """Lines for the ``simulate`` output: which calibrated values were applied (keys overridden
+    again by ``--set`` excluded) and which were not, with why."""
+    if calibration_path is None:
+        return []
+    _, sources = calibration_overrides(calibration_path)
+    user = {o.split("=", 1)[0].strip() for o in user_overrides or ()}
+    applied = [k for k in sources if k not in user]
+    lines = [f"from {Path(calibration_path).name} applied: {', '.join(applied)}"]
+    if user & set(sources):
+        lines.append(f"from {Path(calibration_path).name} overridden by --set: {', '.join(sorted(user & set(sources)))}")
+    lines += [f"from {Path(calibration_path).name} NOT applied: {', '.join(keys)} ({why})"
+              for keys, why in calibration_not_applied(calibration_path)]
+    return lines
+
+
 def note_calibration(data_path, calibration_path, user_overrides=()) -> Optional[Path]:
     """Prefix the ``DATA.h5.config.yaml`` written by ``simulate`` with comments stating which
-    values came from the calibration file (keys overridden again by ``--set`` are excluded)."""
+    values came from the calibration file (keys overridden again by ``--set`` are excluded) and
+    which calibrated values were not applied, with their values and why."""
     if calibration_path is None:
         return None
     cfg_path = Path(str(data_path) + ".config.yaml")
@@ -217,7 +274,10 @@ def note_calibration(data_path, calibration_path, user_overrides=()) -> Optional
     user = {o.split("=", 1)[0].strip() for o in user_overrides or ()}
     lines = [f"# values from the calibration file {Path(calibration_path).resolve()}:"]
     lines += [f"#   {k}  <- {v}" for k, v in sources.items() if k not in user]
-    lines.append("#   (not applied: magnification, rotation, shift — bench camera placement, no simulator setting)")
+    lines.append("# calibrated values NOT applied:")
+    for keys, why in calibration_not_applied(calibration_path):
+        lines += [f"#   {k}" for k in keys]
+        lines.append(f"#     ({why})")
     write_text(cfg_path, "\n".join(lines) + "\n" + cfg_path.read_text())
     return cfg_path
 
@@ -227,10 +287,11 @@ def note_calibration(data_path, calibration_path, user_overrides=()) -> Optional
 # ------------------------------------------------------------------------------------------------
 def calibration_demo(out_dir, *, progress: bool = True) -> Dict:
     """Calibrate against the committed synthetic sample capture (``data/sample_capture.h5``);
-    writes ``out_dir/CALIBRATION.h5`` and ``out_dir/report/`` (figures, report.json)."""
+    writes ``out_dir/CALIBRATION.h5``, ``out_dir/CALIBRATION_lut.csv`` and ``out_dir/report/``
+    (figures, report.json)."""
     out_dir = Path(out_dir)
     res = calibrate(SAMPLE_CAPTURE, out_dir / "CALIBRATION.h5", report_dir=out_dir / "report", overwrite=True,
                     progress=progress)
-    return {"calibration": res["calibration"], "report": str(out_dir / "report"),
+    return {"calibration": res["calibration"], "lut_csv": res["lut_csv"], "report": str(out_dir / "report"),
             "truth_comparison": res.get("truth_comparison", {}), "quality": res["quality"],
             "seconds": res["seconds"]}

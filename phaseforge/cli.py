@@ -137,12 +137,14 @@ def main(argv=None) -> int:
             if "calibration" in res:
                 print(f"demo: calibration of the sample capture in {res['calibration']['calibration']}")
         elif args.command == "simulate":
-            from .calibration_jobs import note_calibration, simulate_overrides
+            from .calibration_jobs import calibration_summary, note_calibration, simulate_overrides
             cfg = load(args.config, simulate_overrides(args.calibration) + args.overrides)
             path = pipeline.simulate(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
                                      shard=_parse_shard(args.shard), progress=not args.no_progress,
                                      max_batches=args.max_batches)
             note_calibration(path, args.calibration, args.overrides)
+            for line in calibration_summary(args.calibration, args.overrides):
+                print(f"simulate: {line}")
             state = "incomplete (resume with --resume)" if path.suffix == ".tmp" else "complete"
             print(f"simulate: wrote {path} ({state})")
         elif args.command == "merge":

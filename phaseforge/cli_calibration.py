@@ -4,6 +4,7 @@
     phaseforge capture info FILE                summary (frames per image key, exposures, patterns, instrument)
     phaseforge capture pack FOLDER --metadata META.yaml --out FILE [--overwrite]
     phaseforge calibrate CAPTURES.h5 --out CALIBRATION.h5 [--report DIR] [--heldout N] [--jackknife] [--overwrite]
+                                                (also writes CALIBRATION_lut.csv beside CALIBRATION.h5)
 
 ``simulate --calibration CALIBRATION.h5`` (in :mod:`phaseforge.cli`) applies the calibration's
 values as configuration overrides (:func:`phaseforge.calibration_jobs.calibration_overrides`).
@@ -30,7 +31,8 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("calibrate", help="camera, SLM LUT and physical parameters from a capture file")
     p.add_argument("capture", type=Path)
-    p.add_argument("--out", type=Path, required=True, help="CALIBRATION.h5")
+    p.add_argument("--out", type=Path, required=True,
+                   help="CALIBRATION.h5 (its LUT also goes to CALIBRATION_lut.csv beside it, for `export slm --lut`)")
     p.add_argument("--report", type=Path, default=None, help="report folder (default: OUT_report next to OUT)")
     p.add_argument("--heldout", type=int, default=2, help="random-pattern frames kept out of the fit for validation")
     p.add_argument("--starts", type=int, default=7, help="distance starts of the multistart fit")
@@ -86,6 +88,6 @@ def run(args) -> int:
         if "lut_rms_error_rad" in tc:
             parts.append(f"LUT rms {tc['lut_rms_error_rad']['value']:.3g} rad")
         print("calibrate: vs ground truth: " + ", ".join(parts))
-    print(f"calibrate: wrote {res['calibration']} and report {Path(res['report']['report.json']).parent} "
+    print(f"calibrate: wrote {res['calibration']}, the LUT {res['lut_csv']} and report {Path(res['report']['report.json']).parent} "
           f"({res['seconds']:.1f} s)")
     return 0

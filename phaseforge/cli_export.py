@@ -2,7 +2,7 @@
 
     phaseforge export slm DESIGN --device NAME --out FILE.png|.bmp [--verify] [options]
     phaseforge export doe DESIGN --material fused-silica --levels 8 --out DIR [--verify] [options]
-    phaseforge export verify OUTPUT [--design DESIGN] [--lut LUT.csv]
+    phaseforge export verify OUTPUT [--design DESIGN] [--lut LUT.csv|CALIBRATION.h5]
     phaseforge export devices
 
 DESIGN is a design.h5, a CDP dataset .h5, a .npy phase map in rad (with --pitch-m and
@@ -58,9 +58,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--device-file", type=Path, default=None, help="YAML with custom devices")
     p.add_argument("--out", type=Path, required=True, help="bitmap FILE.png (8/16-bit) or FILE.bmp (8-bit)")
     p.add_argument("--bit-depth", type=int, choices=[8, 10, 12], default=None, help="default: the device's")
-    p.add_argument("--lut", type=Path, default=None, help="measured LUT CSV with columns gray,phase_rad")
+    p.add_argument("--lut", type=Path, default=None,
+                   help="measured LUT: CSV with columns gray,phase_rad, or a CALIBRATION.h5 from `phaseforge calibrate`")
     p.add_argument("--lut-wavelength-m", type=float, default=None,
-                   help="wavelength the LUT is calibrated at (phases scale by λ_lut/λ_design)")
+                   help="wavelength the LUT is calibrated at (phases scale by λ_lut/λ_design); default: the one "
+                        "recorded in the LUT file, else the device's")
     p.add_argument("--resample", choices=RESAMPLE_MODES, default="exact",
                    help="exact: integer pitch ratio only; nearest/linear for any other ratio")
     p.add_argument("--offset-px", type=lambda t: _pair(t, int), default=(0, 0), metavar="DY,DX",
@@ -106,7 +108,8 @@ def add_parsers(sub) -> None:
     p.add_argument("output", type=Path, help="bitmap FILE (with FILE.json) or DOE folder (with doe.json)")
     p.add_argument("--design", type=Path, default=None, help="default: the design named in the sidecar")
     p.add_argument("--index", type=int, default=None)
-    p.add_argument("--lut", type=Path, default=None, help="check the bitmap against this LUT CSV (gray,phase_rad)")
+    p.add_argument("--lut", type=Path, default=None,
+                   help="check the bitmap against this LUT (CSV gray,phase_rad or CALIBRATION.h5)")
     p.add_argument("--rms-tol-rad", type=float, default=None)
     p.add_argument("--max-tol-rad", type=float, default=None)
     p.add_argument("--cdp-tol", type=float, default=None)
@@ -154,12 +157,17 @@ def export_slm_cmd(design, *, device, out, device_file=None, bit_depth=None, lut
                    justify="lsb", verify=False, tolerances=None, overwrite=False):
     """Export (and optionally verify, recording the result in the sidecar); returns (export, results)."""
     from fabrication.devices import get_device
-    from fabrication.slm import SLMOptions, export_slm, read_lut_csv
+    from fabrication.slm import SLMOptions, export_slm, read_lut_table
     from fabrication.verify import verify_slm
 
     dev = get_device(device, device_file)
     b = dev.bit_depth if bit_depth is None else bit_depth
-    lut = read_lut_csv(lut_csv, bit_depth=b) if lut_csv is not None else None
+    lut = None
+    if lut_csv is not None:
+        table = read_lut_table(lut_csv)
+        lut = table.phase_lut(bit_depth=b)
+        if lut_wavelength_m is None:  # the file's own record beats the device preset's
+            lut_wavelength_m = table.wavelength_m
     opt = SLMOptions(bit_depth=b, lut=lut, lut_source=str(lut_csv) if lut_csv else "", lut_wavelength_m=lut_wavelength_m,
                      resample=resample, offset_px=offset_px, fill_phase_rad=fill_phase_rad,
                      carrier_period_px=carrier_period_px, sign=sign, justify=justify)

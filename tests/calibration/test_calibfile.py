@@ -49,7 +49,7 @@ def test_bad_calibration_files(tmp_path, sample_path):
     assert "/camera/gain_dn_per_e is missing" in str(ei.value) and "/lut/phase_rad is missing" in str(ei.value)
 
 
-def test_simulate_uses_the_calibration(calibrated, tmp_path):
+def test_simulate_uses_the_calibration(calibrated, tmp_path, capsys):
     out = calibrated[0]
     cal = read_calibration(out)
     data = tmp_path / "d.h5"
@@ -66,3 +66,61 @@ def test_simulate_uses_the_calibration(calibrated, tmp_path):
     assert cfg["sensor"]["read_noise_e"] == 3.0
     assert np.allclose(cfg["slm"]["lut"]["phase_rad"], cal.lut_phase_rad)
     assert cfg["slm"]["crosstalk_sigma_m"] == pytest.approx(cal.fit["crosstalk_sigma_m"])
+    # what could not be applied is stated, with its value, in the config and on the console
+    out = capsys.readouterr().out
+    assert "applied: optics.z_m" in out and "overridden by --set: sensor.read_noise_e" in out
+    for key in ("magnification", "rotation_rad", "shift_x_m", "shift_y_m", "background_e"):
+        assert f"#   fit.{key} = " in text, key
+    assert f"NOT applied: fit.magnification = {cal.fit['magnification']:.6g}, fit.rotation_rad = " in out
+    assert "fit.shift_y_m" in out and "(bench camera placement" in out and "NOT applied: fit.background_e" in out
+    assert "instrument.slm_pitch_m = 8e-06 m" in out
+
+
+PANEL = """
+bench-slm:
+  name: the sample bench's SLM (64 x 48 crop)
+  width_px: 64
+  height_px: 48
+  pixel_pitch_m: 8.0e-6
+  bit_depth: 8
+  phase_range_rad: 6.283185307179586
+  file_format: png8
+  source: unit test
+"""
+
+
+def test_lut_hand_off_to_export_round_trip(calibrated, tmp_path, capsys):
+    """calibrate → CALIBRATION_lut.csv (same table as /lut, bit for bit, with its wavelength) →
+    export slm with that LUT → export verify against CALIBRATION.h5 passes. The sample SLM
+    reaches only 1.9π at its 633 nm, so a 633 nm design fails honestly (range too small) and a
+    590 nm one (the LUT scaled by 633/590 covers 2π) passes."""
+    import json
+    import math
+
+    from optics.lutfile import read_lut_file
+    from phaseforge.calibration_jobs import lut_csv_path
+
+    out = calibrated[0]
+    csv = lut_csv_path(out)
+    assert csv == out.with_name("CALIBRATION_lut.csv")
+    cal = read_calibration(out)
+    t = read_lut_file(csv)
+    assert np.array_equal(t.phase_rad, cal.lut_phase_rad) and np.array_equal(t.gray, cal.lut_gray)
+    assert np.array_equal(t.phase_std_rad, cal.lut_phase_std_rad)
+    assert t.wavelength_m == cal.lut_wavelength_m == cal.instrument["wavelength_m"]
+    dev = tmp_path / "devices.yaml"
+    dev.write_text(PANEL)
+    y, x = np.mgrid[0:16, 0:24]
+    np.save(tmp_path / "m.npy", np.mod(((x - 12) ** 2 + (y - 8) ** 2) * 0.05, 2 * math.pi))
+    base = ["export", "slm", str(tmp_path / "m.npy"), "--pitch-m", "8e-6", "--device", "bench-slm",
+            "--device-file", str(dev), "--lut", str(csv)]
+    assert main(base + ["--wavelength-m", "590e-9", "--out", str(tmp_path / "m590.png")]) == 0
+    side = json.loads((tmp_path / "m590.png.json").read_text())
+    assert side["lut"]["wavelength_m"] == pytest.approx(633e-9)            # taken from the LUT file
+    assert side["lut"]["levels_rad"] == pytest.approx(list(cal.lut_phase_rad), abs=0)
+    capsys.readouterr()
+    assert main(["export", "verify", str(tmp_path / "m590.png"), "--lut", str(out)]) == 0
+    assert "PASS" in capsys.readouterr().out
+    assert main(base + ["--wavelength-m", "633e-9", "--out", str(tmp_path / "m633.png")]) == 0
+    assert main(["export", "verify", str(tmp_path / "m633.png"), "--lut", str(out)]) == 3
+    assert "LUT range too small" in capsys.readouterr().out

@@ -93,3 +93,60 @@ def test_self_consistent_fit_and_honest_uncertainties():
         assert abs(fit.values[k] - true[k]) < 4 * fit.std[k], k
     jk = jackknife(geo, pats, data, fit, lut_phase_rad=lut, read_noise_e=0.0)
     assert 1 / 3 < jk["distance_m"] / fit.std["distance_m"] < 3
+
+
+def test_forward_model_is_the_optics_slm_and_operator_with_gradients_to_lut_and_crosstalk():
+    """The model is optics.slm.SLM inside optics.cdp.CDPSystem; the gradient reaches the LUT
+    table and the crosstalk width through functional_call (directional finite differences, rel
+    1e-5: float64, central steps far from the kernel-radius jumps of the sampled blur)."""
+    from optics.cdp import CDPSystem
+    from optics.slm import SLM
+
+    geo, pats, lut = _tiny_model()
+    m = NearFieldModel(geo, pats, lut)
+    assert isinstance(m.system, CDPSystem) and isinstance(m.system.operator.slm, SLM)
+    assert m.system.operator.method == "asm" and isinstance(m.system.operator.z_m, torch.nn.Parameter)
+    vals = dict(zip(PARAMS, [1.5e-3, 1.0, 0.01, 2e-6, -1e-6, 2.2e-6]))
+    w = torch.linspace(0, 1, 24 * 24, dtype=torch.float64).reshape(24, 24)
+    d = torch.sin(torch.arange(256, dtype=torch.float64))           # a direction in LUT space
+
+    def f(sig, table):
+        p = {k: torch.tensor(v, dtype=torch.float64) for k, v in vals.items()}
+        p["crosstalk_sigma_m"], p["lut_phase_rad"] = sig, table
+        return (m.intensity(p) * w).sum()
+
+    sig = torch.tensor(vals["crosstalk_sigma_m"], dtype=torch.float64, requires_grad=True)
+    table = torch.as_tensor(lut, dtype=torch.float64).clone().requires_grad_(True)
+    f(sig, table).backward()
+    with torch.no_grad():
+        h, e = 1e-10, 1e-4
+        fd_sig = (f(sig + h, table) - f(sig - h, table)) / (2 * h)
+        fd_lut = (f(sig, table + e * d) - f(sig, table - e * d)) / (2 * e)
+    assert float(sig.grad) == pytest.approx(float(fd_sig), rel=1e-5)
+    assert float(table.grad @ d) == pytest.approx(float(fd_lut), rel=1e-5)
+
+
+def test_no_grad_evaluations_follow_the_substituted_values():
+    """Evaluations without autograd (registration starts, Jacobian, held-out χ²) at a new
+    distance give the new pattern, identical to a fresh model's — not the operator's cached
+    kernel of the previous call. (optics caches kernels keyed on tensor identity and version;
+    freed temporaries can reuse an identity, which ``.data`` writes reproduce deterministically.)"""
+    geo, pats, lut = _tiny_model()
+    vals = dict(zip(PARAMS, [1.5e-3, 1.0, 0.01, 2e-6, -1e-6, 2e-6]))
+
+    def at(model, z):  # fresh tensors each call, freed after it (as in the fit's loops)
+        return model.intensity({k: torch.tensor(z if k == "distance_m" else v, dtype=torch.float64)
+                                for k, v in vals.items()})
+
+    m = NearFieldModel(geo, pats, lut)
+    with torch.no_grad():
+        a1, a2 = at(m, 1.5e-3), at(m, 1.8e-3)
+        fresh = at(NearFieldModel(geo, pats, lut), 1.8e-3)
+    assert float((a1 - a2).abs().max()) > 0.1 * float(a2.max())
+    assert torch.equal(a2, fresh)
+    p = {k: torch.tensor(v, dtype=torch.float64) for k, v in vals.items()}
+    with torch.no_grad():
+        b1 = m.intensity(p)
+        p["distance_m"].data.fill_(1.8e-3)      # same tensor, same version counter, new value
+        b2 = m.intensity(p)
+    assert torch.equal(b1, a1) and torch.equal(b2, fresh)

@@ -213,3 +213,21 @@ def test_pad_buffers_never_leak_between_forward_and_adjoint(rand_field):
         sys.A_adjoint(rand_field(a1.shape, 2))
         a2 = sys.A(x)
     assert torch.equal(a1, a2)
+
+
+def test_cache_never_serves_stale_factors_for_swapped_or_rewritten_values():
+    # values swapped in by functional_call (short-lived tensors whose ids get recycled) and
+    # writes through .data (no version bump) must both rebuild the factors
+    masks = PhaseMask.random(1, (16, 16), seed=3, dtype=torch.float64, learnable=False)
+    sys = CDPSystem(masks, pitch_m=DX, wavelength_m=LAM, z_m=0.5 * ZC, method="asm", pad=False)
+    x = (torch.rand(16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) + 0.5).to(torch.complex128)
+    with torch.no_grad():
+        ref = {f: CDPSystem(masks, pitch_m=DX, wavelength_m=LAM, z_m=f * ZC, method="asm", pad=False).intensity(x)
+               for f in (0.3, 0.4, 0.5, 0.6)}
+        for _ in range(3):
+            for f in (0.3, 0.4, 0.5, 0.6):
+                y = functional_call(sys, {"operator.z_m": torch.tensor(f * ZC, dtype=torch.float64)}, (x,),
+                                    {"noise": "none"})
+                assert torch.equal(y, ref[f])
+        sys.operator.z_m.data.fill_(0.3 * ZC)
+        assert torch.equal(sys.intensity(x), ref[0.3])

@@ -249,3 +249,19 @@ def test_crosstalk_across_wrap_gives_flyback():
     phi = slm.phase(th)[0]
     assert float(phi[11] + phi[12]) / 2 == pytest.approx(math.pi, abs=1e-12)
     assert float(m[11:13].real.max()) < -0.5
+
+
+def test_float64_blur_matrix_path_equals_the_convolution():
+    # the banded-matrix path (float64) and the padded convolution (float32 route) are one operator
+    from optics.slm import gaussian_blur
+
+    x = torch.rand(2, 3, 17, 23, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    sig = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+    a = gaussian_blur(x, sig)
+    k = torch.nn.functional.pad(x.reshape(-1, 1, 17, 23), (7, 7, 7, 7), mode="replicate")
+    from optics.slm import gaussian_kernel1d
+    kk = gaussian_kernel1d(1.7, dtype=torch.float64)
+    b = torch.nn.functional.conv2d(torch.nn.functional.conv2d(k, kk.view(1, 1, -1, 1)), kk.view(1, 1, 1, -1))
+    assert torch.allclose(a, b.reshape(a.shape), rtol=0, atol=1e-13)
+    assert torch.allclose(a.mean(dim=(-2, -1)), x.mean(dim=(-2, -1)), atol=0.05)  # roughly mean-preserving
+    assert torch.autograd.gradcheck(lambda s: gaussian_blur(x[0, 0], s), (sig,), eps=1e-6)
