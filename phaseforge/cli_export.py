@@ -273,20 +273,3 @@ def export_demo(out_dir, design_path, *, device: str = "holoeye-pluto-2", levels
             "passed": all(r.passed for r in slm_res + doe_res)}
 
 
-def export_demo_from_dataset(out_dir, dataset_path) -> dict:
-    """The demo's last step: write ``design.h5`` from the masks of the demo dataset (until the
-    learned student's design exists), then :func:`export_demo` on it."""
-    from fabrication.designs import load_design
-    from optics.design import write_design
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    masks = [load_design(dataset_path, index=0)]
-    n = masks[0].n_masks
-    masks += [load_design(dataset_path, index=i) for i in range(1, n)]
-    d = masks[0]
-    import numpy as np
-    path = write_design(out / "design.h5", np.stack([m.phase_rad for m in masks]), pixel_pitch_m=d.pixel_pitch_m,
-                        wavelength_m=d.wavelength_m, z_m=d.z_m, method=d.method,
-                        source=f"masks of {dataset_path} (demo)", overwrite=True)
-    return export_demo(out, path)

@@ -267,8 +267,11 @@ DEMO_SETTINGS = ["data.split=test", "data.n=8", "data.encoding=complex", "masks.
 
 
 def demo(out: Path, *, progress: bool = True, config: Optional[Path] = None, overrides=None) -> dict:
-    """The embedded-default pipeline: one showcase CDP figure, a simulated dataset, a baseline.
-    ``config``/``overrides`` apply on top of the demo's settings (:data:`DEMO_SETTINGS`)."""
+    """The embedded-default pipeline: a showcase CDP figure, a simulated dataset and a classical
+    baseline, the learning pipeline (teacher, student end to end, distilled student, evaluation),
+    the export of the student's design with round-trip verification, and a calibration against
+    the committed sample capture. ``config``/``overrides`` apply on top of the demo's settings
+    (:data:`DEMO_SETTINGS`) for steps 1–3."""
     from .figures import cdp_figure
 
     out = Path(out)
@@ -292,14 +295,17 @@ def demo(out: Path, *, progress: bool = True, config: Optional[Path] = None, ove
     data = simulate(cfg, out / "demo_cdp.h5", overwrite=True, progress=progress)
     rec_dir = out / f"reconstruct_{cfg.solver.name}"
     report = reconstruct(data, rec_dir, solver=cfg.solver.name, progress=progress)
-    from .cli_export import export_demo_from_dataset
-    export = export_demo_from_dataset(out / "export", data)
-    from .calibration_jobs import calibration_demo  # 5. calibrate against the committed sample capture
-    from .learn import learning_demo  # simulate → teacher → student E2E → distilled student → evaluate
+    # 4. learning: teacher → student E2E → distilled student → evaluate (returns the student's design.h5)
+    from .learn import learning_demo
+    design = learning_demo(out, progress=progress)
+    # 5. export the distilled student's mask to an SLM bitmap and a DOE (TIFF + GDSII), verified
+    from .cli_export import export_demo
+    export = export_demo(out / "export", design)
+    # 6. calibrate against the committed sample capture
+    from .calibration_jobs import calibration_demo
+    calibration = calibration_demo(out / "calibration", progress=progress)
     return {"showcase": str(out / "showcase_cdp.png"), "dataset": str(data), "baseline": report,
-            "baseline_dir": str(rec_dir), "export": export,
-            "calibration": calibration_demo(out / "calibration", progress=progress),
-            "design": learning_demo(out, progress=progress)}
+            "baseline_dir": str(rec_dir), "design": str(design), "export": export, "calibration": calibration}
 
 
 def _showcase_object(size: int) -> torch.Tensor:
