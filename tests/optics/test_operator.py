@@ -231,3 +231,12 @@ def test_cache_never_serves_stale_factors_for_swapped_or_rewritten_values():
                 assert torch.equal(y, ref[f])
         sys.operator.z_m.data.fill_(0.3 * ZC)
         assert torch.equal(sys.intensity(x), ref[0.3])
+
+
+def test_adjoint_names_a_non_finite_detector_field():
+    sys = CDPSystem(PhaseMask.random(2, (8, 8), seed=0, learnable=False), pitch_m=DX, wavelength_m=LAM, z_m=0.1,
+                    oversampling=2)
+    z = torch.ones(2, 16, 16, dtype=torch.complex64)
+    z[1, 3, 4] = float("nan")
+    with pytest.raises(optics.NonFiniteError, match="detector field z contains 1 NaN/inf"):
+        sys.A_adjoint(z)
