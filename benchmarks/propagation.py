@@ -139,6 +139,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-propagators", action="store_true")
     args = ap.parse_args(argv)
+    from phaseforge.alloc import tune_allocator
+    print(f"allocator tuning (phaseforge/alloc.py): {'on' if tune_allocator() else 'off'}")
     torch.set_num_threads(args.threads)
     head = f"{torch.get_num_threads()} threads, torch {torch.__version__}, median of {args.repeats} paired runs"
     if not args.skip_propagators:

@@ -138,6 +138,8 @@ def main(argv=None):
     ap.add_argument("--compression", nargs="*", default=list(COMPRESSIONS), choices=COMPRESSIONS)
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    from phaseforge.alloc import tune_allocator
+    print(f"allocator tuning (phaseforge/alloc.py): {'on' if tune_allocator() else 'off'}")
     torch.set_num_threads(args.threads)
     if args.child is not None:
         _child(args.child)

@@ -103,6 +103,8 @@ def main(argv=None):
     ap.add_argument("--iter-sizes", type=int, nargs="+", default=[128, 256])
     ap.add_argument("--skip-success", action="store_true", help="only the time-per-iteration table")
     args = ap.parse_args(argv)
+    from phaseforge.alloc import tune_allocator
+    print(f"allocator tuning (phaseforge/alloc.py): {'on' if tune_allocator() else 'off'}")
     torch.set_num_threads(args.threads)
     print(f"time per iteration, Fraunhofer CDPs N² → (2N)², L = 4, batch 8, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")

@@ -101,6 +101,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args(argv)
+    from phaseforge.alloc import tune_allocator
+    print(f"allocator tuning (phaseforge/alloc.py): {'on' if tune_allocator() else 'off'}")
     torch.set_num_threads(a.threads)
     rows = [bench("teacher", "teacher.yaml", a.size, a.batch, a.steps, a.repeats),
             bench("student (SLM 2×, 4 levels)", "student_e2e.yaml", a.size, a.batch, a.steps, a.repeats)]

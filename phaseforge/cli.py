@@ -118,6 +118,8 @@ def user_errors() -> tuple:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    from .alloc import tune_allocator
+    tune_allocator()  # reuse large temporaries instead of re-faulting them (phaseforge/alloc.py)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(name)s: %(message)s")
     from . import pipeline
