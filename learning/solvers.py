@@ -636,7 +636,9 @@ def wirtinger_flow(op, y: Tensor, *, n_iter: int = 1000, x0: Optional[Tensor] = 
             if safeguard:
                 acc = f_new <= f  # False for NaN/inf
                 acc3 = acc[..., None, None, None]
-                rz = torch.where(acc3, _times_real(z_new, r_new), torch.zeros_like(z_new))
+                # rejected samples (including NaN/inf losses) contribute no gradient term; the
+                # selection runs on the real residual with a scalar zero (no complex-size buffer)
+                rz = _times_real(z_new, torch.where(acc3, r_new, torch.zeros((), dtype=r_new.dtype)))
                 g_new = torch.where(acc[..., None, None], BH(rz), g)
                 st["z"] = torch.where(acc3, z_new, z)
                 st["f"] = torch.where(acc, f_new, f)
