@@ -267,8 +267,15 @@ def note_calibration(data_path, calibration_path, user_overrides=()) -> Optional
     which calibrated values were not applied, with their values and why."""
     if calibration_path is None:
         return None
-    cfg_path = Path(str(data_path) + ".config.yaml")
-    if not cfg_path.is_file():
+    return note_calibration_in(Path(str(data_path) + ".config.yaml"), calibration_path, user_overrides)
+
+
+def note_calibration_in(cfg_path, calibration_path, user_overrides=()) -> Optional[Path]:
+    """Prefix the resolved config ``cfg_path`` (a dataset's or a training run's) with comments
+    stating which values came from the calibration file and which calibrated values were not
+    applied, with their values and why."""
+    cfg_path = Path(cfg_path)
+    if calibration_path is None or not cfg_path.is_file():
         return None
     _, sources = calibration_overrides(calibration_path)
     user = {o.split("=", 1)[0].strip() for o in user_overrides or ()}

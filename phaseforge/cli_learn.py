@@ -27,6 +27,9 @@ def add_parsers(sub) -> None:
         p.add_argument("--resume", action="store_true", help="continue the run from checkpoints/last.pt")
         p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
         p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+        p.add_argument("--calibration", type=Path, default=None, metavar="CALIBRATION.h5",
+                       help="train on the calibrated model (distance, camera, LUT, crosstalk from "
+                            "`phaseforge calibrate`); --set wins over it; the run's config.yaml says which values it set")
         p.add_argument("--no-progress", action="store_true")
 
     common(sub.add_parser("train", help="train a teacher or a student end to end"), teacher=False)
@@ -48,13 +51,19 @@ def _config(args):
     from .config import load
     from .learn import _run_config
 
+    from .calibration_jobs import simulate_overrides
+
     if args.config is None and args.resume:
+        if args.calibration is not None:
+            from .config import ConfigError
+            raise ConfigError("--resume continues with the run's own config.yaml (which already holds any "
+                              "calibrated values); drop --calibration, or start a new run with --config")
         return load(None, args.overrides, base=_run_config(args.out))
     if args.config is None:
         from .config import ConfigError
         raise ConfigError(f"phaseforge {args.command} needs --config CFG (e.g. data/configs/"
                          f"{'student_distill' if args.command == 'distill' else 'teacher'}.yaml)")
-    return load(args.config, args.overrides)
+    return load(args.config, simulate_overrides(args.calibration) + args.overrides)
 
 
 def run(args) -> None:
@@ -77,6 +86,11 @@ def run(args) -> None:
         res = learn.distill_run(args.teacher, cfg, args.out, **kw)
     if dist_info()[0] != 0:
         return  # one summary line per run, from rank 0
+    if args.calibration is not None:
+        from .calibration_jobs import calibration_summary, note_calibration_in
+        note_calibration_in(Path(args.out) / "config.yaml", args.calibration, args.overrides)
+        for line in calibration_summary(args.calibration, args.overrides):
+            print(f"{args.command}: {line}")
     f = res["final"]
     print(f"{args.command}: {res['role']} run {res['run']}: {res['steps']} steps in {res['seconds']:.1f} s; "
           f"validation PSNR final {f.get('val_psnr', float('nan')):.2f} dB, best {res['best_val_psnr']:.2f} dB; "

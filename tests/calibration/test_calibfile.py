@@ -76,6 +76,27 @@ def test_simulate_uses_the_calibration(calibrated, tmp_path, capsys):
     assert "instrument.slm_pitch_m = 8e-06 m" in out
 
 
+def test_training_uses_the_calibration(calibrated, tmp_path, capsys):
+    """train --calibration: the run's config holds the calibrated physics and says so."""
+    out = calibrated[0]
+    cal = read_calibration(out)
+    run = tmp_path / "student"
+    rc = main(["train", "--config", "data/configs/student_e2e.yaml", "--calibration", str(out), "--out", str(run),
+               "--set", "data.size=16", "--set", "train.n_train=8", "--set", "train.n_val=4", "--set", "train.epochs=1",
+               "--set", "train.batch_size=8", "--set", "model.n_unrolled=1", "--set", "model.widths=[2,4]",
+               "--no-progress"])
+    assert rc == 0
+    text = (run / "config.yaml").read_text()
+    assert "values from the calibration file" in text and "optics.z_m  <-" in text
+    cfg = yaml.safe_load(text)
+    assert cfg["optics"]["z_m"] == pytest.approx(cal.fit["distance_m"])
+    assert cfg["sensor"]["gain_e_per_dn"] == pytest.approx(cal.camera["gain_e_per_dn"])
+    assert np.allclose(cfg["slm"]["lut"]["phase_rad"], cal.lut_phase_rad)
+    assert "train: from CALIBRATION.h5 applied: optics.z_m" in capsys.readouterr().out
+    # resuming keeps the run's own (calibrated) config; --calibration there is refused
+    assert main(["train", "--out", str(run), "--resume", "--calibration", str(out), "--no-progress"]) == 2
+
+
 PANEL = """
 bench-slm:
   name: the sample bench's SLM (64 x 48 crop)
