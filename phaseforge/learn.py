@@ -160,15 +160,7 @@ def _settings(cfg: Config, progress: bool):
 # ----------------------------------------------------------------------------------------------
 # run folders
 # ----------------------------------------------------------------------------------------------
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else k
-        if isinstance(v, dict):
-            out.update(_flat(v, key))
-        else:
-            out[key] = v
-    return out
+from learning.h5io.attrs import flatten as _flat  # noqa: E402  (dotted key paths of a config tree)
 
 
 def _prepare_run_dir(out: Path, cfg: Config, *, resume: bool, overwrite: bool) -> None:

@@ -228,17 +228,9 @@ RECONSTRUCT_KEYS = ("solver", "batch_size", "seed")
 def _refuse_physics_changes(stored: Config, cfg: Config, data) -> None:
     from .config import ConfigError
 
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            key = f"{prefix}{k}"
-            if isinstance(v, dict):
-                out.update(flat(v, key + "."))
-            else:
-                out[key] = v
-        return out
+    from learning.h5io.attrs import flatten
 
-    a, b = flat(dataclasses.asdict(stored)), flat(dataclasses.asdict(cfg))
+    a, b = flatten(dataclasses.asdict(stored)), flatten(dataclasses.asdict(cfg))
     changed = [k for k in sorted(set(a) | set(b))
                if k.split(".")[0] not in RECONSTRUCT_KEYS and a.get(k) != b.get(k)]
     if changed:

@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import ParamsError
 
 __all__ = ["UNIT_SUFFIXES", "UNITS_SUFFIX", "unit_for", "py_value", "write_params",
-           "read_params_group", "normalize_params", "params_diff"]
+           "read_params_group", "normalize_params", "params_diff", "flatten"]
 
 UNITS_SUFFIX = "__units"
 #: Attribute-name suffix → unit (longest match wins; case-insensitive).
@@ -142,12 +142,13 @@ def normalize_params(params: Mapping) -> dict:
         return read_params_group(g)
 
 
-def _flatten(d: Mapping, prefix: str = "") -> dict:
+def flatten(d: Mapping, prefix: str = "") -> dict:
+    """A nested mapping as ``{"a.b.c": value}`` (dotted key paths, as configs name them)."""
     out = {}
     for k, v in d.items():
         kp = f"{prefix}.{k}" if prefix else k
         if isinstance(v, Mapping):
-            out.update(_flatten(v, kp))
+            out.update(flatten(v, kp))
         else:
             out[kp] = v
     return out
@@ -155,7 +156,7 @@ def _flatten(d: Mapping, prefix: str = "") -> dict:
 
 def params_diff(old: Mapping, new: Mapping, old_name: str, new_name: str) -> list[str]:
     """One line per dotted key whose value differs between two parameter trees."""
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten(old), flatten(new)
     diffs = []
     for k in sorted(set(a) | set(b)):
         va = repr(a[k]) if k in a else "absent"
