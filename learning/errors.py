@@ -9,6 +9,7 @@ Hierarchy::
     LearningError(ValueError)
     ├── SolverError                 bad input to a solver (measurements, operator, options)
     ├── MetricError                 bad input to a metric (shapes, data range, zero reference)
+    ├── SystemsError                a learning system (coded physics, first estimate) is misconfigured
     ├── ImageSourceError            an image source cannot be read or is malformed
     ├── EncodingError               images cannot be turned into complex objects
     ├── ParamsError                 a parameter tree cannot be stored as HDF5 attributes
@@ -35,6 +36,10 @@ class SolverError(LearningError):
 
 class MetricError(LearningError):
     """Bad input to a metric: mismatched shapes, missing data range, zero-norm reference."""
+
+
+class SystemsError(LearningError):
+    """A learning system that cannot be built or used as asked; the message names the fix."""
 
 
 class ImageSourceError(LearningError):
@@ -86,7 +91,7 @@ class DatasetIncompleteError(DatasetFormatError):
 
 
 __all__ = [
-    "LearningError", "SolverError", "MetricError", "ImageSourceError", "EncodingError", "ParamsError",
+    "LearningError", "SolverError", "MetricError", "SystemsError", "ImageSourceError", "EncodingError", "ParamsError",
     "SimulationOutputError", "DatasetExistsError", "OutputFolderError", "ResumeMismatchError", "ShardError",
     "DatasetFormatError", "DatasetNotFoundError", "DatasetVersionError", "DatasetIncompleteError",
 ]

@@ -41,21 +41,17 @@ from torch import nn
 from optics.cdp import CDPSystem
 from optics.masks import PhaseMask
 
-from .errors import LearningError
+from .errors import SystemsError
 from .networks import OutputHead, UNet, field_to_channels
 from .solvers import error_reduction, estimate_norm_sq, wirtinger_flow
 
-__all__ = ["NOISE_MODES", "FIRST_ESTIMATES", "SystemError", "CodedPhysics", "ReconOutput",
+__all__ = ["NOISE_MODES", "FIRST_ESTIMATES", "SystemsError", "CodedPhysics", "ReconOutput",
            "Reconstructor", "PhaseRetrievalModel", "first_estimate", "remove_global_phase",
            "sample_generators", "build_phase_mask"]
 
 NOISE_MODES = ("differentiable", "exact", "none")
 FIRST_ESTIMATES = ("er", "wf")
 TWO_PI = 2.0 * math.pi
-
-
-class SystemError(LearningError):
-    """A learning system that cannot be built or used as asked; the message names the fix."""
 
 
 def sample_generators(seeds: Sequence[int], device="cpu") -> List[torch.Generator]:
@@ -82,10 +78,10 @@ class CodedPhysics(nn.Module):
         masks = masks if masks is not None else getattr(system, "masks", None)
         self._masks = [masks]  # a list: the module is registered once, inside the system
         if getattr(system, "sensor", None) is not None:
-            raise SystemError("pass the sensor to CodedPhysics, not to the CDPSystem (noise is "
+            raise SystemsError("pass the sensor to CodedPhysics, not to the CDPSystem (noise is "
                               "chosen explicitly by CodedPhysics.measure)")
         if sensor is not None and getattr(sensor, "binning", 1) != 1:
-            raise SystemError(
+            raise SystemsError(
                 f"the sensor has a camera pitch (binning {getattr(sensor, 'binning', None)}); the unrolled "
                 f"solver needs |A x|² per detector sample — leave sensor.pitch_m unset")
         self.system = system
@@ -148,7 +144,7 @@ class CodedPhysics(nn.Module):
         continuous design and exactly the LUT levels with a quantising SLM (no gradient)."""
         th = self.theta
         if th is None:
-            raise SystemError("this system has a fixed complex modulation, not designed phases")
+            raise SystemsError("this system has a fixed complex modulation, not designed phases")
         th = th.detach()
         slm = self.slm
         if slm is not None and slm.quantization != "none":
@@ -174,7 +170,7 @@ class CodedPhysics(nn.Module):
         noiseless intensity ``|A x|²`` is returned whatever ``noise`` says.
         """
         if noise not in NOISE_MODES:
-            raise SystemError(f"noise = {noise!r} is not one of {NOISE_MODES}")
+            raise SystemsError(f"noise = {noise!r} is not one of {NOISE_MODES}")
         inten = self.system.intensity(x)
         s = self.sensor
         if s is None:
@@ -182,7 +178,7 @@ class CodedPhysics(nn.Module):
         if noise == "none":
             return s.photons(inten)
         if generators is None or len(generators) != inten.shape[0]:
-            raise SystemError(f"noise = {noise!r} needs one generator per sample "
+            raise SystemsError(f"noise = {noise!r} needs one generator per sample "
                               f"({inten.shape[0]}), got {None if generators is None else len(generators)}")
         fn = s.sample_differentiable if noise == "differentiable" else s.sample
         dn = torch.stack([fn(inten[b], generator=g) for b, g in enumerate(generators)])
@@ -210,7 +206,7 @@ def first_estimate(physics, y: torch.Tensor, *, solver: str = "er", n_iter: int 
     result scaled to unit RMS modulus (the photon budget fixes no absolute scale).
     """
     if solver not in FIRST_ESTIMATES:
-        raise SystemError(f"first-estimate solver {solver!r} is not one of {FIRST_ESTIMATES}")
+        raise SystemsError(f"first-estimate solver {solver!r} is not one of {FIRST_ESTIMATES}")
     op = physics.system if isinstance(physics, CodedPhysics) else physics
     h, w = op.in_shape
     cdtype = torch.complex128 if y.dtype == torch.float64 else torch.complex64
@@ -262,9 +258,9 @@ class Reconstructor(nn.Module):
                  norm: str = "batch", solver: str = "er", n_unrolled: int = 5, n_power_iter: int = 0):
         super().__init__()
         if solver not in FIRST_ESTIMATES:
-            raise SystemError(f"model.solver = {solver!r} is not one of {FIRST_ESTIMATES}")
+            raise SystemsError(f"model.solver = {solver!r} is not one of {FIRST_ESTIMATES}")
         if n_unrolled < 0 or n_power_iter < 0:
-            raise SystemError(f"model.n_unrolled ({n_unrolled}) and model.n_power_iter ({n_power_iter}) "
+            raise SystemsError(f"model.n_unrolled ({n_unrolled}) and model.n_power_iter ({n_power_iter}) "
                               f"must be >= 0")
         self.encoding = encoding
         self.solver = solver
@@ -316,7 +312,7 @@ class PhaseRetrievalModel(nn.Module):
                 noise: str = "differentiable"):
         gens = None if seeds is None else sample_generators(seeds, device=x.device)
         if gens is None and noise != "none" and self.physics.sensor is not None:
-            raise SystemError("measuring with noise needs per-sample seeds (seeds=[...])")
+            raise SystemsError("measuring with noise needs per-sample seeds (seeds=[...])")
         y = self.physics.measure(x, noise=noise, generators=gens)
         out = self.reconstructor(y, self.physics)
         out.seeds = None if seeds is None else [int(s) for s in seeds]
@@ -329,6 +325,6 @@ def build_phase_mask(n_masks: int, shape, *, seed: int, role: str, learnable: bo
     stream would make a mask-transfer loss look converged at step 0)."""
     offsets = {"teacher": 0x7EAC0, "student": 0x57D0E}
     if role not in offsets:
-        raise SystemError(f"role = {role!r} must be 'teacher' or 'student'")
+        raise SystemsError(f"role = {role!r} must be 'teacher' or 'student'")
     g = torch.Generator().manual_seed((int(seed) * 1_000_003 + offsets[role]) % (2 ** 63))
     return PhaseMask.random(int(n_masks), tuple(shape), generator=g, learnable=learnable)

@@ -42,6 +42,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--n", type=int, default=None, help="evaluate only the first N objects")
     p.add_argument("--seed", type=int, default=0, help="noise seed shared by every system")
     p.add_argument("--classical-iters", type=int, default=200)
+    p.add_argument("--classical", nargs="+", default=["er", "wf"], choices=["er", "wf"],
+                   help="classical solvers run on each run's own masks (default: er wf)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
@@ -72,7 +74,8 @@ def run(args) -> None:
 
     if args.command == "evaluate":
         rep = learn.evaluate_runs(args.runs, args.out, data=args.data, n=args.n, seed=args.seed,
-                                  classical_iters=args.classical_iters, device=args.device,
+                                  classical_iters=args.classical_iters, classical=tuple(args.classical),
+                                  device=args.device,
                                   progress=not args.no_progress, overwrite=args.overwrite)
         print(rep["table"])
         print(f"evaluate: table.csv, metrics.json and figures in {rep['out']}")

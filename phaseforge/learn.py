@@ -338,8 +338,8 @@ def _test_objects(data, cfg: Config, n: Optional[int]) -> torch.Tensor:
 
 
 def evaluate_runs(runs: Sequence, out, *, data=None, n: Optional[int] = None, seed: int = 0,
-                  classical_iters: int = 200, device: str = "cpu", progress: bool = True,
-                  overwrite: bool = False) -> dict:
+                  classical_iters: int = 200, classical: Sequence[str] = ("er", "wf"), device: str = "cpu",
+                  progress: bool = True, overwrite: bool = False) -> dict:
     """``phaseforge evaluate``: every run and the classical solver with each run's masks on the
     same test objects and noise stream; table (JSON, CSV, printed) and figures in ``out``."""
     from learning.evaluation import EvalEntry, evaluate_entries, format_table
@@ -366,7 +366,9 @@ def evaluate_runs(runs: Sequence, out, *, data=None, n: Optional[int] = None, se
         name = r.name if r.name not in names else f"{r.parent.name}/{r.name}"  # unique row names
         names.append(name)
         entries.append(EvalEntry(name, model))
-        entries.append(EvalEntry(f"{name} masks, ER only", model, classical="er", n_iter=classical_iters))
+        for solver in classical:  # the classical solvers on the run's own masks (same objects, same noise)
+            entries.append(EvalEntry(f"{name} masks, {solver.upper()} only", model, classical=solver,
+                                     n_iter=classical_iters))
     res = evaluate_entries(entries, objects, encoding=cfg0.data.encoding,
                            phase_range_rad=tuple(cfg0.data.phase_range_rad), seed=seed, progress=progress)
     rows = [v["row"] for v in res.values()]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from learning.systems import (CodedPhysics, SystemError, first_estimate, remove_global_phase,
+from learning.systems import (CodedPhysics, SystemsError, first_estimate, remove_global_phase,
                               sample_generators)
 from learning.training import encoded_psnr
 from optics.design import read_design, write_design
@@ -57,9 +57,9 @@ def test_noise_is_per_sample_and_explicit(tiny_model, phase_objects):
     assert float(clean.mean()) == pytest.approx(100.0, rel=1e-4)
     assert float((full - clean).pow(2).mean() / clean.mean()) == pytest.approx(1.0, rel=0.1)
     assert float((diff - clean).pow(2).mean() / clean.mean()) == pytest.approx(1.0, rel=0.1)
-    with pytest.raises(SystemError, match="one generator per sample"):
+    with pytest.raises(SystemsError, match="one generator per sample"):
         ph.measure(x, noise="exact")
-    with pytest.raises(SystemError, match="noise"):
+    with pytest.raises(SystemsError, match="noise"):
         ph.measure(x, noise="poisson")
 
 
@@ -98,7 +98,7 @@ def test_physics_rejects_binning_sensor():
     from optics.cdp import CDPSystem
     from optics.sensor import Sensor
     s = CDPSystem(torch.zeros(1, 8, 8), pitch_m=8e-6, wavelength_m=633e-9, z_m=0.1)
-    with pytest.raises(SystemError, match="leave sensor.pitch_m unset"):
+    with pytest.raises(SystemsError, match="leave sensor.pitch_m unset"):
         CodedPhysics(s, Sensor(pitch_m=2e-6, grid_pitch_m=1e-6))
 
 
