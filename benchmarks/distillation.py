@@ -70,8 +70,8 @@ SIZES = {
     "full": {"overrides": {"train.n_train": 256, "train.n_val": 32, "train.epochs": 16,
                            "train.batch_size": 16, "train.grad_norm_every": 4},
              "n_test": 64, "classical_iters": 200, "n_unlabelled": 512},
-    # smoke run: 16² objects, 2 epochs of 2 steps
-    "quick": {"overrides": {"train.n_train": 32, "train.n_val": 16, "train.epochs": 2,
+    # smoke run: 16² objects, 3 epochs of 3 steps
+    "quick": {"overrides": {"train.n_train": 48, "train.n_val": 16, "train.epochs": 3,
                             "train.batch_size": 16, "train.grad_norm_every": 1, "data.size": 16},
               "n_test": 16, "classical_iters": 30, "n_unlabelled": 32},
 }
@@ -109,6 +109,7 @@ class Regime:
     common: Dict = field(default_factory=dict)    # teacher and student
     student: Dict = field(default_factory=dict)   # student only (SLM, reconstruction budget)
     requires_env: Optional[str] = None            # user data: the regime runs when this is set
+    label_fraction: Optional[float] = None        # fewer labelled objects, same number of steps
 
 
 REGIMES: List[Regime] = [
@@ -145,6 +146,8 @@ REGIMES: List[Regime] = [
     Regime("size-64", "images", "64² objects", {"data.size": 64}),
     Regime("faces", "images", "a user folder of face images (PHASEFORGE_FACES_DIR)",
            requires_env="PHASEFORGE_FACES_DIR"),
+    Regime("labels-64", "data", "64 labelled training objects (¼), epochs ×4 (same steps): scarce labels",
+           label_fraction=0.25),
     Regime("mnist", "images", "MNIST-like sparse images from a user IDX file (PHASEFORGE_MNIST_IDX)",
            requires_env="PHASEFORGE_MNIST_IDX"),
     # combinations the analysis of issue 8 points at (small fixed budget, non-negative objects,
@@ -160,7 +163,8 @@ REGIMES: List[Regime] = [
 ]
 REGIME_NAMES = [r.name for r in REGIMES]
 #: what runs without --regimes: the base and the factors the issue's analysis points at
-PRIORITY = ["base", "no-unet", "object-amplitude", "photons-10", "amp+no-unet+photons-10"]
+PRIORITY = ["base", "no-unet", "amp+no-unet+photons-10", "labels-64", "object-amplitude", "photons-10",
+            "unrolled-1", "no-unet+slm-4x-2levels"]
 
 # ------------------------------------------------------------------------------------------------
 # variants (rows)
@@ -264,7 +268,13 @@ def make_job(regime: Regime, variant: str, seed: int, sizes: Dict, out: Path, me
     if mk in memo:
         return memo[mk]
     v = VARIANT_BY_NAME[variant]
-    ov = dict(_regime_common(regime))
+    ov = dict(sizes["overrides"])
+    ov.update(_regime_common(regime))
+    if regime.label_fraction:
+        n0, b = ov["train.n_train"], ov["train.batch_size"]
+        n = max(b, int(round(n0 * regime.label_fraction)))
+        ov["train.n_train"] = n
+        ov["train.epochs"] = max(1, int(round(ov["train.epochs"] * n0 / n)))
     if v.role == "student" or v.constrained:
         student = dict(BASE_STUDENT, **regime.student)
         if v.constrained:  # the SLM constraints only: the teacher keeps its network and budget
@@ -272,7 +282,6 @@ def make_job(regime: Regime, variant: str, seed: int, sizes: Dict, out: Path, me
             ov["slm.enabled"] = True
             ov["slm.quantization"] = "ste"
         ov.update(student)
-    ov.update(sizes["overrides"])
     if v.overrides:
         ov.update(v.overrides)
     if ov.get("distill.unlabelled_weight", 0) > 0:
@@ -548,6 +557,17 @@ def summarize_plan(plan: Dict, regimes: Sequence[Regime], variants: Sequence[str
                 row["er_psnr_per_seed"] = {s: evs[s]["rows"]["er"]["psnr_mean"] for s in done}
                 row["train_seconds_mean"] = _stats([evs[s]["train_seconds"] for s in done])["mean"]
                 row["n_masks"] = evs[done[0]]["n_masks"]
+                # the paper's argument: how much gradient reaches the mask from each term
+                # (median over the logged steps, then mean over seeds)
+                terms = sorted({t for s in done for t in (evs[s].get("grad_mask") or {}) if t != "step"})
+                for t in terms:
+                    meds = []
+                    for s in done:
+                        vals = [x for x in (evs[s].get("grad_mask") or {}).get(t, []) if x == x]
+                        if vals:
+                            meds.append(sorted(vals)[len(vals) // 2])
+                    if meds:
+                        row[f"grad_{t}_median"] = _stats(meds)["mean"]
                 if v in STUDENT_ROWS and v != "e2e":
                     paired = {s: evs[s]["rows"]["network"]["psnr_mean"] - e2e[s]["rows"]["network"]["psnr_mean"]
                               for s in done if e2e.get(s) is not None}
@@ -602,7 +622,8 @@ def write_report(plan: Dict, regimes: Sequence[Regime], variants: Sequence[str],
     cols = ["regime", "factor", "variant", "status", "seeds_done", "seeds_asked", "n_masks", "psnr_mean",
             "psnr_std", "ssim_mean", "ssim_std", "er_psnr_mean", "er_psnr_std", "diff_vs_e2e_mean",
             "diff_vs_e2e_min", "diff_vs_e2e_max", "diff_vs_e2e_all_positive", "diff_vs_e2e_per_seed",
-            "psnr_per_seed", "er_diff_vs_e2e_mean", "train_seconds_mean", "note", "reproduce"]
+            "psnr_per_seed", "er_diff_vs_e2e_mean", "train_seconds_mean", "grad_recon_median", "grad_mask_median",
+            "grad_feature_median", "grad_output_median", "grad_unlabelled_median", "note", "reproduce"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
@@ -666,8 +687,12 @@ def _figures(rows, grads, regimes, report: Path) -> None:
     plt.close(fig)
 
     rg = [n for n in names if n in grads]
-    fig, axes = plt.subplots(1, max(1, len(rg)), figsize=(3.2 * max(1, len(rg)), 3.0), squeeze=False)
-    for a, rn in zip(axes[0], rg):
+    ncol = min(4, max(1, len(rg)))
+    nrow = max(1, math.ceil(len(rg) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(max(6.5, 3.4 * ncol), 2.9 * nrow + 0.4), squeeze=False)
+    for a in axes.flat[len(rg):]:
+        a.axis("off")
+    for a, rn in zip(axes.flat, rg):
         for v, style in (("e2e", "-"), ("kd", "--")):
             for s, g in sorted(grads[rn].get(v, {}).items()):
                 for ci, term in enumerate(("recon", "mask", "feature")):
@@ -679,7 +704,7 @@ def _figures(rows, grads, regimes, report: Path) -> None:
         a.tick_params(labelsize=6)
         a.legend(fontsize=5)
     axes[0][0].set_ylabel("‖∂(w·term)/∂θ‖", fontsize=7)
-    fig.suptitle("gradient reaching the student's mask phases (solid E2E, dashed KD; every seed)", fontsize=8)
+    fig.suptitle("gradient reaching the student's mask phases\n(solid: E2E, dashed: KD; every seed)", fontsize=8)
     fig.tight_layout()
     save_figure(fig, report / "mask_gradients.png", dpi=70)
     plt.close(fig)

@@ -5,19 +5,22 @@ unlabelled objects** into the student. A lab typically has many captures of obje
 ground truth; the multi-snapshot teacher reconstructs them well (it sees ``L`` times more
 measurements), so its estimates are pseudo-labels for the single-snapshot student. Each call:
 
-1. takes ``B`` objects from the unlabelled pool (``B`` = the labelled batch size; which ones is
-   a deterministic function of the batch's noise seeds, so a resumed run draws the same);
-2. the student measures them through its own optics (differentiable noise from per-sample
+1. once, at construction: the teacher measures every pool object through **its** optics (exact
+   noise, object ``i`` from seed ``i + 7777``: one capture per object, as in a lab) and
+   reconstructs it — the pseudo-labels, stored and never recomputed;
+2. each call takes ``B`` pool objects (``B`` = the labelled batch size; which ones is a
+   deterministic function of the batch's noise seeds, so a resumed run draws the same);
+3. the student measures them through its own optics (differentiable noise from per-sample
    seeds ``seed + 31337``, so gradients reach the mask phases) and reconstructs them;
-3. the teacher measures them through **its** optics (exact noise, seeds ``seed + 7777 + 31337``)
-   and reconstructs them without gradient;
-4. returns ``{"unlabelled": recon_error(student estimate, teacher estimate)}`` (global-phase
-   aligned MSE; the teacher's global phase is as arbitrary as the student's).
+4. returns ``{"unlabelled": recon_error(student estimate, pseudo-label)}`` (global-phase aligned
+   MSE; the teacher's global phase is as arbitrary as the student's).
 
-The ground truth of the pool is never read by the loss: only measurements are simulated from
-it (what a lab capture would be). The pool must not contain test objects; the caller takes it
-from the training split (:func:`phaseforge.learn.train_run` uses the training-split objects after
-the labelled ones).
+The ground truth of the pool never enters a loss: only measurements are simulated from it. Caveat
+(simulation vs lab): the student's measurements of the pool objects are simulated through its
+*current* mask, which in a lab needs either a fixed student mask (capture once) or hardware in the
+loop; the teacher's side is exactly a lab's (one multi-snapshot capture per object). The pool must
+not contain test objects; :func:`phaseforge.learn.train_run` takes it from the training split
+(the objects after the ``n_train`` labelled ones).
 
 Contract as every loss: ``loss(x_net, x, y, physics, model) -> {term: scalar}``; the frozen
 teacher is held outside the module's parameters and ``state_dict`` and never leaves eval mode.
@@ -63,6 +66,26 @@ class UnlabelledDistillation(nn.Module):
         self._teacher = [teacher]  # not a submodule: no parameters, no state_dict
         self.register_buffer("objects", objects, persistent=False)
         self.teacher_noise = teacher_noise
+        self.register_buffer("labels", self.pseudo_labels(teacher, objects, teacher_noise=teacher_noise),
+                             persistent=False)
+
+    @classmethod
+    def pseudo_labels(cls, teacher, objects: torch.Tensor, *, teacher_noise: str = "exact",
+                      batch_size: int = 32) -> torch.Tensor:
+        """The teacher's reconstructions of ``objects`` from one capture each (object ``i``'s
+        noise from seed ``i + TEACHER_SEED_OFFSET``), without gradient."""
+        from .systems import sample_generators
+        out = []
+        with torch.no_grad():
+            for i in range(0, objects.shape[0], batch_size):
+                xb = objects[i:i + batch_size]
+                gens = None
+                if teacher_noise != "none" and teacher.physics.sensor is not None:
+                    gens = sample_generators([i + j + cls.TEACHER_SEED_OFFSET for j in range(xb.shape[0])],
+                                             device=xb.device)
+                y_t = teacher.physics.measure(xb, noise=teacher_noise, generators=gens)
+                out.append(teacher.reconstructor(y_t, teacher.physics).x)
+        return torch.cat(out)
 
     @property
     def teacher(self):
@@ -84,21 +107,11 @@ class UnlabelledDistillation(nn.Module):
         return torch.tensor([(int(s) * 2_654_435_761 + 12345) % n for s in seeds], dtype=torch.long)
 
     def forward(self, x_net, x, y, physics, model) -> Dict[str, torch.Tensor]:
-        from .systems import sample_generators
-
         seeds = x_net.seeds
         if seeds is None:
             raise LossError("unlabelled distillation needs the per-sample noise seeds of the batch "
                             "(x_net.seeds); call the model with seeds=[...]")
-        xu = self.objects[self.pick(seeds).to(self.objects.device)]
-        s_seeds = [int(s) + self.SEED_OFFSET for s in seeds]
+        idx = self.pick(seeds).to(self.objects.device)
         noise = "differentiable" if model.training else "exact"
-        _, s_out = model(xu, seeds=s_seeds, noise=noise)
-        t = self.teacher
-        with torch.no_grad():
-            gens = None
-            if self.teacher_noise != "none" and t.physics.sensor is not None:
-                gens = sample_generators([s + self.TEACHER_SEED_OFFSET for s in s_seeds], device=xu.device)
-            y_t = t.physics.measure(xu, noise=self.teacher_noise, generators=gens)
-            t_x = t.reconstructor(y_t, t.physics).x
-        return {"unlabelled": recon_error(s_out.x, t_x.detach())}
+        _, s_out = model(self.objects[idx], seeds=[int(s) + self.SEED_OFFSET for s in seeds], noise=noise)
+        return {"unlabelled": recon_error(s_out.x, self.labels[idx])}

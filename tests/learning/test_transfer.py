@@ -31,8 +31,10 @@ def test_term_matches_teacher_pseudo_labels_and_reaches_the_mask():
     s_seeds = [s + loss.SEED_OFFSET for s in seeds]
     with torch.no_grad():
         _, s_out = student(pool[idx], seeds=s_seeds, noise="differentiable")
-        _, t_out = teacher(pool[idx], seeds=[s + loss.TEACHER_SEED_OFFSET for s in s_seeds], noise="exact")
-    assert float(term.detach()) == pytest.approx(float(recon_error(s_out.x, t_out.x)), rel=1e-5)
+        # pseudo-labels: the teacher's reconstruction of pool object i from its capture with seed i + 7777
+        _, t_out = teacher(pool, seeds=[i + loss.TEACHER_SEED_OFFSET for i in range(6)], noise="exact")
+    assert torch.allclose(loss.labels, t_out.x, atol=1e-6)
+    assert float(term.detach()) == pytest.approx(float(recon_error(s_out.x, t_out.x[idx])), rel=1e-5)
     (g,) = torch.autograd.grad(term, student.physics.theta)
     assert float(g.norm()) > 0  # the pseudo-label term sends a gradient to the student's mask
     # ground truth of the batch does not enter: replacing x changes nothing
