@@ -24,8 +24,11 @@ seed 0, never used in training or model selection), with the same exact-noise st
 ``i`` always draws its noise from seed ``i``), from its best-validation checkpoint (model
 selection on the *validation* split). Rows: the network, and the classical solver (ER,
 ``classical_iters`` iterations) with that run's own masks (for a student: its single mask).
+Metric: PSNR/SSIM of the encoded quantity as in ``phaseforge evaluate`` (identical for phase
+objects), for amplitude and complex objects after the least-squares global gain
+(:func:`gain_align`: the photon budget fixes no absolute scale; ``psnr_raw`` keeps the plain value).
 
-Resumable: every run lives in ``OUT/runs/<variant>-<hash>/`` (a ``phaseforge`` run folder; the
+Resumable: every run lives in ``OUT/runs/<config name>-<hash>/`` (a ``phaseforge`` run folder; the
 hash is that of the resolved configuration and of its teacher's, so a teacher shared by several
 regimes is trained once) and is finished when its ``eval.json`` exists; an interrupted run
 resumes from ``checkpoints/last.pt``. Re-running skips finished runs; ``--list`` shows what is
@@ -303,7 +306,9 @@ def make_job(regime: Regime, variant: str, seed: int, sizes: Dict, out: Path, me
     if teacher is not None:
         h.update(teacher.key.encode())
     job.key = h.hexdigest()[:10]
-    job.folder = out / "runs" / job.label()
+    # named by configuration file and hash: identical runs (e.g. kd and kd_mask without a student
+    # network, or one teacher shared by several regimes) share one folder and are trained once
+    job.folder = out / "runs" / f"{Path(v.config).stem}-{job.key}"
     memo[mk] = job
     return job
 
@@ -334,7 +339,7 @@ def _chain(job: Job) -> List[Job]:
 # ------------------------------------------------------------------------------------------------
 def eval_key(sizes: Dict) -> Dict:
     return {"n_test": sizes["n_test"], "classical_iters": sizes["classical_iters"], "noise_seed": 0,
-            "data_seed": 0, "split": "test"}
+            "data_seed": 0, "split": "test", "metric": "gain-aligned encoded PSNR v1"}
 
 
 def job_status(job: Job, sizes: Dict) -> str:
@@ -385,10 +390,78 @@ def test_objects(job: Job, sizes: Dict):
     return load_objects(cfg, "test", sizes["n_test"], "n_test")
 
 
+def gain_align(x_hat, x, encoding: str):
+    """The estimate with the least-squares global gain applied, per sample: for amplitude
+    objects the real gain ``c = ⟨|x̂|, |x|⟩ / ‖x̂‖²`` on the amplitudes, for complex objects the
+    complex gain ``c = ⟨x̂, x⟩ / ‖x̂‖²`` (which also fixes the global phase); phase objects are
+    returned unchanged (a phase has no scale). Why: the sensor normalises the photon budget
+    (``mean_photons``), so the absolute scale of an amplitude is not measurable; a reconstructor
+    without a network (and the classical solver) returns unit RMS, a network learns the typical
+    scale of the training objects. Aligning the gain compares the shapes for every row alike."""
+    import torch
+    if encoding == "phase":
+        return x_hat
+    xt = x.to(x_hat.dtype)
+    if encoding == "amplitude":
+        a, b = x_hat.abs(), xt.abs()
+        c = (a * b).sum(dim=(-2, -1), keepdim=True) / (a * a).sum(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
+        return torch.complex(a * c, torch.zeros_like(a))
+    num = (x_hat.conj() * xt).sum(dim=(-2, -1), keepdim=True)
+    den = (x_hat.abs() ** 2).sum(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
+    return x_hat * (num / den)
+
+
+def evaluate_model(model, objects, *, encoding: str, phase_range_rad, classical_iters: int,
+                   batch_size: int = 16) -> Dict[str, Dict]:
+    """The network and the classical solver (ER, ``classical_iters`` iterations from the same flat
+    start as the unrolled estimate) on ``objects`` with exact sensor noise, object ``i`` from
+    seed ``i`` (the stream of ``phaseforge evaluate --seed 0``: the same for every row).
+
+    ``psnr``/``ssim``: after :func:`gain_align` (amplitude, complex) — the benchmark's metric;
+    ``psnr_raw``: the encoded PSNR of ``phaseforge evaluate`` without gain alignment."""
+    import torch
+    from learning.metrics import relative_error, ssim_amplitude, ssim_phase
+    from learning.systems import first_estimate, sample_generators
+    from learning.training import encoded_psnr
+
+    was = model.training
+    model.eval()
+    acc = {k: {"psnr": [], "psnr_raw": [], "ssim": [], "rel_err": []} for k in ("network", "er")}
+    with torch.no_grad():
+        for i in range(0, objects.shape[0], batch_size):
+            x = objects[i:i + batch_size]
+            gens = sample_generators([i + j for j in range(x.shape[0])], device=x.device)
+            y = model.physics.measure(x, noise="exact", generators=gens)
+            for name in ("network", "er"):
+                if name == "network":
+                    xh = model.reconstructor(y, model.physics).x
+                else:
+                    xh = first_estimate(model.physics, y, solver="er", n_iter=classical_iters, encoding=encoding)
+                    if encoding == "phase":
+                        xh = xh / xh.abs().clamp_min(1e-6)
+                xg = gain_align(xh, x, encoding)
+                a = acc[name]
+                a["psnr_raw"] += encoded_psnr(xh, x, encoding, phase_range_rad).tolist()
+                a["psnr"] += encoded_psnr(xg, x, encoding, phase_range_rad).tolist()
+                if encoding == "phase":
+                    a["ssim"] += ssim_phase(xg, x, data_range=abs(phase_range_rad[1] - phase_range_rad[0])).tolist()
+                else:
+                    a["ssim"] += ssim_amplitude(xg, x, data_range=1.0).tolist()
+                a["rel_err"] += relative_error(xg, x).tolist()
+    model.train(was)
+    rows = {}
+    for name, a in acc.items():
+        st = {k: _stats(v) for k, v in a.items()}
+        rows[name] = {"psnr_mean": st["psnr"]["mean"], "psnr_std": st["psnr"]["std"],
+                      "psnr_raw_mean": st["psnr_raw"]["mean"], "ssim_mean": st["ssim"]["mean"],
+                      "ssim_std": st["ssim"]["std"], "rel_err_mean": st["rel_err"]["mean"], "n": len(a["psnr"]),
+                      "psnr": a["psnr"]}
+    return rows
+
+
 def run_job(job: Job, sizes: Dict, *, progress: bool = False, threads: int = 1) -> Dict:
     """Train (or resume) and evaluate one job whose teacher is finished; writes ``eval.json``."""
     import torch
-    from learning.evaluation import EvalEntry, evaluate_entries
     from optics.fileio import write_json, write_text
     from phaseforge.config import dump, load
     from phaseforge.learn import RunError, build_model, load_run, train_run
@@ -422,16 +495,8 @@ def run_job(job: Job, sizes: Dict, *, progress: bool = False, threads: int = 1) 
                 summary = train_run(cfg, f, overwrite=True, progress=progress, teacher_run=teacher_run)
         _, model, _ = load_run(f, "best")
     objects = test_objects(job, sizes)
-    entries = [EvalEntry("network", model),
-               EvalEntry("er", model, classical="er", n_iter=sizes["classical_iters"])]
-    res = evaluate_entries(entries, objects, encoding=cfg.data.encoding,
-                           phase_range_rad=tuple(cfg.data.phase_range_rad), seed=0, progress=False)
-    rows = {}
-    for name, r in res.items():
-        row = {k: r["row"][k] for k in ("psnr_mean", "psnr_median", "psnr_std", "ssim_mean", "ssim_std",
-                                         "rel_err_mean", "n")}
-        row["psnr"] = r["per_sample"]["psnr"]
-        rows[name] = row
+    rows = evaluate_model(model, objects, encoding=cfg.data.encoding,
+                          phase_range_rad=tuple(cfg.data.phase_range_rad), classical_iters=sizes["classical_iters"])
     result = {"eval_key": eval_key(sizes), "variant": job.variant, "seed": job.seed, "config": job.config,
               "overrides": job.overrides, "teacher_run": None if job.teacher is None else str(job.teacher.folder),
               "n_masks": int(model.physics.n_masks), "train_seconds": float(summary.get("seconds") or 0.0),

@@ -65,6 +65,34 @@ def test_runs_cached_and_report_pairs_seeds(bench, finished):
         assert (finished / "report" / name).stat().st_size > 0
 
 
+def test_same_numbers_as_phaseforge_evaluate(bench, finished):
+    """Phase objects: the benchmark's evaluation is `phaseforge evaluate --seed 0` (same objects,
+    same noise stream), number for number."""
+    from learning.evaluation import EvalEntry, evaluate_entries
+    from phaseforge.learn import load_run
+    plan, _, _ = _plan(bench, finished)
+    job = plan[("base", "kd", 0)]
+    _, model, _ = load_run(job.folder, "best")
+    objects = bench.test_objects(job, TINY)
+    ref = evaluate_entries([EvalEntry("n", model), EvalEntry("er", model, classical="er", n_iter=5)], objects,
+                           encoding="phase", phase_range_rad=(0.0, 3.141592653589793), seed=0, progress=False)
+    ev = json.loads((job.folder / "eval.json").read_text())["rows"]
+    assert ev["network"]["psnr"] == pytest.approx(ref["n"]["per_sample"]["psnr"], abs=1e-6)
+    assert ev["er"]["psnr"] == pytest.approx(ref["er"]["per_sample"]["psnr"], abs=1e-6)
+
+
+def test_gain_alignment(bench):
+    import torch
+    x = torch.rand(2, 8, 8).to(torch.complex64)
+    # amplitude: a scaled (and globally phased) copy is a perfect reconstruction after the gain
+    xa = bench.gain_align(2.5 * x * torch.exp(torch.tensor(0.7j)), x, "amplitude")
+    assert torch.allclose(xa.real, x.real, atol=1e-5) and float(xa.imag.abs().max()) == 0
+    xc = bench.gain_align(0.3j * x, x, "complex")
+    assert torch.allclose(xc, x, atol=1e-5)
+    y = torch.polar(torch.ones(8, 8), torch.rand(8, 8))
+    assert bench.gain_align(3 * y, y, "phase") is not None and torch.equal(bench.gain_align(3 * y, y, "phase"), 3 * y)
+
+
 def test_rerun_skips_finished_runs(bench, finished, capsys):
     plan, _, _ = _plan(bench, finished)
     before = {j.folder: (j.folder / "eval.json").stat().st_mtime_ns for j in plan.values()}
