@@ -17,7 +17,7 @@ paper's Gram mask loss), ``kd_output`` (output distillation), ``kd_ct`` (from a 
 student's SLM constraints but 4 snapshots, whose masks are implementable), ``kd_unlab`` (the
 teacher's reconstructions of extra unlabelled objects as pseudo-labels,
 ``distill.unlabelled_weight``), ``kd_prog`` (progressive L = 4 → 2 → 1), and loss-weight sweeps
-``kd_fw1`` (feature weight 1) and ``kd_mw10`` (mask weight 10).
+``kd_fw1`` (feature weight 1), ``kd_mw10`` (mask weight 10) and ``kd_bal`` (gradient-norm balancing).
 
 Every run is evaluated on the same held-out test objects (the image source's *test* split, data
 seed 0, never used in training or model selection), with the same exact-noise stream (object
@@ -219,6 +219,8 @@ VARIANTS: List[Variant] = [
             {"distill.feature_weight": 1.0}, teacher="teacher", needs_net=True, transfer=True),
     Variant("kd_mw10", "weight sweep: mask weight 10 (feature 0.1)", "student_distill.yaml",
             {"distill.mask_weight": 10.0}, teacher="teacher", transfer=True),
+    Variant("kd_bal", "mask + feature, each balanced to the recon term's mask-gradient norm after 50 steps",
+            "student_distill.yaml", {"distill.balance": True}, teacher="teacher", transfer=True),
 ]
 VARIANT_BY_NAME = {v.name: v for v in VARIANTS}
 ROW_VARIANTS = [v.name for v in VARIANTS if not v.hidden]
@@ -675,6 +677,30 @@ def format_rows(rows: List[Dict]) -> str:
     return "\n".join(lines)
 
 
+def markdown_rows(rows: List[Dict]) -> str:
+    """The README table: one line per (regime, variant), every seed of the paired difference."""
+    def f(x, fmt="{:.2f}"):
+        return "—" if x is None else fmt.format(x)
+
+    out = ["| regime | variant | seeds | PSNR dB (mean ± std) | SSIM | ER with its mask dB | row − E2E dB: mean [min, max] | per seed | train s |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["status"] == "n/a":
+            out.append(f"| {r['regime']} | {r['variant']} | — | n/a: {r['note']} | | | | | |")
+            continue
+        if not r["seeds_done"]:
+            out.append(f"| {r['regime']} | {r['variant']} | 0/{r['seeds_asked']} | NOT RUN | | | | | |")
+            continue
+        d = per = ""
+        if r.get("diff_vs_e2e_mean") is not None:
+            d = f"{r['diff_vs_e2e_mean']:+.2f} [{r['diff_vs_e2e_min']:+.2f}, {r['diff_vs_e2e_max']:+.2f}]"
+            per = ", ".join(f"{x:+.2f}" for x in r["diff_vs_e2e_per_seed"].values())
+        out.append(f"| {r['regime']} | {r['variant']} | {r['seeds_done']}/{r['seeds_asked']} | "
+                   f"{f(r.get('psnr_mean'))} ± {f(r.get('psnr_std'))} | {f(r.get('ssim_mean'), '{:.3f}')} | "
+                   f"{f(r.get('er_psnr_mean'))} | {d} | {per} | {f(r.get('train_seconds_mean'), '{:.0f}')} |")
+    return "\n".join(out)
+
+
 def write_report(plan: Dict, regimes: Sequence[Regime], variants: Sequence[str], seeds: Sequence[int],
                  sizes: Dict, report: Path, *, quick: bool) -> List[Dict]:
     """CSV + JSON + PNG of the finished runs (unfinished rows say so)."""
@@ -711,6 +737,7 @@ def write_report(plan: Dict, regimes: Sequence[Regime], variants: Sequence[str],
             "regimes_not_reported": [r.name for r in REGIMES if r not in regimes]}
     write_json(report / "distillation.json", {"meta": meta, "rows": rows, "mask_gradients": grads})
     write_text(report / "distillation.txt", format_rows(rows) + "\n")
+    write_text(report / "distillation.md", markdown_rows(rows) + "\n")
     _figures(rows, grads, regimes, report)
     return rows
 
