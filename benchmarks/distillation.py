@@ -211,6 +211,10 @@ VARIANTS: List[Variant] = [
     Variant("kd_unlab", "teacher reconstructions of extra unlabelled objects as pseudo-labels (w 1)",
             "student_distill.yaml", dict(NO_KD, **{"distill.unlabelled_weight": 1.0}),
             teacher="teacher", transfer=True),
+    Variant("kd_unlab_all", "kd (mask + feature) plus the unlabelled pseudo-labels (w 1)", "student_distill.yaml",
+            {"distill.unlabelled_weight": 1.0}, teacher="teacher", transfer=True),
+    Variant("kd_unlab3", "weight sweep: unlabelled pseudo-labels alone, w 3", "student_distill.yaml",
+            dict(NO_KD, **{"distill.unlabelled_weight": 3.0}), teacher="teacher", transfer=True),
     Variant("prog_l2", "intermediate: L = 2 student distilled from the teacher", "student_distill.yaml",
             {"masks.n_masks": 2}, teacher="teacher", hidden=True),
     Variant("kd_prog", "progressive L = 4 → 2 → 1 (mask + feature at each stage)", "student_distill.yaml",
@@ -728,7 +732,9 @@ def write_report(plan: Dict, regimes: Sequence[Regime], variants: Sequence[str],
                 j = plan.get((rg.name, v, s))
                 ev = _load_eval(j, sizes) if j is not None else None
                 if ev and ev.get("grad_mask"):
-                    grads.setdefault(rg.name, {}).setdefault(v, {})[s] = ev["grad_mask"]
+                    g = ev["grad_mask"]  # thinned to ≤ 33 points per run (the run folder has all)
+                    stride = max(1, len(g["step"]) // 32)
+                    grads.setdefault(rg.name, {}).setdefault(v, {})[s] = {k: [float(f"{y:.3g}") for y in x[::stride]] for k, x in g.items()}
     meta = {"sizes": sizes, "seeds": list(seeds), "quick": quick, "base_common": BASE_COMMON,
             "base_student": BASE_STUDENT, "variants": {v.name: v.doc for v in VARIANTS},
             "regimes": {r.name: {"factor": r.factor, "doc": r.doc, "common": r.common, "student": r.student}
@@ -775,7 +781,7 @@ def _figures(rows, grads, regimes, report: Path) -> None:
         uniq = dict(zip(labels, handles))
         ax.legend(uniq.values(), uniq.keys(), fontsize=6, ncol=3)
     fig.tight_layout()
-    save_figure(fig, report / "distillation.png", dpi=80)
+    save_figure(fig, report / "distillation.png", dpi=90)
     plt.close(fig)
 
     rg = [n for n in names if n in grads]
@@ -798,7 +804,7 @@ def _figures(rows, grads, regimes, report: Path) -> None:
     axes[0][0].set_ylabel("‖∂(w·term)/∂θ‖", fontsize=7)
     fig.suptitle("gradient reaching the student's mask phases\n(solid: E2E, dashed: KD; every seed)", fontsize=8)
     fig.tight_layout()
-    save_figure(fig, report / "mask_gradients.png", dpi=70)
+    save_figure(fig, report / "mask_gradients.png", dpi=60)
     plt.close(fig)
 
 
