@@ -160,6 +160,8 @@ class DistillConfig:
     balance: bool = False  # scale each term by its mask-gradient norm after the warm-up
     balance_warmup: int = 50
     teacher_noise: str = "exact"  # exact | differentiable | none
+    unlabelled_weight: float = 0.0  # > 0: distil the teacher's reconstructions of extra unlabelled objects
+    n_unlabelled: int = 0  # size of that pool (training-split objects after the n_train labelled ones)
 
 
 @dataclass
@@ -248,6 +250,11 @@ def _validate_learning(cfg: "Config") -> None:
         v = getattr(d, key)
         if not (math.isfinite(v) and v >= 0):
             raise ConfigError(f"distill.{key} must be a finite weight >= 0, got {v!r}")
+    if not (math.isfinite(d.unlabelled_weight) and d.unlabelled_weight >= 0):
+        raise ConfigError(f"distill.unlabelled_weight must be a finite weight >= 0, got {d.unlabelled_weight!r}")
+    if d.unlabelled_weight > 0 and d.n_unlabelled < 1:
+        raise ConfigError(f"distill.unlabelled_weight = {d.unlabelled_weight} needs a pool of unlabelled objects: "
+                          f"set distill.n_unlabelled >= 1 (got {d.n_unlabelled})")
     depth = len(m.widths)
     for i, k in enumerate(d.feature_levels):
         if not 0 <= k < max(depth, 1) or depth == 0:

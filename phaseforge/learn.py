@@ -282,6 +282,12 @@ def train_run(cfg: Config, out, *, resume: bool = False, overwrite: bool = False
         losses.append(dl)
         weights = {"recon": d.recon_weight, "mask": d.mask_weight, "feature": d.feature_weight,
                    "output": d.output_weight}
+        if d.unlabelled_weight > 0:
+            from learning.transfer import UnlabelledDistillation
+            pool = load_objects(cfg, "train", cfg.train.n_train + d.n_unlabelled,
+                                "train.n_train + distill.n_unlabelled")[cfg.train.n_train:].to(device)
+            losses.append(UnlabelledDistillation(teacher, pool, teacher_noise=d.teacher_noise).to(device))
+            weights["unlabelled"] = d.unlabelled_weight
     # everything that can be checked before training has been: now touch the run folder
     _init_distributed(device)
     rank, world = dist_info()

@@ -1,0 +1,919 @@
+#!/usr/bin/env python
+r"""The distillation experiment (issue 8): where does single-snapshot distillation beat E2E?
+
+For every regime (a row of :data:`REGIMES`: one factor changed from the documented base, then
+combinations) and every seed it trains, through ``phaseforge.learn.train_run`` (the same code as
+``phaseforge train / distill``):
+
+* ``teacher``        L = 4 continuous masks, wide U-Net (``data/configs/teacher.yaml``);
+* ``e2e``            the student end to end (``student_e2e.yaml``: 1 mask on the SLM, small U-Net);
+* ``kd``             the student under the frozen teacher, mask (spectrum) + feature losses
+                     (``student_distill.yaml``, i.e. the ``phaseforge distill`` defaults);
+* ``kd_mask``, ``kd_feature``  each distillation loss alone;
+* ``fixed``          the student with a fixed random mask (``student_fixed_mask.yaml``);
+
+and the stronger transfers of §3 (:data:`VARIANTS`, each with its own row): ``kd_gram`` (the
+paper's Gram mask loss), ``kd_output`` (output distillation), ``kd_ct`` (from a teacher with the
+student's SLM constraints but 4 snapshots, whose masks are implementable), ``kd_unlab`` (the
+teacher's reconstructions of extra unlabelled objects as pseudo-labels,
+``distill.unlabelled_weight``), ``kd_prog`` (progressive L = 4 → 2 → 1), and loss-weight sweeps
+``kd_fw1`` (feature weight 1), ``kd_mw10`` (mask weight 10) and ``kd_bal`` (gradient-norm balancing).
+
+Every run is evaluated on the same held-out test objects (the image source's *test* split, data
+seed 0, never used in training or model selection), with the same exact-noise stream (object
+``i`` always draws its noise from seed ``i``), from its best-validation checkpoint (model
+selection on the *validation* split). Rows: the network, and the classical solver (ER,
+``classical_iters`` iterations) with that run's own masks (for a student: its single mask).
+Metric: PSNR/SSIM of the encoded quantity as in ``phaseforge evaluate`` (identical for phase
+objects), for amplitude and complex objects after the least-squares global gain
+(:func:`gain_align`: the photon budget fixes no absolute scale; ``psnr_raw`` keeps the plain value).
+
+Resumable: every run lives in ``OUT/runs/<config name>-<hash>/`` (a ``phaseforge`` run folder; the
+hash is that of the resolved configuration and of its teacher's, so a teacher shared by several
+regimes is trained once) and is finished when its ``eval.json`` exists; an interrupted run
+resumes from ``checkpoints/last.pt``. Re-running skips finished runs; ``--list`` shows what is
+done and missing. Report (``--report DIR``): ``distillation.csv``, ``distillation.json``,
+``distillation.png`` (KD − E2E per variant, every seed) and ``mask_gradients.png`` (norm of the
+gradient reaching the mask phases over training, E2E vs KD).
+
+    python benchmarks/distillation.py --quick                 # smoke run (tiny sizes), < 10 min
+    python benchmarks/distillation.py --list                  # what is done / missing
+    python benchmarks/distillation.py --regimes base no-unet --workers 2
+    python benchmarks/distillation.py --regimes all           # the full sweep (hours; resumable)
+    python benchmarks/distillation.py --report-only           # tables/figures from the cache
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+CONFIG_DIR = ROOT / "data" / "configs"
+PI = math.pi
+
+# ------------------------------------------------------------------------------------------------
+# sizes
+# ------------------------------------------------------------------------------------------------
+#: run sizes (config overrides applied to every run, plus the evaluation sizes)
+SIZES = {
+    # ~1 min per student run on one core of the shared machine: 256 objects × 16 epochs = 256 steps
+    "full": {"overrides": {"train.n_train": 256, "train.n_val": 32, "train.epochs": 16,
+                           "train.batch_size": 16, "train.grad_norm_every": 4},
+             "n_test": 64, "classical_iters": 200, "n_unlabelled": 512},
+    # smoke run: 16² objects, 3 epochs of 3 steps
+    "quick": {"overrides": {"train.n_train": 48, "train.n_val": 16, "train.epochs": 3,
+                            "train.batch_size": 16, "train.grad_norm_every": 1, "data.size": 16},
+              "n_test": 16, "classical_iters": 30, "n_unlabelled": 32},
+}
+
+# ------------------------------------------------------------------------------------------------
+# regimes (issue 8 §2): one factor at a time from the documented base, then combinations
+# ------------------------------------------------------------------------------------------------
+#: The base regime (what the shipped configs already say; listed here so that it is explicit):
+#: 32² phase-only objects with phase in [0, π] from the embedded images, λ = 633 nm, 8 µm pitch,
+#: Fraunhofer at z = 0.1 m with 2× oversampling, 100 photons per detector pixel (Poisson), teacher
+#: L = 4 continuous masks + U-Net (24, 48, 96), student 1 mask on an SLM with 2× the simulation
+#: pitch (16 µm), 4 phase levels, fill factor 1, no crosstalk, 5 unrolled ER steps + U-Net (12, 24, 48).
+BASE_COMMON = {"optics.method": "fraunhofer", "optics.z_m": 0.1, "optics.oversampling": 2.0,
+               "sensor.mean_photons": 100.0, "data.encoding": "phase", "data.phase_range_rad": [0.0, PI],
+               "data.size": 32, "data.source": "embedded"}
+BASE_STUDENT = {"slm.pixel_pitch_m": 16e-6, "slm.bit_depth": 2, "slm.fill_factor": 1.0,
+                "slm.crosstalk_sigma_m": 0.0, "model.widths": [12, 24, 48], "model.n_unrolled": 5}
+
+
+def critical_distance_m(size: int = 32, oversampling: float = 2.0, pitch_m: float = 8e-6,
+                        wavelength_m: float = 633e-9) -> float:
+    """``z_c = N·dx²/λ`` on the padded grid ``N = size·oversampling``: the distance where the
+    Fresnel transfer-function and impulse-response kernels are sampled equally well."""
+    return size * oversampling * pitch_m ** 2 / wavelength_m
+
+
+ZC = critical_distance_m()
+
+
+@dataclass
+class Regime:
+    name: str
+    factor: str
+    doc: str
+    common: Dict = field(default_factory=dict)    # teacher and student
+    student: Dict = field(default_factory=dict)   # student only (SLM, reconstruction budget)
+    requires_env: Optional[str] = None            # user data: the regime runs when this is set
+    label_fraction: Optional[float] = None        # fewer labelled objects, same number of steps
+
+
+REGIMES: List[Regime] = [
+    Regime("base", "base", "the documented base (BASE_COMMON, BASE_STUDENT)"),
+    # object
+    Regime("object-amplitude", "object", "amplitude-only objects (real, non-negative)",
+           {"data.encoding": "amplitude"}),
+    Regime("object-complex", "object", "complex objects (amplitude and phase from two images)",
+           {"data.encoding": "complex"}),
+    # oversampling
+    Regime("oversampling-1.5", "oversampling", "1.5× oversampled detector", {"optics.oversampling": 1.5}),
+    Regime("oversampling-1", "oversampling", "no oversampling", {"optics.oversampling": 1.0}),
+    # propagation
+    Regime("near-field-0.5zc", "propagation", f"angular spectrum at 0.5 z_c = {0.5 * ZC:.3e} m",
+           {"optics.method": "asm", "optics.z_m": 0.5 * ZC}),
+    Regime("near-field-2zc", "propagation", f"angular spectrum at 2 z_c = {2 * ZC:.3e} m",
+           {"optics.method": "asm", "optics.z_m": 2 * ZC}),
+    # photons
+    Regime("photons-1e4", "photons", "10⁴ photons per pixel", {"sensor.mean_photons": 1e4}),
+    Regime("photons-10", "photons", "10 photons per pixel", {"sensor.mean_photons": 10.0}),
+    # SLM (student only)
+    Regime("slm-pitch-1x", "slm", "SLM pixel = simulation pitch", student={"slm.pixel_pitch_m": 8e-6}),
+    Regime("slm-pitch-4x", "slm", "SLM pixel = 4× simulation pitch", student={"slm.pixel_pitch_m": 32e-6}),
+    Regime("slm-levels-2", "slm", "binary phase (2 levels)", student={"slm.bit_depth": 1}),
+    Regime("slm-levels-256", "slm", "256 phase levels", student={"slm.bit_depth": 8}),
+    Regime("slm-ff0.9-crosstalk", "slm", "fill factor 0.9, crosstalk σ = 2 µm",
+           student={"slm.fill_factor": 0.9, "slm.crosstalk_sigma_m": 2e-6}),
+    # reconstruction budget (student only)
+    Regime("unrolled-1", "budget", "1 unrolled ER step + U-Net", student={"model.n_unrolled": 1}),
+    Regime("unrolled-20", "budget", "20 unrolled ER steps + U-Net", student={"model.n_unrolled": 20}),
+    Regime("no-unet", "budget", "5 unrolled ER steps, no U-Net (published learned-pattern setting)",
+           student={"model.widths": []}),
+    # images
+    Regime("size-64", "images", "64² objects", {"data.size": 64}),
+    Regime("faces", "images", "a user folder of face images (PHASEFORGE_FACES_DIR)",
+           requires_env="PHASEFORGE_FACES_DIR"),
+    Regime("labels-64", "data", "64 labelled training objects (¼), epochs ×4 (same steps): scarce labels",
+           label_fraction=0.25),
+    Regime("mnist", "images", "MNIST-like sparse images from a user IDX file (PHASEFORGE_MNIST_IDX)",
+           requires_env="PHASEFORGE_MNIST_IDX"),
+    # combinations the analysis of issue 8 points at (small fixed budget, non-negative objects,
+    # few photons, coarse SLM)
+    Regime("amp+no-unet", "combination", "amplitude objects, 5 unrolled ER steps, no U-Net",
+           {"data.encoding": "amplitude"}, {"model.widths": []}),
+    Regime("amp+no-unet+photons-10", "combination", "amplitude objects, no U-Net, 10 photons/pixel",
+           {"data.encoding": "amplitude", "sensor.mean_photons": 10.0}, {"model.widths": []}),
+    Regime("amp+unrolled-1+photons-10", "combination", "amplitude objects, 1 unrolled step + U-Net, 10 photons",
+           {"data.encoding": "amplitude", "sensor.mean_photons": 10.0}, {"model.n_unrolled": 1}),
+    Regime("no-unet+slm-4x-2levels", "combination", "no U-Net, SLM 4× pitch, 2 levels",
+           student={"model.widths": [], "slm.pixel_pitch_m": 32e-6, "slm.bit_depth": 1}),
+]
+REGIME_NAMES = [r.name for r in REGIMES]
+#: what runs without --regimes: the base and the factors the issue's analysis points at
+PRIORITY = ["base", "no-unet", "amp+no-unet+photons-10", "labels-64", "object-amplitude", "photons-10",
+            "unrolled-1", "no-unet+slm-4x-2levels"]
+
+# ------------------------------------------------------------------------------------------------
+# variants (rows)
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Variant:
+    name: str
+    doc: str
+    config: str                              # YAML in data/configs
+    overrides: Dict = field(default_factory=dict)
+    teacher: Optional[str] = None            # variant whose run is the frozen teacher
+    role: str = "student"                    # student | teacher (teacher: no student overrides)
+    constrained: bool = False                # teacher with the student's SLM overrides
+    needs_net: bool = False                  # needs a student U-Net (feature terms)
+    hidden: bool = False                     # an intermediate run, not a row of its own
+    transfer: bool = False                   # a §3 stronger transfer
+
+
+NO_KD = {"distill.mask_weight": 0.0, "distill.feature_weight": 0.0, "distill.output_weight": 0.0}
+VARIANTS: List[Variant] = [
+    Variant("teacher", "L = 4 continuous masks, U-Net (24, 48, 96)", "teacher.yaml", role="teacher"),
+    Variant("e2e", "student end to end", "student_e2e.yaml"),
+    Variant("kd", "student distilled: spectrum mask loss (w 1) + feature loss levels 0, 1 (w 0.1)",
+            "student_distill.yaml", teacher="teacher"),
+    Variant("kd_mask", "mask loss alone (spectrum, w 1)", "student_distill.yaml",
+            {"distill.feature_weight": 0.0}, teacher="teacher"),
+    Variant("kd_feature", "feature loss alone (levels 0, 1, w 0.1)", "student_distill.yaml",
+            {"distill.mask_weight": 0.0}, teacher="teacher", needs_net=True),
+    Variant("fixed", "student with a fixed random mask", "student_fixed_mask.yaml"),
+    # §3: stronger transfers
+    Variant("kd_gram", "the paper's Gram mask loss (w 1) + feature (w 0.1)", "student_distill.yaml",
+            {"distill.mask_loss": "gram"}, teacher="teacher", transfer=True),
+    Variant("kd_output", "output distillation alone (w 1)", "student_distill.yaml",
+            dict(NO_KD, **{"distill.output_weight": 1.0}), teacher="teacher", transfer=True),
+    Variant("teacher_constrained", "teacher with the student's SLM (pitch, levels) and L = 4: "
+            "implementable masks", "teacher.yaml", role="teacher", constrained=True, hidden=True),
+    Variant("kd_ct", "mask + feature from the constrained teacher", "student_distill.yaml",
+            teacher="teacher_constrained", transfer=True),
+    Variant("kd_unlab", "teacher reconstructions of extra unlabelled objects as pseudo-labels (w 1)",
+            "student_distill.yaml", dict(NO_KD, **{"distill.unlabelled_weight": 1.0}),
+            teacher="teacher", transfer=True),
+    Variant("kd_unlab_all", "kd (mask + feature) plus the unlabelled pseudo-labels (w 1)", "student_distill.yaml",
+            {"distill.unlabelled_weight": 1.0}, teacher="teacher", transfer=True),
+    Variant("kd_unlab3", "weight sweep: unlabelled pseudo-labels alone, w 3", "student_distill.yaml",
+            dict(NO_KD, **{"distill.unlabelled_weight": 3.0}), teacher="teacher", transfer=True),
+    Variant("prog_l2", "intermediate: L = 2 student distilled from the teacher", "student_distill.yaml",
+            {"masks.n_masks": 2}, teacher="teacher", hidden=True),
+    Variant("kd_prog", "progressive L = 4 → 2 → 1 (mask + feature at each stage)", "student_distill.yaml",
+            teacher="prog_l2", transfer=True),
+    Variant("kd_fw1", "weight sweep: feature weight 1 (mask 1)", "student_distill.yaml",
+            {"distill.feature_weight": 1.0}, teacher="teacher", needs_net=True, transfer=True),
+    Variant("kd_mw10", "weight sweep: mask weight 10 (feature 0.1)", "student_distill.yaml",
+            {"distill.mask_weight": 10.0}, teacher="teacher", transfer=True),
+    Variant("kd_bal", "mask + feature, each balanced to the recon term's mask-gradient norm after 50 steps",
+            "student_distill.yaml", {"distill.balance": True}, teacher="teacher", transfer=True),
+]
+VARIANT_BY_NAME = {v.name: v for v in VARIANTS}
+ROW_VARIANTS = [v.name for v in VARIANTS if not v.hidden]
+STUDENT_ROWS = [v for v in ROW_VARIANTS if VARIANT_BY_NAME[v].role == "student"]
+DEFAULT_VARIANTS = ["teacher", "e2e", "kd", "kd_mask", "kd_feature", "fixed", "kd_ct", "kd_unlab", "kd_output"]
+DEFAULT_SEEDS = [0, 1, 2]
+
+
+class BenchmarkError(ValueError):
+    """A request the benchmark cannot honour; the message names the fix."""
+
+
+# ------------------------------------------------------------------------------------------------
+# plan
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Job:
+    variant: str
+    seed: int
+    overrides: List[str]
+    config: str
+    teacher: Optional["Job"] = None
+    key: str = ""
+    folder: Optional[Path] = None
+    na: Optional[str] = None                 # not applicable: why
+
+    def label(self) -> str:
+        return f"{self.variant}-{self.key}"
+
+
+def _ov(d: Dict) -> List[str]:
+    return [f"{k}={json.dumps(v)}" for k, v in d.items()]
+
+
+def _student_has_net(regime: Regime) -> bool:
+    widths = dict(BASE_STUDENT, **regime.student).get("model.widths")
+    return bool(widths)
+
+
+def _regime_common(regime: Regime) -> Dict:
+    common = dict(BASE_COMMON, **regime.common)
+    if regime.requires_env:
+        common["data.source"] = os.environ.get(regime.requires_env, "")
+    return common
+
+
+def make_job(regime: Regime, variant: str, seed: int, sizes: Dict, out: Path, memo: Dict) -> Job:
+    """The run of ``variant`` in ``regime`` for ``seed`` (its teacher chain included)."""
+    mk = (regime.name, variant, seed)
+    if mk in memo:
+        return memo[mk]
+    v = VARIANT_BY_NAME[variant]
+    ov = dict(sizes["overrides"])
+    ov.update(_regime_common(regime))
+    if regime.label_fraction:
+        n0, b = ov["train.n_train"], ov["train.batch_size"]
+        n = max(b, int(round(n0 * regime.label_fraction)))
+        ov["train.n_train"] = n
+        ov["train.epochs"] = max(1, int(round(ov["train.epochs"] * n0 / n)))
+    if v.role == "student" or v.constrained:
+        student = dict(BASE_STUDENT, **regime.student)
+        if v.constrained:  # the SLM constraints only: the teacher keeps its network and budget
+            student = {k: val for k, val in student.items() if k.startswith("slm.")}
+            ov["slm.enabled"] = True
+            ov["slm.quantization"] = "ste"
+        ov.update(student)
+    if v.overrides:
+        ov.update(v.overrides)
+    if ov.get("distill.unlabelled_weight", 0) > 0:
+        ov["distill.n_unlabelled"] = sizes["n_unlabelled"]
+    has_net = _student_has_net(regime)
+    na = None
+    if v.role == "student" and not has_net:
+        ov["distill.feature_levels"] = []
+        ov["distill.feature_weight"] = 0.0
+        if v.needs_net:
+            na = "the student has no network (no features to distil)"
+    ov["seed"] = seed
+    ov["masks.seed"] = seed
+    teacher = make_job(regime, v.teacher, seed, sizes, out, memo) if v.teacher else None
+    job = Job(variant, seed, _ov(ov), v.config, teacher, na=na)
+    from phaseforge.config import dump, load
+    cfg = load(CONFIG_DIR / v.config, job.overrides)
+    h = hashlib.sha1(dump(cfg).encode())
+    if teacher is not None:
+        h.update(teacher.key.encode())
+    job.key = h.hexdigest()[:10]
+    # named by configuration file and hash: identical runs (e.g. kd and kd_mask without a student
+    # network, or one teacher shared by several regimes) share one folder and are trained once
+    job.folder = out / "runs" / f"{Path(v.config).stem}-{job.key}"
+    memo[mk] = job
+    return job
+
+
+def build_plan(regimes: Sequence[Regime], variants: Sequence[str], seeds: Sequence[int], sizes: Dict,
+               out: Path) -> Dict:
+    """``{(regime, variant, seed): Job}`` for the rows asked (teachers and intermediates included
+    through the jobs' ``teacher`` links)."""
+    memo: Dict = {}
+    plan = {}
+    for r in regimes:
+        for v in variants:
+            for s in seeds:
+                plan[(r.name, v, s)] = make_job(r, v, s, sizes, out, memo)
+    return plan
+
+
+def _chain(job: Job) -> List[Job]:
+    out = []
+    while job is not None:
+        out.append(job)
+        job = job.teacher
+    return out[::-1]
+
+
+# ------------------------------------------------------------------------------------------------
+# running one job
+# ------------------------------------------------------------------------------------------------
+def eval_key(sizes: Dict) -> Dict:
+    return {"n_test": sizes["n_test"], "classical_iters": sizes["classical_iters"], "noise_seed": 0,
+            "data_seed": 0, "split": "test", "metric": "gain-aligned encoded PSNR v1"}
+
+
+def job_status(job: Job, sizes: Dict) -> str:
+    """``done`` | ``partial (epoch e/E)`` | ``stale`` | ``missing`` | ``n/a``."""
+    if job.na:
+        return "n/a"
+    f = job.folder
+    ev = f / "eval.json"
+    if ev.is_file():
+        try:
+            if json.loads(ev.read_text()).get("eval_key") == eval_key(sizes):
+                return "done"
+        except (OSError, ValueError):
+            pass
+        return "stale"
+    val = f / "val.csv"
+    if val.is_file():
+        n = max(0, len(val.read_text().strip().splitlines()) - 1)
+        return f"partial (epoch {n})"
+    return "missing"
+
+
+def _grad_series(folder: Path) -> Dict[str, List[float]]:
+    p = folder / "history.csv"
+    if not p.is_file():
+        return {}
+    rows = list(csv.DictReader(io.StringIO(p.read_text())))
+    keys = [k for k in (rows[0] if rows else {}) if k.startswith("grad_mask_")]
+    out: Dict[str, List[float]] = {"step": []}
+    for k in keys:
+        out[k[len("grad_mask_"):]] = []
+    for r in rows:
+        if not any(r.get(k) not in (None, "") for k in keys):
+            continue
+        out["step"].append(int(r["step"]))
+        for k in keys:
+            v = r.get(k)
+            out[k[len("grad_mask_"):]].append(float(v) if v not in (None, "") else float("nan"))
+    return out if keys else {}
+
+
+def test_objects(job: Job, sizes: Dict):
+    """The held-out test objects of the job's regime: the image source's test split with data
+    seed 0 (the same objects for every variant and seed of a regime)."""
+    from phaseforge.config import load
+    from phaseforge.learn import load_objects
+    cfg = load(CONFIG_DIR / job.config, job.overrides + ["seed=0"])
+    return load_objects(cfg, "test", sizes["n_test"], "n_test")
+
+
+def gain_align(x_hat, x, encoding: str):
+    """The estimate with the least-squares global gain applied, per sample: for amplitude
+    objects the real gain ``c = ⟨|x̂|, |x|⟩ / ‖x̂‖²`` on the amplitudes, for complex objects the
+    complex gain ``c = ⟨x̂, x⟩ / ‖x̂‖²`` (which also fixes the global phase); phase objects are
+    returned unchanged (a phase has no scale). Why: the sensor normalises the photon budget
+    (``mean_photons``), so the absolute scale of an amplitude is not measurable; a reconstructor
+    without a network (and the classical solver) returns unit RMS, a network learns the typical
+    scale of the training objects. Aligning the gain compares the shapes for every row alike."""
+    import torch
+    if encoding == "phase":
+        return x_hat
+    xt = x.to(x_hat.dtype)
+    if encoding == "amplitude":
+        a, b = x_hat.abs(), xt.abs()
+        c = (a * b).sum(dim=(-2, -1), keepdim=True) / (a * a).sum(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
+        return torch.complex(a * c, torch.zeros_like(a))
+    num = (x_hat.conj() * xt).sum(dim=(-2, -1), keepdim=True)
+    den = (x_hat.abs() ** 2).sum(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
+    return x_hat * (num / den)
+
+
+def evaluate_model(model, objects, *, encoding: str, phase_range_rad, classical_iters: int,
+                   batch_size: int = 16) -> Dict[str, Dict]:
+    """The network and the classical solver (ER, ``classical_iters`` iterations from the same flat
+    start as the unrolled estimate) on ``objects`` with exact sensor noise, object ``i`` from
+    seed ``i`` (the stream of ``phaseforge evaluate --seed 0``: the same for every row).
+
+    ``psnr``/``ssim``: after :func:`gain_align` (amplitude, complex) — the benchmark's metric;
+    ``psnr_raw``: the encoded PSNR of ``phaseforge evaluate`` without gain alignment."""
+    import torch
+    from learning.metrics import relative_error, ssim_amplitude, ssim_phase
+    from learning.systems import first_estimate, sample_generators
+    from learning.training import encoded_psnr
+
+    was = model.training
+    model.eval()
+    acc = {k: {"psnr": [], "psnr_raw": [], "ssim": [], "rel_err": []} for k in ("network", "er")}
+    with torch.no_grad():
+        for i in range(0, objects.shape[0], batch_size):
+            x = objects[i:i + batch_size]
+            gens = sample_generators([i + j for j in range(x.shape[0])], device=x.device)
+            y = model.physics.measure(x, noise="exact", generators=gens)
+            for name in ("network", "er"):
+                if name == "network":
+                    xh = model.reconstructor(y, model.physics).x
+                else:
+                    xh = first_estimate(model.physics, y, solver="er", n_iter=classical_iters, encoding=encoding)
+                    if encoding == "phase":
+                        xh = xh / xh.abs().clamp_min(1e-6)
+                xg = gain_align(xh, x, encoding)
+                a = acc[name]
+                a["psnr_raw"] += encoded_psnr(xh, x, encoding, phase_range_rad).tolist()
+                a["psnr"] += encoded_psnr(xg, x, encoding, phase_range_rad).tolist()
+                if encoding == "phase":
+                    a["ssim"] += ssim_phase(xg, x, data_range=abs(phase_range_rad[1] - phase_range_rad[0])).tolist()
+                else:
+                    a["ssim"] += ssim_amplitude(xg, x, data_range=1.0).tolist()
+                a["rel_err"] += relative_error(xg, x).tolist()
+    model.train(was)
+    rows = {}
+    for name, a in acc.items():
+        st = {k: _stats(v) for k, v in a.items()}
+        rows[name] = {"psnr_mean": st["psnr"]["mean"], "psnr_std": st["psnr"]["std"],
+                      "psnr_raw_mean": st["psnr_raw"]["mean"], "ssim_mean": st["ssim"]["mean"],
+                      "ssim_std": st["ssim"]["std"], "rel_err_mean": st["rel_err"]["mean"], "n": len(a["psnr"]),
+                      "psnr": a["psnr"]}
+    return rows
+
+
+def run_job(job: Job, sizes: Dict, *, progress: bool = False, threads: int = 1) -> Dict:
+    """Train (or resume) and evaluate one job whose teacher is finished; writes ``eval.json``."""
+    import torch
+    from optics.fileio import write_json, write_text
+    from phaseforge.config import dump, load
+    from phaseforge.learn import RunError, build_model, load_run, train_run
+
+    torch.set_num_threads(int(threads))
+    f = job.folder
+    cfg = load(CONFIG_DIR / job.config, job.overrides)
+    t0 = time.perf_counter()
+    model = build_model(cfg)
+    trainable = model.mask_parameters() or model.network_parameters()
+    if not trainable:
+        # nothing to learn (a fixed mask and no network): the system is evaluated as built
+        f.mkdir(parents=True, exist_ok=True)
+        write_text(f / "config.yaml", dump(cfg))
+        summary = {"seconds": 0.0, "steps": 0, "best_val_psnr": None,
+                   "note": "nothing to train (fixed mask, no network): evaluated as built"}
+        write_json(f / "metrics.json", summary)
+    else:
+        teacher_run = job.teacher.folder if job.teacher is not None else None
+        if (f / "metrics.json").is_file():
+            summary = json.loads((f / "metrics.json").read_text())
+        else:
+            resume = (f / "checkpoints" / "last.pt").is_file()
+            try:
+                summary = train_run(cfg, f, resume=resume, overwrite=not resume, progress=progress,
+                                    teacher_run=teacher_run)
+            except RunError:
+                if not resume:
+                    raise
+                # the cached checkpoint does not fit (config changed): start again
+                summary = train_run(cfg, f, overwrite=True, progress=progress, teacher_run=teacher_run)
+        _, model, _ = load_run(f, "best")
+    objects = test_objects(job, sizes)
+    rows = evaluate_model(model, objects, encoding=cfg.data.encoding,
+                          phase_range_rad=tuple(cfg.data.phase_range_rad), classical_iters=sizes["classical_iters"])
+    result = {"eval_key": eval_key(sizes), "variant": job.variant, "seed": job.seed, "config": job.config,
+              "overrides": job.overrides, "teacher_run": None if job.teacher is None else str(job.teacher.folder),
+              "n_masks": int(model.physics.n_masks), "train_seconds": float(summary.get("seconds") or 0.0),
+              "steps": int(summary.get("steps") or 0), "best_val_psnr": summary.get("best_val_psnr"),
+              "rows": rows, "grad_mask": _grad_series(f), "wall_seconds": time.perf_counter() - t0}
+    write_json(f / "eval.json", result)
+    return result
+
+
+def _worker(args):
+    job, sizes, threads = args
+    t0 = time.perf_counter()
+    try:
+        run_job(job, sizes, progress=False, threads=threads)
+        return job.label(), None, time.perf_counter() - t0
+    except Exception as exc:  # noqa: BLE001 - reported per job, the sweep goes on
+        return job.label(), f"{type(exc).__name__}: {exc}", time.perf_counter() - t0
+
+
+def run_plan(plan: Dict, regimes: Sequence[Regime], sizes: Dict, *, workers: int = 1, threads: int = 1,
+             progress: bool = True, log=print) -> Dict[str, str]:
+    """Run every unfinished job, regime by regime (so an interrupted sweep leaves whole regimes),
+    dependency level by level inside a regime (teachers first), ``workers`` jobs at a time.
+    Returns ``{job label: error}`` for the jobs that failed."""
+    from tqdm.auto import tqdm
+
+    errors: Dict[str, str] = {}
+    failed_keys = set()
+    todo_all = {}
+    for (rname, _, _), job in plan.items():
+        for j in _chain(job):
+            if j.na is None and job_status(j, sizes) != "done":
+                todo_all.setdefault(rname, {})[j.key] = j
+    total = len({k for v in todo_all.values() for k in v})
+    bar = tqdm(total=total, desc="distillation runs", unit="run", disable=not progress)
+    pool = None
+    if workers > 1 and total > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    try:
+        for r in regimes:
+            jobs = todo_all.get(r.name, {})
+            while jobs:
+                ready = [j for j in jobs.values()
+                         if j.teacher is None or job_status(j.teacher, sizes) == "done"
+                         or j.teacher.key in failed_keys]
+                if not ready:
+                    break
+                for j in [j for j in ready if j.teacher is not None and j.teacher.key in failed_keys]:
+                    errors[j.label()] = f"teacher {j.teacher.label()} failed"
+                    failed_keys.add(j.key)
+                    jobs.pop(j.key)
+                    bar.update(1)
+                ready = [j for j in ready if j.key in jobs]
+                args = [(j, sizes, threads) for j in ready]
+                results = pool.map(_worker, args) if pool is not None else map(_worker, args)
+                for (label, err, sec), j in zip(results, ready):
+                    jobs.pop(j.key)
+                    bar.update(1)
+                    if err:
+                        errors[label] = err
+                        failed_keys.add(j.key)
+                        log(f"FAILED {r.name} {label}: {err}")
+                    else:
+                        log(f"done   {r.name} {label} ({sec:.0f} s)")
+                # jobs shared with later regimes are finished now
+                for other in todo_all.values():
+                    for k in [k for k, jj in other.items() if job_status(jj, sizes) == "done"]:
+                        other.pop(k)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        bar.close()
+    return errors
+
+
+# ------------------------------------------------------------------------------------------------
+# report
+# ------------------------------------------------------------------------------------------------
+def _load_eval(job: Job, sizes: Dict) -> Optional[Dict]:
+    if job_status(job, sizes) != "done":
+        return None
+    return json.loads((job.folder / "eval.json").read_text())
+
+
+def _stats(vals: Sequence[float]) -> Dict:
+    import statistics
+    vals = [float(v) for v in vals]
+    if not vals:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    return {"mean": statistics.fmean(vals), "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0,
+            "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def summarize_plan(plan: Dict, regimes: Sequence[Regime], variants: Sequence[str], seeds: Sequence[int],
+                   sizes: Dict) -> List[Dict]:
+    """One row per (regime, variant): mean ± std over the finished seeds, every seed, and for
+    student variants the paired difference to ``e2e`` of the same seed."""
+    rows = []
+    for r in regimes:
+        e2e = {s: _load_eval(plan[(r.name, "e2e", s)], sizes) if (r.name, "e2e", s) in plan else None
+               for s in seeds}
+        for v in variants:
+            if VARIANT_BY_NAME[v].hidden:
+                continue
+            jobs = {s: plan[(r.name, v, s)] for s in seeds}
+            na = next((j.na for j in jobs.values() if j.na), None)
+            evs = {s: _load_eval(j, sizes) for s, j in jobs.items()}
+            done = [s for s in seeds if evs[s] is not None]
+            row = {"regime": r.name, "factor": r.factor, "variant": v, "seeds_done": len(done),
+                   "seeds_asked": len(seeds), "status": "n/a" if na else
+                   ("done" if len(done) == len(seeds) else ("NOT RUN" if not done else "incomplete")),
+                   "note": na or ""}
+            if done:
+                net = [evs[s]["rows"]["network"] for s in done]
+                er = [evs[s]["rows"]["er"] for s in done]
+                for key, src in (("psnr", net), ("ssim", net), ("er_psnr", er)):
+                    field_ = "psnr_mean" if key != "ssim" else "ssim_mean"
+                    st = _stats([x[field_] for x in src])
+                    row[f"{key}_mean"], row[f"{key}_std"] = st["mean"], st["std"]
+                row["psnr_per_seed"] = {s: evs[s]["rows"]["network"]["psnr_mean"] for s in done}
+                row["er_psnr_per_seed"] = {s: evs[s]["rows"]["er"]["psnr_mean"] for s in done}
+                row["train_seconds_mean"] = _stats([evs[s]["train_seconds"] for s in done])["mean"]
+                row["n_masks"] = evs[done[0]]["n_masks"]
+                # the paper's argument: how much gradient reaches the mask from each term
+                # (median over the logged steps, then mean over seeds)
+                terms = sorted({t for s in done for t in (evs[s].get("grad_mask") or {}) if t != "step"})
+                for t in terms:
+                    meds = []
+                    for s in done:
+                        vals = [x for x in (evs[s].get("grad_mask") or {}).get(t, []) if x == x]
+                        if vals:
+                            meds.append(sorted(vals)[len(vals) // 2])
+                    if meds:
+                        row[f"grad_{t}_median"] = _stats(meds)["mean"]
+                if v in STUDENT_ROWS and v != "e2e":
+                    paired = {s: evs[s]["rows"]["network"]["psnr_mean"] - e2e[s]["rows"]["network"]["psnr_mean"]
+                              for s in done if e2e.get(s) is not None}
+                    paired_er = {s: evs[s]["rows"]["er"]["psnr_mean"] - e2e[s]["rows"]["er"]["psnr_mean"]
+                                 for s in done if e2e.get(s) is not None}
+                    st = _stats(list(paired.values()))
+                    row.update(diff_vs_e2e_per_seed=paired, diff_vs_e2e_mean=st["mean"],
+                               diff_vs_e2e_min=st["min"], diff_vs_e2e_max=st["max"],
+                               diff_vs_e2e_all_positive=bool(paired) and all(d > 0 for d in paired.values()),
+                               er_diff_vs_e2e_mean=_stats(list(paired_er.values()))["mean"])
+            rows.append(row)
+    return rows
+
+
+def reproduce_command(regime: str, variant: str, seeds: Sequence[int], quick: bool) -> str:
+    extra = " e2e" if variant in STUDENT_ROWS and variant != "e2e" else ""
+    return (f"python benchmarks/distillation.py{' --quick' if quick else ''} --regimes {regime} "
+            f"--variants {variant}{extra} --seeds {' '.join(map(str, seeds))}")
+
+
+def format_rows(rows: List[Dict]) -> str:
+    def f(x, fmt="{:.2f}"):
+        return "—" if x is None else fmt.format(x)
+
+    head = (f"{'regime':<26} {'variant':<11} {'seeds':>5} {'PSNR dB':>14} {'SSIM':>13} {'ER w/ its masks':>15} "
+            f"{'Δ vs E2E (mean [min, max]) per seed':<44} {'train s':>7}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        psnr = f"{f(r.get('psnr_mean'))} ± {f(r.get('psnr_std'))}" if r.get("psnr_mean") is not None else r["status"]
+        ssim = f"{f(r.get('ssim_mean'), '{:.3f}')} ± {f(r.get('ssim_std'), '{:.3f}')}" if r.get("ssim_mean") is not None else ""
+        diff = ""
+        if r.get("diff_vs_e2e_mean") is not None:
+            per = ", ".join(f"{d:+.2f}" for d in r["diff_vs_e2e_per_seed"].values())
+            diff = f"{r['diff_vs_e2e_mean']:+.2f} [{r['diff_vs_e2e_min']:+.2f}, {r['diff_vs_e2e_max']:+.2f}] ({per})"
+        if r["status"] == "n/a":
+            psnr, diff = "n/a", r["note"]
+        lines.append(f"{r['regime'][:26]:<26} {r['variant']:<11} {r['seeds_done']:>2}/{r['seeds_asked']:<2} "
+                     f"{psnr:>14} {ssim:>13} {f(r.get('er_psnr_mean')):>15} {diff:<44} "
+                     f"{f(r.get('train_seconds_mean'), '{:.0f}'):>7}")
+    return "\n".join(lines)
+
+
+def markdown_rows(rows: List[Dict]) -> str:
+    """The README table: one line per (regime, variant), every seed of the paired difference."""
+    def f(x, fmt="{:.2f}"):
+        return "—" if x is None else fmt.format(x)
+
+    out = ["| regime | variant | seeds | PSNR dB (mean ± std) | SSIM | ER with its mask dB | row − E2E dB: mean [min, max] | per seed | train s |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["status"] == "n/a":
+            out.append(f"| {r['regime']} | {r['variant']} | — | n/a: {r['note']} | | | | | |")
+            continue
+        if not r["seeds_done"]:
+            out.append(f"| {r['regime']} | {r['variant']} | 0/{r['seeds_asked']} | NOT RUN | | | | | |")
+            continue
+        d = per = ""
+        if r.get("diff_vs_e2e_mean") is not None:
+            d = f"{r['diff_vs_e2e_mean']:+.2f} [{r['diff_vs_e2e_min']:+.2f}, {r['diff_vs_e2e_max']:+.2f}]"
+            per = ", ".join(f"{x:+.2f}" for x in r["diff_vs_e2e_per_seed"].values())
+        out.append(f"| {r['regime']} | {r['variant']} | {r['seeds_done']}/{r['seeds_asked']} | "
+                   f"{f(r.get('psnr_mean'))} ± {f(r.get('psnr_std'))} | {f(r.get('ssim_mean'), '{:.3f}')} | "
+                   f"{f(r.get('er_psnr_mean'))} | {d} | {per} | {f(r.get('train_seconds_mean'), '{:.0f}')} |")
+    return "\n".join(out)
+
+
+def write_report(plan: Dict, regimes: Sequence[Regime], variants: Sequence[str], seeds: Sequence[int],
+                 sizes: Dict, report: Path, *, quick: bool) -> List[Dict]:
+    """CSV + JSON + PNG of the finished runs (unfinished rows say so)."""
+    from optics.fileio import write_json, write_text
+
+    rows = summarize_plan(plan, regimes, variants, seeds, sizes)
+    report.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        r["reproduce"] = reproduce_command(r["regime"], r["variant"], seeds, quick)
+    cols = ["regime", "factor", "variant", "status", "seeds_done", "seeds_asked", "n_masks", "psnr_mean",
+            "psnr_std", "ssim_mean", "ssim_std", "er_psnr_mean", "er_psnr_std", "diff_vs_e2e_mean",
+            "diff_vs_e2e_min", "diff_vs_e2e_max", "diff_vs_e2e_all_positive", "diff_vs_e2e_per_seed",
+            "psnr_per_seed", "er_diff_vs_e2e_mean", "train_seconds_mean", "grad_recon_median", "grad_mask_median",
+            "grad_feature_median", "grad_output_median", "grad_unlabelled_median", "note", "reproduce"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (json.dumps(r[k]) if isinstance(r.get(k), dict) else r.get(k, "")) for k in cols})
+    write_text(report / "distillation.csv", buf.getvalue())
+    grads = {}
+    for rg in regimes:
+        for v in ("e2e", "kd"):
+            for s in seeds:
+                j = plan.get((rg.name, v, s))
+                ev = _load_eval(j, sizes) if j is not None else None
+                if ev and ev.get("grad_mask"):
+                    g = ev["grad_mask"]  # thinned to ≤ 33 points per run (the run folder has all)
+                    stride = max(1, len(g["step"]) // 32)
+                    grads.setdefault(rg.name, {}).setdefault(v, {})[s] = {k: [float(f"{y:.3g}") for y in x[::stride]] for k, x in g.items()}
+    meta = {"sizes": sizes, "seeds": list(seeds), "quick": quick, "base_common": BASE_COMMON,
+            "base_student": BASE_STUDENT, "variants": {v.name: v.doc for v in VARIANTS},
+            "regimes": {r.name: {"factor": r.factor, "doc": r.doc, "common": r.common, "student": r.student}
+                        for r in REGIMES},
+            "regimes_reported": [r.name for r in regimes],
+            "regimes_not_reported": [r.name for r in REGIMES if r not in regimes]}
+    write_json(report / "distillation.json", {"meta": meta, "rows": rows, "mask_gradients": grads})
+    write_text(report / "distillation.txt", format_rows(rows) + "\n")
+    write_text(report / "distillation.md", markdown_rows(rows) + "\n")
+    _figures(rows, grads, regimes, report)
+    return rows
+
+
+def _figures(rows, grads, regimes, report: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optics.fileio import save_figure
+
+    names = [r.name for r in regimes]
+    kd_vars = [v for v in STUDENT_ROWS if v != "e2e"]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(names) + 2), 3.6))
+    width = 0.8 / max(1, len(kd_vars))
+    plotted = False
+    for i, v in enumerate(kd_vars):
+        for k, rn in enumerate(names):
+            r = next((x for x in rows if x["regime"] == rn and x["variant"] == v), None)
+            if not r or not r.get("diff_vs_e2e_per_seed"):
+                continue
+            xpos = k - 0.4 + width * (i + 0.5)
+            d = list(r["diff_vs_e2e_per_seed"].values())
+            ax.bar(xpos, r["diff_vs_e2e_mean"], width * 0.9, color=f"C{i}", alpha=0.5,
+                   label=v if not any(l.get_label() == v for l in ax.patches) else None)
+            ax.plot([xpos] * len(d), d, "k.", ms=3)
+            plotted = True
+    ax.axhline(0, color="k", lw=0.8)
+    ax.axhline(1, color="g", lw=0.8, ls="--")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=20, fontsize=7, ha="right")
+    ax.set_ylabel("PSNR − E2E (dB), paired per seed")
+    ax.set_title("Does distillation help? bars: mean, dots: seeds, dashed: +1 dB goal", fontsize=9)
+    if plotted:
+        handles, labels = ax.get_legend_handles_labels()
+        uniq = dict(zip(labels, handles))
+        ax.legend(uniq.values(), uniq.keys(), fontsize=6, ncol=3)
+    fig.tight_layout()
+    save_figure(fig, report / "distillation.png", dpi=90)
+    plt.close(fig)
+
+    rg = [n for n in names if n in grads]
+    ncol = min(4, max(1, len(rg)))
+    nrow = max(1, math.ceil(len(rg) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(max(6.5, 3.4 * ncol), 2.9 * nrow + 0.4), squeeze=False)
+    for a in axes.flat[len(rg):]:
+        a.axis("off")
+    for a, rn in zip(axes.flat, rg):
+        for v, style in (("e2e", "-"), ("kd", "--")):
+            for s, g in sorted(grads[rn].get(v, {}).items()):
+                for ci, term in enumerate(("recon", "mask", "feature")):
+                    if term in g and any(x == x for x in g[term]):
+                        a.semilogy(g["step"], [max(x, 1e-12) for x in g[term]], style, color=f"C{ci}", lw=0.7,
+                                   alpha=0.8, label=f"{v} {term}" if s == min(grads[rn][v]) else None)
+        a.set_title(rn, fontsize=8)
+        a.set_xlabel("step", fontsize=7)
+        a.tick_params(labelsize=6)
+        a.legend(fontsize=5)
+    axes[0][0].set_ylabel("‖∂(w·term)/∂θ‖", fontsize=7)
+    fig.suptitle("gradient reaching the student's mask phases\n(solid: E2E, dashed: KD; every seed)", fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, report / "mask_gradients.png", dpi=60)
+    plt.close(fig)
+
+
+def list_status(plan: Dict, regimes: Sequence[Regime], variants: Sequence[str], seeds: Sequence[int],
+                sizes: Dict) -> str:
+    lines = [f"{'regime':<26} {'variant':<20} " + " ".join(f"{'seed ' + str(s):<18}" for s in seeds)]
+    n_done = n_all = 0
+    for r in regimes:
+        shown = set()
+        for v in variants:
+            for j in _chain(plan[(r.name, v, seeds[0])]):
+                if j.variant in shown:
+                    continue
+                shown.add(j.variant)
+                st = []
+                for s in seeds:
+                    job = next(x for x in _chain(plan[(r.name, v, s)]) if x.variant == j.variant)
+                    status = job_status(job, sizes)
+                    st.append(status)
+                    if status != "n/a":
+                        n_all += 1
+                        n_done += status == "done"
+                lines.append(f"{r.name[:26]:<26} {j.variant:<20} " + " ".join(f"{x:<18}" for x in st))
+    lines.append(f"{n_done}/{n_all} runs done")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes (16² objects, 4 steps)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="cache folder (default out/distillation, quick: out/distillation-quick)")
+    p.add_argument("--report", type=Path, default=None,
+                   help="report folder (default benchmarks/results/distillation; quick: OUT/report)")
+    p.add_argument("--regimes", nargs="+", default=None,
+                   help=f"regime names, 'priority' (default: {' '.join(PRIORITY)}) or 'all'")
+    p.add_argument("--variants", nargs="+", default=None,
+                   help=f"rows (default: {' '.join(DEFAULT_VARIANTS)}; 'all' = {' '.join(ROW_VARIANTS)})")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default 0 1 2)")
+    p.add_argument("--workers", type=int, default=1, help="runs in parallel (one torch thread each)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--list", action="store_true", help="show what is done / missing and exit")
+    p.add_argument("--report-only", action="store_true", help="write the report from the cache, train nothing")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def select_regimes(names: Optional[Sequence[str]], quick: bool) -> List[Regime]:
+    if not names:
+        names = ["base"] if quick else PRIORITY
+    if list(names) == ["all"]:
+        return [r for r in REGIMES if not r.requires_env or os.environ.get(r.requires_env)]
+    if list(names) == ["priority"]:
+        names = PRIORITY
+    out = []
+    by = {r.name: r for r in REGIMES}
+    for n in names:
+        if n not in by:
+            raise BenchmarkError(f"--regimes {n!r} is not a regime; choose from {REGIME_NAMES}, 'priority' or 'all'")
+        r = by[n]
+        if r.requires_env and not os.environ.get(r.requires_env):
+            raise BenchmarkError(f"regime {n!r} needs user data: set {r.requires_env} to its path")
+        out.append(r)
+    return out
+
+
+def select_variants(names: Optional[Sequence[str]]) -> List[str]:
+    if not names:
+        return list(DEFAULT_VARIANTS)
+    if list(names) == ["all"]:
+        return list(ROW_VARIANTS)
+    for n in names:
+        if n not in ROW_VARIANTS:
+            raise BenchmarkError(f"--variants {n!r} is not a row; choose from {ROW_VARIANTS} or 'all'")
+    out = list(dict.fromkeys(names))
+    if any(v in STUDENT_ROWS and v != "e2e" for v in out) and "e2e" not in out:
+        out.insert(0, "e2e")  # the paired difference needs the E2E student of the same seed
+    return out
+
+
+def main(argv=None, *, sizes_override: Optional[Dict] = None) -> int:
+    args = parse_args(argv)
+    sizes = sizes_override or SIZES["quick" if args.quick else "full"]
+    out = args.out or (ROOT / "out" / ("distillation-quick" if args.quick else "distillation"))
+    report = args.report or ((out / "report") if args.quick or sizes_override
+                             else ROOT / "benchmarks" / "results" / "distillation")
+    regimes = select_regimes(args.regimes, args.quick)
+    variants = select_variants(args.variants)
+    seeds = args.seeds or list(DEFAULT_SEEDS)
+    plan = build_plan(regimes, variants, seeds, sizes, out)
+    if args.list:
+        print(list_status(plan, regimes, variants, seeds, sizes))
+        return 0
+    t0 = time.perf_counter()
+    errors = {}
+    if not args.report_only:
+        errors = run_plan(plan, regimes, sizes, workers=args.workers, threads=args.threads,
+                          progress=not args.no_progress)
+    rows = write_report(plan, regimes, variants, seeds, sizes, report, quick=args.quick)
+    print(format_rows(rows))
+    print(f"report: {report}  ({time.perf_counter() - t0:.0f} s)")
+    for k, e in errors.items():
+        print(f"FAILED {k}: {e}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The machinery of benchmarks/distillation.py on a tiny configuration (no long training):
+cache, skip on re-run, resume of an interrupted run, --list, staleness, the paired report."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TINY = {"overrides": {"train.n_train": 8, "train.n_val": 4, "train.epochs": 2, "train.batch_size": 4,
+                      "train.grad_norm_every": 1, "data.size": 16},
+        "n_test": 4, "classical_iters": 5, "n_unlabelled": 4}
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("distillation_bench", ROOT / "benchmarks" / "distillation.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["distillation_bench"] = mod  # spawned workers pickle jobs by module name
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _args(out, *extra):
+    return ["--out", str(out), "--regimes", "base", "--variants", "kd", "fixed", "--seeds", "0",
+            "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def finished(bench, tmp_path_factory):
+    out = tmp_path_factory.mktemp("distill")
+    assert bench.main(_args(out), sizes_override=TINY) == 0
+    return out
+
+
+def _plan(bench, out):
+    regimes = bench.select_regimes(["base"], False)
+    variants = bench.select_variants(["kd", "fixed"])
+    return bench.build_plan(regimes, variants, [0], TINY, out), regimes, variants
+
+
+def test_runs_cached_and_report_pairs_seeds(bench, finished):
+    plan, regimes, variants = _plan(bench, finished)
+    assert variants == ["e2e", "kd", "fixed"]  # KD rows pull in the E2E student they are paired with
+    kd, e2e = plan[("base", "kd", 0)], plan[("base", "e2e", 0)]
+    assert kd.teacher.variant == "teacher" and kd.teacher.folder.parent == finished / "runs"
+    for j in (kd, kd.teacher, e2e, plan[("base", "fixed", 0)]):
+        assert bench.job_status(j, TINY) == "done"
+        ev = json.loads((j.folder / "eval.json").read_text())
+        assert set(ev["rows"]) == {"network", "er"} and len(ev["rows"]["network"]["psnr"]) == TINY["n_test"]
+    assert json.loads((kd.teacher.folder / "eval.json").read_text())["n_masks"] == 4
+    # the mask-gradient series of the KD student has one entry per term and logged step (4 steps)
+    g = json.loads((kd.folder / "eval.json").read_text())["grad_mask"]
+    assert g["step"] == [0, 1, 2, 3] and {"recon", "mask", "feature"} <= set(g)
+    rep = json.loads((finished / "report" / "distillation.json").read_text())
+    rows = {r["variant"]: r for r in rep["rows"]}
+    p_kd = json.loads((kd.folder / "eval.json").read_text())["rows"]["network"]["psnr_mean"]
+    p_e2e = json.loads((e2e.folder / "eval.json").read_text())["rows"]["network"]["psnr_mean"]
+    assert rows["kd"]["diff_vs_e2e_mean"] == pytest.approx(p_kd - p_e2e, abs=1e-9)
+    assert rows["kd"]["status"] == "done" and rows["kd"]["seeds_done"] == 1
+    assert "--regimes base --variants kd e2e --seeds 0" in rows["kd"]["reproduce"]
+    for name in ("distillation.csv", "distillation.png", "mask_gradients.png", "distillation.txt"):
+        assert (finished / "report" / name).stat().st_size > 0
+
+
+def test_same_numbers_as_phaseforge_evaluate(bench, finished):
+    """Phase objects: the benchmark's evaluation is `phaseforge evaluate --seed 0` (same objects,
+    same noise stream), number for number."""
+    from learning.evaluation import EvalEntry, evaluate_entries
+    from phaseforge.learn import load_run
+    plan, _, _ = _plan(bench, finished)
+    job = plan[("base", "kd", 0)]
+    _, model, _ = load_run(job.folder, "best")
+    objects = bench.test_objects(job, TINY)
+    ref = evaluate_entries([EvalEntry("n", model), EvalEntry("er", model, classical="er", n_iter=5)], objects,
+                           encoding="phase", phase_range_rad=(0.0, 3.141592653589793), seed=0, progress=False)
+    ev = json.loads((job.folder / "eval.json").read_text())["rows"]
+    assert ev["network"]["psnr"] == pytest.approx(ref["n"]["per_sample"]["psnr"], abs=1e-6)
+    assert ev["er"]["psnr"] == pytest.approx(ref["er"]["per_sample"]["psnr"], abs=1e-6)
+
+
+def test_gain_alignment(bench):
+    import torch
+    x = torch.rand(2, 8, 8).to(torch.complex64)
+    # amplitude: a scaled (and globally phased) copy is a perfect reconstruction after the gain
+    xa = bench.gain_align(2.5 * x * torch.exp(torch.tensor(0.7j)), x, "amplitude")
+    assert torch.allclose(xa.real, x.real, atol=1e-5) and float(xa.imag.abs().max()) == 0
+    xc = bench.gain_align(0.3j * x, x, "complex")
+    assert torch.allclose(xc, x, atol=1e-5)
+    y = torch.polar(torch.ones(8, 8), torch.rand(8, 8))
+    assert bench.gain_align(3 * y, y, "phase") is not None and torch.equal(bench.gain_align(3 * y, y, "phase"), 3 * y)
+
+
+def test_rerun_skips_finished_runs(bench, finished, capsys):
+    plan, _, _ = _plan(bench, finished)
+    before = {j.folder: (j.folder / "eval.json").stat().st_mtime_ns for j in plan.values()}
+    assert bench.main(_args(finished), sizes_override=TINY) == 0
+    out = capsys.readouterr().out
+    assert "done   base" not in out  # nothing was run
+    assert {j.folder: (j.folder / "eval.json").stat().st_mtime_ns for j in plan.values()} == before
+
+
+def test_interrupted_run_resumes_to_the_same_result(bench, finished):
+    plan, regimes, _ = _plan(bench, finished)
+    e2e = plan[("base", "e2e", 0)]
+    ref = json.loads((e2e.folder / "eval.json").read_text())["rows"]["network"]["psnr_mean"]
+    # simulate an interruption after the first epoch: no eval.json, no metrics.json, last.pt of epoch 1
+    import torch
+    from phaseforge.config import load
+    from phaseforge.learn import train_run
+    (e2e.folder / "eval.json").unlink()
+    cfg = load(bench.CONFIG_DIR / e2e.config, e2e.overrides)
+    train_run(cfg, e2e.folder, overwrite=True, progress=False, stop_after_epoch=1)
+    assert not (e2e.folder / "metrics.json").exists()
+    assert bench.job_status(e2e, TINY) == "partial (epoch 1)"
+    assert "partial (epoch 1)" in bench.list_status(plan, regimes, ["e2e"], [0], TINY)
+    torch.set_num_threads(1)
+    assert bench.run_plan({("base", "e2e", 0): e2e}, regimes, TINY, progress=False, log=lambda *a: None) == {}
+    again = json.loads((e2e.folder / "eval.json").read_text())
+    assert again["steps"] == 4
+    assert again["rows"]["network"]["psnr_mean"] == pytest.approx(ref, abs=1e-9)  # resumed = uninterrupted
+
+
+def test_list_and_stale_cache(bench, finished, capsys):
+    assert bench.main(_args(finished, "--list"), sizes_override=TINY) == 0
+    out = capsys.readouterr().out
+    assert "4/4 runs done" in out and "teacher" in out
+    other = dict(TINY, n_test=5)  # another evaluation size: the cached evaluations do not count
+    plan, _, _ = _plan(bench, finished)
+    assert bench.job_status(plan[("base", "kd", 0)], other) == "stale"
+
+
+def test_not_applicable_rows_and_bad_names(bench, tmp_path):
+    regimes = bench.select_regimes(["no-unet"], False)
+    plan = bench.build_plan(regimes, bench.select_variants(["kd_feature", "kd"]), [0], TINY, tmp_path)
+    assert bench.job_status(plan[("no-unet", "kd_feature", 0)], TINY) == "n/a"
+    assert bench.job_status(plan[("no-unet", "kd", 0)], TINY) == "missing"
+    # the budget factor is the student's: the teacher of the no-U-Net regime is the base teacher
+    base = bench.build_plan(bench.select_regimes(["base"], False), ["kd"], [0], TINY, tmp_path)
+    assert plan[("no-unet", "kd", 0)].teacher.key == base[("base", "kd", 0)].teacher.key
+    with pytest.raises(bench.BenchmarkError, match="not a regime; choose from"):
+        bench.select_regimes(["bogus"], False)
+    with pytest.raises(bench.BenchmarkError, match="PHASEFORGE_MNIST_IDX"):
+        bench.select_regimes(["mnist"], False)
