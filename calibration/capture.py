@@ -58,7 +58,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from optics.fileio import atomic_path
+from optics.fileio import atomic_path, sha256_file
 
 from .errors import CaptureError
 
@@ -95,12 +95,7 @@ def pattern_sha256(gray: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+file_sha256 = sha256_file  # the capture file's hash, recorded in CALIBRATION.h5 (optics.fileio)
 
 
 @dataclass

@@ -7,6 +7,8 @@ from typing import Iterable
 
 import numpy as np
 
+from optics.fileio import sha256_file  # noqa: F401  (re-exported: the export modules import it from here)
+
 from .errors import OutputExistsError
 
 
@@ -26,12 +28,6 @@ def sha256_array(a: np.ndarray) -> str:
     return hashlib.sha256(a.tobytes()).hexdigest()
 
 
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def sidecar_path(path) -> Path:

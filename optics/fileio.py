@@ -63,6 +63,18 @@ def replace_durably(tmp: PathLike, final: PathLike, *, fsync: bool = True) -> Pa
     return final
 
 
+def sha256_file(path: PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (the one file hash every layer records:
+    capture files in calibrations, designs and pixel data in export sidecars)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def write_json(path: PathLike, obj) -> Path:
     """Write ``obj`` as indented JSON atomically (NaN/inf written as strings, JSON has none)."""
     def fix(v):

@@ -14,3 +14,15 @@ def test_replace_durably_renames_and_replaces(tmp_path, fsync):
     assert final.read_bytes() == b"new content" and not tmp.exists()
     with pytest.raises(FileNotFoundError):  # nothing to rename: the caller learns it
         replace_durably(tmp, final, fsync=fsync)
+
+
+def test_sha256_file_matches_the_reference_digest(tmp_path):
+    # FIPS 180-2 test vector "abc", and a file larger than one read block
+    from optics.fileio import sha256_file
+
+    (tmp_path / "abc").write_bytes(b"abc")
+    assert sha256_file(tmp_path / "abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    import hashlib
+    big = bytes(range(256)) * 5000  # 1.28 MB > the 1 MiB block
+    (tmp_path / "big").write_bytes(big)
+    assert sha256_file(tmp_path / "big") == hashlib.sha256(big).hexdigest()
