@@ -115,16 +115,6 @@ def system_from_config(cfg: Config) -> CDPSystem:
     return system.eval()
 
 
-def system_from_file_params(params: dict, masks_rad: torch.Tensor, mask_amplitude=None) -> CDPSystem:
-    """The noiseless linear operator of a dataset file (its stored effective modulation)."""
-    o = params["optics"]
-    mod = torch.polar(torch.ones_like(masks_rad) if mask_amplitude is None else mask_amplitude, masks_rad)
-    opts = dict(params.get("propagation", {}) or {})
-    return CDPSystem(mod.to(torch.complex64), pitch_m=float(o["pitch_m"]), wavelength_m=float(o["wavelength_m"]),
-                     z_m=float(o["z_m"]), method=str(o["method"]), oversampling=float(o["oversampling"]),
-                     **opts).eval()
-
-
 def objects_from_config(cfg: Config):
     from learning.encoding import ObjectSet
     from learning.images import open_image_source

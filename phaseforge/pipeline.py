@@ -18,7 +18,7 @@ from optics.fileio import save_figure, save_npz, write_json, write_text
 from optics.grid import crop_centered, pad_centered
 
 from . import __version__
-from .build import effective_masks, objects_from_config, system_from_config, system_from_file_params
+from .build import effective_masks, objects_from_config, system_from_config
 from .config import Config, dump, from_yaml_text, load
 
 
@@ -249,7 +249,8 @@ def _padded_operator(params, masks, amp, system):
     a = None if amp is None else pad_centered(amp, shape)
     p = dict(params)
     p["optics"] = dict(params["optics"], oversampling=1.0)
-    padded = system_from_file_params(p, m, a)
+    from learning.h5io.physics import operator_from_params
+    padded = operator_from_params(p, m, a)
     support = pad_centered(torch.ones(system.in_shape, dtype=torch.bool), shape)
     return padded, support
 

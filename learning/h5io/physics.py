@@ -12,7 +12,7 @@ from ..errors import DatasetFormatError
 from .attrs import py_value, read_params_group
 from .format import open_cdp_file
 
-__all__ = ["physics_from_file", "SENSOR_KEYS"]
+__all__ = ["physics_from_file", "operator_from_params", "SENSOR_KEYS"]
 
 #: ``/parameters/sensor`` attributes passed to :class:`optics.sensor.Sensor` (``pitch_m`` aside).
 SENSOR_KEYS = ("quantum_efficiency", "mean_photons", "read_noise_e", "dark_current_e_per_s",
@@ -26,6 +26,19 @@ def _require(group: dict, keys, where: str, p: Path) -> None:
             f"{p}: /parameters/{where} lacks {', '.join(missing)}; physics_from_file needs the "
             f"parameters `phaseforge simulate` stores — re-simulate the file, or build the "
             f"operator yourself from read_params/read_masks")
+
+
+def operator_from_params(params: dict, masks_rad: torch.Tensor, mask_amplitude=None) -> CDPSystem:
+    """The noiseless :class:`optics.cdp.CDPSystem` of a stored parameter tree (``/parameters``
+    as :func:`read_params` returns it) and effective modulation ``amplitude·exp(i·masks_rad)``;
+    callers may change the tree first (e.g. ``oversampling`` for an operator on the padded grid)."""
+    o = params["optics"]
+    mod = torch.polar(torch.ones_like(masks_rad) if mask_amplitude is None else mask_amplitude,
+                      masks_rad).to(torch.complex64)
+    opts = {k: v for k, v in (params.get("propagation") or {}).items() if v is not None}
+    return CDPSystem(mod, pitch_m=float(o["pitch_m"]), wavelength_m=float(o["wavelength_m"]),
+                     z_m=float(o["z_m"]), method=str(o["method"]),
+                     oversampling=float(o.get("oversampling") or 1.0), **opts).eval()
 
 
 def physics_from_file(path) -> tuple[CDPSystem, Sensor | None]:
@@ -52,11 +65,7 @@ def physics_from_file(path) -> tuple[CDPSystem, Sensor | None]:
         units = py_value(f["measurements"].attrs["units"])
     o = params.get("optics") or {}
     _require(o, ("pitch_m", "wavelength_m", "z_m", "method"), "optics", p)
-    mod = torch.polar(torch.ones_like(masks) if amp is None else amp, masks).to(torch.complex64)
-    opts = {k: v for k, v in (params.get("propagation") or {}).items() if v is not None}
-    system = CDPSystem(mod, pitch_m=float(o["pitch_m"]), wavelength_m=float(o["wavelength_m"]),
-                       z_m=float(o["z_m"]), method=str(o["method"]),
-                       oversampling=float(o.get("oversampling") or 1.0), **opts).eval()
+    system = operator_from_params(params, masks, amp)
     s = params.get("sensor")
     if units != "DN" or not s or not s.get("enabled", True):
         return system, None
