@@ -33,8 +33,12 @@ hash is that of the resolved configuration and of its teacher's, so a teacher sh
 regimes is trained once) and is finished when its ``eval.json`` exists; an interrupted run
 resumes from ``checkpoints/last.pt``. Re-running skips finished runs; ``--list`` shows what is
 done and missing. Report (``--report DIR``): ``distillation.csv``, ``distillation.json``,
-``distillation.png`` (KD − E2E per variant, every seed) and ``mask_gradients.png`` (norm of the
-gradient reaching the mask phases over training, E2E vs KD).
+``distillation.md`` (every row), ``distillation_summary.md`` (one line per regime: the README
+table), ``distillation.png`` (KD − E2E per variant, every seed) and ``mask_gradients.png`` (norm
+of the gradient reaching the mask phases over training, E2E vs KD). The report accumulates
+sittings: the rows already in ``DIR/distillation.json`` (committed; the run cache under ``out/``
+is not) are kept unless this sitting has as many or more seeds of the same row
+(:func:`merge_previous`), and every row says when it was ``measured``.
 
     python benchmarks/distillation.py --quick                 # smoke run (tiny sizes), < 10 min
     python benchmarks/distillation.py --list                  # what is done / missing
@@ -147,8 +151,8 @@ REGIMES: List[Regime] = [
            student={"model.widths": []}),
     # images
     Regime("size-64", "images", "64² objects", {"data.size": 64}),
-    Regime("faces", "images", "a user folder of face images (PHASEFORGE_FACES_DIR)",
-           requires_env="PHASEFORGE_FACES_DIR"),
+    Regime("faces", "images", "faces only: the 100 faces of scikit-image's lfw_subset (embedded:faces)",
+           {"data.source": "embedded:faces"}),
     Regime("labels-64", "data", "64 labelled training objects (¼), epochs ×4 (same steps): scarce labels",
            label_fraction=0.25),
     Regime("mnist", "images", "MNIST-like sparse images from a user IDX file (PHASEFORGE_MNIST_IDX)",
@@ -186,6 +190,7 @@ class Variant:
     needs_net: bool = False                  # needs a student U-Net (feature terms)
     hidden: bool = False                     # an intermediate run, not a row of its own
     transfer: bool = False                   # a §3 stronger transfer
+    extra_labelled: bool = False             # + the unlabelled pool's objects, with ground truth
 
 
 NO_KD = {"distill.mask_weight": 0.0, "distill.feature_weight": 0.0, "distill.output_weight": 0.0}
@@ -215,6 +220,9 @@ VARIANTS: List[Variant] = [
             {"distill.unlabelled_weight": 1.0}, teacher="teacher", transfer=True),
     Variant("kd_unlab3", "weight sweep: unlabelled pseudo-labels alone, w 3", "student_distill.yaml",
             dict(NO_KD, **{"distill.unlabelled_weight": 3.0}), teacher="teacher", transfer=True),
+    Variant("e2e_all", "control for kd_unlab: E2E with ground truth for the same extra objects "
+            "(n_train + n_unlabelled labelled; epochs rounded up, so ≥ the same steps)", "student_e2e.yaml",
+            extra_labelled=True),
     Variant("prog_l2", "intermediate: L = 2 student distilled from the teacher", "student_distill.yaml",
             {"masks.n_masks": 2}, teacher="teacher", hidden=True),
     Variant("kd_prog", "progressive L = 4 → 2 → 1 (mask + feature at each stage)", "student_distill.yaml",
@@ -293,6 +301,12 @@ def make_job(regime: Regime, variant: str, seed: int, sizes: Dict, out: Path, me
         ov.update(student)
     if v.overrides:
         ov.update(v.overrides)
+    if v.extra_labelled:
+        # the objects kd_unlab sees without labels (train split items n_train … n_train +
+        # n_unlabelled, see phaseforge.learn) are added with their ground truth
+        n0, e0 = ov["train.n_train"], ov["train.epochs"]
+        ov["train.n_train"] = n0 + sizes["n_unlabelled"]
+        ov["train.epochs"] = max(1, math.ceil(e0 * n0 / ov["train.n_train"]))
     if ov.get("distill.unlabelled_weight", 0) > 0:
         ov["distill.n_unlabelled"] = sizes["n_unlabelled"]
     has_net = _student_has_net(regime)
@@ -693,7 +707,8 @@ def markdown_rows(rows: List[Dict]) -> str:
             out.append(f"| {r['regime']} | {r['variant']} | — | n/a: {r['note']} | | | | | |")
             continue
         if not r["seeds_done"]:
-            out.append(f"| {r['regime']} | {r['variant']} | 0/{r['seeds_asked']} | NOT RUN | | | | | |")
+            note = f" ({r['note']})" if r.get("note") else ""
+            out.append(f"| {r['regime']} | {r['variant']} | 0/{r['seeds_asked']} | NOT RUN{note} | | | | | |")
             continue
         d = per = ""
         if r.get("diff_vs_e2e_mean") is not None:
@@ -705,27 +720,165 @@ def markdown_rows(rows: List[Dict]) -> str:
     return "\n".join(out)
 
 
+#: the rows issue 8 §1 asks of every regime (shown as NOT RUN where missing)
+CORE_VARIANTS = ["teacher", "e2e", "kd", "kd_mask", "kd_feature", "fixed"]
+
+
+def _measured_utc(plan: Dict, row: Dict, sizes: Dict) -> Optional[str]:
+    """When the row's runs finished: the newest ``eval.json`` of its seeds (UTC, minutes)."""
+    import datetime
+    times = []
+    for (rn, v, _), job in plan.items():
+        if rn == row["regime"] and v == row["variant"] and job_status(job, sizes) == "done":
+            times.append((job.folder / "eval.json").stat().st_mtime)
+    if not times:
+        return None
+    return datetime.datetime.fromtimestamp(max(times), datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def merge_previous(fresh: List[Dict], fresh_grads: Dict, previous: Optional[Dict], sizes: Dict,
+                   seeds: Sequence[int], quick: bool, log=print):
+    """Rows of this sitting merged with the report of earlier sittings (``previous``: the
+    report's JSON), so that a sweep run over several sittings (and machines: the run cache under
+    ``out/`` is not kept, the report is committed) accumulates into one table.
+
+    Per (regime, variant) the row with more finished seeds wins; on a tie this sitting's. A
+    previous report made with other sizes, seeds or mode is not merged (its rows would not be
+    comparable). Rows keep ``measured`` (when their runs finished)."""
+    by = {(r["regime"], r["variant"]): r for r in fresh}
+    grads = dict(fresh_grads)
+    if previous:
+        meta = previous.get("meta", {})
+        if meta.get("sizes") != json.loads(json.dumps(sizes)) or list(meta.get("seeds", [])) != list(seeds) \
+                or bool(meta.get("quick")) != bool(quick):
+            log("previous report not merged: it was made with other sizes, seeds or mode")
+        else:
+            for old in previous.get("rows", []):
+                k = (old["regime"], old["variant"])
+                if k[0] not in REGIME_NAMES or k[1] not in ROW_VARIANTS:
+                    continue
+                new = by.get(k)
+                if old.get("status") == "n/a":
+                    by.setdefault(k, old)
+                    continue
+                if not old.get("seeds_done"):
+                    continue
+                if new is None or new.get("seeds_done", 0) < old["seeds_done"]:
+                    old = dict(old)
+                    old.setdefault("measured", "an earlier sitting")
+                    # JSON turned the per-seed keys into strings
+                    for key in ("diff_vs_e2e_per_seed", "psnr_per_seed", "er_psnr_per_seed"):
+                        if isinstance(old.get(key), dict):
+                            old[key] = {int(s): v for s, v in old[key].items()}
+                    by[k] = old
+                    if k[1] in ("e2e", "kd") and k[0] in previous.get("mask_gradients", {}) \
+                            and k[0] not in fresh_grads:
+                        grads[k[0]] = previous["mask_gradients"][k[0]]
+    # every regime of REGIMES in order; rows with data, the core rows, and the rows asked
+    asked = {(r["regime"], r["variant"]) for r in fresh}
+    rows = []
+    for rg in REGIMES:
+        for v in ROW_VARIANTS:
+            k = (rg.name, v)
+            r = by.get(k)
+            if r is not None and (r.get("seeds_done") or r["status"] == "n/a" or k in asked):
+                rows.append(r)
+            elif v in CORE_VARIANTS:
+                rows.append(r or {"regime": rg.name, "factor": rg.factor, "variant": v, "seeds_done": 0,
+                                  "seeds_asked": len(seeds), "status": "NOT RUN",
+                                  "note": (f"needs user data: set {rg.requires_env}" if rg.requires_env else "")})
+    return rows, grads
+
+
+SUMMARY_VARIANTS = ["kd", "kd_mask", "kd_feature", "fixed", "kd_ct", "kd_unlab", "kd_output", "kd_unlab_all",
+                    "e2e_all"]
+
+
+def summary_table(rows: List[Dict]) -> str:
+    """One line per regime (the README table): teacher and E2E PSNR, the classical solver with
+    E2E's mask, and every student row's paired Δ vs E2E, mean [min, max] over seeds; **bold**:
+    every seed positive; · not run; n/a not applicable; (k/3) fewer seeds than asked."""
+    by = {(r["regime"], r["variant"]): r for r in rows}
+
+    def psnr(r):
+        if r is None or not r.get("seeds_done"):
+            return "·"
+        return f"{r['psnr_mean']:.2f}" + ("" if r["seeds_done"] == r["seeds_asked"] else f" ({r['seeds_done']}/{r['seeds_asked']})")
+
+    def delta(r):
+        if r is None:
+            return "·"
+        if r["status"] == "n/a":
+            return "n/a"
+        if r.get("diff_vs_e2e_mean") is None:
+            return "·"
+        txt = f"{r['diff_vs_e2e_mean']:+.2f} [{r['diff_vs_e2e_min']:+.2f}, {r['diff_vs_e2e_max']:+.2f}]"
+        if r["seeds_done"] != r["seeds_asked"]:
+            txt += f" ({r['seeds_done']}/{r['seeds_asked']})"
+        return f"**{txt}**" if r.get("diff_vs_e2e_all_positive") else txt
+
+    head = ["regime", "teacher", "E2E", "ER, E2E's mask"] + SUMMARY_VARIANTS
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rg in REGIMES:
+        e2e = by.get((rg.name, "e2e"))
+        er = f"{e2e['er_psnr_mean']:.2f}" if e2e and e2e.get("seeds_done") else "·"
+        cells = [f"`{rg.name}`", psnr(by.get((rg.name, "teacher"))), psnr(e2e), er]
+        cells += [delta(by.get((rg.name, v))) for v in SUMMARY_VARIANTS]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def write_report(plan: Dict, regimes: Sequence[Regime], variants: Sequence[str], seeds: Sequence[int],
-                 sizes: Dict, report: Path, *, quick: bool) -> List[Dict]:
-    """CSV + JSON + PNG of the finished runs (unfinished rows say so)."""
+                 sizes: Dict, report: Path, *, quick: bool, log=print) -> List[Dict]:
+    """CSV + JSON + PNG of the finished runs (unfinished rows say so), merged with the rows of
+    earlier sittings already in ``report`` (:func:`merge_previous`)."""
     from optics.fileio import write_json, write_text
 
-    rows = summarize_plan(plan, regimes, variants, seeds, sizes)
+    fresh = summarize_plan(plan, regimes, variants, seeds, sizes)
+    for r in fresh:
+        if r.get("seeds_done"):
+            r["measured"] = _measured_utc(plan, r, sizes)
     report.mkdir(parents=True, exist_ok=True)
+    prev_path = report / "distillation.json"
+    previous = None
+    if prev_path.is_file():
+        try:
+            previous = json.loads(prev_path.read_text())
+        except ValueError:
+            log(f"previous report {prev_path} is not valid JSON: not merged")
+    rows, grads = merge_previous(fresh, _fresh_grads(plan, regimes, seeds, sizes), previous, sizes, seeds,
+                                 quick, log=log)
     for r in rows:
         r["reproduce"] = reproduce_command(r["regime"], r["variant"], seeds, quick)
+    reported = [rg.name for rg in REGIMES if any(r["regime"] == rg.name and r.get("seeds_done") for r in rows)]
+    meta = {"sizes": sizes, "seeds": list(seeds), "quick": quick, "base_common": BASE_COMMON,
+            "base_student": BASE_STUDENT, "variants": {v.name: v.doc for v in VARIANTS},
+            "regimes": {r.name: {"factor": r.factor, "doc": r.doc, "common": r.common, "student": r.student}
+                        for r in REGIMES},
+            "regimes_reported": reported,
+            "regimes_not_reported": [r.name for r in REGIMES if r.name not in reported]}
     cols = ["regime", "factor", "variant", "status", "seeds_done", "seeds_asked", "n_masks", "psnr_mean",
             "psnr_std", "ssim_mean", "ssim_std", "er_psnr_mean", "er_psnr_std", "diff_vs_e2e_mean",
             "diff_vs_e2e_min", "diff_vs_e2e_max", "diff_vs_e2e_all_positive", "diff_vs_e2e_per_seed",
             "psnr_per_seed", "er_diff_vs_e2e_mean", "train_seconds_mean", "grad_recon_median", "grad_mask_median",
-            "grad_feature_median", "grad_output_median", "grad_unlabelled_median", "note", "reproduce"]
+            "grad_feature_median", "grad_output_median", "grad_unlabelled_median", "measured", "note", "reproduce"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
     for r in rows:
         w.writerow({k: (json.dumps(r[k]) if isinstance(r.get(k), dict) else r.get(k, "")) for k in cols})
     write_text(report / "distillation.csv", buf.getvalue())
-    grads = {}
+    write_json(report / "distillation.json", {"meta": meta, "rows": rows, "mask_gradients": grads})
+    write_text(report / "distillation.txt", format_rows(rows) + "\n")
+    write_text(report / "distillation.md", markdown_rows(rows) + "\n")
+    write_text(report / "distillation_summary.md", summary_table(rows) + "\n")
+    _figures(rows, grads, [r for r in REGIMES if r.name in grads or any(x["regime"] == r.name and x.get("seeds_done") for x in rows)], report)
+    return rows
+
+
+def _fresh_grads(plan: Dict, regimes: Sequence[Regime], seeds: Sequence[int], sizes: Dict) -> Dict:
+    """The mask-gradient series of the E2E and KD students of the plan, thinned to ≤ 33 points."""
+    grads: Dict = {}
     for rg in regimes:
         for v in ("e2e", "kd"):
             for s in seeds:
@@ -735,17 +888,7 @@ def write_report(plan: Dict, regimes: Sequence[Regime], variants: Sequence[str],
                     g = ev["grad_mask"]  # thinned to ≤ 33 points per run (the run folder has all)
                     stride = max(1, len(g["step"]) // 32)
                     grads.setdefault(rg.name, {}).setdefault(v, {})[s] = {k: [float(f"{y:.3g}") for y in x[::stride]] for k, x in g.items()}
-    meta = {"sizes": sizes, "seeds": list(seeds), "quick": quick, "base_common": BASE_COMMON,
-            "base_student": BASE_STUDENT, "variants": {v.name: v.doc for v in VARIANTS},
-            "regimes": {r.name: {"factor": r.factor, "doc": r.doc, "common": r.common, "student": r.student}
-                        for r in REGIMES},
-            "regimes_reported": [r.name for r in regimes],
-            "regimes_not_reported": [r.name for r in REGIMES if r not in regimes]}
-    write_json(report / "distillation.json", {"meta": meta, "rows": rows, "mask_gradients": grads})
-    write_text(report / "distillation.txt", format_rows(rows) + "\n")
-    write_text(report / "distillation.md", markdown_rows(rows) + "\n")
-    _figures(rows, grads, regimes, report)
-    return rows
+    return grads
 
 
 def _figures(rows, grads, regimes, report: Path) -> None:
@@ -901,6 +1044,13 @@ def main(argv=None, *, sizes_override: Optional[Dict] = None) -> int:
     plan = build_plan(regimes, variants, seeds, sizes, out)
     if args.list:
         print(list_status(plan, regimes, variants, seeds, sizes))
+        prev = report / "distillation.json"
+        if prev.is_file():
+            try:
+                rep = json.loads(prev.read_text()).get("meta", {})
+                print(f"{prev} (rows of every sitting so far) reports: {' '.join(rep.get('regimes_reported', []))}")
+            except ValueError:
+                print(f"{prev} is not valid JSON")
         return 0
     t0 = time.perf_counter()
     errors = {}

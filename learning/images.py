@@ -9,6 +9,8 @@ Sources
 * :func:`embedded_images` — the default; no download. Patches of the sample images that
   scikit-image ships inside its wheel, plus the 200 ``lfw_subset`` 25×25 crops, split into
   train/val/test **by source item** (see below) and augmented with the 8 flips/90° rotations.
+  ``"embedded:natural"`` keeps the sample-image patches only, ``"embedded:faces"`` the 100
+  faces of ``lfw_subset`` only.
 * :func:`folder_images` — a folder of ``.png/.jpg/.jpeg/.tif/.tiff/.bmp`` files.
 * :func:`npy_images` — a ``.npy`` array or one array of a ``.npz`` archive.
 * :func:`h5_images` — a dataset of an HDF5 file.
@@ -68,7 +70,7 @@ from .errors import ImageSourceError
 __all__ = [
     "ImageSet", "SubsetImageSet", "embedded_images", "folder_images", "npy_images",
     "h5_images", "idx_images", "open_image_source", "split_indices", "to_unit_gray",
-    "fit_to_size", "EMBEDDED_IMAGE_NAMES", "IMAGE_SUFFIXES", "SPLITS",
+    "fit_to_size", "EMBEDDED_IMAGE_NAMES", "EMBEDDED_SUBSETS", "IMAGE_SUFFIXES", "SPLITS",
 ]
 
 #: Split names accepted everywhere; ``"all"`` means no split.
@@ -400,14 +402,16 @@ class EmbeddedImageSet(ImageSet):
 
     _CROPS_PER_REGION = 5  # four aligned quadrants + the centred crop
 
-    def __init__(self, size: int, split: str, seed: int, n: int | None):
+    def __init__(self, size: int, split: str, seed: int, n: int | None, subset: str = "all"):
         self.size = size
         self.split = split
         self.seed = int(seed)
+        self.subset_name = subset
         keys, arrays, is_region = _embedded_sources(size)
-        chosen = [k for k, key in enumerate(keys) if split == "all" or _hash_split(key) == split]
+        chosen = [k for k, key in enumerate(keys)
+                  if _in_embedded_subset(key, subset) and (split == "all" or _hash_split(key) == split)]
         if not chosen:
-            raise ImageSourceError(f"embedded split {split!r} is empty at size {size}")
+            raise ImageSourceError(f"embedded split {split!r} of subset {subset!r} is empty at size {size}")
         self._keys = [keys[k] for k in chosen]
         self._arrays = [arrays[k] for k in chosen]
         self._is_region = [is_region[k] for k in chosen]
@@ -425,7 +429,7 @@ class EmbeddedImageSet(ImageSet):
             raise ImageSourceError(f"n must be a positive integer or None; got {n!r}")
         self._len = self.n_base if n is None else int(n)
         self.n_source_items = len(self._keys)
-        self.description = f"embedded split={split} seed={seed}"
+        self.description = f"embedded{'' if subset == 'all' else ':' + subset} split={split} seed={seed}"
 
     def __len__(self) -> int:
         return self._len
@@ -452,9 +456,28 @@ class EmbeddedImageSet(ImageSet):
         return self._keys[self._item(self._index(i))[0]]
 
 
+#: ``subset=`` of :func:`embedded_images` (config: ``"embedded"``, ``"embedded:natural"``,
+#: ``"embedded:faces"``)
+EMBEDDED_SUBSETS = ("all", "natural", "faces")
+#: ``skimage.data.lfw_subset()``: "100 first images are faces and subsequent 100 are non-faces"
+_LFW_N_FACES = 100
+
+
+def _in_embedded_subset(key: str, subset: str) -> bool:
+    if subset == "all":
+        return True
+    if key.startswith("lfw_subset/"):
+        return subset == "faces" and int(key.split("/", 1)[1]) < _LFW_N_FACES
+    return subset == "natural"
+
+
 def embedded_images(size: int, *, split: str = "train", seed: int = 0,
-                    n: int | None = None) -> EmbeddedImageSet:
+                    n: int | None = None, subset: str = "all") -> EmbeddedImageSet:
     """Built-in images (no download): sample-image patches and ``lfw_subset`` crops.
+
+    ``subset``: ``"all"`` (default), ``"natural"`` (the sample-image patches only) or
+    ``"faces"`` (the 100 faces of ``lfw_subset`` only, without its 100 non-face crops). A source
+    item keeps its split in every subset.
 
     Source items (see the module docstring for the split rule):
 
@@ -475,7 +498,9 @@ def embedded_images(size: int, *, split: str = "train", seed: int = 0,
     """
     size = _check_size(size)
     _check_split(split)
-    return EmbeddedImageSet(size, split, seed, n)
+    if subset not in EMBEDDED_SUBSETS:
+        raise ImageSourceError(f"embedded subset {subset!r} is not one of {EMBEDDED_SUBSETS}")
+    return EmbeddedImageSet(size, split, seed, n, subset)
 
 
 # --------------------------------------------------------------------------------------------
@@ -845,6 +870,8 @@ def open_image_source(spec, size: int, *, split: str = "train", seed: int = 0,
     ``spec``:
 
     * ``"embedded"`` → :func:`embedded_images` (``split``, ``seed`` and ``n`` passed on);
+      ``"embedded:natural"`` / ``"embedded:faces"`` → only its sample-image patches / only the
+      100 ``lfw_subset`` faces;
     * a directory → :func:`folder_images`;
     * ``*.npy`` / ``*.npz`` → :func:`npy_images` (``key`` picks the ``.npz`` member);
     * ``*.h5`` / ``*.hdf5`` / ``*.he5`` → :func:`h5_images` (``dataset`` picks the dataset);
@@ -857,8 +884,14 @@ def open_image_source(spec, size: int, *, split: str = "train", seed: int = 0,
     size = _check_size(size)
     _check_split(split)
     _check_resize_mode(resize)
-    if isinstance(spec, str) and spec.strip().lower() == "embedded":
-        return embedded_images(size, split=split, seed=seed, n=n)
+    if isinstance(spec, str) and spec.strip().lower().split(":", 1)[0] == "embedded":
+        name, _, subset = spec.strip().lower().partition(":")
+        if name == "embedded" and (subset or "all") in EMBEDDED_SUBSETS:
+            return embedded_images(size, split=split, seed=seed, n=n, subset=subset or "all")
+        if not Path(spec).expanduser().exists():
+            raise ImageSourceError(
+                f"image source {spec!r}: the embedded subsets are 'embedded', 'embedded:natural' "
+                f"and 'embedded:faces'")
     p = Path(spec).expanduser()
     if not p.exists():
         raise ImageSourceError(

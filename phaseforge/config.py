@@ -97,7 +97,7 @@ class SensorConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "embedded"  # embedded | a folder | .npy/.npz | .h5 | MNIST IDX file
+    source: str = "embedded"  # embedded[:natural|:faces] | a folder | .npy/.npz | .h5 | MNIST IDX file
     size: int = 32
     split: str = "train"
     n: Optional[int] = 64

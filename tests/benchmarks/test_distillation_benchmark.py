@@ -55,7 +55,7 @@ def test_runs_cached_and_report_pairs_seeds(bench, finished):
     g = json.loads((kd.folder / "eval.json").read_text())["grad_mask"]
     assert g["step"] == [0, 1, 2, 3] and {"recon", "mask", "feature"} <= set(g)
     rep = json.loads((finished / "report" / "distillation.json").read_text())
-    rows = {r["variant"]: r for r in rep["rows"]}
+    rows = {r["variant"]: r for r in rep["rows"] if r["regime"] == "base"}
     p_kd = json.loads((kd.folder / "eval.json").read_text())["rows"]["network"]["psnr_mean"]
     p_e2e = json.loads((e2e.folder / "eval.json").read_text())["rows"]["network"]["psnr_mean"]
     assert rows["kd"]["diff_vs_e2e_mean"] == pytest.approx(p_kd - p_e2e, abs=1e-9)
@@ -144,3 +144,48 @@ def test_not_applicable_rows_and_bad_names(bench, tmp_path):
         bench.select_regimes(["bogus"], False)
     with pytest.raises(bench.BenchmarkError, match="PHASEFORGE_MNIST_IDX"):
         bench.select_regimes(["mnist"], False)
+
+
+def test_report_accumulates_sittings(bench, finished, tmp_path):
+    """A later sitting on another machine (empty run cache) adds its rows to the committed
+    report; the rows of earlier sittings are kept, not turned into NOT RUN."""
+    import shutil
+    rep = tmp_path / "report"
+    shutil.copytree(finished / "report", rep)
+    before = {(r["regime"], r["variant"]): r for r in json.loads((rep / "distillation.json").read_text())["rows"]}
+    args = ["--out", str(tmp_path / "cache2"), "--report", str(rep), "--regimes", "no-unet", "--variants", "fixed",
+            "--seeds", "0", "--no-progress"]
+    assert bench.main(args, sizes_override=TINY) == 0
+    rep_json = json.loads((rep / "distillation.json").read_text())
+    rows = {(r["regime"], r["variant"]): r for r in rep_json["rows"]}
+    assert rows[("base", "kd")]["diff_vs_e2e_mean"] == before[("base", "kd")]["diff_vs_e2e_mean"]
+    assert rows[("base", "kd")]["seeds_done"] == 1 and rows[("base", "kd")]["measured"]
+    assert rows[("no-unet", "fixed")]["seeds_done"] == 1 and rows[("no-unet", "fixed")]["measured"]
+    assert rows[("size-64", "kd")]["status"] == "NOT RUN"  # every regime is listed
+    assert rows[("mnist", "kd")]["note"] == "needs user data: set PHASEFORGE_MNIST_IDX"
+    assert {"base", "no-unet"} <= set(rep_json["meta"]["regimes_reported"])
+    summary = (rep / "distillation_summary.md").read_text()
+    assert "| `base` |" in summary and "| `no-unet` |" in summary and "| `size-64` | · |" in summary
+    # a report of other sizes is not merged (its numbers are not comparable)
+    other = dict(TINY, n_test=5)
+    assert bench.main(args, sizes_override=other) == 0
+    rows = {(r["regime"], r["variant"]) for r in json.loads((rep / "distillation.json").read_text())["rows"]
+            if r.get("seeds_done")}
+    assert ("base", "kd") not in rows and ("no-unet", "fixed") in rows
+
+
+def test_more_data_control_sees_the_unlabelled_objects_with_labels(bench, tmp_path):
+    """e2e_all trains E2E on the training objects plus, with ground truth, the very objects
+    kd_unlab sees without labels (items n_train … n_train + n_unlabelled of the training split),
+    for at least as many steps."""
+    from phaseforge.config import load
+    from phaseforge.learn import load_objects
+    plan = bench.build_plan(bench.select_regimes(["base"], False), ["e2e_all", "kd_unlab"], [0], TINY, tmp_path)
+    c_all = load(bench.CONFIG_DIR / "student_e2e.yaml", plan[("base", "e2e_all", 0)].overrides)
+    c_kd = load(bench.CONFIG_DIR / "student_distill.yaml", plan[("base", "kd_unlab", 0)].overrides)
+    n0, e0, b = TINY["overrides"]["train.n_train"], TINY["overrides"]["train.epochs"], TINY["overrides"]["train.batch_size"]
+    assert c_all.train.n_train == n0 + TINY["n_unlabelled"] == c_kd.train.n_train + c_kd.distill.n_unlabelled
+    assert c_all.train.epochs * (c_all.train.n_train // b) >= e0 * (n0 // b)
+    labelled = load_objects(c_all, "train", c_all.train.n_train, "n")
+    pool = load_objects(c_kd, "train", c_kd.train.n_train + c_kd.distill.n_unlabelled, "n")
+    assert bool((labelled == pool).all())

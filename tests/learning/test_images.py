@@ -80,6 +80,30 @@ def test_embedded_bad_split_is_an_error():
         embedded_images(SIZE, split="training")
 
 
+def test_embedded_subsets_partition_the_sources_and_keep_their_split(embedded_splits):
+    from skimage.data import lfw_subset
+    faces_px = np.asarray(lfw_subset()[:100])
+    for split, whole in embedded_splits.items():
+        keys = {whole.source_key(i) for i in range(len(whole))}
+        faces = open_image_source("embedded:faces", SIZE, split=split)
+        natural = open_image_source("embedded:natural", SIZE, split=split)
+        fk = {faces.source_key(i) for i in range(len(faces))}
+        nk = {natural.source_key(i) for i in range(len(natural))}
+        # faces: only the first 100 lfw_subset crops (its faces), never its 100 non-face crops
+        assert fk and all(k.startswith("lfw_subset/") and int(k.split("/")[1]) < 100 for k in fk)
+        assert nk and not any(k.startswith("lfw_subset/") for k in nk)
+        # every item keeps the split it has in the whole set (no test face leaks into training)
+        assert fk <= keys and nk <= keys
+        assert fk | nk == {k for k in keys if not (k.startswith("lfw_subset/") and int(k.split("/")[1]) >= 100)}
+    # a face item is that face's pixels, resized (up to a dihedral transform)
+    f = open_image_source("embedded:faces", 25, split="test")
+    k = int(f.source_key(0).split("/")[1])
+    ref = to_unit_gray(faces_px[k])
+    assert any(np.allclose(f[0], np.rot90(t, r), atol=1e-6) for t in (ref, ref[:, ::-1]) for r in range(4))
+    with pytest.raises(ImageSourceError, match="embedded:faces"):
+        open_image_source("embedded:nonfaces", SIZE)
+
+
 # ---------------------------------------------------------------- normalisation
 def test_to_unit_gray_rules():
     np.testing.assert_array_equal(to_unit_gray(np.array([[0, 255]], np.uint8)), [[0.0, 1.0]])
