@@ -97,11 +97,19 @@ def write_text(path: PathLike, text: str) -> Path:
     return Path(path)
 
 
-def save_figure(fig, path: PathLike, **kw) -> Path:
-    """``fig.savefig`` to a temporary name, then rename (format from the final suffix)."""
+def save_figure(fig, path: PathLike, *, close: bool = True, **kw) -> Path:
+    """``fig.savefig`` to a temporary name, then rename (format from the final suffix).
+
+    ``close`` (default): the figure is closed afterwards, so that pyplot does not keep every
+    saved figure alive in a long-running process (a training sweep, a notebook loop)."""
     p = Path(path)
-    with atomic_path(p, keep_partial=False) as tmp:
-        fig.savefig(tmp, format=p.suffix.lstrip(".") or "png", **kw)
+    try:
+        with atomic_path(p, keep_partial=False) as tmp:
+            fig.savefig(tmp, format=p.suffix.lstrip(".") or "png", **kw)
+    finally:
+        if close:
+            import matplotlib.pyplot as plt
+            plt.close(fig)
     return p
 
 
