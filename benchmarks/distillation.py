@@ -641,6 +641,11 @@ def summarize_plan(plan: Dict, regimes: Sequence[Regime], variants: Sequence[str
                 row["psnr_per_seed"] = {s: evs[s]["rows"]["network"]["psnr_mean"] for s in done}
                 row["er_psnr_per_seed"] = {s: evs[s]["rows"]["er"]["psnr_mean"] for s in done}
                 row["train_seconds_mean"] = _stats([evs[s]["train_seconds"] for s in done])["mean"]
+                # the validation PSNR of the selected checkpoint: what a choice of settings may use
+                # (the test split must not)
+                vals = [evs[s].get("best_val_psnr") for s in done]
+                if all(v is not None for v in vals):
+                    row["val_psnr_mean"] = _stats(vals)["mean"]
                 row["n_masks"] = evs[done[0]]["n_masks"]
                 # the paper's argument: how much gradient reaches the mask from each term
                 # (median over the logged steps, then mean over seeds)
@@ -658,6 +663,11 @@ def summarize_plan(plan: Dict, regimes: Sequence[Regime], variants: Sequence[str
                               for s in done if e2e.get(s) is not None}
                     paired_er = {s: evs[s]["rows"]["er"]["psnr_mean"] - e2e[s]["rows"]["er"]["psnr_mean"]
                                  for s in done if e2e.get(s) is not None}
+                    paired_val = [evs[s].get("best_val_psnr") - e2e[s].get("best_val_psnr") for s in done
+                                  if e2e.get(s) is not None and evs[s].get("best_val_psnr") is not None
+                                  and e2e[s].get("best_val_psnr") is not None]
+                    if paired_val:
+                        row["val_diff_vs_e2e_mean"] = _stats(paired_val)["mean"]
                     st = _stats(list(paired.values()))
                     row.update(diff_vs_e2e_per_seed=paired, diff_vs_e2e_mean=st["mean"],
                                diff_vs_e2e_min=st["min"], diff_vs_e2e_max=st["max"],
@@ -861,7 +871,8 @@ def write_report(plan: Dict, regimes: Sequence[Regime], variants: Sequence[str],
             "psnr_std", "ssim_mean", "ssim_std", "er_psnr_mean", "er_psnr_std", "diff_vs_e2e_mean",
             "diff_vs_e2e_min", "diff_vs_e2e_max", "diff_vs_e2e_all_positive", "diff_vs_e2e_per_seed",
             "psnr_per_seed", "er_diff_vs_e2e_mean", "train_seconds_mean", "grad_recon_median", "grad_mask_median",
-            "grad_feature_median", "grad_output_median", "grad_unlabelled_median", "measured", "note", "reproduce"]
+            "grad_feature_median", "grad_output_median", "grad_unlabelled_median", "val_psnr_mean",
+            "val_diff_vs_e2e_mean", "measured", "note", "reproduce"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
