@@ -838,6 +838,30 @@ def summary_table(rows: List[Dict]) -> str:
     return "\n".join(out)
 
 
+def across_regimes_table(rows: List[Dict]) -> str:
+    """One line per student row over every regime where it was measured with all seeds: the
+    mean paired Δ vs E2E over regimes (test, and validation — the split a choice of default
+    settings may use), and in how many regimes every seed was positive / negative."""
+    out = ["| row | regimes | mean Δ test dB | mean Δ validation dB | every seed > 0 | every seed < 0 "
+           "| best regime (Δ test) | worst regime (Δ test) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for v in [v for v in STUDENT_ROWS if v != "e2e"]:
+        rs = [r for r in rows if r["variant"] == v and r.get("diff_vs_e2e_mean") is not None
+              and r["seeds_done"] == r["seeds_asked"]]
+        if not rs:
+            continue
+        vals = [r["val_diff_vs_e2e_mean"] for r in rs if r.get("val_diff_vs_e2e_mean") is not None]
+        pos = [r["regime"] for r in rs if r.get("diff_vs_e2e_all_positive")]
+        neg = [r["regime"] for r in rs if all(d < 0 for d in r["diff_vs_e2e_per_seed"].values())]
+        best = max(rs, key=lambda r: r["diff_vs_e2e_mean"])
+        worst = min(rs, key=lambda r: r["diff_vs_e2e_mean"])
+        mv = f"{sum(vals) / len(vals):+.2f} ({len(vals)})" if vals else "—"
+        out.append(f"| `{v}` | {len(rs)} | {sum(r['diff_vs_e2e_mean'] for r in rs) / len(rs):+.2f} | {mv} | "
+                   f"{len(pos)} | {len(neg)} | {best['regime']} {best['diff_vs_e2e_mean']:+.2f} | "
+                   f"{worst['regime']} {worst['diff_vs_e2e_mean']:+.2f} |")
+    return "\n".join(out)
+
+
 def write_report(plan: Dict, regimes: Sequence[Regime], variants: Sequence[str], seeds: Sequence[int],
                  sizes: Dict, report: Path, *, quick: bool, log=print) -> List[Dict]:
     """CSV + JSON + PNG of the finished runs (unfinished rows say so), merged with the rows of
@@ -882,7 +906,7 @@ def write_report(plan: Dict, regimes: Sequence[Regime], variants: Sequence[str],
     write_json(report / "distillation.json", {"meta": meta, "rows": rows, "mask_gradients": grads})
     write_text(report / "distillation.txt", format_rows(rows) + "\n")
     write_text(report / "distillation.md", markdown_rows(rows) + "\n")
-    write_text(report / "distillation_summary.md", summary_table(rows) + "\n")
+    write_text(report / "distillation_summary.md", summary_table(rows) + "\n\n" + across_regimes_table(rows) + "\n")
     _figures(rows, grads, [r for r in REGIMES if r.name in grads or any(x["regime"] == r.name and x.get("seeds_done") for x in rows)], report)
     return rows
 
