@@ -155,7 +155,7 @@ class DistillConfig:
     mask_weight: float = 1.0
     feature_levels: List[int] = field(default_factory=lambda: [0])  # decoder level k at H/2^k
     feature_kind: str = "mse"  # mse | l1 | cosine
-    feature_weight: float = 0.1
+    feature_weight: float = 0.0  # measured default (issue 8); the paper's losses use 0.1
     output_weight: float = 0.0
     balance: bool = False  # scale each term by its mask-gradient norm after the warm-up
     balance_warmup: int = 50

@@ -29,8 +29,9 @@ def test_train_distill_evaluate_end_to_end(tmp_path, capsys):
     t, s, d = tmp_path / "teacher", tmp_path / "student", tmp_path / "kd"
     assert main(["train", "--config", "data/configs/teacher.yaml", "--out", str(t), *TINY, *_tiny("[4,8]")]) == 0
     assert main(["train", "--config", "data/configs/student_e2e.yaml", "--out", str(s), *TINY, *_tiny("[2,4]")]) == 0
+    # the paper's losses (mask + feature); the shipped default is the mask loss alone (issue 8)
     assert main(["distill", "--teacher", str(t), "--config", "data/configs/student_distill.yaml", "--out", str(d),
-                 *TINY, *_tiny("[2,4]")]) == 0
+                 *TINY, *_tiny("[2,4]"), "--set", "distill.feature_weight=0.1"]) == 0
     for run in (t, s, d):
         for f in ("config.yaml", "checkpoints/last.pt", "checkpoints/best.pt", "history.csv", "val.csv",
                   "curves.png", "mask_grad_norms.png", "masks.png", "metrics.json", "design.h5"):
@@ -66,7 +67,8 @@ def test_train_distill_evaluate_end_to_end(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
     # feature levels the teacher's network lacks (teacher widths [4, 8]: levels 0 and 1)
     assert main(["distill", "--teacher", str(t), "--config", "data/configs/student_distill.yaml",
-                 "--out", str(tmp_path / "bad"), *TINY, *_tiny("[2,4,8]"), "--set", "distill.feature_levels=[2]"]) == 2
+                 "--out", str(tmp_path / "bad"), *TINY, *_tiny("[2,4,8]"), "--set", "distill.feature_levels=[2]",
+                 "--set", "distill.feature_weight=0.1"]) == 2
     assert "decoder level 2" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     # a corrupt checkpoint gives a clear error
