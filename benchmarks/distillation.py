@@ -797,14 +797,14 @@ def merge_previous(fresh: List[Dict], fresh_grads: Dict, previous: Optional[Dict
                     if k[1] in ("e2e", "kd") and k[0] in previous.get("mask_gradients", {}) \
                             and k[0] not in fresh_grads:
                         grads[k[0]] = previous["mask_gradients"][k[0]]
-    # every regime of REGIMES in order; rows with data, the core rows, and the rows asked
-    asked = {(r["regime"], r["variant"]) for r in fresh}
+    # every regime of REGIMES in order: the rows with data (also incomplete ones), n/a rows, and
+    # the core rows of §1 (NOT RUN where missing); other rows never run are left out
     rows = []
     for rg in REGIMES:
         for v in ROW_VARIANTS:
             k = (rg.name, v)
             r = by.get(k)
-            if r is not None and (r.get("seeds_done") or r["status"] == "n/a" or k in asked):
+            if r is not None and (r.get("seeds_done") or r["status"] == "n/a"):
                 rows.append(r)
             elif v in CORE_VARIANTS:
                 rows.append(r or {"regime": rg.name, "factor": rg.factor, "variant": v, "seeds_done": 0,
@@ -946,8 +946,10 @@ def _figures(rows, grads, regimes, report: Path) -> None:
     from optics.fileio import save_figure
 
     names = [r.name for r in regimes]
-    kd_vars = [v for v in STUDENT_ROWS if v != "e2e"]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(names) + 2), 3.6))
+    kd_vars = [v for v in STUDENT_ROWS if v != "e2e"
+               and any(x["variant"] == v and x.get("diff_vs_e2e_per_seed") for x in rows)]
+    cmap = plt.get_cmap("tab20")
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(names) + 2), 5.0))
     width = 0.8 / max(1, len(kd_vars))
     plotted = False
     for i, v in enumerate(kd_vars):
@@ -957,7 +959,7 @@ def _figures(rows, grads, regimes, report: Path) -> None:
                 continue
             xpos = k - 0.4 + width * (i + 0.5)
             d = list(r["diff_vs_e2e_per_seed"].values())
-            ax.bar(xpos, r["diff_vs_e2e_mean"], width * 0.9, color=f"C{i}", alpha=0.5,
+            ax.bar(xpos, r["diff_vs_e2e_mean"], width * 0.9, color=cmap(i % 20), alpha=0.8,
                    label=v if not any(l.get_label() == v for l in ax.patches) else None)
             ax.plot([xpos] * len(d), d, "k.", ms=3)
             plotted = True
@@ -970,7 +972,7 @@ def _figures(rows, grads, regimes, report: Path) -> None:
     if plotted:
         handles, labels = ax.get_legend_handles_labels()
         uniq = dict(zip(labels, handles))
-        ax.legend(uniq.values(), uniq.keys(), fontsize=6, ncol=3)
+        ax.legend(uniq.values(), uniq.keys(), fontsize=7, ncol=max(1, len(uniq) // 2), loc="lower left")
     fig.tight_layout()
     save_figure(fig, report / "distillation.png", dpi=90)
     plt.close(fig)
