@@ -406,7 +406,6 @@ class EmbeddedImageSet(ImageSet):
         self.size = size
         self.split = split
         self.seed = int(seed)
-        self.subset_name = subset
         keys, arrays, is_region = _embedded_sources(size)
         chosen = [k for k, key in enumerate(keys)
                   if _in_embedded_subset(key, subset) and (split == "all" or _hash_split(key) == split)]
@@ -884,9 +883,9 @@ def open_image_source(spec, size: int, *, split: str = "train", seed: int = 0,
     size = _check_size(size)
     _check_split(split)
     _check_resize_mode(resize)
-    if isinstance(spec, str) and spec.strip().lower().split(":", 1)[0] == "embedded":
-        name, _, subset = spec.strip().lower().partition(":")
-        if name == "embedded" and (subset or "all") in EMBEDDED_SUBSETS:
+    name, _, subset = spec.strip().lower().partition(":") if isinstance(spec, str) else ("", "", "")
+    if name == "embedded":
+        if (subset or "all") in EMBEDDED_SUBSETS:
             return embedded_images(size, split=split, seed=seed, n=n, subset=subset or "all")
         if not Path(spec).expanduser().exists():
             raise ImageSourceError(

@@ -166,6 +166,10 @@ def test_report_accumulates_sittings(bench, finished, tmp_path):
     assert {"base", "no-unet"} <= set(rep_json["meta"]["regimes_reported"])
     summary = (rep / "distillation_summary.md").read_text()
     assert "| `base` |" in summary and "| `no-unet` |" in summary and "| `size-64` | · |" in summary
+    # the across-regimes line of `fixed` is the mean of its per-regime paired differences
+    fixed = [rows[(g, "fixed")]["diff_vs_e2e_mean"] for g in ("base", "no-unet")]
+    line = next(x for x in summary.splitlines() if x.startswith("| `fixed` | 2 |"))
+    assert line.split(" | ")[2] == f"{sum(fixed) / 2:+.2f}"
     # a report of other sizes is not merged (its numbers are not comparable)
     other = dict(TINY, n_test=5)
     assert bench.main(args, sizes_override=other) == 0
