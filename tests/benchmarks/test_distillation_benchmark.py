@@ -170,6 +170,14 @@ def test_report_accumulates_sittings(bench, finished, tmp_path):
     fixed = [rows[(g, "fixed")]["diff_vs_e2e_mean"] for g in ("base", "no-unet")]
     line = next(x for x in summary.splitlines() if x.startswith("| `fixed` | 2 |"))
     assert line.split(" | ")[2] == f"{sum(fixed) / 2:+.2f}"
+    # a sitting that re-runs a regime's E2E but not its KD keeps KD's mask-gradient series
+    before_grads = rep_json["mask_gradients"]
+    assert set(before_grads["base"]) == {"e2e", "kd"}
+    base_args = ["--out", str(tmp_path / "cache3"), "--report", str(rep), "--regimes", "base", "--variants",
+                 "fixed", "--seeds", "0", "--no-progress"]
+    assert bench.main(base_args, sizes_override=TINY) == 0
+    grads = json.loads((rep / "distillation.json").read_text())["mask_gradients"]["base"]
+    assert set(grads) == {"e2e", "kd"} and grads["kd"] == before_grads["base"]["kd"]
     # a report of other sizes is not merged (its numbers are not comparable)
     other = dict(TINY, n_test=5)
     assert bench.main(args, sizes_override=other) == 0
@@ -193,3 +201,46 @@ def test_more_data_control_sees_the_unlabelled_objects_with_labels(bench, tmp_pa
     labelled = load_objects(c_all, "train", c_all.train.n_train, "n")
     pool = load_objects(c_kd, "train", c_kd.train.n_train + c_kd.distill.n_unlabelled, "n")
     assert bool((labelled == pool).all())
+
+
+def test_longer_training_regime_and_mask_weight_sweep(bench, tmp_path):
+    """train-4x multiplies every run's epochs by 4 (teacher and student, same objects), and its
+    teachers are its own (a 4× teacher, not the base's); kd_mask03 / kd_mask3 are the default
+    (mask loss alone) at the swept weights."""
+    from phaseforge.config import load
+    regimes = bench.select_regimes(["base", "train-4x"], False)
+    plan = bench.build_plan(regimes, ["kd_mask", "kd_mask03", "kd_mask3"], [0], TINY, tmp_path)
+    base, long = plan[("base", "kd_mask", 0)], plan[("train-4x", "kd_mask", 0)]
+    for b, lg, name in ((base, long, "student_distill.yaml"), (base.teacher, long.teacher, "teacher.yaml")):
+        cb, cl = load(bench.CONFIG_DIR / name, b.overrides), load(bench.CONFIG_DIR / name, lg.overrides)
+        assert cl.train.epochs == 4 * cb.train.epochs
+        assert cl.train.n_train == cb.train.n_train
+        assert lg.key != b.key
+    for v, w in (("kd_mask03", 0.3), ("kd_mask3", 3.0)):
+        c = load(bench.CONFIG_DIR / "student_distill.yaml", plan[("base", v, 0)].overrides)
+        assert (c.distill.mask_weight, c.distill.feature_weight) == (w, 0.0)
+        assert plan[("base", v, 0)].teacher.key == base.teacher.key
+
+
+def test_sweep_table_lists_the_extra_rows_where_they_ran(bench):
+    """The weight-sweep table: one column per regime where an extra row ran, kd and kd_mask of the
+    same regimes as anchors, bold where every seed is positive, the validation Δ in parentheses."""
+    def row(regime, variant, diffs, val=None):
+        r = {"regime": regime, "variant": variant, "status": "done", "seeds_done": len(diffs),
+             "seeds_asked": 3, "diff_vs_e2e_per_seed": dict(enumerate(diffs)),
+             "diff_vs_e2e_mean": sum(diffs) / len(diffs), "diff_vs_e2e_min": min(diffs),
+             "diff_vs_e2e_max": max(diffs), "diff_vs_e2e_all_positive": all(d > 0 for d in diffs)}
+        if val is not None:
+            r["val_diff_vs_e2e_mean"] = val
+        return r
+    rows = [row("base", "kd", [-0.3, 0.0, 0.3]), row("base", "kd_mask", [0.1, 0.2, 0.3], 0.05),
+            row("no-unet", "kd", [0.1, 0.1, 0.1]), row("base", "kd_mask3", [0.3, 0.6, 0.9], -0.1),
+            row("labels-64", "kd_bal", [-0.2, -0.1])]
+    lines = bench.sweep_table(rows).splitlines()
+    assert lines[0] == "| row | `base` | `labels-64` |"
+    body = {ln.split(" | ")[0][2:]: ln for ln in lines[2:]}
+    assert set(body) == {"`kd`", "`kd_mask`", "`kd_mask3`", "`kd_bal`"}
+    assert "**+0.60 [+0.30, +0.90]** (-0.10)" in body["`kd_mask3`"]
+    assert "-0.00 [-0.30, +0.30] (—) | ·" in body["`kd`"] or "+0.00 [-0.30, +0.30] (—) | ·" in body["`kd`"]
+    assert "-0.15 [-0.20, -0.10] (2/3) (—)" in body["`kd_bal`"]
+    assert bench.sweep_table([row("base", "kd", [0.1, 0.2, 0.3])]) == ""
