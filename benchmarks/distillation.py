@@ -828,6 +828,21 @@ SUMMARY_VARIANTS = ["kd", "kd_mask", "kd_feature", "fixed", "kd_ct", "kd_unlab",
                     "e2e_all", "e2e_all_2x"]
 
 
+def _delta_cell(r: Optional[Dict]) -> str:
+    """A row's paired Δ vs E2E as a table cell: mean [min, max] over seeds, **bold** when every
+    seed is positive, (k/n) when fewer seeds than asked; · not run, n/a not applicable."""
+    if r is None:
+        return "·"
+    if r.get("status") == "n/a":
+        return "n/a"
+    if r.get("diff_vs_e2e_mean") is None:
+        return "·"
+    txt = f"{r['diff_vs_e2e_mean']:+.2f} [{r['diff_vs_e2e_min']:+.2f}, {r['diff_vs_e2e_max']:+.2f}]"
+    if r["seeds_done"] != r["seeds_asked"]:
+        txt += f" ({r['seeds_done']}/{r['seeds_asked']})"
+    return f"**{txt}**" if r.get("diff_vs_e2e_all_positive") else txt
+
+
 def summary_table(rows: List[Dict]) -> str:
     """One line per regime (the README table): teacher and E2E PSNR, the classical solver with
     E2E's mask, and every student row's paired Δ vs E2E, mean [min, max] over seeds; **bold**:
@@ -839,25 +854,13 @@ def summary_table(rows: List[Dict]) -> str:
             return "·"
         return f"{r['psnr_mean']:.2f}" + ("" if r["seeds_done"] == r["seeds_asked"] else f" ({r['seeds_done']}/{r['seeds_asked']})")
 
-    def delta(r):
-        if r is None:
-            return "·"
-        if r["status"] == "n/a":
-            return "n/a"
-        if r.get("diff_vs_e2e_mean") is None:
-            return "·"
-        txt = f"{r['diff_vs_e2e_mean']:+.2f} [{r['diff_vs_e2e_min']:+.2f}, {r['diff_vs_e2e_max']:+.2f}]"
-        if r["seeds_done"] != r["seeds_asked"]:
-            txt += f" ({r['seeds_done']}/{r['seeds_asked']})"
-        return f"**{txt}**" if r.get("diff_vs_e2e_all_positive") else txt
-
     head = ["regime", "teacher", "E2E", "ER, E2E's mask"] + SUMMARY_VARIANTS
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rg in REGIMES:
         e2e = by.get((rg.name, "e2e"))
         er = f"{e2e['er_psnr_mean']:.2f}" if e2e and e2e.get("seeds_done") else "·"
         cells = [f"`{rg.name}`", psnr(by.get((rg.name, "teacher"))), psnr(e2e), er]
-        cells += [delta(by.get((rg.name, v))) for v in SUMMARY_VARIANTS]
+        cells += [_delta_cell(by.get((rg.name, v))) for v in SUMMARY_VARIANTS]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -900,14 +903,9 @@ def sweep_table(rows: List[Dict]) -> str:
     shown = ["kd", "kd_mask"] + [v for v in extra if any(done(by.get((g, v))) for g in regimes)]
 
     def cell(r):
-        if r is not None and r.get("status") == "n/a":
-            return "n/a"
-        if not done(r):
-            return "·"
-        txt = f"{r['diff_vs_e2e_mean']:+.2f} [{r['diff_vs_e2e_min']:+.2f}, {r['diff_vs_e2e_max']:+.2f}]"
-        if r["seeds_done"] != r["seeds_asked"]:
-            txt += f" ({r['seeds_done']}/{r['seeds_asked']})"
-        txt = f"**{txt}**" if r.get("diff_vs_e2e_all_positive") else txt
+        txt = _delta_cell(r)
+        if not done(r) or r.get("status") == "n/a":
+            return txt
         val = r.get("val_diff_vs_e2e_mean")
         return txt + (f" ({val:+.2f})" if val is not None else " (—)")
 
@@ -942,7 +940,8 @@ def write_report(plan: Dict, regimes: Sequence[Regime], variants: Sequence[str],
     reported = [rg.name for rg in REGIMES if any(r["regime"] == rg.name and r.get("seeds_done") for r in rows)]
     meta = {"sizes": sizes, "seeds": list(seeds), "quick": quick, "base_common": BASE_COMMON,
             "base_student": BASE_STUDENT, "variants": {v.name: v.doc for v in VARIANTS},
-            "regimes": {r.name: {"factor": r.factor, "doc": r.doc, "common": r.common, "student": r.student}
+            "regimes": {r.name: {"factor": r.factor, "doc": r.doc, "common": r.common, "student": r.student,
+                                 "label_fraction": r.label_fraction, "step_factor": r.step_factor}
                         for r in REGIMES},
             "regimes_reported": reported,
             "regimes_not_reported": [r.name for r in REGIMES if r.name not in reported]}
