@@ -24,8 +24,9 @@ default, mask loss alone, at w 0.3 and 3) and ``kd_bal`` (gradient-norm balancin
 Every run is evaluated on the same held-out test objects (the image source's *test* split, data
 seed 0, never used in training or model selection), with the same exact-noise stream (object
 ``i`` always draws its noise from seed ``i``), from its best-validation checkpoint (model
-selection on the *validation* split). Rows: the network, and the classical solver (ER,
-``classical_iters`` iterations) with that run's own masks (for a student: its single mask).
+selection on the *validation* split). Rows: the network, and the classical solvers (ER and
+Wirtinger flow, ``classical_iters`` iterations each) with that run's own masks (for a student: its
+single mask); a cached run evaluated before the WF row existed is re-evaluated, not retrained.
 Metric: PSNR/SSIM of the encoded quantity as in ``phaseforge evaluate`` (identical for phase
 objects), for amplitude and complex objects after the least-squares global gain
 (:func:`gain_align`: the photon budget fixes no absolute scale; ``psnr_raw`` keeps the plain value).
@@ -454,10 +455,24 @@ def gain_align(x_hat, x, encoding: str):
     return x_hat * (num / den)
 
 
+#: the classical solvers evaluated with every run's own masks
+CLASSICAL = ("er", "wf")
+
+
+def _has_classical(job: Job) -> bool:
+    """Whether a finished run's ``eval.json`` has every classical row (runs evaluated before
+    Wirtinger flow was added are re-evaluated — not retrained — by the next sitting)."""
+    try:
+        rows = json.loads((job.folder / "eval.json").read_text()).get("rows", {})
+    except (OSError, ValueError):
+        return False
+    return all(c in rows for c in CLASSICAL)
+
+
 def evaluate_model(model, objects, *, encoding: str, phase_range_rad, classical_iters: int,
                    batch_size: int = 16) -> Dict[str, Dict]:
-    """The network and the classical solver (ER, ``classical_iters`` iterations from the same flat
-    start as the unrolled estimate) on ``objects`` with exact sensor noise, object ``i`` from
+    """The network and the classical solvers (:data:`CLASSICAL`: ER and Wirtinger flow,
+    ``classical_iters`` iterations each from the same flat start as the unrolled estimate) on ``objects`` with exact sensor noise, object ``i`` from
     seed ``i`` (the stream of ``phaseforge evaluate --seed 0``: the same for every row).
 
     ``psnr``/``ssim``: after :func:`gain_align` (amplitude, complex) — the benchmark's metric;
@@ -469,17 +484,18 @@ def evaluate_model(model, objects, *, encoding: str, phase_range_rad, classical_
 
     was = model.training
     model.eval()
-    acc = {k: {"psnr": [], "psnr_raw": [], "ssim": [], "rel_err": []} for k in ("network", "er")}
+    names = ("network",) + CLASSICAL
+    acc = {k: {"psnr": [], "psnr_raw": [], "ssim": [], "rel_err": []} for k in names}
     with torch.no_grad():
         for i in range(0, objects.shape[0], batch_size):
             x = objects[i:i + batch_size]
             gens = sample_generators([i + j for j in range(x.shape[0])], device=x.device)
             y = model.physics.measure(x, noise="exact", generators=gens)
-            for name in ("network", "er"):
+            for name in names:
                 if name == "network":
                     xh = model.reconstructor(y, model.physics).x
                 else:
-                    xh = first_estimate(model.physics, y, solver="er", n_iter=classical_iters, encoding=encoding)
+                    xh = first_estimate(model.physics, y, solver=name, n_iter=classical_iters, encoding=encoding)
                     if encoding == "phase":
                         xh = xh / xh.abs().clamp_min(1e-6)
                 xg = gain_align(xh, x, encoding)
@@ -571,7 +587,7 @@ def run_plan(plan: Dict, regimes: Sequence[Regime], sizes: Dict, *, workers: int
     todo_all = {}
     for (rname, _, _), job in plan.items():
         for j in _chain(job):
-            if j.na is None and job_status(j, sizes) != "done":
+            if j.na is None and (job_status(j, sizes) != "done" or not _has_classical(j)):
                 todo_all.setdefault(rname, {})[j.key] = j
     total = len({k for v in todo_all.values() for k in v})
     bar = tqdm(total=total, desc="distillation runs", unit="run", disable=not progress)
@@ -608,7 +624,7 @@ def run_plan(plan: Dict, regimes: Sequence[Regime], sizes: Dict, *, workers: int
                         log(f"done   {r.name} {label} ({sec:.0f} s)")
                 # jobs shared with later regimes are finished now
                 for other in todo_all.values():
-                    for k in [k for k, jj in other.items() if job_status(jj, sizes) == "done"]:
+                    for k in [k for k, jj in other.items() if job_status(jj, sizes) == "done" and _has_classical(jj)]:
                         other.pop(k)
     finally:
         if pool is not None:
@@ -663,6 +679,11 @@ def summarize_plan(plan: Dict, regimes: Sequence[Regime], variants: Sequence[str
                     row[f"{key}_mean"], row[f"{key}_std"] = st["mean"], st["std"]
                 row["psnr_per_seed"] = {s: evs[s]["rows"]["network"]["psnr_mean"] for s in done}
                 row["er_psnr_per_seed"] = {s: evs[s]["rows"]["er"]["psnr_mean"] for s in done}
+                wf = [evs[s]["rows"]["wf"] for s in done if "wf" in evs[s]["rows"]]
+                if len(wf) == len(done):  # Wirtinger flow on the run's own masks (every seed evaluated)
+                    st = _stats([x["psnr_mean"] for x in wf])
+                    row["wf_psnr_mean"], row["wf_psnr_std"] = st["mean"], st["std"]
+                    row["wf_psnr_per_seed"] = {s: evs[s]["rows"]["wf"]["psnr_mean"] for s in done}
                 row["train_seconds_mean"] = _stats([evs[s]["train_seconds"] for s in done])["mean"]
                 # the validation PSNR of the selected checkpoint: what a choice of settings may use
                 # (the test split must not)
@@ -800,7 +821,7 @@ def merge_previous(fresh: List[Dict], fresh_grads: Dict, previous: Optional[Dict
                     old = dict(old)
                     old.setdefault("measured", "an earlier sitting")
                     # JSON turned the per-seed keys into strings
-                    for key in ("diff_vs_e2e_per_seed", "psnr_per_seed", "er_psnr_per_seed"):
+                    for key in ("diff_vs_e2e_per_seed", "psnr_per_seed", "er_psnr_per_seed", "wf_psnr_per_seed"):
                         if isinstance(old.get(key), dict):
                             old[key] = {int(s): v for s, v in old[key].items()}
                     by[k] = old
@@ -854,12 +875,13 @@ def summary_table(rows: List[Dict]) -> str:
             return "·"
         return f"{r['psnr_mean']:.2f}" + ("" if r["seeds_done"] == r["seeds_asked"] else f" ({r['seeds_done']}/{r['seeds_asked']})")
 
-    head = ["regime", "teacher", "E2E", "ER, E2E's mask"] + SUMMARY_VARIANTS
+    head = ["regime", "teacher", "E2E", "ER, E2E's mask", "WF, E2E's mask"] + SUMMARY_VARIANTS
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rg in REGIMES:
         e2e = by.get((rg.name, "e2e"))
         er = f"{e2e['er_psnr_mean']:.2f}" if e2e and e2e.get("seeds_done") else "·"
-        cells = [f"`{rg.name}`", psnr(by.get((rg.name, "teacher"))), psnr(e2e), er]
+        wf = f"{e2e['wf_psnr_mean']:.2f}" if e2e and e2e.get("wf_psnr_mean") is not None else "·"
+        cells = [f"`{rg.name}`", psnr(by.get((rg.name, "teacher"))), psnr(e2e), er, wf]
         cells += [_delta_cell(by.get((rg.name, v))) for v in SUMMARY_VARIANTS]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
@@ -946,7 +968,7 @@ def write_report(plan: Dict, regimes: Sequence[Regime], variants: Sequence[str],
             "regimes_reported": reported,
             "regimes_not_reported": [r.name for r in REGIMES if r.name not in reported]}
     cols = ["regime", "factor", "variant", "status", "seeds_done", "seeds_asked", "n_masks", "psnr_mean",
-            "psnr_std", "ssim_mean", "ssim_std", "er_psnr_mean", "er_psnr_std", "diff_vs_e2e_mean",
+            "psnr_std", "ssim_mean", "ssim_std", "er_psnr_mean", "er_psnr_std", "wf_psnr_mean", "wf_psnr_std", "diff_vs_e2e_mean",
             "diff_vs_e2e_min", "diff_vs_e2e_max", "diff_vs_e2e_all_positive", "diff_vs_e2e_per_seed",
             "psnr_per_seed", "er_diff_vs_e2e_mean", "train_seconds_mean", "grad_recon_median", "grad_mask_median",
             "grad_feature_median", "grad_output_median", "grad_unlabelled_median", "val_psnr_mean",

@@ -49,7 +49,7 @@ def test_runs_cached_and_report_pairs_seeds(bench, finished):
     for j in (kd, kd.teacher, e2e, plan[("base", "fixed", 0)]):
         assert bench.job_status(j, TINY) == "done"
         ev = json.loads((j.folder / "eval.json").read_text())
-        assert set(ev["rows"]) == {"network", "er"} and len(ev["rows"]["network"]["psnr"]) == TINY["n_test"]
+        assert set(ev["rows"]) == {"network", "er", "wf"} and len(ev["rows"]["network"]["psnr"]) == TINY["n_test"]
     assert json.loads((kd.teacher.folder / "eval.json").read_text())["n_masks"] == 4
     # the mask-gradient series of the KD student has one entry per term and logged step (4 steps)
     g = json.loads((kd.folder / "eval.json").read_text())["grad_mask"]
@@ -74,11 +74,34 @@ def test_same_numbers_as_phaseforge_evaluate(bench, finished):
     job = plan[("base", "kd", 0)]
     _, model, _ = load_run(job.folder, "best")
     objects = bench.test_objects(job, TINY)
-    ref = evaluate_entries([EvalEntry("n", model), EvalEntry("er", model, classical="er", n_iter=5)], objects,
+    ref = evaluate_entries([EvalEntry("n", model), EvalEntry("er", model, classical="er", n_iter=5),
+                            EvalEntry("wf", model, classical="wf", n_iter=5)], objects,
                            encoding="phase", phase_range_rad=(0.0, 3.141592653589793), seed=0, progress=False)
     ev = json.loads((job.folder / "eval.json").read_text())["rows"]
     assert ev["network"]["psnr"] == pytest.approx(ref["n"]["per_sample"]["psnr"], abs=1e-6)
     assert ev["er"]["psnr"] == pytest.approx(ref["er"]["per_sample"]["psnr"], abs=1e-6)
+    assert ev["wf"]["psnr"] == pytest.approx(ref["wf"]["per_sample"]["psnr"], abs=1e-6)
+
+
+def test_runs_evaluated_without_wf_are_reevaluated_not_retrained(bench, tmp_path):
+    """A cached run whose eval.json predates the Wirtinger-flow row gets it from the next sitting
+    (re-evaluation from the saved checkpoint: no training, the other rows unchanged)."""
+    out = tmp_path / "c"
+    args = ["--out", str(out), "--regimes", "base", "--variants", "e2e", "--seeds", "0", "--no-progress"]
+    assert bench.main(args, sizes_override=TINY) == 0
+    plan = bench.build_plan(bench.select_regimes(["base"], False), ["e2e"], [0], TINY, out)
+    f = plan[("base", "e2e", 0)].folder
+    ev = json.loads((f / "eval.json").read_text())
+    old = dict(ev, rows={k: v for k, v in ev["rows"].items() if k != "wf"})
+    (f / "eval.json").write_text(json.dumps(old))
+    ckpt = (f / "checkpoints" / "best.pt").stat().st_mtime_ns
+    assert not bench._has_classical(plan[("base", "e2e", 0)])
+    assert bench.main(args, sizes_override=TINY) == 0
+    new = json.loads((f / "eval.json").read_text())
+    assert new["rows"]["wf"]["psnr"] == ev["rows"]["wf"]["psnr"]
+    assert new["rows"]["network"]["psnr"] == ev["rows"]["network"]["psnr"]
+    assert new["rows"]["er"]["psnr"] == ev["rows"]["er"]["psnr"]
+    assert (f / "checkpoints" / "best.pt").stat().st_mtime_ns == ckpt
 
 
 def test_gain_alignment(bench):
