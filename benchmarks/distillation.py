@@ -469,10 +469,17 @@ def _has_classical(job: Job) -> bool:
     return all(c in rows for c in CLASSICAL)
 
 
+def _finished(job: Job, sizes: Dict) -> bool:
+    """Trained and evaluated with every row of this version (else the sweep runs it: training
+    resumes or is skipped when done, evaluation is redone)."""
+    return job_status(job, sizes) == "done" and _has_classical(job)
+
+
 def evaluate_model(model, objects, *, encoding: str, phase_range_rad, classical_iters: int,
                    batch_size: int = 16) -> Dict[str, Dict]:
     """The network and the classical solvers (:data:`CLASSICAL`: ER and Wirtinger flow,
-    ``classical_iters`` iterations each from the same flat start as the unrolled estimate) on ``objects`` with exact sensor noise, object ``i`` from
+    ``classical_iters`` iterations each from the same flat start as the unrolled estimate) on
+    ``objects`` with exact sensor noise, object ``i`` from
     seed ``i`` (the stream of ``phaseforge evaluate --seed 0``: the same for every row).
 
     ``psnr``/``ssim``: after :func:`gain_align` (amplitude, complex) — the benchmark's metric;
@@ -587,7 +594,7 @@ def run_plan(plan: Dict, regimes: Sequence[Regime], sizes: Dict, *, workers: int
     todo_all = {}
     for (rname, _, _), job in plan.items():
         for j in _chain(job):
-            if j.na is None and (job_status(j, sizes) != "done" or not _has_classical(j)):
+            if j.na is None and not _finished(j, sizes):
                 todo_all.setdefault(rname, {})[j.key] = j
     total = len({k for v in todo_all.values() for k in v})
     bar = tqdm(total=total, desc="distillation runs", unit="run", disable=not progress)
@@ -624,7 +631,7 @@ def run_plan(plan: Dict, regimes: Sequence[Regime], sizes: Dict, *, workers: int
                         log(f"done   {r.name} {label} ({sec:.0f} s)")
                 # jobs shared with later regimes are finished now
                 for other in todo_all.values():
-                    for k in [k for k, jj in other.items() if job_status(jj, sizes) == "done" and _has_classical(jj)]:
+                    for k in [k for k, jj in other.items() if _finished(jj, sizes)]:
                         other.pop(k)
     finally:
         if pool is not None:
