@@ -70,7 +70,7 @@ from .errors import ImageSourceError
 __all__ = [
     "ImageSet", "SubsetImageSet", "embedded_images", "folder_images", "npy_images",
     "h5_images", "idx_images", "open_image_source", "split_indices", "to_unit_gray",
-    "fit_to_size", "EMBEDDED_IMAGE_NAMES", "EMBEDDED_SUBSETS", "IMAGE_SUFFIXES", "SPLITS",
+    "fit_to_size", "EMBEDDED_IMAGE_NAMES", "BENCHMARK_IMAGE_NAMES", "benchmark_images", "EMBEDDED_SUBSETS", "IMAGE_SUFFIXES", "SPLITS",
 ]
 
 #: Split names accepted everywhere; ``"all"`` means no split.
@@ -86,6 +86,12 @@ EMBEDDED_IMAGE_NAMES = (
     "brick", "grass", "gravel", "horse", "clock", "immunohistochemistry", "hubble_deep_field",
     "retina", "cell", "shepp_logan_phantom",
 )
+#: Whole sample images held out as the default test set of the standard CDP benchmark
+#: (``benchmarks/cdp_benchmark.py``): six natural and two scientific images. A training pool for a
+#: model that the benchmark scores must leave every one of them out whole (not only the hash-split
+#: regions: a patch of the cameraman at another size would be in a training split).
+BENCHMARK_IMAGE_NAMES = ("camera", "astronaut", "coins", "moon", "coffee", "chelsea", "cell",
+                         "immunohistochemistry")
 RESIZE_MODES = ("resize", "crop", "error")
 _RESIZE_MODES = RESIZE_MODES
 _LUMA = np.array([0.2125, 0.7154, 0.0721], dtype=np.float64)
@@ -386,6 +392,26 @@ def _embedded_sources(size: int) -> tuple[tuple[str, ...], tuple[np.ndarray, ...
     for a in arrays:
         a.setflags(write=False)
     return tuple(keys), tuple(arrays), tuple(regions)
+
+
+def benchmark_images(size: int = 128) -> tuple[tuple[str, ...], np.ndarray]:
+    """The standard CDP benchmark's held-out test images (:data:`BENCHMARK_IMAGE_NAMES`).
+
+    Each whole sample image, gray in ``[0, 1]``, centre-cropped to its largest square and resized
+    to ``size × size`` (:func:`fit_to_size`, ``"resize"``). Returns ``(names, (n, size, size)
+    float32 array)``; an image that does not load offline is an error (they ship inside the
+    scikit-image wheel).
+    """
+    size = _check_size(size)
+    names, arrays = [], []
+    for name in BENCHMARK_IMAGE_NAMES:
+        img = _sample_image(name)
+        if img is None:
+            raise ImageSourceError(f"the benchmark image skimage.data.{name} did not load; it ships with "
+                                   f"scikit-image >= 0.21 — reinstall scikit-image, or pass --images DIR")
+        names.append(name)
+        arrays.append(fit_to_size(img, size, "resize"))
+    return tuple(names), np.stack(arrays).astype(np.float32)
 
 
 def _dihedral(img: np.ndarray, t: int) -> np.ndarray:

@@ -269,3 +269,14 @@ def test_open_image_source_dispatch_and_split(tmp_path):
         open_image_source(tmp_path / "data.csv", 8)
     with pytest.raises(LearningError, match="neither 'embedded' nor an existing path"):
         open_image_source(tmp_path / "missing", 8)
+
+
+def test_benchmark_images_are_the_named_sample_images_resized():
+    import skimage.data
+
+    from learning.images import BENCHMARK_IMAGE_NAMES, benchmark_images, fit_to_size
+    names, imgs = benchmark_images(64)
+    assert names == BENCHMARK_IMAGE_NAMES and imgs.shape == (len(names), 64, 64)
+    ref = fit_to_size(skimage.data.camera().astype(np.float32) / 255.0, 64, "resize")
+    np.testing.assert_allclose(imgs[names.index("camera")], ref, atol=1e-6)
+    assert float(imgs.min()) >= 0.0 and float(imgs.max()) <= 1.0
