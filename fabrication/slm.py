@@ -292,7 +292,8 @@ def _check_lut_range(m: PanelMapping, design: PhaseDesign, opt: SLMOptions, bit_
         lv = m.lut_eff.levels_rad.numpy()
         raise FabricationError(
             f"the LUT cannot reach the design's phases: at λ = {design.wavelength_m:g} m it spans "
-            f"{float(lv[-1] - lv[0]):.4g} rad (+ one step < 2π; calibrated at {m.lut_wavelength_m:g} m), so "
+            f"{float(lv[-1] - lv[0]):.4g} rad, short of 2π even with one more step (its phases are the ones "
+            f"calibrated at {m.lut_wavelength_m:g} m × {m.lut_wavelength_m / design.wavelength_m:.4g}), so "
             f"phases between {r['gap_rad'][0]:.4g} and {r['gap_rad'][1]:.4g} rad (mod 2π) cannot be shown; "
             f"{r['unreachable_pixels']} of the {r['pixels']} design-area pixels ask for one, and the mapped phase "
             f"is off by RMS {r['rms_error_rad']:.4g} rad (max {r['max_error_rad']:.4g}) > the limit {lim:.4g} rad. "
