@@ -277,18 +277,16 @@ def lut_range_error(m: PanelMapping) -> dict:
     gap = (t > lv[-1] + half) & (t < lv[0] + TWO_PI - half) if not m.lut_eff.wraps else np.zeros(t.shape, bool)
     return {"rms_error_rad": float(np.sqrt(np.mean(err * err))), "max_error_rad": float(np.abs(err).max()),
             "unreachable_pixels": int(gap.sum()), "pixels": int(gap.size),
-            "gap_rad": [float(lv[-1]), float(lv[0] + TWO_PI)]}
+            "gap_rad": None if m.lut_eff.wraps else [float(lv[-1]), float(lv[0] + TWO_PI)]}
 
 
-def _check_lut_range(m: PanelMapping, design: PhaseDesign, opt: SLMOptions, bit_depth: int) -> Optional[dict]:
+def _check_lut_range(m: PanelMapping, design: PhaseDesign, opt: SLMOptions, bit_depth: int) -> dict:
     """Refuse a LUT whose range cannot show the design's phases (see step 5); the numbers for the
-    sidecar otherwise (None for a LUT that wraps)."""
-    if m.lut_eff.wraps:
-        return None
+    sidecar otherwise (a LUT that wraps reaches every phase and is never refused)."""
     r = lut_range_error(m)
     lim = default_rms_limit_rad(2 ** bit_depth) if opt.lut_rms_tol_rad is None else float(opt.lut_rms_tol_rad)
-    r["limit_rad"] = lim
-    if r["rms_error_rad"] > lim:
+    r.update(limit_rad=lim, lut_wraps=bool(m.lut_eff.wraps))
+    if not m.lut_eff.wraps and r["rms_error_rad"] > lim:
         lv = m.lut_eff.levels_rad.numpy()
         raise FabricationError(
             f"the LUT cannot reach the design's phases: at λ = {design.wavelength_m:g} m it spans "
@@ -349,7 +347,7 @@ def export_slm(design: PhaseDesign, device, out, *, options: Optional[SLMOptions
                 "design_wavelength_m": design.wavelength_m, "scale_to_design_wavelength": lam_lut / design.wavelength_m,
                 "wraps_at_design_wavelength": bool(lut_eff.wraps),
                 "max_step_at_design_wavelength_rad": max_gap(lut_eff),
-                "range_check": lut_range if lut_range is not None else "the LUT wraps: every phase is reachable"},
+                "range_check": lut_range},
         "options": {"bit_depth": b, "lut_wavelength_m": lam_lut, "resample": opt.resample,
                     "offset_px": [dy, dx], "fill_phase_rad": float(opt.fill_phase_rad),
                     "carrier_period_px": list(period), "sign": opt.sign, "justify": opt.justify,

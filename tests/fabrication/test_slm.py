@@ -218,6 +218,9 @@ def test_sidecar_records_every_parameter(tmp_path, device_file, lens_design):
     assert s["device"]["key"] == "test-panel" and s["sign"] == -1 and s["options"]["carrier_period_px"] == [0, 4.0]
     assert len(s["pixel_data"]["sha256"]) == 64 and len(s["lut"]["sha256"]) == 64
     assert s["design"]["pixel_pitch_m"] == 8e-6 and s["resampling"]["mode"] == "exact"
+    rc = s["lut"]["range_check"]  # a 2π LUT wraps: nothing unreachable, the error is the rounding
+    assert rc["lut_wraps"] and rc["unreachable_pixels"] == 0 and rc["gap_rad"] is None
+    assert rc["max_error_rad"] <= math.pi / 256 + 1e-9
 
 
 def test_verification_names_a_carrier_mismatch_and_aliasing(tmp_path, device_file, lens_design):
