@@ -537,8 +537,7 @@ def capture_info(path, *, problems: Optional[list] = None) -> str:
     found = _validate(path, frame_stats=stats)
     if problems is not None:
         problems.extend(found)
-    problems = found
-    errors = [p for p in problems if p.severity == "error"]
+    errors = [p for p in found if p.severity == "error"]
     if errors and not stats:
         raise CaptureError(path, [f"{p.where}: {p.message}" for p in errors])
     lines = [f"capture file {path}"]
@@ -571,8 +570,8 @@ def capture_info(path, *, problems: Optional[list] = None) -> str:
         if "instrument" in f:
             lines.append("  instrument: " + ", ".join(
                 f"{k} = {float(ds[()]):.6g} {_attr_str(ds, 'units')}" for k, ds in f["instrument"].items()))
-    lines.append(f"  {len(errors)} error(s), {len(problems) - len(errors)} warning(s)")
-    lines += [f"    {p}" for p in problems]
+    lines.append(f"  {len(errors)} error(s), {len(found) - len(errors)} warning(s)")
+    lines += [f"    {p}" for p in found]
     return "\n".join(lines)
 
 
