@@ -21,8 +21,10 @@ variance ``σ_y² = K²(σ_d² + μ_e) + σ_q²``, with overall system gain ``K`
 * **read noise** ``σ_r = sqrt(σ²_y.dark(0) − 1/12)/K`` and **dark current**
   ``D = (K·D)/K`` (e⁻/s), each with a propagated standard error;
 * **DSNU** (e⁻) and **PRNU** (fraction): spatial standard deviations of the averaged dark and
-  (dark-subtracted, high-pass filtered, EMVA §8.3) flat images, minus the temporal-noise share
-  of the average.
+  (dark-subtracted, high-pass filtered, EMVA §8.3: each pixel divided by the 7 × 7 local mean
+  of the *non-defect* pixels around it — a hot pixel at full scale would otherwise pull its 48
+  neighbours' ratios down and inflate the PRNU) flat images, minus the temporal-noise share of
+  the average.
 
 Defect pixels (hot: dark mean far above the rest or at full scale; dead: flat response below
 half the local median) are masked everywhere. :meth:`CameraModel.correct` turns raw frames
@@ -157,6 +159,15 @@ def _box_mean(a: np.ndarray, r: int) -> np.ndarray:
     return uniform_filter(a, size=2 * r + 1, mode="reflect")
 
 
+def _masked_box_mean(a: np.ndarray, mask: np.ndarray, r: int) -> np.ndarray:
+    """Mean of ``a`` over the ``(2r+1)²`` box around each pixel, counting only pixels where
+    ``mask`` is true (normalised convolution); a box with no such pixel gets ``a`` itself."""
+    m = mask.astype(np.float64)
+    num = _box_mean(np.where(mask, a, 0.0), r)
+    den = _box_mean(m, r)
+    return np.where(den > 1e-12, num / np.maximum(den, 1e-12), a)
+
+
 def characterize_camera(cap: Capture, *, linear_fraction: float = 0.7) -> CameraModel:
     """EMVA 1288 photon-transfer analysis of a capture's dark and flat frames (see module doc)."""
     problems = []
@@ -266,7 +277,7 @@ def characterize_camera(cap: Capture, *, linear_fraction: float = 0.7) -> Camera
     dsnu_var = float(dmap[good].var(ddof=1) - dark_var(float(cap.exposure_s[dark_idx].mean())) / nd)
     dsnu_e = math.sqrt(max(dsnu_var, 0.0)) / K
     mid_v = fpairs[t_mid]
-    hp = mid / np.maximum(_box_mean(mid, 3), 1e-9)
+    hp = mid / np.maximum(_masked_box_mean(mid, good, 3), 1e-9)
     temporal = (dict((p.exposure_s, p.var_dn2) for p in pts)[t_mid] + dark_var(t_mid)) / len(mid_v)
     prnu_var = float(hp[good].var(ddof=1) - temporal / float(np.median(mid)) ** 2)
     prnu = math.sqrt(max(prnu_var, 0.0))

@@ -42,7 +42,7 @@ path                            type / shape                meaning
 ==============================  ==========================  =====================================
 
 :func:`validate_capture` lists *every* problem at once (missing fields, wrong or missing units,
-NaN, saturated fraction per frame, shape mismatches, unknown pattern ids, hash mismatches, a
+NaN, saturated fraction per frame, blank (all 0 DN) or constant frames, shape mismatches, unknown pattern ids, hash mismatches, a
 file from another program, a truncated file); :func:`read_capture` raises
 :class:`~calibration.errors.CaptureError` with that list when there is any error.
 :func:`write_capture` writes atomically (``name.tmp`` then rename); :func:`pack_capture` builds a
@@ -360,6 +360,13 @@ def _validate(path, *, frame_stats: Optional[list] = None) -> List[Problem]:
                                             "max_dn": int(a.max()), "saturated_fraction": sat})
                     if sat >= 1.0 - 1e-12:
                         err(f"/frames[{i}]", f"all pixels saturated ({full} DN); reduce exposure or gain")
+                    elif a.size and int(a.max()) == 0:
+                        err(f"/frames[{i}]", "all pixels are 0 DN: a blank frame (camera not triggered, a failed "
+                                             "transfer, an empty placeholder) or, for a dark frame, a black level of "
+                                             "0 that clips the read noise; recapture it (raise the camera's offset)")
+                    elif a.size > 1 and int(a.min()) == int(a.max()):
+                        err(f"/frames[{i}]", f"all pixels are {int(a.min())} DN: a real exposure always shows read "
+                                             f"and shot noise, so this is not raw camera data; recapture it")
                     elif sat > SATURATION_WARN:
                         warn(f"/frames[{i}]", f"{100 * sat:.2f} % of pixels saturated")
 
@@ -519,15 +526,21 @@ def read_capture(path) -> Capture:
     return cap
 
 
-def capture_info(path) -> str:
-    """A human-readable summary (frames per image key, exposures, patterns, instrument, problems)."""
+def capture_info(path, *, problems: Optional[list] = None) -> str:
+    """A human-readable summary (frames per image key, exposures, patterns, instrument, problems).
+
+    A file that cannot be summarised — missing, not HDF5, truncated, from another program, no
+    readable frames — raises :class:`CaptureError` listing every problem. Pass a list as
+    ``problems`` to collect the :class:`Problem` entries of a file that can (``capture info``
+    exits 1 when one is an error, like ``capture validate``)."""
     stats: list = []
-    problems = _validate(path, frame_stats=stats)
-    lines = [f"capture file {path}"]
-    errors = [p for p in problems if p.severity == "error"]
+    found = _validate(path, frame_stats=stats)
+    if problems is not None:
+        problems.extend(found)
+    errors = [p for p in found if p.severity == "error"]
     if errors and not stats:
-        lines += [f"  {p}" for p in problems]
-        return "\n".join(lines)
+        raise CaptureError(path, [f"{p.where}: {p.message}" for p in errors])
+    lines = [f"capture file {path}"]
     import h5py
 
     with h5py.File(path, "r") as f:
@@ -557,8 +570,8 @@ def capture_info(path) -> str:
         if "instrument" in f:
             lines.append("  instrument: " + ", ".join(
                 f"{k} = {float(ds[()]):.6g} {_attr_str(ds, 'units')}" for k, ds in f["instrument"].items()))
-    lines.append(f"  {len(errors)} error(s), {len(problems) - len(errors)} warning(s)")
-    lines += [f"    {p}" for p in problems]
+    lines.append(f"  {len(errors)} error(s), {len(found) - len(errors)} warning(s)")
+    lines += [f"    {p}" for p in found]
     return "\n".join(lines)
 
 

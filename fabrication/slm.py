@@ -11,9 +11,12 @@ Pipeline (each step documented in the sidecar):
 2. **Sign**: the displayed phase is ``sign·φ`` (``sign = −1`` for a panel or geometry that
    retards the other way).
 3. **Carrier** (optional): a blazed grating ``2π(f_y·(i − H//2) + f_x·(j − W//2))`` with
-   ``f = 1/period`` cycles per SLM pixel, added over the design area, moves the signal off the
-   zero order by ``sin θ = λ f / p_s`` (first order at ``x = λ z f_x/p_s`` in the Fraunhofer
-   plane, +x for ``f_x > 0``). ``|f| > ½`` aliases (a period under 2 pixels) and is refused.
+   ``(i, j)`` the panel row and column: zero at panel pixel ``(H//2, W//2)``, where the design
+   centre sits (with plain indices, ``2π(f_y·i + f_x·j)``, it differs by the constant
+   ``2π(f_y·H//2 + f_x·W//2)`` — π for period 8 along the 1080 rows of a 1920 × 1080 panel) —
+   and ``f = 1/period`` cycles per SLM pixel, added over the design area, moves the signal off
+   the zero order by ``sin θ = λ f / p_s`` (first order at ``x = λ z f_x/p_s`` in the
+   Fraunhofer plane, +x for ``f_x > 0``). ``|f| > ½`` aliases (a period under 2 pixels) and is refused.
 4. **Wavelength scaling**: a LUT calibrated at ``λ_c`` gives, at the design wavelength ``λ``,
    the phases ``φ_λ(g) = φ_c(g)·λ_c/λ`` (liquid-crystal retardance ∝ 1/λ, dispersion of the
    birefringence neglected — use a LUT measured at ``λ`` when it matters).
@@ -21,10 +24,16 @@ Pipeline (each step documented in the sidecar):
    ``|wrap(φ − φ_g)|`` (:meth:`optics.slm.PhaseLUT.phase_to_gray` with ``wrap=True``), which
    also wraps the phase. A linear LUT (default: ``PhaseLUT.linear(b, device.phase_range_rad)``)
    or a measured one (``PhaseLUT.tabulated``, inverted by this nearest-level search, i.e. by
-   interpolation of the tabulated curve between its points).
-6. **Placement** on the panel: centred (the design centre on pixel ``(H//2, W//2)``, the optical
-   axis convention of :mod:`optics`) plus ``offset_px``; the rest gets the gray level of
-   ``fill_phase_rad``.
+   interpolation of the tabulated curve between its points). A LUT that does not reach around
+   the circle (``not lut.wraps``: span + one step < 2π at ``λ``) leaves the phases in its gap
+   unreachable; they go to the nearer end level. When that makes the mapping's RMS phase error
+   exceed ``lut_rms_tol_rad`` (default :func:`default_rms_limit_rad`, the limit verification
+   applies) the export is refused before anything is written.
+6. **Placement** on the panel: centred — the design's centre pixel ``(h//2, w//2)`` (on the
+   SLM grid, ``h × w`` panel pixels; for an integer ratio ``r`` it lies in the block of design
+   pixel ``(n//2, m//2)``) on panel pixel ``(H//2, W//2)``, the optical axis convention of
+   :mod:`optics` and the carrier's origin — plus ``offset_px``: top-left
+   ``(H//2 − h//2 + dy, W//2 − w//2 + dx)``; the rest gets the gray level of ``fill_phase_rad``.
 7. **File**: 8-bit PNG/BMP or 16-bit PNG holding 10/12-bit levels (:mod:`fabrication.bitmap`).
 """
 from __future__ import annotations
@@ -51,7 +60,7 @@ from .errors import FabricationError
 
 __all__ = ["SLMOptions", "SLMExport", "export_slm", "resample_phase", "sample_at_design_centres",
            "carrier_phase", "effective_lut", "read_lut_csv", "read_lut_table", "RESAMPLE_MODES", "SIDECAR_FORMAT", "map_to_panel",
-           "PanelMapping", "max_gap", "options_from_sidecar"]
+           "PanelMapping", "max_gap", "options_from_sidecar", "default_rms_limit_rad", "lut_range_error"]
 
 TWO_PI = 2.0 * math.pi
 RESAMPLE_MODES = ("exact", "nearest", "linear")
@@ -72,6 +81,7 @@ class SLMOptions:
     carrier_period_px: Tuple[float, float] = (0.0, 0.0)  # (y, x); 0 = no carrier along that axis
     sign: int = 1
     justify: str = "lsb"
+    lut_rms_tol_rad: Optional[float] = None      # LUT range check; default: default_rms_limit_rad(2^b)
 
 
 @dataclass
@@ -196,6 +206,7 @@ class PanelMapping:
     fill_gray: int
     offset: Tuple[int, int]
     resample: str = "exact"
+    target_rad: Optional[np.ndarray] = None  # displayed phase asked of the design area (sign·φ + carrier)
 
     def phase_on_design_grid(self, gray: np.ndarray, design_shape, *, sign: int, lut_eff=None) -> np.ndarray:
         """Read-back: gray → LUT phase over the design area → minus the carrier → times the sign →
@@ -231,7 +242,7 @@ def map_to_panel(design: PhaseDesign, dev: SLMDevice, opt: SLMOptions, bit_depth
             f"pixels × {ratio:.6g}) but {dev.name} has {H} x {W}; crop the design, design on a coarser "
             f"grid or choose a larger panel")
     dy, dx = (int(v) for v in opt.offset_px)
-    top, left = (H - h) // 2 + dy, (W - w) // 2 + dx
+    top, left = H // 2 - h // 2 + dy, W // 2 - w // 2 + dx  # block pixel (h//2, w//2) on panel (H//2, W//2)
     if top < 0 or left < 0 or top + h > H or left + w > W:
         raise FabricationError(f"offset_px ({dy}, {dx}) moves the {h} x {w} design off the {H} x {W} panel "
                                f"(top-left would be row {top}, column {left}); use a smaller offset")
@@ -241,7 +252,52 @@ def map_to_panel(design: PhaseDesign, dev: SLMDevice, opt: SLMOptions, bit_depth
     gray = np.full((H, W), fill_gray, dtype=np.uint16)
     gray[top:top + h, left:left + w] = lut_eff.phase_to_gray(torch.from_numpy(disp), wrap=True).numpy()
     return PanelMapping(gray, top, left, (h, w), ratio, period, lut, lut_eff, lam_lut, fill_gray, (dy, dx),
-                        opt.resample)
+                        opt.resample, disp)
+
+
+def default_rms_limit_rad(n_levels: int) -> float:
+    """The default RMS phase-error limit for ``N`` levels: ``1.5·Δ/√12 + 0.005`` rad with
+    ``Δ = 2π/N`` (1.5 × the uniform quantisation error, plus margin); verification and the
+    export's LUT range check both use it."""
+    step = TWO_PI / n_levels if n_levels else 0.0
+    return 1.5 * step / math.sqrt(12) + 0.005
+
+
+def lut_range_error(m: PanelMapping) -> dict:
+    """How well the mapping's LUT shows the phases asked of the design area: wrapped error
+    between the displayed level and the target (RMS, max), and the pixels whose target lies in
+    the LUT's gap — beyond half the largest step past either end level (mod 2π)."""
+    h, w = m.shape_on_slm
+    area = m.gray[m.top:m.top + h, m.left:m.left + w]
+    shown = m.lut_eff.gray_to_phase(torch.from_numpy(area.astype(np.int64))).numpy()
+    err = np.angle(np.exp(1j * (shown - m.target_rad)))
+    lv = m.lut_eff.levels_rad.numpy()
+    half = 0.5 * float(np.diff(lv).max()) if lv.size > 1 else 0.0
+    t = m.lut_eff.reduce(torch.from_numpy(np.asarray(m.target_rad, dtype=np.float64))).numpy()
+    gap = (t > lv[-1] + half) & (t < lv[0] + TWO_PI - half) if not m.lut_eff.wraps else np.zeros(t.shape, bool)
+    return {"rms_error_rad": float(np.sqrt(np.mean(err * err))), "max_error_rad": float(np.abs(err).max()),
+            "unreachable_pixels": int(gap.sum()), "pixels": int(gap.size),
+            "gap_rad": None if m.lut_eff.wraps else [float(lv[-1]), float(lv[0] + TWO_PI)]}
+
+
+def _check_lut_range(m: PanelMapping, design: PhaseDesign, opt: SLMOptions, bit_depth: int) -> dict:
+    """Refuse a LUT whose range cannot show the design's phases (see step 5); the numbers for the
+    sidecar otherwise (a LUT that wraps reaches every phase and is never refused)."""
+    r = lut_range_error(m)
+    lim = default_rms_limit_rad(2 ** bit_depth) if opt.lut_rms_tol_rad is None else float(opt.lut_rms_tol_rad)
+    r.update(limit_rad=lim, lut_wraps=bool(m.lut_eff.wraps))
+    if not m.lut_eff.wraps and r["rms_error_rad"] > lim:
+        lv = m.lut_eff.levels_rad.numpy()
+        raise FabricationError(
+            f"the LUT cannot reach the design's phases: at λ = {design.wavelength_m:g} m it spans "
+            f"{float(lv[-1] - lv[0]):.4g} rad, short of 2π even with one more step (its phases are the ones "
+            f"calibrated at {m.lut_wavelength_m:g} m × {m.lut_wavelength_m / design.wavelength_m:.4g}), so "
+            f"phases between {r['gap_rad'][0]:.4g} and {r['gap_rad'][1]:.4g} rad (mod 2π) cannot be shown; "
+            f"{r['unreachable_pixels']} of the {r['pixels']} design-area pixels ask for one, and the mapped phase "
+            f"is off by RMS {r['rms_error_rad']:.4g} rad (max {r['max_error_rad']:.4g}) > the limit {lim:.4g} rad. "
+            f"Use a LUT calibrated to 2π at this wavelength (or check --lut-wavelength-m: the LUT's phases scale by "
+            f"λ_lut/λ), or accept the error with --rms-tol-rad (SLMOptions.lut_rms_tol_rad); nothing was written")
+    return r
 
 
 def export_slm(design: PhaseDesign, device, out, *, options: Optional[SLMOptions] = None,
@@ -257,6 +313,7 @@ def export_slm(design: PhaseDesign, device, out, *, options: Optional[SLMOptions
     fmt = format_for(out, b)
     check_outputs([out, side], overwrite)
     m = map_to_panel(design, dev, opt, b)
+    lut_range = _check_lut_range(m, design, opt, b)
     gray, top, left, (h, w), H, W = m.gray, m.top, m.left, m.shape_on_slm, dev.height_px, dev.width_px
     period, ratio, lam_lut, lut, lut_eff, fill_gray, dy, dx = (m.period, m.ratio, m.lut_wavelength_m, m.lut,
                                                                m.lut_eff, m.fill_gray, *m.offset)
@@ -276,10 +333,12 @@ def export_slm(design: PhaseDesign, device, out, *, options: Optional[SLMOptions
         "resampling": {"mode": opt.resample, "ratio": ratio, "design_pitch_m": design.pixel_pitch_m,
                        "slm_pitch_m": dev.pixel_pitch_m, "shape_on_slm_px": [h, w]},
         "placement": {"top_px": top, "left_px": left, "offset_px": [dy, dx], "fill_phase_rad": float(opt.fill_phase_rad),
-                      "fill_gray": fill_gray, "centre_convention": "design centre on panel pixel (H//2, W//2) + offset"},
+                      "fill_gray": fill_gray, "centre_convention": "design pixel (h//2, w//2) of the h x w block on the "
+                      "SLM grid on panel pixel (H//2, W//2) + offset: top = H//2 − h//2 + dy, left = W//2 − w//2 + dx"},
         "sign": opt.sign,
         "carrier": {"period_px": list(period), "frequency_cycles_per_px": [0.0 if not p else 1.0 / p for p in period],
-                    "phase": "2π(f_y(i − H//2) + f_x(j − W//2)) over the design area",
+                    "phase": "2π(f_y(i − H//2) + f_x(j − W//2)) over the design area, (i, j) the panel row and column: "
+                             "zero at panel pixel (H//2, W//2), the design centre",
                     "first_order_angle_rad": [math.asin(min(1.0, abs(design.wavelength_m / (p * dev.pixel_pitch_m))))
                                               * (1 if p > 0 else -1) if p else 0.0 for p in period]},
         "lut": {"source": opt.lut_source or ("linear" if opt.lut is None else "given"),
@@ -287,10 +346,12 @@ def export_slm(design: PhaseDesign, device, out, *, options: Optional[SLMOptions
                 "hashed_as": "float64 little-endian levels_rad", "wavelength_m": lam_lut,
                 "design_wavelength_m": design.wavelength_m, "scale_to_design_wavelength": lam_lut / design.wavelength_m,
                 "wraps_at_design_wavelength": bool(lut_eff.wraps),
-                "max_step_at_design_wavelength_rad": max_gap(lut_eff)},
+                "max_step_at_design_wavelength_rad": max_gap(lut_eff),
+                "range_check": lut_range},
         "options": {"bit_depth": b, "lut_wavelength_m": lam_lut, "resample": opt.resample,
                     "offset_px": [dy, dx], "fill_phase_rad": float(opt.fill_phase_rad),
-                    "carrier_period_px": list(period), "sign": opt.sign, "justify": opt.justify},
+                    "carrier_period_px": list(period), "sign": opt.sign, "justify": opt.justify,
+                    "lut_rms_tol_rad": opt.lut_rms_tol_rad},
         "software": f"phaseforge {_version()}",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -307,7 +368,8 @@ def options_from_sidecar(sidecar: dict):
     opt = SLMOptions(bit_depth=int(o["bit_depth"]), lut=lut, lut_source=sidecar["lut"].get("source", ""),
                      lut_wavelength_m=float(o["lut_wavelength_m"]), resample=o["resample"],
                      offset_px=tuple(o["offset_px"]), fill_phase_rad=float(o["fill_phase_rad"]),
-                     carrier_period_px=tuple(o["carrier_period_px"]), sign=int(o["sign"]), justify=o["justify"])
+                     carrier_period_px=tuple(o["carrier_period_px"]), sign=int(o["sign"]), justify=o["justify"],
+                     lut_rms_tol_rad=o.get("lut_rms_tol_rad"))
     return opt, dev
 
 

@@ -48,7 +48,7 @@ from ._io import sha256_array, sidecar_path
 from .bitmap import gray_from_stored, read_bitmap
 from .designs import PhaseDesign, load_design
 from .errors import FabricationError, VerificationError
-from .slm import effective_lut, map_to_panel, max_gap, options_from_sidecar
+from .slm import default_rms_limit_rad, effective_lut, map_to_panel, max_gap, options_from_sidecar
 
 __all__ = ["Tolerances", "VerificationResult", "verify_slm", "verify_doe", "wrapped_error", "cdp_difference",
            "verify_path"]
@@ -139,8 +139,7 @@ def _judge(result_kw: dict, *, design: PhaseDesign, back: np.ndarray, intended: 
     cdp, note, i_design, i_file = cdp_difference(design.phase_rad, back, design)
     icdp = cdp_difference(design.phase_rad, intended, design)[0]
     notes.append(note)
-    step = TWO_PI / n_levels if n_levels else 0.0
-    lim = {"rms_rad": tol.rms_rad if tol.rms_rad is not None else 1.5 * step / math.sqrt(12) + 0.005,
+    lim = {"rms_rad": tol.rms_rad if tol.rms_rad is not None else default_rms_limit_rad(n_levels or 0),
            "max_rad": tol.max_rad if tol.max_rad is not None else imx + 1e-3,
            "cdp_rel": tol.cdp_rel if tol.cdp_rel is not None else 1.1 * icdp + 1e-3}
     over = [k for k, v in (("rms_rad", rms), ("max_rad", mx), ("cdp_rel", cdp)) if v > lim[k]]
@@ -213,6 +212,12 @@ def verify_slm(path, design: PhaseDesign, *, lut: Optional[PhaseLUT] = None,
         causes.append("LUT differs from the export's: the sidecar's LUT levels do not match their recorded SHA-256 "
                       "(the sidecar was edited)")
     mapping = map_to_panel(design, dev, opt, b)
+    placed = side.get("placement", {})
+    if (placed.get("top_px"), placed.get("left_px")) != (mapping.top, mapping.left):
+        causes.append(f"placement differs: the sidecar puts the design's top-left at row {placed.get('top_px')}, "
+                      f"column {placed.get('left_px')} but the centring convention (design pixel (h//2, w//2) on panel "
+                      f"pixel (H//2, W//2) + offset) puts it at row {mapping.top}, column {mapping.left} (exports "
+                      f"before this convention placed odd-sized designs one pixel up-left); export the design again")
     lut_read = mapping.lut_eff
     if lut is not None:
         if lut.bit_depth != b or not torch.equal(lut.levels_rad, mapping.lut.levels_rad):

@@ -170,7 +170,8 @@ def _compare(truth, truth_lut, camera, fit, lut) -> Dict[str, Dict[str, float]]:
              ("rotation_rad", fit.values["rotation_rad"]), ("shift_x_m", fit.values["shift_x_m"]),
              ("shift_y_m", fit.values["shift_y_m"]), ("crosstalk_sigma_m", fit.values["crosstalk_sigma_m"]),
              ("gain_dn_per_e", camera.gain_dn_per_e), ("read_noise_e", camera.read_noise_e),
-             ("dark_current_e_per_s", camera.dark_current_e_per_s), ("offset_dn", camera.offset_dn)]
+             ("dark_current_e_per_s", camera.dark_current_e_per_s), ("offset_dn", camera.offset_dn),
+             ("prnu", camera.prnu)]
     for k, v in pairs:
         if k in truth:
             t = truth[k]

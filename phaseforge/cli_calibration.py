@@ -1,7 +1,8 @@
 """CLI of the calibration layer: ``phaseforge capture validate|info|pack`` and ``phaseforge calibrate``.
 
     phaseforge capture validate FILE            list every problem; exit 1 when there is an error
-    phaseforge capture info FILE                summary (frames per image key, exposures, patterns, instrument)
+    phaseforge capture info FILE                summary (frames per image key, exposures, patterns, instrument);
+                                                exit 1 when the file has an error, 2 when it cannot be read
     phaseforge capture pack FOLDER --metadata META.yaml --out FILE [--overwrite]
     phaseforge calibrate CAPTURES.h5 --out CALIBRATION.h5 [--report DIR] [--heldout N] [--jackknife] [--overwrite]
                                                 (also writes CALIBRATION_lut.csv beside CALIBRATION.h5)
@@ -58,8 +59,9 @@ def run(args) -> int:
             print(f"capture validate: {len(errors)} error(s), {len(problems) - len(errors)} warning(s) in {args.file}")
             return 1 if errors else 0
         if args.capture_command == "info":
-            print(capture_info(args.file))
-            return 0
+            problems: list = []
+            print(capture_info(args.file, problems=problems))  # unreadable → CaptureError, status 2
+            return 1 if any(p.severity == "error" for p in problems) else 0
         path = pack_capture(args.folder, args.metadata, args.out, overwrite=args.overwrite)
         print(f"capture pack: wrote {path}")
         return 0

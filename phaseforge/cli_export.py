@@ -37,7 +37,9 @@ def _design_args(p):
 def _verify_args(p, default: bool = False):
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=default,
                    help="re-read the written files, rebuild the phase, compare phase and CDPs with the design")
-    p.add_argument("--rms-tol-rad", type=float, default=None, help="verification limit: RMS phase error (rad)")
+    p.add_argument("--rms-tol-rad", type=float, default=None,
+                   help="verification limit: RMS phase error (rad); export slm also refuses, even without --verify, "
+                        "a LUT whose range leaves an RMS error above it (default 1.5·(2π/2^b)/√12 + 0.005)")
     p.add_argument("--max-tol-rad", type=float, default=None, help="verification limit: max phase error (rad)")
     p.add_argument("--cdp-tol", type=float, default=None, help="verification limit: relative CDP difference")
 
@@ -170,7 +172,8 @@ def export_slm_cmd(design, *, device, out, device_file=None, bit_depth=None, lut
             lut_wavelength_m = table.wavelength_m
     opt = SLMOptions(bit_depth=b, lut=lut, lut_source=str(lut_csv) if lut_csv else "", lut_wavelength_m=lut_wavelength_m,
                      resample=resample, offset_px=offset_px, fill_phase_rad=fill_phase_rad,
-                     carrier_period_px=carrier_period_px, sign=sign, justify=justify)
+                     carrier_period_px=carrier_period_px, sign=sign, justify=justify,
+                     lut_rms_tol_rad=tolerances.rms_rad if tolerances is not None else None)
     res = export_slm(design, dev, out, options=opt, overwrite=overwrite)
     results = []
     if verify:

@@ -5,11 +5,15 @@ attributes under ``/parameters``, with a ``<name>__units`` sibling for unit-suff
 plus ``wavelength_m__units = "m"``. Leaf values: ``bool``, ``int``, ``float``, ``str``, ``None``
 (stored as an empty attribute), lists/tuples/arrays of numbers or of strings. Read back, numbers
 come back as Python scalars and lists/tuples/arrays as lists. Unit suffixes
-(:data:`UNIT_SUFFIXES`, longest match wins, case-insensitive)::
+(:data:`UNIT_SUFFIXES`, case-insensitive)::
 
-    _m → "m"    _m2 → "m^2"   _per_m → "1/m"   _rad_per_m → "rad/m"   _s → "s"
-    _rad → "rad"   _deg → "deg"   _e → "e-"   _dn → "DN"   _photons → "photons"
-    _w → "W"    _hz → "Hz"    _j → "J"
+    _m → "m"    _m2 → "m^2"   _s → "s"   _rad → "rad"   _deg → "deg"   _e → "e-"
+    _dn → "DN"   _photons → "photons"   _w → "W"   _hz → "Hz"   _j → "J"
+
+and ratios ``_<a>_per_<b>`` → ``"<a>/<b>"`` of two of them, ``_per_<b>`` → ``"1/<b>"`` when no
+unit precedes ``_per_``: ``dark_current_e_per_s`` → ``"e-/s"``, ``gain_e_per_dn`` → ``"e-/DN"``,
+``gain_dn_per_e`` → ``"DN/e-"``, ``k_rad_per_m`` → ``"rad/m"``, ``freq_per_m`` → ``"1/m"`` (the
+quantity is what the whole suffix says, never only its last word).
 
 A ``"<name>__units": "..."`` entry given in ``params`` is stored as is and takes precedence;
 :func:`read_params_group` returns the ``__units`` entries (``with_units=False`` drops them), so
@@ -30,21 +34,37 @@ __all__ = ["UNIT_SUFFIXES", "UNITS_SUFFIX", "unit_for", "py_value", "write_param
            "read_params_group", "normalize_params", "params_diff", "flatten"]
 
 UNITS_SUFFIX = "__units"
-#: Attribute-name suffix → unit (longest match wins; case-insensitive).
+#: Attribute-name suffix → unit of a single quantity (case-insensitive); ratios
+#: ``_<a>_per_<b>`` of two of them are composed by :func:`unit_for`.
 UNIT_SUFFIXES: dict[str, str] = {
-    "_rad_per_m": "rad/m", "_per_m": "1/m", "_m2": "m^2", "_m": "m", "_s": "s",
-    "_rad": "rad", "_deg": "deg", "_e": "e-", "_dn": "DN", "_photons": "photons",
-    "_w": "W", "_hz": "Hz", "_j": "J",
+    "_m2": "m^2", "_m": "m", "_s": "s", "_rad": "rad", "_deg": "deg", "_e": "e-", "_dn": "DN",
+    "_photons": "photons", "_w": "W", "_hz": "Hz", "_j": "J",
 }
+_PER = "_per_"
+
+
+def _single_unit(name: str) -> str | None:
+    """The unit of a lower-case name ending in one :data:`UNIT_SUFFIXES` entry (``"_s"`` alone
+    is no name, so the suffix needs something before it)."""
+    for suffix, unit in UNIT_SUFFIXES.items():
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return unit
+    return None
 
 
 def unit_for(name: str) -> str | None:
-    """The unit implied by an attribute name's suffix (:data:`UNIT_SUFFIXES`), or None."""
+    """The unit implied by an attribute name's suffix, or None: a single unit
+    (:data:`UNIT_SUFFIXES`), or a ratio ``_<a>_per_<b>`` → ``"<a>/<b>"`` (``_per_<b>`` after a
+    word that is no unit → ``"1/<b>"``). ``dark_current_e_per_s`` is in e⁻/s, not s."""
     low = name.lower()
-    for suffix in sorted(UNIT_SUFFIXES, key=len, reverse=True):
-        if low.endswith(suffix) and len(low) > len(suffix):
-            return UNIT_SUFFIXES[suffix]
-    return None
+    cut = low.rfind(_PER)
+    if cut >= 0 or low.startswith("per_"):
+        head, tail = (low[:cut], low[cut + len(_PER):]) if cut >= 0 else ("", low[len("per_"):])
+        den = UNIT_SUFFIXES.get("_" + tail)
+        if den is not None:
+            num = UNIT_SUFFIXES.get("_" + head) or _single_unit(head)  # "e_per_s" or "current_e_per_s"
+            return f"{num}/{den}" if num is not None else f"1/{den}"
+    return _single_unit(low)
 
 
 def py_value(value):

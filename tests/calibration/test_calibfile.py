@@ -113,8 +113,8 @@ bench-slm:
 def test_lut_hand_off_to_export_round_trip(calibrated, tmp_path, capsys):
     """calibrate → CALIBRATION_lut.csv (same table as /lut, bit for bit, with its wavelength) →
     export slm with that LUT → export verify against CALIBRATION.h5 passes. The sample SLM
-    reaches only 1.9π at its 633 nm, so a 633 nm design fails honestly (range too small) and a
-    590 nm one (the LUT scaled by 633/590 covers 2π) passes."""
+    reaches only 1.9π at its 633 nm, so a 633 nm design is refused at export (range too small) and
+    a 590 nm one (the LUT scaled by 633/590 covers 2π) passes."""
     import json
     import math
 
@@ -142,6 +142,10 @@ def test_lut_hand_off_to_export_round_trip(calibrated, tmp_path, capsys):
     capsys.readouterr()
     assert main(["export", "verify", str(tmp_path / "m590.png"), "--lut", str(out)]) == 0
     assert "PASS" in capsys.readouterr().out
-    assert main(base + ["--wavelength-m", "633e-9", "--out", str(tmp_path / "m633.png")]) == 0
+    # at 633 nm the export itself refuses (no --verify needed); accepted with --rms-tol-rad, the
+    # verification names the cause
+    assert main(base + ["--wavelength-m", "633e-9", "--out", str(tmp_path / "m633.png")]) == 2
+    assert "cannot reach the design's phases" in capsys.readouterr().err
+    assert main(base + ["--wavelength-m", "633e-9", "--out", str(tmp_path / "m633.png"), "--rms-tol-rad", "1"]) == 0
     assert main(["export", "verify", str(tmp_path / "m633.png"), "--lut", str(out)]) == 3
     assert "LUT range too small" in capsys.readouterr().out

@@ -180,3 +180,47 @@ def test_sample_round_trips_through_tiff_folder_and_pack(tmp_path, sample_path):
     assert all(np.array_equal(back.patterns[k].gray, v.gray) and back.patterns[k].attrs == v.attrs
                for k, v in cap.patterns.items())
     assert back.instrument == pytest.approx(cap.instrument)
+
+
+def test_cli_info_on_a_missing_or_non_hdf5_file_is_an_error(tmp_path, capsys):
+    """`capture info` used to print the problem and exit 0; a file it cannot summarise is now a
+    one-line error with status 2 naming the problem (validate: status 1, as before)."""
+    txt = tmp_path / "notes.h5"
+    txt.write_text("hello")
+    for path, needle in ((tmp_path / "missing.h5", "file does not exist"), (txt, "not an HDF5 file")):
+        assert main(["capture", "info", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and str(path) in err
+        assert main(["capture", "validate", str(path)]) == 1
+        assert needle in capsys.readouterr().out
+        with pytest.raises(CaptureError, match=needle):
+            capture_info(path)
+
+
+def test_cli_info_exits_1_on_a_readable_capture_with_errors(tmp_path, capsys):
+    path, _ = _small(tmp_path)
+    with h5py.File(path, "a") as f:
+        f["exposure_s"].attrs["units"] = "ms"
+    assert main(["capture", "info", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "1 error(s)" in out and "expected 's'" in out and "frames (4, 8, 10)" in out  # summary still shown
+
+
+@pytest.mark.parametrize("value", [0, 100])
+def test_blank_and_constant_frames_are_errors(tmp_path, capsys, value):
+    """A capture whose frames are all 0 DN (or all one value) passed validation; a camera frame
+    always shows read and shot noise, so each such frame is an error."""
+    path, _ = _small(tmp_path)
+    with h5py.File(path, "a") as f:
+        f["frames"][...] = np.full((4, 8, 10), value, np.uint16)
+    errors = [p for p in validate_capture(path) if p.severity == "error"]
+    assert [p.where for p in errors] == [f"/frames[{i}]" for i in range(4)]
+    assert all((f"all pixels are {value} DN") in p.message for p in errors)
+    assert main(["capture", "validate", str(path)]) == 1
+    capsys.readouterr()
+    one_blank = tmp_path / "one.h5"  # a single blank frame among real ones is named alone
+    shutil.copyfile(path, one_blank)
+    with h5py.File(one_blank, "a") as f:
+        f["frames"][...] = np.random.default_rng(1).integers(100, 3000, (4, 8, 10)).astype(np.uint16)
+        f["frames"][2] = np.zeros((8, 10), np.uint16)
+    assert [p.where for p in validate_capture(one_blank) if p.severity == "error"] == ["/frames[2]"]

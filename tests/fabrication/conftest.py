@@ -23,6 +23,15 @@ test-panel-12:
   phase_range_rad: 6.283185307179586
   file_format: png16
   source: unit test
+big-panel:
+  name: test panel 192 x 128
+  width_px: 192
+  height_px: 128
+  pixel_pitch_m: 8.0e-6
+  bit_depth: 8
+  phase_range_rad: 6.283185307179586
+  file_format: png8
+  source: unit test
 """
 
 

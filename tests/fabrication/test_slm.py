@@ -194,9 +194,15 @@ def test_verification_fails_for_a_wrong_lut(tmp_path, device_file, lens_design):
 
 
 def test_lut_range_too_small_after_wavelength_scaling(tmp_path, device_file, lens_design):
-    # a panel calibrated to 2π at 532 nm reaches only 2π·532/633 at the design's 633 nm
-    res = _export(lens_design, tmp_path, device_file, lut_wavelength_m=532e-9)
+    # a panel calibrated to 2π at 532 nm reaches only 2π·532/633 at the design's 633 nm: the export
+    # refuses it (issue 18 item 4) …
+    with pytest.raises(FabricationError, match="cannot reach the design's phases.*--rms-tol-rad"):
+        _export(lens_design, tmp_path, device_file, lut_wavelength_m=532e-9)
+    assert not list(tmp_path.glob("m.png*"))  # nothing written
+    # … unless the error is accepted; verification then names the cause
+    res = _export(lens_design, tmp_path, device_file, lut_wavelength_m=532e-9, lut_rms_tol_rad=1.0)
     assert res.sidecar["lut"]["scale_to_design_wavelength"] == pytest.approx(532 / 633)
+    assert res.sidecar["lut"]["range_check"]["limit_rad"] == 1.0
     r = verify_slm(res.path, lens_design)
     assert not r.passed and r.mismatched_pixels == 0
     assert any("LUT range too small" in c for c in r.causes)
@@ -212,6 +218,9 @@ def test_sidecar_records_every_parameter(tmp_path, device_file, lens_design):
     assert s["device"]["key"] == "test-panel" and s["sign"] == -1 and s["options"]["carrier_period_px"] == [0, 4.0]
     assert len(s["pixel_data"]["sha256"]) == 64 and len(s["lut"]["sha256"]) == 64
     assert s["design"]["pixel_pitch_m"] == 8e-6 and s["resampling"]["mode"] == "exact"
+    rc = s["lut"]["range_check"]  # a 2π LUT wraps: nothing unreachable, the error is the rounding
+    assert rc["lut_wraps"] and rc["unreachable_pixels"] == 0 and rc["gap_rad"] is None
+    assert rc["max_error_rad"] <= math.pi / 256 + 1e-9
 
 
 def test_verification_names_a_carrier_mismatch_and_aliasing(tmp_path, device_file, lens_design):
@@ -235,3 +244,82 @@ def test_non_integer_resampling_is_verified_at_the_design_pixel_centres(tmp_path
     res = _export(d, tmp_path, device_file, name="l.png", resample="linear")
     r = verify_slm(res.path, d)  # interpolation smooths the phase: beyond the quantisation limit, named
     assert not r.passed and r.mismatched_pixels == 0 and any(c.startswith("resampling") for c in r.causes)
+
+
+def _lut_csv(path, top_rad, n=256):
+    """A linear measured LUT from 0 at gray 0 to ``top_rad`` at gray n − 1."""
+    path.write_text("gray,phase_rad\n0,0\n%d,%r\n" % (n - 1, top_rad))
+    return path
+
+
+def test_a_lut_reaching_only_pi_is_refused_without_verify(tmp_path, device_file, lens_design):
+    """Issue 18 item 4: `export slm --lut` with a LUT up to π wrote a wrong bitmap with exit 0
+    unless --verify was on. The lens design's phases (mod 2π) fill the circle, so about half of them
+    lie in the LUT's gap (π, 2π): refused, exit 2, nothing written. The same LUT shows a design
+    inside its range, [0, 0.9π], to within its quantisation (verification passes), so the check
+    is about reach, not about the LUT being short."""
+    from phaseforge.cli import main
+
+    lut = _lut_csv(tmp_path / "pi.csv", math.pi)
+    np.save(tmp_path / "lens.npy", lens_design.phase_rad)
+    args = ["export", "slm", str(tmp_path / "lens.npy"), "--pitch-m", "8e-6", "--wavelength-m", "633e-9",
+            "--device", "test-panel", "--device-file", str(device_file), "--lut", str(lut)]
+    assert main(args + ["--out", str(tmp_path / "lens.png")]) == 2
+    assert not (tmp_path / "lens.png").exists() and not (tmp_path / "lens.png.json").exists()
+    inside = PhaseDesign(0.9 * math.pi * (np.mod(lens_design.phase_rad, TWO_PI) / TWO_PI), 8e-6, 633e-9)
+    res = _export(inside, tmp_path, device_file, name="in.png", lut=read_lut_csv(lut, bit_depth=8))
+    rc = res.sidecar["lut"]["range_check"]
+    assert rc["unreachable_pixels"] == 0
+    assert rc["max_error_rad"] <= math.pi / 255 / 2 + 1e-12  # half a LUT step: quantisation only
+    assert verify_slm(res.path, inside).passed
+
+
+def test_a_lut_slightly_short_of_2pi_still_exports(tmp_path, device_file, lens_design):
+    """A 2π LUT calibrated at 633 nm used at 640 nm spans 2π·(255/256)·633/640: a 0.09 rad gap.
+    The phases falling there go to the nearer end level (error ≤ 0.047 rad); the RMS stays under
+    the default limit 1.5·(2π/256)/√12 + 0.005 = 0.0156 rad, so the export goes ahead and
+    records the numbers; verification agrees."""
+    d = PhaseDesign(lens_design.phase_rad, 8e-6, 640e-9)
+    res = _export(d, tmp_path, device_file, lut_wavelength_m=633e-9)
+    rc = res.sidecar["lut"]["range_check"]
+    assert rc["unreachable_pixels"] > 0 and rc["max_error_rad"] < 0.05
+    assert rc["rms_error_rad"] < rc["limit_rad"] == pytest.approx(1.5 * TWO_PI / 256 / math.sqrt(12) + 0.005)
+    assert verify_slm(res.path, d).passed
+
+
+def test_odd_sized_design_centre_and_carrier_origin_on_panel_centre(tmp_path, device_file):
+    """Issue 18 item 9: a 101 × 151 design on a 128 × 192 panel. Its centre pixel (50, 75) must
+    land on panel pixel (H//2, W//2) = (64, 96), the carrier's origin, as the sidecar says (the
+    old (H − h)//2 placement put it at (63, 95)). Checked on the pixels themselves: a design that
+    is 0 except π/2 at its centre, and, with a carrier of period 8 along x, the displayed phase at
+    the panel centre equals the design's centre phase (the carrier is 0 there)."""
+    ph = np.zeros((101, 151))
+    ph[50, 75] = math.pi / 2
+    d = PhaseDesign(ph, 8e-6, 633e-9)
+    res = _export(d, tmp_path, device_file, device="big-panel")
+    assert np.argwhere(res.gray == 64).tolist() == [[64, 96]]  # π/2 → gray 64 of 256, only there
+    assert (res.sidecar["placement"]["top_px"], res.sidecar["placement"]["left_px"]) == (64 - 50, 96 - 75)
+    res = _export(d, tmp_path, device_file, name="c.png", device="big-panel", carrier_period_px=(0, 8.0))
+    shown = PhaseLUT.linear(8).gray_to_phase(torch.from_numpy(res.gray.astype(np.int64))).numpy()
+    assert shown[64, 96] == pytest.approx(math.pi / 2, abs=1e-12)  # carrier 0 at the design centre
+    # every design pixel: shown − carrier(i, j) = design phase, to the 8-bit rounding (π/256)
+    j = np.arange(192)[None, :] - 96
+    err = np.angle(np.exp(1j * (shown - TWO_PI * j / 8.0)))[14:14 + 101, 21:21 + 151] - ph
+    assert np.abs(np.angle(np.exp(1j * err))).max() <= math.pi / 256 + 1e-9
+    # an even-sized block sits the same way: 2 × 2 design pixels → 4 × 4, block pixel (2, 2) on (64, 96)
+    r2 = _export(PhaseDesign(np.zeros((2, 2)), 16e-6, 633e-9), tmp_path, device_file, name="e.png", device="big-panel")
+    assert (r2.sidecar["placement"]["top_px"], r2.sidecar["placement"]["left_px"]) == (62, 94)
+
+
+def test_verification_names_a_placement_the_convention_does_not_give(tmp_path, device_file):
+    """A sidecar whose placement is not the centring convention's (an export made before the odd-size
+    fix, which put the block one pixel up-left) is named, with the fix."""
+    d = PhaseDesign(np.random.default_rng(0).uniform(0, TWO_PI, (5, 7)), 8e-6, 633e-9)
+    res = _export(d, tmp_path, device_file)
+    side = json.loads(res.sidecar_path.read_text())
+    side["placement"]["top_px"] -= 1
+    side["placement"]["left_px"] -= 1
+    res.sidecar_path.write_text(json.dumps(side))
+    r = verify_slm(res.path, d)
+    assert not r.passed and any(c.startswith("placement differs") and "export the design again" in c
+                                for c in r.causes)
