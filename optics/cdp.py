@@ -660,7 +660,9 @@ def _tf_apply_adjoint(z_padded: torch.Tensor, H_conj: torch.Tensor, n) -> torch.
 class CDPSystem(nn.Module):
     """A CDP measurement: the linear :class:`CDPOperator` (``.operator``), ``|A x|²`` and an
     optional sensor (module docstring). Construction takes the operator's arguments plus
-    ``sensor`` (an :class:`optics.sensor.Sensor`, bound to the detector pitch here).
+    ``sensor`` (an :class:`optics.sensor.Sensor`, bound to the detector pitch here) or
+    ``noise`` (an :class:`optics.noise.NoiseModel` on the intensity itself, e.g. the prDeep
+    protocol's ``PrDeepNoise(alpha)``; kept as ``.noise_model``), not both.
 
     ``A``/``A_adjoint``/``modulation``/``magnitude_pair`` and the contract methods delegate to
     the operator, so a system can be passed wherever a linear operator is expected (the
@@ -670,8 +672,16 @@ class CDPSystem(nn.Module):
 
     def __init__(self, masks, *, pitch_m=None, wavelength_m=None, z_m=None, method: str = "fraunhofer",
                  oversampling: float = 1.0, detector_order: str = "centered", slm: Optional[nn.Module] = None,
-                 sensor: Optional[nn.Module] = None, fit=(), **propagation_options):
+                 sensor: Optional[nn.Module] = None, noise=None, fit=(), **propagation_options):
         super().__init__()
+        from .noise import NoiseModel
+        if noise is not None and not isinstance(noise, NoiseModel):
+            raise OpticsError(f"noise must be an optics.noise.NoiseModel (e.g. PrDeepNoise(9), PoissonNoise(100.0)) or "
+                              f"None, got {type(noise).__name__}; a sensor's noise is chosen with Sensor(noise=...)")
+        if noise is not None and sensor is not None:
+            raise OpticsError("give either a sensor (a camera in DN, with its own noise) or a noise model on the "
+                              "intensity (noise=...), not both")
+        self.noise_model = noise
         self.operator = CDPOperator(masks, pitch_m=pitch_m, wavelength_m=wavelength_m, z_m=z_m, method=method,
                                     oversampling=oversampling, detector_order=detector_order, slm=slm, fit=fit,
                                     **propagation_options)
@@ -745,9 +755,18 @@ class CDPSystem(nn.Module):
     def measure(self, x: torch.Tensor, *, noise: Optional[str] = None,
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """``Sensor(|A x|²)`` with the noise model ``noise`` (``"poisson"`` exact,
-        ``"gaussian"`` differentiable, ``"none"``; default: the sensor's own). Without a sensor,
-        the noiseless intensity (``noise`` other than ``None``/``"none"`` then raises)."""
+        ``"gaussian"`` differentiable, ``"none"``; default: the sensor's own). With a noise
+        model (``noise=`` at construction) instead: ``noise_model.sample(|A x|²)``, or the
+        noiseless intensity for ``noise="none"``. With neither, the noiseless intensity
+        (``noise`` other than ``None``/``"none"`` then raises)."""
         inten = self.intensity(x)
+        if self.noise_model is not None:
+            if noise == "none":
+                return inten
+            if noise is not None:
+                raise OpticsError(f"noise={noise!r}: this system's noise is the model {self.noise_model!r}; pass "
+                                  f"noise=None (draw from it) or 'none' (noiseless)")
+            return self.noise_model.sample(inten, generator=generator)
         if self.sensor is None:
             if noise not in (None, "none"):
                 raise OpticsError(f"noise={noise!r} needs a sensor; build the system with sensor=Sensor(...)")
