@@ -154,3 +154,13 @@ def test_system_with_a_noise_model_measures_through_it():
     photons = float((y * sys.noise_model.photons_per_unit).mean())
     assert photons == pytest.approx((255 / 9) ** 2 * float((x ** 2).mean()), rel=0.02)
     assert np.isfinite(photons)
+
+
+def test_gradcheck_unit_free_intensity_wrt_mask_phase_and_object():
+    # complex128 finite differences against autograd, both orders (the reordering is in the factors);
+    # real masks are phases in rad, so gradcheck perturbs θ itself
+    theta = torch.rand(2, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 6.28
+    x = _rand((5, 5), 1).requires_grad_(True)
+    for order in ("fft", "centered"):
+        f = lambda th, xx, o=order: CDPSystem(th, method="fft", oversampling=1.6, detector_order=o).intensity(xx)  # noqa: E731
+        assert torch.autograd.gradcheck(f, (theta.clone().requires_grad_(True), x), eps=1e-6, atol=1e-6)
