@@ -16,6 +16,9 @@ Conventions
   far-field spot sits at ``x' = +λ z f_x``. ``tests/optics/test_propagation.py`` checks this.
 * **Functional core, thin modules**: pure functions do the maths (:mod:`optics.propagation`);
   ``nn.Module`` wrappers only hold learnable or cached state.
+* **Unit-free CDPs**: ``CDPOperator(masks, method="fft")`` is ``fft2(pad(M ⊙ x), norm="ortho")``
+  with no pitch, wavelength or distance; ``detector_order="fft"`` puts DC at index 0 (numpy/torch
+  order) instead of ``M//2``. Noise models on intensities live in :mod:`optics.noise`.
 * **Operators** follow :mod:`optics.operator` (``A``, ``A_adjoint``, norm, pseudo-inverse,
   dot-product test); :class:`optics.cdp.CDPSystem` is the linear :class:`~optics.cdp.CDPOperator`
   plus ``|·|²`` plus an optional sensor whose noise model is an argument.
@@ -24,10 +27,10 @@ Conventions
 * **Errors**: subclasses of :class:`optics.errors.OpticsError` (a ``ValueError``) whose message
   names the quantity, the value, the limit and the fix.
 """
-from . import cdp, errors, grid, operator, propagation
-from .cdp import CDPOperator, CDPSystem
-from .errors import (GeometryError, IntensityError, LUTError, MaterialError, NonFiniteError, OpticsError,
-                     OptionError, PitchRatioError, SamplingError, ShapeError, UnitsError,
+from . import cdp, errors, grid, noise, operator, propagation
+from .cdp import CDP_METHODS, DETECTOR_ORDERS, CDPOperator, CDPSystem, check_detector_order
+from .errors import (DetectorOrderWarning, GeometryError, IntensityError, LUTError, MaterialError, NonFiniteError, OpticsError,
+                     NoiseModelError, OptionError, PitchRatioError, SamplingError, ShapeError, UnitsError,
                      WavelengthRangeError)
 from .grid import Grid
 from .operator import LinearOperator, PseudoInverse, adjointness_error, estimate_norm_sq
@@ -37,11 +40,13 @@ from .propagation import (METHOD_OPTIONS, METHODS, Propagated, asm, asm_adjoint,
                           propagate_adjoint, resolve_method)
 
 __all__ = [
-    "cdp", "errors", "grid", "operator", "propagation",
-    "CDPOperator", "CDPSystem", "LinearOperator", "PseudoInverse", "adjointness_error", "estimate_norm_sq",
+    "cdp", "errors", "grid", "noise", "operator", "propagation",
+    "CDPOperator", "CDPSystem", "CDP_METHODS", "DETECTOR_ORDERS", "check_detector_order",
+    "LinearOperator", "PseudoInverse", "adjointness_error", "estimate_norm_sq",
     "Grid", "Propagated", "propagate", "propagate_adjoint", "resolve_method", "choose_method", "METHODS",
     "METHOD_OPTIONS", "fraunhofer", "fraunhofer_adjoint", "fresnel_tf", "fresnel_tf_adjoint",
     "fresnel_ir", "fresnel_ir_adjoint", "fresnel_1fft", "fresnel_1fft_adjoint", "asm", "asm_adjoint",
     "OpticsError", "UnitsError", "ShapeError", "NonFiniteError", "SamplingError", "LUTError",
     "PitchRatioError", "GeometryError", "IntensityError", "MaterialError", "WavelengthRangeError", "OptionError",
+    "DetectorOrderWarning", "NoiseModelError",
 ]

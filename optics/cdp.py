@@ -33,22 +33,33 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
 
 from . import _validate
-from .errors import GeometryError, OpticsError, ShapeError
+from .errors import DetectorOrderWarning, GeometryError, OpticsError, OptionError, ShapeError
 from .operator import LinearOperator, adjointness_error
-from .propagation import (_asm_setup, _fresnel_ir_setup, _fresnel_tf_setup, _ft_factors,
+from .propagation import (METHODS, _asm_setup, _fresnel_ir_setup, _fresnel_tf_setup, _ft_factors,
                           check_options, output_pitch, resolve_method)
 
-__all__ = ["CDPOperator", "CDPSystem", "adjointness_error", "PHYSICAL_PARAMETERS"]
+__all__ = ["CDPOperator", "CDPSystem", "adjointness_error", "check_detector_order", "PHYSICAL_PARAMETERS",
+           "CDP_METHODS", "DETECTOR_ORDERS", "UNIT_FREE_METHOD", "DetectorOrderWarning", "DetectorOrderCheck"]
 
 #: the system's physical scalars (tensors; fit any of them with ``fit=``)
 PHYSICAL_PARAMETERS = ("pitch_m", "wavelength_m", "z_m")
+#: the unit-free method: ``A x = fft2(pad(M ⊙ x), norm="ortho")``, no pitch, wavelength or distance
+UNIT_FREE_METHOD = "fft"
+#: every method a CDP operator takes (the one list; config and CLI import it): the unit-free
+#: ``"fft"`` beside the physical propagators of :data:`optics.propagation.METHODS`
+CDP_METHODS = (UNIT_FREE_METHOD,) + tuple(METHODS)
+#: detector sample orders: ``"centered"`` puts the zero frequency (DC) at index ``M//2`` per axis,
+#: ``"fft"`` at index 0 (numpy/torch FFT order, how prDeep and most CDP code store data)
+DETECTOR_ORDERS = ("centered", "fft")
 _FT_METHODS = ("fraunhofer", "fresnel-1fft")
+#: methods whose detector is a Fourier plane (diagonal ``AᴴA``; a detector order applies)
+_FOURIER_METHODS = _FT_METHODS + (UNIT_FREE_METHOD,)
 
 
 class _FixedModulation(nn.Module):
@@ -122,10 +133,21 @@ def _param(module: nn.Module, name: str, value: float, fit) -> None:
         module.register_buffer(name, t)
 
 
-def _ramp(n_out: int, shift: int, device) -> torch.Tensor:
-    """``e^{-2πi k·shift/n_out}``: the DFT of a signal delayed by ``shift`` samples."""
-    k = torch.arange(n_out, dtype=torch.float64, device=device)
+def _ramp(n_out: int, shift: int, device, length: Optional[int] = None) -> torch.Tensor:
+    """``e^{-2πi k·shift/n_out}`` for ``k = 0 … length−1`` (default ``n_out``): the DFT of a
+    signal delayed by ``shift`` samples."""
+    k = torch.arange(n_out if length is None else length, dtype=torch.float64, device=device)
     return torch.polar(torch.ones_like(k), -2 * math.pi * ((k * shift) % n_out) / n_out)
+
+
+def _reorder_factors(mod_in: torch.Tensor, out: torch.Tensor, M, n, shift) -> tuple:
+    """Fourier-plane factors ``(mod_in, out)`` of ``A x = fft2(pad_end(x ⊙ mod_in)) ⊙ out``
+    rewritten so that ``A' x[k] = A x[(k − shift) mod M]`` (the detector samples rolled by
+    ``shift``): by the DFT shift theorem the input gains ``e^{+2πi j·shift/M}`` and the output
+    factor is rolled, so the reordering costs nothing per call."""
+    sy, sx = shift
+    ph = (_ramp(M[0], -sy, mod_in.device, n[0])[:, None] * _ramp(M[1], -sx, mod_in.device, n[1])[None, :])
+    return mod_in * ph.to(mod_in.dtype), torch.roll(out, shifts=(sy, sx), dims=(-2, -1))
 
 
 class CDPOperator(LinearOperator):
@@ -139,48 +161,103 @@ class CDPOperator(LinearOperator):
         phases per SLM pixel — a real ``(L, h, w)`` tensor or a module with ``phase()``
         (:class:`~optics.masks.PhaseMask`).
     pitch_m, wavelength_m, z_m
-        Simulation (object-plane) pitch, wavelength, mask-to-detector distance (SI).
+        Simulation (object-plane) pitch, wavelength, mask-to-detector distance (SI). Required
+        by the physical methods; not taken by the unit-free ``method="fft"`` (giving them
+        raises :class:`~optics.errors.OptionError`).
     method
-        Propagation method (:data:`optics.propagation.METHODS`); ``"auto"`` is resolved here,
-        once, on the detector window.
+        ``"fft"`` (unit-free, below) or a propagation method (:data:`optics.propagation.METHODS`);
+        ``"auto"`` is resolved here, once, on the detector window. :data:`CDP_METHODS` lists all.
     oversampling
         Detector window / object window (≥ 1), by centred zero padding.
+    detector_order
+        Where the zero frequency (DC) of a Fourier-plane detector sits: ``"centered"``
+        (default) at index ``M//2`` per axis, ``"fft"`` at index 0 (numpy/torch FFT order, what
+        prDeep and most CDP code store; ``torch.fft.ifftshift`` of the centred samples). For
+        the Fourier-plane methods (``fft``, ``fraunhofer``, ``fresnel-1fft``) only: the other
+        methods image a real-space plane, whose samples have no FFT order (``"fft"`` raises).
+        The reordering is folded into the cached factors (no extra pass per call);
+        :func:`check_detector_order` warns when data look stored in the other order.
     slm
         Optional :class:`optics.slm.SLM`; bound to ``pitch_m`` (see :meth:`optics.slm.SLM.bind`).
     fit
         Names from :data:`PHYSICAL_PARAMETERS` to store as ``nn.Parameter``.
     propagation_options
         The chosen method's options (:data:`optics.propagation.METHOD_OPTIONS`); others raise.
+
+    The unit-free method
+    --------------------
+    ``method="fft"`` is the CDP of the phase-retrieval literature (prDeep, Metzler et al.,
+    ICML 2018; Candès, Li & Soltanolkotabi, ACHA 2015): ``A_l x = fft2(pad(M_l ⊙ x),
+    norm="ortho")``, i.e. the DFT divided by ``√(Mh·Mw)``, with no pitch, wavelength or
+    distance (the detector samples are spatial frequencies in cycles per padded window).
+    What is unitary: each ``A_l`` restricted to the object window is an isometry times the
+    mask, so ``A_lᴴ A_l = |M_l|²`` (Parseval, for any oversampling) and the stacked operator
+    has ``AᴴA = Σ_l |M_l|²``, which is ``L·I`` for phase masks (``‖A x‖² = L‖x‖²``); ``A`` is
+    unitary only for ``L = 1``, a phase mask and no oversampling. Use it for the standard
+    benchmark protocol (``L = 4`` uniform random phase masks, ``N = 128``, no oversampling,
+    ``detector_order="fft"`` to match stored prDeep data). It has no SLM (an SLM has a pixel
+    pitch) and nothing to ``fit``; :attr:`out_pitch_m` is ``None``.
     """
 
-    def __init__(self, masks, *, pitch_m, wavelength_m, z_m, method: str = "fraunhofer",
-                 oversampling: float = 1.0, slm: Optional[nn.Module] = None, fit=(), **propagation_options):
+    def __init__(self, masks, *, pitch_m=None, wavelength_m=None, z_m=None, method: str = "fraunhofer",
+                 oversampling: float = 1.0, detector_order: str = "centered", slm: Optional[nn.Module] = None,
+                 fit=(), **propagation_options):
         super().__init__()
+        if method not in CDP_METHODS:
+            raise OpticsError(f"method must be one of {CDP_METHODS}, got {method!r}")
+        if detector_order not in DETECTOR_ORDERS:
+            raise OptionError(f"detector_order must be one of {DETECTOR_ORDERS} ('centered': DC at index M//2, "
+                              f"'fft': DC at index 0), got {detector_order!r}")
         unknown = sorted(set(fit) - set(PHYSICAL_PARAMETERS))
         if unknown:
             raise OpticsError(f"cannot fit {unknown}; the CDP operator fits {list(PHYSICAL_PARAMETERS)}")
-        dx = _validate.pitch("pitch_m", pitch_m)
-        lam = _validate.wavelength(wavelength_m)
-        z = _validate.finite_scalar("z_m", z_m)
         if not (isinstance(oversampling, (int, float)) and math.isfinite(oversampling) and oversampling >= 1.0):
             raise ShapeError(f"oversampling must be a finite number >= 1, got {oversampling!r}")
-        _param(self, "pitch_m", dx, fit)
-        _param(self, "wavelength_m", lam, fit)
-        _param(self, "z_m", z, fit)
         self.oversampling = float(oversampling)
-        self.slm = slm.bind(dx) if slm is not None else None
+        self.detector_order = detector_order
+        unit_free = method == UNIT_FREE_METHOD
+        if unit_free:
+            given = [k for k, v in (("pitch_m", pitch_m), ("wavelength_m", wavelength_m), ("z_m", z_m)) if v is not None]
+            bad = given + (["slm"] if slm is not None else []) + [f"fit={list(fit)}"] * bool(fit)
+            if bad:
+                raise OptionError(f"method 'fft' is unit-free (A x = fft2(pad(M ⊙ x), norm='ortho')) and takes no "
+                                  f"{', '.join(bad)}; drop them, or choose a physical method such as 'fraunhofer'")
+            self.pitch_m = self.wavelength_m = self.z_m = None
+            self.slm = None
+        else:
+            missing = [k for k, v in (("pitch_m", pitch_m), ("wavelength_m", wavelength_m), ("z_m", z_m)) if v is None]
+            if missing:
+                raise OptionError(f"method {method!r} needs {', '.join(missing)} (SI units); give them, or use the "
+                                  f"unit-free method='fft'")
+            dx = _validate.pitch("pitch_m", pitch_m)
+            lam = _validate.wavelength(wavelength_m)
+            z = _validate.finite_scalar("z_m", z_m)
+            _param(self, "pitch_m", dx, fit)
+            _param(self, "wavelength_m", lam, fit)
+            _param(self, "z_m", z, fit)
+            self.slm = slm.bind(dx) if slm is not None else None
         self.masks = _mask_module(masks, slm is not None)
         with torch.no_grad():
             mod = self._raw_modulation()
         self.n_masks = int(mod.shape[0])
         self.in_shape: Tuple[int, int] = (int(mod.shape[-2]), int(mod.shape[-1]))
         self.out_shape: Tuple[int, int] = tuple(int(round(self.oversampling * n)) for n in self.in_shape)
-        self.method = resolve_method(self.out_shape, method, pitch_m=dx, wavelength_m=lam, z_m=z)
-        if self.method in _FT_METHODS and z <= 0:
-            from .errors import UnitsError
-            raise UnitsError(f"z_m must be a positive distance in metres for method {self.method!r}, got {z!r}; "
-                             f"far-field and single-FFT propagation are defined for z > 0")
-        self.propagation_options = check_options(self.method, propagation_options)
+        if unit_free:
+            self.method = UNIT_FREE_METHOD
+            if propagation_options:
+                raise OptionError(f"method 'fft' takes no propagation options; got {sorted(propagation_options)}")
+            self.propagation_options = {}
+        else:
+            self.method = resolve_method(self.out_shape, method, pitch_m=dx, wavelength_m=lam, z_m=z)
+            if self.method in _FT_METHODS and z <= 0:
+                from .errors import UnitsError
+                raise UnitsError(f"z_m must be a positive distance in metres for method {self.method!r}, got {z!r}; "
+                                 f"far-field and single-FFT propagation are defined for z > 0")
+            self.propagation_options = check_options(self.method, propagation_options)
+        if detector_order == "fft" and self.method not in _FOURIER_METHODS:
+            raise OptionError(f"detector_order='fft' applies to Fourier-plane detectors ({', '.join(_FOURIER_METHODS)}); "
+                              f"method {self.method!r} samples a real-space plane, which has no FFT order — "
+                              f"use detector_order='centered' (or fftshift the data yourself)")
         self._frozen: Optional[dict] = None
         self._cache: dict = {}
         self._pad_buffers: dict = {}
@@ -189,9 +266,23 @@ class CDPOperator(LinearOperator):
 
     # ---- geometry -------------------------------------------------------------------------
     @property
-    def out_pitch_m(self) -> Tuple[float, float]:
+    def unit_free(self) -> bool:
+        """True for ``method="fft"`` (no pitch, wavelength or distance)."""
+        return self.method == UNIT_FREE_METHOD
+
+    @property
+    def dc_index(self) -> Tuple[int, int]:
+        """The detector index of the zero frequency for a Fourier-plane method: ``(0, 0)`` in
+        FFT order, ``(Mh//2, Mw//2)`` centred."""
+        return (0, 0) if self.detector_order == "fft" else (self.out_shape[0] // 2, self.out_shape[1] // 2)
+
+    @property
+    def out_pitch_m(self) -> Optional[Tuple[float, float]]:
         """Detector-plane sample pitch ``(py, px)`` (``λz/(M·dx)`` per axis for Fraunhofer /
-        single-FFT Fresnel, the simulation pitch otherwise)."""
+        single-FFT Fresnel, the simulation pitch otherwise); ``None`` for the unit-free
+        ``method="fft"``."""
+        if self.unit_free:
+            return None
         return output_pitch(self.out_shape, pitch_m=_f(self.pitch_m), wavelength_m=_f(self.wavelength_m),
                             z_m=_f(self.z_m), method=self.method)
 
@@ -253,6 +344,14 @@ class CDPOperator(LinearOperator):
         mod = self._raw_modulation().to(device=device, dtype=dtype)
         n, M = self.in_shape, self.out_shape
         oy, ox = self.offset
+        half = (M[0] // 2, M[1] // 2)
+        if self.unit_free:
+            # fft2 of the centred padding = fft2 of the end padding times the delay ramp; ortho scale
+            out = (_ramp(M[0], oy, device)[:, None] * _ramp(M[1], ox, device)[None, :]) / math.sqrt(M[0] * M[1])
+            mod_in, out = mod, out.to(dtype)
+            if self.detector_order == "centered":
+                mod_in, out = _reorder_factors(mod_in, out, M, n, half)
+            return self._ft_dict(mod_in, out)
         dx, lam, z = self.pitch_m, self.wavelength_m, self.z_m
         if self.method in _FT_METHODS:
             chirp = self.method == "fresnel-1fft"
@@ -262,11 +361,9 @@ class CDPOperator(LinearOperator):
             mod_in = mod * q_in[oy:oy + n[0], ox:ox + n[1]]
             ramp = (_ramp(M[0], oy, device)[:, None] * _ramp(M[1], ox, device)[None, :]).to(dtype)
             out = q_out * ramp
-            c = out.abs().mean()  # |out| is the constant dx²/(λz): the phase-free pair keeps it
-            mod_c = mod_in * c
-            return {"kind": "ft", "mod": mod_in, "out": out, "out_conj": out.conj().resolve_conj(),
-                    "mod_conj": mod_in.conj().resolve_conj(), "mod_c": mod_c,
-                    "mod_c_conj": mod_c.conj().resolve_conj()}
+            if self.detector_order == "fft":  # DC from M//2 to 0
+                mod_in, out = _reorder_factors(mod_in, out, M, n, (-half[0], -half[1]))
+            return self._ft_dict(mod_in, out)
         # transfer-function methods: propagate the detector window M (padded to P internally)
         probe = torch.zeros(M, dtype=dtype, device=device)
         setup = {"fresnel-tf": _fresnel_tf_setup, "asm": _asm_setup, "fresnel-ir": _fresnel_ir_setup}[self.method]
@@ -279,6 +376,14 @@ class CDPOperator(LinearOperator):
         H = H.to(dtype) * (_ramp(P[0], oy, device)[:, None] * _ramp(P[1], ox, device)[None, :]).to(dtype)
         return {"kind": "tf", "mod": mod, "mod_conj": mod.conj().resolve_conj(), "H": H,
                 "H_conj": H.conj().resolve_conj(), "P": tuple(P)}
+
+    @staticmethod
+    def _ft_dict(mod_in: torch.Tensor, out: torch.Tensor) -> dict:
+        c = out.abs().mean()  # |out| is a constant (dx²/(λz), or 1/√(Mh·Mw)): the phase-free pair keeps it
+        mod_c = mod_in * c
+        return {"kind": "ft", "mod": mod_in, "out": out, "out_conj": out.conj().resolve_conj(),
+                "mod_conj": mod_in.conj().resolve_conj(), "mod_c": mod_c,
+                "mod_c_conj": mod_c.conj().resolve_conj()}
 
     # ---- the linear map ---------------------------------------------------------------------
     def _check_x(self, x: torch.Tensor, finite: bool = True) -> torch.Tensor:
@@ -363,7 +468,7 @@ class CDPOperator(LinearOperator):
         elementwise pass less each; other methods: ``A``/``Aᴴ`` themselves. The pair is meant
         for iterative solvers that validated their data once: it checks shapes, not finiteness
         (a NaN/inf scan is a full pass over the data on every call)."""
-        phase_free = self.method in _FT_METHODS
+        phase_free = self.method in _FOURIER_METHODS
         return (lambda x: self._fwd(x, phase_free, finite=False)), (lambda z: self._adj(z, phase_free, finite=False))
 
     def _pad_end(self, u: torch.Tensor, shape) -> torch.Tensor:
@@ -392,12 +497,93 @@ class CDPOperator(LinearOperator):
         return buf
 
     def normal_is_diagonal(self) -> Optional[bool]:
-        return True if self.method in _FT_METHODS else None
+        return True if self.method in _FOURIER_METHODS else None
+
+    def intensity(self, x: torch.Tensor) -> torch.Tensor:
+        """Noiseless ``|A x|²`` (real, ``(..., L, Mh, Mw)``), on the detector sample grid, in
+        the operator's detector order (one elementwise pass less than ``A(x).abs()**2``)."""
+        a = self._fwd(x, phase_free=True)
+        return a.real ** 2 + a.imag ** 2
 
     def extra_repr(self) -> str:
-        return (f"L={self.n_masks}, in_shape={self.in_shape}, out_shape={self.out_shape}, method={self.method!r}, "
-                f"pitch_m={_f(self.pitch_m):.4g}, wavelength_m={_f(self.wavelength_m):.4g}, "
+        head = (f"L={self.n_masks}, in_shape={self.in_shape}, out_shape={self.out_shape}, method={self.method!r}, "
+                f"detector_order={self.detector_order!r}")
+        if self.unit_free:
+            return head
+        return (f"{head}, pitch_m={_f(self.pitch_m):.4g}, wavelength_m={_f(self.wavelength_m):.4g}, "
                 f"z_m={_f(self.z_m):.4g}")
+
+
+class DetectorOrderCheck(NamedTuple):
+    """Result of :func:`check_detector_order`: ``ratio`` = ``Q(DC)/Q(other)`` (> 1: the data
+    fit the operator's order, < 1: the other one); ``looks_like`` the order the data look
+    stored in, or ``None`` when undecided (``1/threshold ≤ ratio ≤ threshold``)."""
+    ratio: float
+    looks_like: Optional[str]
+
+
+def check_detector_order(y: torch.Tensor, operator, *, threshold: float = 1.3, warn: bool = True) -> DetectorOrderCheck:
+    """Check that intensity data ``y`` (``(..., L, Mh, Mw)``) are stored in ``operator``'s
+    detector order; warn (:class:`~optics.errors.DetectorOrderWarning`) when they look stored
+    in the other one.
+
+    Why not just look for a bright DC sample: with uniform random phase masks ``M ⊙ x`` is
+    white and the CDP has no DC peak. Worse, the other order is *exactly* consistent with the
+    operator — rolling the detector samples by ``s = M//2`` is, by the DFT shift theorem, the
+    same operator applied to ``x ⊙ e^{±2πi j·s/M}`` — so data in the wrong order are fitted
+    perfectly by the object shifted in frequency by half the band; only a prior on the object
+    (non-negative, smooth) can tell. So the test asks where the *object's* energy sits: for a
+    probe ``u`` it correlates the data with the probe's intensity, ``Q(u) = ⟨|A u|², y⟩``.
+    With ``y = |A x|²`` and random masks ``E Q(u) ∝ ‖x‖²‖u‖² + |⟨u, x⟩|²``, so the ratio
+    ``Q(1)/Q(e^{2πi j·δ/M})`` (``δ`` the shift the other order implies) compares the object's
+    DC energy with its energy where the other order moves DC: ≈ 1.6–2 for natural images or
+    any object with a mean (non-negative, phase objects), ≈ 1/ratio for the same data in the
+    other order, ≈ 1 for zero-mean objects (then nothing can be decided and nothing is said).
+    Measured on four scikit-image images at N = 16 … 128, L = 1 or 4, oversampling 1 or 2,
+    with and without prDeep α = 81 noise: 1.6 … 2.1 right, 0.48 … 0.62 swapped; zero-mean
+    complex Gaussian objects 0.86 … 1.17 (hence ``threshold = 1.3``).
+
+    For the Fourier-plane methods only (``fft``, ``fraunhofer``, ``fresnel-1fft``); others raise
+    :class:`~optics.errors.OptionError`. Costs one :meth:`CDPOperator.intensity` of two probes.
+    """
+    import warnings
+
+    op = getattr(operator, "operator", operator)
+    if not isinstance(op, CDPOperator):
+        raise OptionError(f"check_detector_order needs a CDPOperator or CDPSystem, got {type(operator).__name__}")
+    if op.method not in _FOURIER_METHODS:
+        raise OptionError(f"check_detector_order applies to Fourier-plane detectors ({', '.join(_FOURIER_METHODS)}); "
+                          f"method {op.method!r} samples a real-space plane, which has no FFT order")
+    if not (isinstance(threshold, (int, float)) and threshold > 1):
+        raise OptionError(f"threshold must be a number > 1, got {threshold!r}")
+    y = torch.as_tensor(y)
+    M, n = op.out_shape, op.in_shape
+    if y.is_complex() or y.ndim < 3 or tuple(y.shape[-3:]) != (op.n_masks,) + tuple(M):
+        raise ShapeError(f"y must be real intensities of shape (..., {op.n_masks}, {M[0]}, {M[1]}); got "
+                         f"{tuple(y.shape)} {y.dtype}")
+    sign = 1 if op.detector_order == "fft" else -1  # the input ramp the other order implies
+    with torch.no_grad():
+        ph = 2 * math.pi * sign * (torch.arange(n[0], dtype=torch.float64)[:, None] * (M[0] // 2) / M[0]
+                                   + torch.arange(n[1], dtype=torch.float64)[None, :] * (M[1] // 2) / M[1])
+        probes = torch.polar(torch.ones_like(ph), torch.stack([torch.zeros_like(ph), ph]))
+        dtype = torch.complex128 if y.dtype == torch.float64 else torch.complex64
+        inten = op.intensity(probes.to(dtype=dtype, device=y.device))  # (2, L, Mh, Mw)
+        yy = y.reshape((-1,) + tuple(y.shape[-3:])).sum(dim=0).to(inten.dtype)
+        q = (inten * yy).sum(dim=(-3, -2, -1))
+    q_dc, q_other = float(q[0]), float(q[1])
+    if not (q_dc > 0 and q_other > 0):
+        return DetectorOrderCheck(float("nan"), None)
+    ratio = q_dc / q_other
+    other = "centered" if op.detector_order == "fft" else "fft"
+    looks = op.detector_order if ratio > threshold else other if ratio < 1 / threshold else None
+    if warn and looks == other:
+        fix = ("torch.fft.ifftshift(y, dim=(-2, -1))" if other == "centered" else "torch.fft.fftshift(y, dim=(-2, -1))")
+        warnings.warn(DetectorOrderWarning(
+            f"the data look stored in detector order {other!r} (DC at index {'M//2' if other == 'centered' else '0'}), "
+            f"but the operator uses detector_order={op.detector_order!r}: the data correlate {1 / ratio:.2f}× more with "
+            f"an object whose zero frequency sits where {other!r} puts DC (threshold {threshold}); build the operator "
+            f"with detector_order={other!r}, or reorder the data with {fix}"), stacklevel=2)
+    return DetectorOrderCheck(ratio, looks)
 
 
 class _StateKey:
@@ -474,7 +660,9 @@ def _tf_apply_adjoint(z_padded: torch.Tensor, H_conj: torch.Tensor, n) -> torch.
 class CDPSystem(nn.Module):
     """A CDP measurement: the linear :class:`CDPOperator` (``.operator``), ``|A x|²`` and an
     optional sensor (module docstring). Construction takes the operator's arguments plus
-    ``sensor`` (an :class:`optics.sensor.Sensor`, bound to the detector pitch here).
+    ``sensor`` (an :class:`optics.sensor.Sensor`, bound to the detector pitch here) or
+    ``noise`` (an :class:`optics.noise.NoiseModel` on the intensity itself, e.g. the prDeep
+    protocol's ``PrDeepNoise(alpha)``; kept as ``.noise_model``), not both.
 
     ``A``/``A_adjoint``/``modulation``/``magnitude_pair`` and the contract methods delegate to
     the operator, so a system can be passed wherever a linear operator is expected (the
@@ -482,13 +670,28 @@ class CDPSystem(nn.Module):
     ``forward``) applies the sensor with an explicit noise model.
     """
 
-    def __init__(self, masks, *, pitch_m, wavelength_m, z_m, method: str = "fraunhofer",
-                 oversampling: float = 1.0, slm: Optional[nn.Module] = None,
-                 sensor: Optional[nn.Module] = None, fit=(), **propagation_options):
+    def __init__(self, masks, *, pitch_m=None, wavelength_m=None, z_m=None, method: str = "fraunhofer",
+                 oversampling: float = 1.0, detector_order: str = "centered", slm: Optional[nn.Module] = None,
+                 sensor: Optional[nn.Module] = None, noise=None, fit=(), **propagation_options):
         super().__init__()
+        from .noise import NoiseModel
+        if noise is not None and not isinstance(noise, NoiseModel):
+            raise OpticsError(f"noise must be an optics.noise.NoiseModel (e.g. PrDeepNoise(9), PoissonNoise(100.0)) or "
+                              f"None, got {type(noise).__name__}; a sensor's noise is chosen with Sensor(noise=...)")
+        if noise is not None and sensor is not None:
+            raise OpticsError("give either a sensor (a camera in DN, with its own noise) or a noise model on the "
+                              "intensity (noise=...), not both")
+        self.noise_model = noise
         self.operator = CDPOperator(masks, pitch_m=pitch_m, wavelength_m=wavelength_m, z_m=z_m, method=method,
-                                    oversampling=oversampling, slm=slm, fit=fit, **propagation_options)
-        if sensor is not None:
+                                    oversampling=oversampling, detector_order=detector_order, slm=slm, fit=fit,
+                                    **propagation_options)
+        if sensor is not None and self.operator.unit_free:
+            if sensor.pitch_m is not None or sensor.grid_pitch_m is not None:
+                raise GeometryError(
+                    f"the unit-free method 'fft' has no detector pitch, but the sensor was given a pitch "
+                    f"(pitch_m={sensor.pitch_m}, grid_pitch_m={sensor.grid_pitch_m}); use one sample per camera "
+                    f"pixel (pitch_m=None) or a physical method")
+        elif sensor is not None:
             sensor.bind(self.operator.out_pitch_m)
             if sensor.binning is not None and sensor.binning > 1 and any(
                     m % sensor.binning for m in self.operator.out_shape):
@@ -506,7 +709,8 @@ class CDPSystem(nn.Module):
                 raise
             op = super().__getattr__("operator")
             if name in ("n_masks", "in_shape", "out_shape", "method", "oversampling", "propagation_options",
-                        "out_pitch_m", "offset", "pitch_m", "wavelength_m", "z_m", "masks", "slm"):
+                        "out_pitch_m", "offset", "pitch_m", "wavelength_m", "z_m", "masks", "slm",
+                        "detector_order", "unit_free", "dc_index"):
                 return getattr(op, name)
             raise
 
@@ -545,16 +749,24 @@ class CDPSystem(nn.Module):
 
     # ---- measurements ---------------------------------------------------------------------
     def intensity(self, x: torch.Tensor) -> torch.Tensor:
-        """Noiseless ``|A x|²`` (real, ``(..., L, Mh, Mw)``), on the detector sample grid."""
-        a = self.operator._fwd(x, phase_free=True)
-        return a.real ** 2 + a.imag ** 2
+        """Noiseless ``|A x|²`` (:meth:`CDPOperator.intensity`)."""
+        return self.operator.intensity(x)
 
     def measure(self, x: torch.Tensor, *, noise: Optional[str] = None,
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """``Sensor(|A x|²)`` with the noise model ``noise`` (``"poisson"`` exact,
-        ``"gaussian"`` differentiable, ``"none"``; default: the sensor's own). Without a sensor,
-        the noiseless intensity (``noise`` other than ``None``/``"none"`` then raises)."""
+        ``"gaussian"`` differentiable, ``"none"``; default: the sensor's own). With a noise
+        model (``noise=`` at construction) instead: ``noise_model.sample(|A x|²)``, or the
+        noiseless intensity for ``noise="none"``. With neither, the noiseless intensity
+        (``noise`` other than ``None``/``"none"`` then raises)."""
         inten = self.intensity(x)
+        if self.noise_model is not None:
+            if noise == "none":
+                return inten
+            if noise is not None:
+                raise OpticsError(f"noise={noise!r}: this system's noise is the model {self.noise_model!r}; pass "
+                                  f"noise=None (draw from it) or 'none' (noiseless)")
+            return self.noise_model.sample(inten, generator=generator)
         if self.sensor is None:
             if noise not in (None, "none"):
                 raise OpticsError(f"noise={noise!r} needs a sensor; build the system with sensor=Sensor(...)")

@@ -55,6 +55,16 @@ class OptionError(OpticsError):
     """An unknown or inapplicable keyword option (e.g. ``pad`` for Fraunhofer propagation)."""
 
 
+class DetectorOrderWarning(UserWarning):
+    """CDP data look stored in the other detector sample order (DC at index 0 vs ``M//2``)
+    than the operator's ``detector_order`` (:func:`optics.cdp.check_detector_order`)."""
+
+
+class NoiseModelError(OpticsError):
+    """A noise model's parameter is out of range or its input is not an intensity."""
+
+
 __all__ = ["OpticsError", "UnitsError", "ShapeError", "NonFiniteError", "SamplingError", "LUTError",
            "PitchRatioError", "GeometryError", "IntensityError", "MaterialError",
-           "WavelengthRangeError", "OptionError"]
+           "WavelengthRangeError", "OptionError",
+           "DetectorOrderWarning", "NoiseModelError"]

@@ -14,14 +14,14 @@ from typing import Optional
 import numpy as np
 import torch
 
-from optics.cdp import CDPSystem
-from optics.errors import GeometryError, PitchRatioError
+from optics.cdp import UNIT_FREE_METHOD, CDPSystem
+from optics.errors import GeometryError, OptionError, PitchRatioError
 from optics.masks import ComplexMask, PhaseMask, binary_phase, random_phase
 from optics.propagation import METHOD_OPTIONS, output_pitch, resolve_method
 from optics.sensor import Sensor
 from optics.slm import SLM, PhaseLUT, integer_pitch_ratio
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, noise_model_from_config
 
 
 def slm_from_config(cfg: Config) -> Optional[SLM]:
@@ -89,6 +89,8 @@ def resolved_method(cfg: Config) -> str:
     """``optics.method`` with ``"auto"`` resolved (by :func:`optics.propagation.resolve_method`,
     the one place) on the detector window, so the configured options of the chosen method apply."""
     o = cfg.optics
+    if o.method == UNIT_FREE_METHOD:
+        return o.method
     n_out = int(round(o.oversampling * cfg.data.size))
     return resolve_method((n_out, n_out), o.method, pitch_m=o.pitch_m, wavelength_m=o.wavelength_m, z_m=o.z_m)
 
@@ -98,10 +100,13 @@ def system_from_config(cfg: Config) -> CDPSystem:
     masks = masks_from_config(cfg, slm)
     o = cfg.optics
     method = resolved_method(cfg)
-    prop = {k: getattr(o.propagation, k) for k in METHOD_OPTIONS[method]}
+    prop = {k: getattr(o.propagation, k) for k in METHOD_OPTIONS.get(method, ())}
+    units = {} if method == UNIT_FREE_METHOD else dict(pitch_m=o.pitch_m, wavelength_m=o.wavelength_m, z_m=o.z_m)
     try:
-        system = CDPSystem(masks, pitch_m=o.pitch_m, wavelength_m=o.wavelength_m, z_m=o.z_m, method=method,
-                           oversampling=o.oversampling, slm=slm, sensor=sensor_from_config(cfg), **prop)
+        system = CDPSystem(masks, method=method, oversampling=o.oversampling, detector_order=o.detector_order, slm=slm,
+                           sensor=sensor_from_config(cfg), noise=noise_model_from_config(cfg), **units, **prop)
+    except OptionError as exc:
+        raise ConfigError(f"optics.method / optics.detector_order: {exc}") from exc
     except (PitchRatioError, GeometryError) as exc:
         if cfg.sensor.enabled and cfg.sensor.pitch_m is not None and "grid_pitch_m" in str(exc):
             n_out = int(round(o.oversampling * cfg.data.size))

@@ -7,7 +7,9 @@ fully resolved configuration next to its outputs (:func:`dump`).
 
 The default configuration (:func:`default_config`) is the embedded demo: faces and sample-image
 patches from scikit-image, phase-only objects in [0, π], 4 random phase masks, Fraunhofer
-propagation with 2× oversampling and a shot-noise-limited sensor.
+propagation with 2× oversampling and a shot-noise-limited sensor. The standard CDP benchmark
+protocol instead: ``optics.method=fft``, ``optics.oversampling=1``, ``optics.detector_order=fft``,
+``data.encoding=amplitude``, ``sensor.enabled=false``, ``noise.model=prdeep``, ``noise.alpha=9``.
 """
 from __future__ import annotations
 
@@ -23,8 +25,10 @@ import yaml
 from learning.encoding import ENCODINGS
 from learning.images import RESIZE_MODES, SPLITS
 from learning.solvers import SOLVER_NAMES
+from optics.cdp import CDP_METHODS, DETECTOR_ORDERS, UNIT_FREE_METHOD
 from optics.masks import MASK_KINDS
-from optics.propagation import EVANESCENT, METHODS
+from optics.noise import NOISE_MODEL_NAMES
+from optics.propagation import EVANESCENT
 from optics.sensor import NOISE_MODELS
 from optics.slm import QUANTIZATION_MODES
 
@@ -43,12 +47,27 @@ class PropagationConfig:
 
 @dataclass
 class OpticsConfig:
-    wavelength_m: float = 633e-9
+    wavelength_m: float = 633e-9  # (wavelength_m, pitch_m, z_m: unused by the unit-free method fft)
     pitch_m: float = 8e-6
     z_m: float = 0.1
-    method: str = "fraunhofer"
+    method: str = "fraunhofer"  # fft (unit-free: fft2(pad(M⊙x), norm="ortho")) | fraunhofer | asm | … | auto
     oversampling: float = 2.0
+    detector_order: str = "centered"  # centered (DC at M//2) | fft (DC at index 0, numpy/prDeep order)
     propagation: PropagationConfig = field(default_factory=PropagationConfig)
+
+
+#: ``noise.model`` values: the camera's own noise (``sensor.noise``) or a model on the intensity
+NOISE_CHOICES = ("sensor",) + tuple(NOISE_MODEL_NAMES)
+
+
+@dataclass
+class NoiseConfig:
+    """The measurement noise: ``sensor`` (the camera model's own, ``sensor.noise``) or a model of
+    :mod:`optics.noise` on the intensity ``|A x|²`` (then ``sensor.enabled`` must be false)."""
+    model: str = "sensor"  # sensor | none | prdeep | poisson | gaussian
+    alpha: float = 9.0  # prdeep: std alpha/255 relative to |Ax|; poisson without photons_per_unit: (255/alpha)² photons/unit
+    photons_per_unit: Optional[float] = None  # poisson: photons per unit intensity
+    sigma: Optional[float] = None  # gaussian: std of the additive noise, intensity units
 
 
 @dataclass
@@ -171,6 +190,7 @@ class Config:
     masks: MasksConfig = field(default_factory=MasksConfig)
     slm: SLMConfig = field(default_factory=SLMConfig)
     sensor: SensorConfig = field(default_factory=SensorConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     batch_size: int = 16
@@ -180,7 +200,8 @@ class Config:
 
     def validate(self) -> "Config":
         o = self.optics
-        _choice("optics.method", o.method, METHODS)
+        _choice("optics.method", o.method, CDP_METHODS)
+        _choice("optics.detector_order", o.detector_order, DETECTOR_ORDERS)
         _choice("optics.propagation.evanescent", o.propagation.evanescent, EVANESCENT)
         for key, v in (("optics.wavelength_m", o.wavelength_m), ("optics.pitch_m", o.pitch_m)):
             _positive(key, v)
@@ -200,6 +221,7 @@ class Config:
                               "use random_phase or binary with slm.enabled, or disable the SLM")
         _choice("slm.quantization", self.slm.quantization, QUANTIZATION_MODES)
         _choice("sensor.noise", self.sensor.noise, NOISE_MODELS)
+        _validate_noise(self)
         _choice("data.encoding", self.data.encoding, ENCODINGS)
         _choice("data.split", self.data.split, SPLITS)
         _choice("data.resize", self.data.resize, RESIZE_MODES)
@@ -214,6 +236,39 @@ class Config:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         _validate_learning(self)
         return self
+
+
+def _validate_noise(cfg: "Config") -> None:
+    """``noise.*`` and what the unit-free method excludes (an SLM or a camera pitch: both need units)."""
+    n = cfg.noise
+    _choice("noise.model", n.model, NOISE_CHOICES)
+    if n.model != "sensor":
+        if cfg.sensor.enabled:
+            raise ConfigError(f"noise.model = {n.model!r} is a noise model on the intensity |A x|², but sensor.enabled is "
+                              f"true (a camera with its own noise, sensor.noise); set sensor.enabled=false, or "
+                              f"noise.model=sensor to keep the camera")
+        noise_model_from_config(cfg)  # parameter checks, with the key path
+    if cfg.optics.method == UNIT_FREE_METHOD:
+        if cfg.slm.enabled:
+            raise ConfigError("optics.method = 'fft' is unit-free, but slm.enabled is true (an SLM has a pixel pitch); "
+                              "disable the SLM or choose a physical method such as fraunhofer")
+        if cfg.sensor.enabled and cfg.sensor.pitch_m is not None:
+            raise ConfigError(f"optics.method = 'fft' is unit-free (no detector pitch), but sensor.pitch_m = "
+                              f"{cfg.sensor.pitch_m!r} asks to bin detector samples by pitch; set sensor.pitch_m=null")
+
+
+def noise_model_from_config(cfg: "Config"):
+    """The :class:`optics.noise.NoiseModel` of ``noise.*``, or None for ``noise.model = sensor``."""
+    from optics.errors import NoiseModelError
+    from optics.noise import make_noise_model
+
+    n = cfg.noise
+    if n.model == "sensor":
+        return None
+    try:
+        return make_noise_model(n.model, alpha=n.alpha, photons_per_unit=n.photons_per_unit, sigma=n.sigma)
+    except NoiseModelError as exc:
+        raise ConfigError(f"noise.model = {n.model!r}: {exc} (keys noise.alpha, noise.photons_per_unit, noise.sigma)") from exc
 
 
 def _validate_learning(cfg: "Config") -> None:

@@ -25,11 +25,15 @@ from .config import Config, dump, from_yaml_text, load
 def _file_params(cfg: Config, system) -> dict:
     """The parameter tree stored in a dataset file (SI values; units from the key suffix)."""
     o = cfg.optics
-    out_pitch = list(system.out_pitch_m)
+    optics = {"method": system.method, "oversampling": o.oversampling, "detector_order": system.detector_order,
+              "n_masks": system.n_masks}
+    if not system.unit_free:  # the unit-free method has no pitch, wavelength or distance to store
+        optics.update(wavelength_m=o.wavelength_m, pitch_m=o.pitch_m, z_m=o.z_m,
+                      detector_pitch_m=list(system.out_pitch_m))
+    noise = system.noise_model
     params = {
-        "optics": {"wavelength_m": o.wavelength_m, "pitch_m": o.pitch_m, "z_m": o.z_m,
-                   "method": system.method, "oversampling": o.oversampling,
-                   "detector_pitch_m": out_pitch, "n_masks": system.n_masks},
+        "optics": optics,
+        "noise": {"model": "sensor"} if noise is None else {"model": noise.name, **noise.params()},
         "propagation": dict(system.propagation_options),
         "masks": {"kind": cfg.masks.kind, "n_masks": cfg.masks.n_masks, "seed": cfg.masks.seed,
                   "levels": cfg.masks.levels},
@@ -45,23 +49,32 @@ def _file_params(cfg: Config, system) -> dict:
 
 class NoisySimulator:
     """``simulate(x, generators)``: noiseless intensities of the batch ``system.intensity(x)``,
-    then each sample's exact sensor draw :meth:`optics.sensor.Sensor.sample` from its own
-    generator, the samples spread over a pool of ``threads`` threads (``torch.poisson`` releases
-    the GIL, and each draw holds only its own generator, so the result is the same as one
-    sample after the other, bit for bit)."""
+    then each sample's noise from its own generator — the system's noise model on the intensity
+    (:class:`optics.noise.NoiseModel`, ``noise.model`` of the config) or else the sensor with its
+    own noise model (``sensor.noise``: ``poisson`` the exact :meth:`optics.sensor.Sensor.sample`,
+    ``gaussian`` its differentiable approximation, ``none`` the noiseless expected DN) — the
+    samples spread over a pool of ``threads`` threads (``torch.poisson`` releases the GIL, and
+    each draw holds only its own generator, so the result is the same as one sample after the
+    other, bit for bit)."""
 
     def __init__(self, system, *, threads: Optional[int] = None):
         self.system = system
         self.sensor = system.sensor
+        self.noise_model = getattr(system, "noise_model", None)
         self.threads = max(1, int(threads if threads is not None else torch.get_num_threads()))
         self._pool = None
+
+    def _draw(self, inten: torch.Tensor, generator) -> torch.Tensor:
+        if self.noise_model is not None:
+            return self.noise_model.sample(inten, generator=generator)
+        return self.sensor(inten, generator=generator)  # the sensor's own noise model (sensor.noise)
 
     def __call__(self, x: torch.Tensor, generators) -> torch.Tensor:
         with torch.no_grad():
             inten = self.system.intensity(x.to(torch.complex64))
-            if self.sensor is None:
+            if self.sensor is None and self.noise_model is None:
                 return inten.float()
-            draw = lambda b: self.sensor.sample(inten[b], generator=generators[b])  # noqa: E731
+            draw = lambda b: self._draw(inten[b], generators[b])  # noqa: E731
             if self.threads == 1 or len(generators) == 1:
                 ys = [draw(b) for b in range(len(generators))]
             else:
@@ -89,8 +102,9 @@ def simulate(cfg: Config, out: Path, *, resume: bool = False, overwrite: bool = 
              max_batches: Optional[int] = None) -> Path:
     """Simulate ``cfg.data`` through the configured CDP system into the HDF5 file ``out``.
 
-    The loop: objects of a batch → noiseless intensities → each sample's exact sensor draw from
-    its own generator ``learning.h5io.sample_generator(seed, i)`` → appended to a
+    The loop: objects of a batch → noiseless intensities → each sample's noise (``noise.model``
+    on the intensity, or the sensor with ``sensor.noise``) from its own generator
+    ``learning.h5io.sample_generator(seed, i)`` → appended to a
     :class:`learning.h5io.CDPWriter` (compression ``data.compression``), so the file does not
     depend on the batch size, the threads, sharding or where an interrupted run (even a killed
     one) was resumed."""

@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import torch
 
-from optics.cdp import CDPSystem
-from optics.sensor import Sensor
+from optics.cdp import UNIT_FREE_METHOD, CDPSystem
+from optics.errors import NoiseModelError
+from optics.noise import NoiseModel, make_noise_model
+from optics.sensor import NOISE_MODELS, Sensor
 
 from ..errors import DatasetFormatError
 from .attrs import py_value, read_params_group
 from .format import open_cdp_file
 
-__all__ = ["physics_from_file", "operator_from_params", "SENSOR_KEYS"]
+__all__ = ["physics_from_file", "operator_from_params", "noise_from_params", "SENSOR_KEYS"]
 
 #: ``/parameters/sensor`` attributes passed to :class:`optics.sensor.Sensor` (``pitch_m`` aside).
 SENSOR_KEYS = ("quantum_efficiency", "mean_photons", "read_noise_e", "dark_current_e_per_s",
@@ -28,17 +31,37 @@ def _require(group: dict, keys, where: str, p: Path) -> None:
             f"operator yourself from read_params/read_masks")
 
 
-def operator_from_params(params: dict, masks_rad: torch.Tensor, mask_amplitude=None) -> CDPSystem:
-    """The noiseless :class:`optics.cdp.CDPSystem` of a stored parameter tree (``/parameters``
-    as :func:`read_params` returns it) and effective modulation ``amplitude·exp(i·masks_rad)``;
-    callers may change the tree first (e.g. ``oversampling`` for an operator on the padded grid)."""
+def noise_from_params(params: dict, where="") -> Optional[NoiseModel]:
+    """The :class:`optics.noise.NoiseModel` stored in ``/parameters/noise`` (``model`` plus its
+    parameters), or None when the file has none or its noise came from the sensor (``model =
+    "sensor"``; files written before the noise models existed have no such group)."""
+    n = params.get("noise") or {}
+    name = n.get("model")
+    if name is None or name == "sensor":
+        return None
+    try:
+        return make_noise_model(str(name), **{k: v for k, v in n.items() if k != "model"})
+    except NoiseModelError as exc:
+        raise DatasetFormatError(f"{where}: /parameters/noise does not describe a noise model: {exc}") from exc
+
+
+def operator_from_params(params: dict, masks_rad: torch.Tensor, mask_amplitude=None, *, noise=None) -> CDPSystem:
+    """The :class:`optics.cdp.CDPSystem` of a stored parameter tree (``/parameters`` as
+    :func:`read_params` returns it) and effective modulation ``amplitude·exp(i·masks_rad)``,
+    noiseless unless a ``noise`` model (:func:`noise_from_params`) is given; callers may change
+    the tree first (e.g. ``oversampling`` for an operator on the padded grid). The unit-free
+    method ``fft`` takes no pitch, wavelength or distance; files without ``detector_order`` were
+    written centred."""
     o = params["optics"]
     mod = torch.polar(torch.ones_like(masks_rad) if mask_amplitude is None else mask_amplitude,
                       masks_rad).to(torch.complex64)
     opts = {k: v for k, v in (params.get("propagation") or {}).items() if v is not None}
-    return CDPSystem(mod, pitch_m=float(o["pitch_m"]), wavelength_m=float(o["wavelength_m"]),
-                     z_m=float(o["z_m"]), method=str(o["method"]),
-                     oversampling=float(o.get("oversampling") or 1.0), **opts).eval()
+    method = str(o["method"])
+    units = {} if method == UNIT_FREE_METHOD else dict(
+        pitch_m=float(o["pitch_m"]), wavelength_m=float(o["wavelength_m"]), z_m=float(o["z_m"]))
+    return CDPSystem(mod, method=method, oversampling=float(o.get("oversampling") or 1.0),
+                     detector_order=str(o.get("detector_order") or "centered"), noise=noise,
+                     **units, **opts).eval()
 
 
 def physics_from_file(path) -> tuple[CDPSystem, Sensor | None]:
@@ -50,6 +73,12 @@ def physics_from_file(path) -> tuple[CDPSystem, Sensor | None]:
     ``/parameters/optics`` (``pitch_m``, ``wavelength_m``, ``z_m``, ``method``,
     ``oversampling``) and ``/parameters/propagation`` options, in eval mode;
     ``operator.intensity(x)`` is the noiseless ``|A x|²`` of the measurements.
+
+    With a noise model on the intensity (``/parameters/noise``, ``noise.model`` of the config:
+    prdeep, poisson, gaussian, none) the operator carries it (``operator.noise_model``;
+    ``operator.measure(x)`` draws from it) and the measurements are intensities in the
+    operator's units, so ``sensor`` is None. The unit-free ``method = "fft"`` needs no pitch,
+    wavelength or distance; ``detector_order`` defaults to ``"centered"`` (older files).
 
     ``sensor`` is the :class:`optics.sensor.Sensor` rebuilt from ``/parameters/sensor``
     (photon budget per snapshot set, ``budget_dims=3``, as simulated; binning from the stored
@@ -64,10 +93,13 @@ def physics_from_file(path) -> tuple[CDPSystem, Sensor | None]:
         amp = torch.from_numpy(f["mask_amplitude"][...]) if "mask_amplitude" in f else None
         units = py_value(f["measurements"].attrs["units"])
     o = params.get("optics") or {}
-    _require(o, ("pitch_m", "wavelength_m", "z_m", "method"), "optics", p)
-    system = operator_from_params(params, masks, amp)
+    _require(o, ("method",), "optics", p)
+    if o.get("method") != UNIT_FREE_METHOD:
+        _require(o, ("pitch_m", "wavelength_m", "z_m"), "optics", p)
+    noise = noise_from_params(params, p)
+    system = operator_from_params(params, masks, amp, noise=noise)
     s = params.get("sensor")
-    if units != "DN" or not s or not s.get("enabled", True):
+    if units != "DN" or not s or not s.get("enabled", True) or noise is not None:
         return system, None
     _require(s, ("gain_e_per_dn", "exposure_s"), "sensor", p)
     grid = None
@@ -76,5 +108,7 @@ def physics_from_file(path) -> tuple[CDPSystem, Sensor | None]:
         det = system.out_pitch_m if det is None else det
         grid = float(det[-1]) if isinstance(det, (list, tuple)) else float(det)
     kw = {k: s[k] for k in SENSOR_KEYS if k in s}
+    if s.get("noise") in NOISE_MODELS:  # the sensor's own noise model, as simulated
+        kw["noise"] = s["noise"]
     sensor = Sensor(pitch_m=s.get("pitch_m"), grid_pitch_m=grid, budget_dims=3, **kw).eval()
     return system, sensor

@@ -34,6 +34,13 @@ def test_yaml_file_and_overrides(tmp_path):
     ("optics:\n  wavelength_m: 633\n", r"optics.wavelength_m = 633.* 633e-9"),
     ("slm:\n  enabled: true\nmasks:\n  kind: octanary\n", r"phase-only SLM"),
     ("- a\n- b\n", r"mapping at the top level"),
+    ("optics:\n  detector_order: shifted\n", r"optics.detector_order = 'shifted' is not one of"),
+    ("noise:\n  model: speckle\n", r"noise.model = 'speckle' is not one of"),
+    ("noise:\n  model: prdeep\n", r"sensor.enabled is true.*set sensor.enabled=false"),
+    ("sensor:\n  enabled: false\nnoise:\n  model: prdeep\n  alpha: -9\n", r"noise.model = 'prdeep'.*alpha.*noise.alpha"),
+    ("sensor:\n  enabled: false\nnoise:\n  model: gaussian\n", r"needs sigma"),
+    ("optics:\n  method: fft\nslm:\n  enabled: true\n", r"'fft' is unit-free.*slm.enabled"),
+    ("optics:\n  method: fft\nsensor:\n  pitch_m: 16e-6\n", r"'fft' is unit-free.*sensor.pitch_m=null"),
 ])
 def test_bad_configs_name_the_key(tmp_path, text, match):
     p = tmp_path / "bad.yaml"
@@ -49,3 +56,16 @@ def test_bad_overrides_and_missing_file(tmp_path):
         load(None, ["optics.z_m"])
     with pytest.raises(ConfigError, match="does not exist"):
         load(tmp_path / "nope.yaml")
+
+
+def test_benchmark_protocol_keys_validate_and_show_in_config(capsys):
+    from phaseforge.cli import main
+
+    cfg = load(None, ["optics.method=fft", "optics.detector_order=fft", "sensor.enabled=false", "noise.model=poisson",
+                      "noise.alpha=81"])
+    assert (cfg.optics.method, cfg.optics.detector_order, cfg.noise.model, cfg.noise.alpha) == ("fft", "fft", "poisson", 81.0)
+    assert main(["config", "--set", "optics.method=fft", "--set", "sensor.enabled=false",
+                 "--set", "noise.model=prdeep", "--set", "noise.alpha=27"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["noise"] == {"model": "prdeep", "alpha": 27.0, "photons_per_unit": None, "sigma": None}
+    assert shown["optics"]["method"] == "fft" and shown["optics"]["detector_order"] == "centered"

@@ -1,0 +1,166 @@
+"""Unit-free CDP operator (method='fft'), detector sample order, intensity(), order check, noise models."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from optics.cdp import CDPOperator, CDPSystem, DetectorOrderWarning, check_detector_order
+from optics.errors import GeometryError, OpticsError, OptionError
+from optics.grid import pad_centered
+from optics.noise import PoissonNoise, PrDeepNoise
+from optics.sensor import Sensor
+from optics.slm import SLM
+
+LAM, DX = 633e-9, 8e-6
+PHYS = dict(pitch_m=DX, wavelength_m=LAM, z_m=0.1)
+
+
+def _rand(shape, seed, dtype=torch.complex128):
+    return torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+
+
+def _phases(L, n, seed):
+    return torch.rand(L, n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) * 2 * math.pi
+
+
+def _image(n):
+    """A natural non-negative image in [0, 1] (scikit-image's camera, block-averaged to n × n)."""
+    import skimage.data
+    im = torch.as_tensor(skimage.data.camera(), dtype=torch.float64) / 255.0
+    f = im.shape[0] // n
+    return im[: n * f, : n * f].reshape(n, f, n, f).mean(dim=(1, 3))
+
+
+@pytest.mark.parametrize("n, os", [(8, 1.0), (9, 1.0), (8, 2.0), (9, 1.5)])
+@pytest.mark.parametrize("order", ["fft", "centered"])
+def test_unit_free_operator_is_the_orthonormal_dft_of_the_masked_object(n, os, order):
+    # reference: torch.fft.fft2(pad_centered(M ⊙ x), norm="ortho"), fftshift-ed for the centred
+    # order; complex128, so agreement to 1e-13 is round-off (a wrong shift or scale is O(1))
+    th = _phases(3, n, 0)
+    x = _rand((2, n, n), 1)
+    op = CDPOperator(th, method="fft", oversampling=os, detector_order=order)
+    m = op.out_shape
+    ref = torch.fft.fft2(pad_centered(torch.polar(torch.ones_like(th), th) * x[:, None], m), norm="ortho")
+    if order == "centered":
+        ref = torch.fft.fftshift(ref, dim=(-2, -1))
+    assert torch.allclose(op.A(x), ref, rtol=0, atol=1e-13)
+    assert torch.allclose(op.intensity(x), ref.abs() ** 2, rtol=0, atol=1e-12)
+    assert op.adjointness_error() <= 1e-12
+    assert op.out_pitch_m is None and op.unit_free
+    assert op.dc_index == ((0, 0) if order == "fft" else (m[0] // 2, m[1] // 2))
+
+
+def test_unit_free_normal_operator_is_sum_of_mask_powers():
+    # each A_l is an isometry times M_l, so AᴴA = Σ_l |M_l|² (= L for phase masks): Parseval
+    n, L = 12, 4
+    x = _rand((n, n), 2)
+    op = CDPOperator(_phases(L, n, 3), method="fft", oversampling=2.0, detector_order="fft")
+    assert float((op.A(x).abs() ** 2).sum()) == pytest.approx(L * float((x.abs() ** 2).sum()), rel=1e-12)
+    assert torch.allclose(op.A_adjoint(op.A(x)), L * x, rtol=0, atol=1e-12)
+    amp = 0.2 + torch.rand(L, n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    mod = torch.polar(amp, _phases(L, n, 5))
+    op2 = CDPOperator(mod, method="fft")
+    assert torch.allclose(op2.A_adjoint(op2.A(x)), (amp ** 2).sum(0) * x, rtol=0, atol=1e-12)
+    assert op2.normal_is_diagonal() is True
+
+
+@pytest.mark.parametrize("method, z", [("fraunhofer", 0.1), ("fresnel-1fft", 0.5)])
+@pytest.mark.parametrize("n, os", [(8, 2.0), (9, 1.0)])
+def test_fft_order_of_physical_fourier_methods_is_ifftshift_of_centred(method, z, n, os):
+    th = _phases(2, n, 6)
+    x = _rand((n, n), 7)
+    kw = dict(pitch_m=DX, wavelength_m=LAM, z_m=z, method=method, oversampling=os)
+    c = CDPOperator(th, **kw)
+    f = CDPOperator(th, detector_order="fft", **kw)
+    assert torch.allclose(f.A(x), torch.fft.ifftshift(c.A(x), dim=(-2, -1)), rtol=0, atol=1e-12 * float(c.A(x).abs().max()))
+    assert f.adjointness_error() <= 1e-12
+    B, Bh = f.magnitude_pair()  # the phase-free pair keeps |A x| in the new order
+    assert torch.allclose(B(x).abs(), f.A(x).abs(), rtol=1e-10, atol=0)
+
+
+def test_bad_combinations_raise_with_the_fix():
+    th = _phases(2, 8, 0)
+    with pytest.raises(OptionError, match="unit-free.*pitch_m"):
+        CDPOperator(th, method="fft", pitch_m=DX)
+    with pytest.raises(OptionError, match="needs pitch_m, wavelength_m, z_m"):
+        CDPOperator(th, method="fraunhofer")
+    with pytest.raises(OptionError, match="real-space plane"):
+        CDPOperator(th, method="asm", pitch_m=DX, wavelength_m=LAM, z_m=2e-3, detector_order="fft")
+    with pytest.raises(OptionError, match="detector_order must be one of"):
+        CDPOperator(th, method="fft", detector_order="shifted")
+    with pytest.raises(OptionError, match="slm"):
+        CDPOperator(th, method="fft", slm=SLM(pixel_pitch_m=DX, upsample=1))
+    with pytest.raises(OptionError, match="fit"):
+        CDPOperator(th, method="fft", fit=("z_m",))
+    with pytest.raises(GeometryError, match="no detector pitch"):
+        CDPSystem(th, method="fft", sensor=Sensor(pitch_m=16e-6))
+    with pytest.raises(OpticsError, match="not both"):
+        CDPSystem(th, method="fft", sensor=Sensor(), noise=PrDeepNoise(9))
+    sys = CDPSystem(th, method="fft", sensor=Sensor(mean_photons=100.0, noise="none"))  # one sample per pixel
+    assert sys.measure(torch.ones(8, 8)).shape == (2, 8, 8)
+
+
+@pytest.mark.parametrize("kw", [dict(method="fft"), dict(method="fft", oversampling=2.0),
+                                dict(method="fraunhofer", oversampling=2.0, **PHYS)], ids=str)
+@pytest.mark.parametrize("order", ["fft", "centered"])
+def test_check_detector_order_warns_on_the_other_order_only(kw, order):
+    # a natural image: its energy sits at DC; data in the other order put it half a band away
+    n = 32
+    x = _image(n).to(torch.complex128)
+    op = CDPOperator(_phases(4, n, 8), detector_order=order, **kw)
+    y = PrDeepNoise(27).sample(op.intensity(x), generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ok = check_detector_order(y, op)
+    assert ok.looks_like == order and ok.ratio > 1.3
+    other = torch.fft.fftshift(y, dim=(-2, -1)) if order == "fft" else torch.fft.ifftshift(y, dim=(-2, -1))
+    with pytest.warns(DetectorOrderWarning, match="detector_order="):
+        bad = check_detector_order(other, op)
+    assert bad.looks_like != order and bad.ratio < 1 / 1.3
+    # a zero-mean object (complex Gaussian) has no DC to locate: undecided, silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_detector_order(op.intensity(_rand((n, n), 9)), op).looks_like is None
+
+
+def test_the_other_order_is_exactly_a_frequency_shifted_object():
+    # why the check needs an object prior: rolled data = the same operator on x ⊙ (−1)^j (even M)
+    n = 16
+    op = CDPOperator(_phases(3, n, 10), method="fft", detector_order="fft")
+    x = _rand((n, n), 11)
+    j = torch.arange(n)
+    checker = ((-1.0) ** (j[:, None] + j[None, :])).to(torch.complex128)
+    rolled = torch.fft.fftshift(op.intensity(x), dim=(-2, -1))
+    assert torch.allclose(rolled, op.intensity(x * checker), rtol=1e-12, atol=1e-12)
+    with pytest.raises(OptionError, match="real-space"):
+        check_detector_order(torch.ones(3, 16, 16), CDPOperator(_phases(3, 16, 0), method="asm", pitch_m=DX,
+                                                              wavelength_m=LAM, z_m=2e-3))
+
+
+def test_system_with_a_noise_model_measures_through_it():
+    n = 16
+    x = _image(n)
+    th = _phases(4, n, 12)
+    sys = CDPSystem(th, method="fft", detector_order="fft", noise=PoissonNoise.matching_prdeep(9))
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    y = sys.measure(x, generator=g())
+    assert torch.equal(y, PoissonNoise.matching_prdeep(9).sample(sys.intensity(x), generator=g()))
+    assert torch.equal(sys.measure(x, noise="none"), sys.intensity(x))
+    with pytest.raises(OpticsError, match="the model PoissonNoise"):
+        sys.measure(x, noise="poisson")
+    # κ = (255/9)² photons per unit intensity: the mean count per detector pixel is κ·mean(x²)
+    photons = float((y * sys.noise_model.photons_per_unit).mean())
+    assert photons == pytest.approx((255 / 9) ** 2 * float((x ** 2).mean()), rel=0.02)
+    assert np.isfinite(photons)
+
+
+def test_gradcheck_unit_free_intensity_wrt_mask_phase_and_object():
+    # complex128 finite differences against autograd, both orders (the reordering is in the factors);
+    # real masks are phases in rad, so gradcheck perturbs θ itself
+    theta = torch.rand(2, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 6.28
+    x = _rand((5, 5), 1).requires_grad_(True)
+    for order in ("fft", "centered"):
+        f = lambda th, xx, o=order: CDPSystem(th, method="fft", oversampling=1.6, detector_order=o).intensity(xx)  # noqa: E731
+        assert torch.autograd.gradcheck(f, (theta.clone().requires_grad_(True), x), eps=1e-6, atol=1e-6)
