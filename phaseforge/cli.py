@@ -187,14 +187,14 @@ def join_negative_values(argv, parser: argparse.ArgumentParser):
     return out
 
 
-def _format_warning(message, category, filename, lineno, line=None):
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings about the user's input (:class:`optics.sampling.GeometryWarning`) as one line
+    ``phaseforge: warning: …`` on stderr; any other warning the usual way."""
     from optics.sampling import GeometryWarning
     if issubclass(category, GeometryWarning):
-        return f"phaseforge: warning: {message}\n"
-    return _default_format_warning(message, category, filename, lineno, line)
-
-
-_default_format_warning = warnings.formatwarning
+        print(f"phaseforge: warning: {message}", file=sys.stderr)
+        return
+    print(warnings.formatwarning(message, category, filename, lineno, line), end="", file=sys.stderr)
 
 
 def _check_simulate_geometry(cfg, allow_light_loss: bool) -> None:
@@ -212,7 +212,12 @@ def _check_simulate_geometry(cfg, allow_light_loss: bool) -> None:
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv, parser))
-    warnings.formatwarning = _format_warning
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _main(args, argv)
+
+
+def _main(args, argv) -> int:
     from .alloc import tune_allocator
     tune_allocator()  # reuse large temporaries instead of re-faulting them (phaseforge/alloc.py)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

