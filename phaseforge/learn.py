@@ -39,7 +39,8 @@ from .build import resolved_method, sensor_from_config, slm_from_config
 from .config import Config, ConfigError, dump, from_yaml_text, load, to_dict
 
 __all__ = ["build_model", "load_objects", "train_run", "distill_run", "load_run", "evaluate_runs",
-           "learning_demo", "RunError", "GEOMETRY_KEYS"]
+           "learning_demo", "RunError", "GEOMETRY_KEYS", "DEFAULT_TEST_OBJECTS", "DEFAULT_TEST_SEED", "CHECKPOINTS",
+           "results_figure", "run_curves"]
 
 #: configuration keys a teacher and its student must share
 GEOMETRY_KEYS = ("optics.wavelength_m", "optics.pitch_m", "optics.z_m", "optics.method",

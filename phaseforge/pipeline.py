@@ -212,6 +212,11 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
         system, support = _padded_operator(ds.params, masks, amp, system)
     count = len(ds) if n is None else min(n, len(ds))
     geometry = stored_geometry(ds.params, ds.object_shape)
+    from optics.sampling import WARN_BELOW, GeometryWarning
+    if geometry.captured_fraction < WARN_BELOW:  # say it before a long solve, not only after
+        import warnings
+        warnings.warn(f"{data}: {geometry.summary()}; expect failed reconstructions (simulate with a smaller "
+                      f"optics.z_m, a larger data.size or optics.oversampling)", GeometryWarning, stacklevel=2)
     out.mkdir(parents=True, exist_ok=True)
     xs, xhats, residuals = [], [], []
     t0 = time.perf_counter()

@@ -182,7 +182,9 @@ def test_readme_example_geometry_is_refused_with_the_numbers(tmp_path, capsys):
     rec = tmp_path / "rec"
     assert main(["reconstruct", "--data", str(out), "--solver", "wf", "--out", str(rec), "--n-iter", "50",
                  "--no-progress"]) == 1
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "phaseforge: warning:" in captured.err and "1.68 %" in captured.err  # before the solve
+    text = captured.out
     assert "FAILED on 2 of 2 samples" in text and "records only 1.68 %" in text
     rep = json.loads((rec / "metrics.json").read_text())
     assert rep["n_failed"] == 2 and rep["failed"] == [0, 1]
