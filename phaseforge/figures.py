@@ -54,7 +54,7 @@ def reconstruction_figure(x, x_hat, metrics, *, title: str, n_show: int = 4):
     aligned = _np(align_global_phase(x_hat, x))
     x = _np(x)
     n = x.shape[0]
-    fig, axes = plt.subplots(4, n, figsize=(2.3 * n, 9.2), squeeze=False)
+    fig, axes = plt.subplots(4, n, figsize=(2.3 * n + 0.8, 9.2), squeeze=False, layout="constrained")
     rel = metrics["per_sample"]["relative_error"]
     # one fixed amplitude scale from 0 (autoscaling a phase-only object's |x| = 1 ± 1e-7 would show
     # its float rounding as an image) and one colour bar per row
@@ -74,7 +74,6 @@ def reconstruction_figure(x, x_hat, metrics, *, title: str, n_show: int = 4):
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     for row, im, label in ((0, im_a, "|x|"), (1, im_r, "|x̂|"), (2, im_p, "rad"), (3, im_p, "rad")):
         fig.colorbar(im, ax=list(axes[row]), fraction=0.03, pad=0.02, label=label)
     return fig

@@ -509,8 +509,8 @@ def results_figure(res, objects, cfg):
     for nm in names:
         rows.append((f"{nm}: {res[nm]['row']['psnr_mean']:.1f} dB",
                      align_global_phase(res[nm]["examples"][:k], objects[:k].cpu())))
-    fig, axes = plt.subplots(len(rows), k + 1, figsize=(1.9 * k + 2.2, 1.9 * len(rows)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1.15] + [1.0] * k})
+    fig, axes = plt.subplots(len(rows), k + 1, figsize=(1.9 * k + 2.6, 1.9 * len(rows)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.15] + [1.0] * k}, layout="constrained")
     im = None
     for i, (label, xs) in enumerate(rows):
         axes[i, 0].axis("off")
@@ -519,9 +519,8 @@ def results_figure(res, objects, cfg):
         for j in range(k):
             im = axes[i, j + 1].imshow(show(xs[j].numpy()), cmap="gray", vmin=vmin, vmax=vmax)
             axes[i, j + 1].axis("off")
-    fig.tight_layout()
     if im is not None:
-        fig.colorbar(im, ax=list(axes[:, -1]), fraction=0.04, label=unit)
+        fig.colorbar(im, ax=list(axes[:, -1]), fraction=0.05, shrink=0.8, label=unit)
     return fig
 
 
