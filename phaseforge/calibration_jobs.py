@@ -42,7 +42,14 @@ def calibrate(capture_path, out_path, *, report_dir=None, n_heldout: int = 2, ov
     from calibration.report import write_report
 
     t0 = time.perf_counter()
+    if isinstance(n_starts, bool) or not isinstance(n_starts, int) or n_starts < 1:
+        raise CalibrationError(f"--starts = {n_starts!r}: the multistart fit needs at least one distance start "
+                               f"(n_starts >= 1; the default is 7); pass --starts 1 or more")
+    if not (isinstance(distance_range, (int, float)) and 0 <= distance_range < 1):
+        raise CalibrationError(f"--distance-range = {distance_range!r}: the starts span nominal × (1 ± range), so it "
+                               f"must be in [0, 1); the default is 0.12")
     out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)  # the output-folder policy
     lut_csv = lut_csv_path(out_path)
     for p in (out_path, lut_csv):
         if p.exists() and not overwrite:

@@ -5,7 +5,7 @@
                            [--resume] [--overwrite] [--shard i/n] [--max-batches K]
     phaseforge merge       SHARD.h5 … --out DATA.h5 [--overwrite]
     phaseforge reconstruct --data DATA.h5 [--solver wf|er|gs|hio|af] --out DIR [--n-iter K] [--n N]
-                           [--config CFG] [--set solver.n_iter=…]
+                           [--config CFG] [--set solver.n_iter=…] [--overwrite]
     phaseforge config      [--config CFG] [--set …]    (print the resolved configuration)
     phaseforge train | distill | evaluate              (learning; see phaseforge.cli_learn)
     phaseforge export      slm|doe|verify|devices …   (see phaseforge/cli_export.py)
@@ -17,13 +17,20 @@ Errors from bad input (the packages' own error types: :class:`optics.errors.Opti
 and calibration errors, missing or existing files) are printed as one line
 ``phaseforge: error: …`` with exit status 2. Anything else is a bug: the full traceback is
 printed with a line saying so, exit status 3.
+
+Output folders: every command creates a missing output folder (with its parents) and refuses to
+replace an existing output without ``--overwrite``. Values that start with a minus sign may follow
+their option as a separate word (``--offset-px -7,11``) or joined (``--offset-px=-7,11``).
+Warnings (e.g. :class:`optics.sampling.GeometryWarning`) are printed as ``phaseforge: warning: …``.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -57,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--calibration", type=Path, default=None, metavar="CALIBRATION.h5",
                    help="use fitted distance, camera, LUT and crosstalk from `phaseforge calibrate`")
+    p.add_argument("--allow-light-loss", action="store_true",
+                   help="simulate a geometry whose detector window records < 10 %% of the coded field's light "
+                        "(optics.sampling; refused otherwise) with a warning")
 
     p = sub.add_parser("merge", help="join shard files with an HDF5 virtual dataset (no copy)")
     p.add_argument("shards", nargs="+", type=Path)
@@ -74,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=None)
     p.add_argument("--n", type=int, default=None, help="reconstruct only the first N samples")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier result in --out")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("config", help="print the resolved configuration (YAML)")
@@ -86,6 +97,33 @@ def _parser() -> argparse.ArgumentParser:
     from .cli_calibration import add_parsers as add_calibration_parsers
     add_calibration_parsers(sub)
     return ap
+
+
+def _reconstruct_summary(rep: dict, out) -> int:
+    """Print reconstruct's result; say plainly which samples failed. Exit status 1 when most did."""
+    import statistics
+
+    m = rep["metrics"]["summary"]["relative_error"]
+    res = statistics.median(rep["final_residual"]) if rep["final_residual"] else float("nan")
+    print(f"reconstruct: {rep['solver']} on {rep['n_samples']} samples, relative error "
+          f"median {m['median']:.3g} mean {m['mean']:.3g}, measurement residual median {res:.3g}; "
+          f"{rep['seconds_per_sample']:.3f} s/sample; outputs in {out}")
+    k, n, lim = rep["n_failed"], rep["n_samples"], rep["failure_relative_error"]
+    if not k:
+        return 0
+    from optics.sampling import WARN_BELOW
+    g = rep["geometry"]
+    why = []
+    if g["captured_fraction"] < WARN_BELOW:
+        why.append(f"the file's geometry records only {100 * g['captured_fraction']:.3g} % of a coded field's "
+                   f"light (optics.sampling: {100 * g['band_fraction']:.3g} % of the spectrum passes, "
+                   f"{100 * g['light_fraction']:.3g} % of it reaches the detector window) — simulate with a smaller "
+                   f"optics.z_m, a larger data.size or optics.oversampling")
+    why.append("try more iterations (--n-iter), another solver (--solver), or more masks / photons in simulate")
+    shown = ", ".join(str(i) for i in rep["failed"][:10]) + (" …" if k > 10 else "")
+    print(f"reconstruct: FAILED on {k} of {n} samples (relative error > {lim:g}: samples {shown}); "
+          + "; ".join(why))
+    return 1 if 2 * k > n else 0
 
 
 def _parse_shard(text):
@@ -116,8 +154,70 @@ def user_errors() -> tuple:
     return tuple(types)
 
 
+_NEGATIVE_VALUE = re.compile(r"^-\d")
+
+
+def join_negative_values(argv, parser: argparse.ArgumentParser):
+    """``--opt -7,11`` → ``--opt=-7,11`` for every option that takes one value: argparse reads a
+    word that starts with '-' as an option unless it is a plain negative number, so a negative
+    pair such as ``-7,11`` would be "expected one argument"."""
+    takes_value = set()
+
+    def walk(p):
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sp in a.choices.values():
+                    walk(sp)
+            elif a.option_strings and a.nargs is None and not isinstance(
+                    a, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction,
+                        argparse._CountAction, argparse._HelpAction, argparse._VersionAction)):
+                takes_value.update(a.option_strings)
+
+    walk(parser)
+    argv = list(argv)
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a in takes_value and i + 1 < len(argv) and _NEGATIVE_VALUE.match(argv[i + 1]):
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings about the user's input (:class:`optics.sampling.GeometryWarning`) as one line
+    ``phaseforge: warning: …`` on stderr; any other warning the usual way."""
+    from optics.sampling import GeometryWarning
+    if issubclass(category, GeometryWarning):
+        print(f"phaseforge: warning: {message}", file=sys.stderr)
+        return
+    print(warnings.formatwarning(message, category, filename, lineno, line), end="", file=sys.stderr)
+
+
+def _check_simulate_geometry(cfg, allow_light_loss: bool) -> None:
+    """Refuse (or, with --allow-light-loss, warn about) a geometry that loses most of the light."""
+    from optics.sampling import check_geometry
+
+    from .build import resolved_method
+
+    o = cfg.optics
+    check_geometry((cfg.data.size, cfg.data.size), pitch_m=o.pitch_m, wavelength_m=o.wavelength_m, z_m=o.z_m,
+                   method=resolved_method(cfg), oversampling=o.oversampling,
+                   band_limit=o.propagation.band_limit, pad=o.propagation.pad, refuse=not allow_light_loss)
+
+
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv, parser))
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _main(args, argv)
+
+
+def _main(args, argv) -> int:
     from .alloc import tune_allocator
     tune_allocator()  # reuse large temporaries instead of re-faulting them (phaseforge/alloc.py)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -141,6 +241,8 @@ def main(argv=None) -> int:
         elif args.command == "simulate":
             from .calibration_jobs import calibration_summary, note_calibration, simulate_overrides
             cfg = load(args.config, simulate_overrides(args.calibration) + args.overrides)
+            _check_simulate_geometry(cfg, args.allow_light_loss)
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # the output-folder policy
             path = pipeline.simulate(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
                                      shard=_parse_shard(args.shard), progress=not args.no_progress,
                                      max_batches=args.max_batches)
@@ -151,16 +253,14 @@ def main(argv=None) -> int:
             print(f"simulate: wrote {path} ({state})")
         elif args.command == "merge":
             from learning.h5io import merge_shards
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             path = merge_shards(args.shards, args.out, overwrite=args.overwrite)
             print(f"merge: wrote {path} (virtual datasets over {len(args.shards)} shards)")
         elif args.command == "reconstruct":
             rep = pipeline.reconstruct(args.data, args.out, solver=args.solver, n_iter=args.n_iter, tol=args.tol,
                                        n=args.n, batch_size=args.batch_size, progress=not args.no_progress,
-                                       config=args.config, overrides=args.overrides)
-            m = rep["metrics"]["summary"]["relative_error"]
-            print(f"reconstruct: {rep['solver']} on {rep['n_samples']} samples, relative error "
-                  f"median {m['median']:.3g} mean {m['mean']:.3g}; {rep['seconds_per_sample']:.3f} s/sample; "
-                  f"outputs in {args.out}")
+                                       config=args.config, overrides=args.overrides, overwrite=args.overwrite)
+            return _reconstruct_summary(rep, args.out)
         elif args.command == "config":
             print(dump(load(args.config, args.overrides)), end="")
         elif args.command == "export":

@@ -45,6 +45,23 @@ def add_parsers(sub) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _check_metadata(path: Path) -> None:
+    """The metadata YAML of ``capture pack`` exists and parses; else one line naming it (and the line)."""
+    import yaml
+
+    from calibration.errors import CalibrationError
+
+    from .config import yaml_error_message
+
+    if not Path(path).is_file():
+        raise CalibrationError(f"--metadata {path}: the metadata YAML does not exist; give the YAML that lists "
+                               f"bit_depth, instrument, patterns and frames (see `phaseforge capture pack --help`)")
+    try:
+        yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise CalibrationError(yaml_error_message(path, exc, "the metadata YAML")) from exc
+
+
 def run(args) -> int:
     """Run a calibration command; returns the exit status (errors raise ValueError subclasses,
     which :func:`phaseforge.cli.main` prints as one line with status 2)."""
@@ -62,6 +79,8 @@ def run(args) -> int:
             problems: list = []
             print(capture_info(args.file, problems=problems))  # unreadable → CaptureError, status 2
             return 1 if any(p.severity == "error" for p in problems) else 0
+        _check_metadata(args.metadata)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # the output-folder policy
         path = pack_capture(args.folder, args.metadata, args.out, overwrite=args.overwrite)
         print(f"capture pack: wrote {path}")
         return 0

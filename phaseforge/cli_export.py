@@ -102,8 +102,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-vertices", type=int, default=8190)
     p.add_argument("--no-fracture", dest="fracture", action="store_false",
                    help="report polygons over --max-vertices as violations instead of splitting them")
-    p.add_argument("--waive", action="append", default=[], choices=RULES,
-                   help="accept violations of this rule (recorded in the sidecar; repeatable)")
+    p.add_argument("--waive", action="extend", nargs="+", default=[], choices=RULES, metavar="RULE",
+                   help=f"accept violations of these rules ({', '.join(RULES)}; recorded in the sidecar): "
+                        f"--waive A B or --waive A --waive B")
     _verify_args(p)
 
     p = es.add_parser("verify", help="verify an existing export (bitmap or DOE folder) against its design")

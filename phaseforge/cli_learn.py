@@ -2,7 +2,8 @@
 
     phaseforge train    --config CFG --out RUN [--set …] [--resume] [--overwrite] [--device cpu|cuda]
     phaseforge distill  --teacher RUN --config CFG --out RUN [--set …] [--resume] [--overwrite] [--device]
-    phaseforge evaluate RUN [RUN …] [--data DATA.h5] --out DIR [--n N] [--seed S] [--overwrite] [--device]
+    phaseforge evaluate RUN [RUN …] [--data DATA.h5|IMAGES] --out DIR [--n N] [--seed S] [--checkpoint best|last]
+                        [--overwrite] [--device]
 
 ``train`` and ``distill`` run unchanged under ``torchrun --nproc_per_node N -m phaseforge.cli …``
 (data parallel; gloo on CPU, nccl on GPU). With ``--resume`` and no ``--config`` the run's own
@@ -37,9 +38,13 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate runs and classical baselines on the same test objects")
     p.add_argument("runs", nargs="+", type=Path, help="run folders")
     p.add_argument("--data", type=Path, default=None,
-                   help="CDP dataset whose objects are the test set (default: the image source's test split)")
+                   help="test objects: a CDP dataset (its objects), or an image folder / .npy / .npz / HDF5 stack "
+                        "(every image, resized and encoded as the runs were trained; each run simulates its own "
+                        "measurements). Default: 64 objects of the first run's image source's test split, data seed 0")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--n", type=int, default=None, help="evaluate only the first N objects")
+    p.add_argument("--n", type=int, default=None, help="evaluate only the first N >= 1 objects")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best",
+                   help="which checkpoint of every run (default best; a run without it is an error)")
     p.add_argument("--seed", type=int, default=0, help="noise seed shared by every system")
     p.add_argument("--classical-iters", type=int, default=200)
     p.add_argument("--classical", nargs="+", default=["er", "wf"], choices=["er", "wf"],
@@ -75,7 +80,7 @@ def run(args) -> None:
     if args.command == "evaluate":
         rep = learn.evaluate_runs(args.runs, args.out, data=args.data, n=args.n, seed=args.seed,
                                   classical_iters=args.classical_iters, classical=tuple(args.classical),
-                                  device=args.device,
+                                  device=args.device, checkpoint=args.checkpoint,
                                   progress=not args.no_progress, overwrite=args.overwrite)
         print(rep["table"])
         print(f"evaluate: table.csv, metrics.json and figures in {rep['out']}")

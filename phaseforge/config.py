@@ -423,7 +423,7 @@ def load(path: Optional[Union[str, Path]] = None, overrides: Optional[List[str]]
         try:
             loaded = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
+            raise ConfigError(yaml_error_message(p, exc, "the configuration")) from exc
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
         _merge(data, loaded, "")
@@ -434,6 +434,17 @@ def load(path: Optional[Union[str, Path]] = None, overrides: Optional[List[str]]
         _check_path(k.strip())
         _set_path(data, k.strip(), yaml.safe_load(v))
     return from_dict(Config, data).validate()
+
+
+def yaml_error_message(path, exc: Exception, what: str = "the file") -> str:
+    """One line ``FILE:LINE:COLUMN: … is not valid YAML (problem, context); fix it there`` for a
+    :class:`yaml.YAMLError` (PyYAML's own message spans several lines with a quoted excerpt)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    context = getattr(exc, "context", None)
+    detail = f"{problem}, {context}" if context else str(problem)
+    return f"{where}: {what} is not valid YAML ({detail}); fix the file at that line"
 
 
 def _check_path(dotted: str):

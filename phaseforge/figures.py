@@ -54,15 +54,19 @@ def reconstruction_figure(x, x_hat, metrics, *, title: str, n_show: int = 4):
     aligned = _np(align_global_phase(x_hat, x))
     x = _np(x)
     n = x.shape[0]
-    fig, axes = plt.subplots(4, n, figsize=(2.3 * n, 9.2), squeeze=False)
+    fig, axes = plt.subplots(4, n, figsize=(2.3 * n + 0.8, 9.2), squeeze=False, layout="constrained")
     rel = metrics["per_sample"]["relative_error"]
+    # one fixed amplitude scale from 0 (autoscaling a phase-only object's |x| = 1 ± 1e-7 would show
+    # its float rounding as an image) and one colour bar per row
+    a_max = float(np.abs(x).max()) if x.size else 1.0
+    a_max = 1.0 if a_max <= 1.0 + 1e-4 else a_max  # unit amplitude (up to float rounding) → [0, 1]
     for i in range(n):
-        axes[0, i].imshow(np.abs(x[i]), cmap="gray")
+        im_a = axes[0, i].imshow(np.abs(x[i]), cmap="gray", vmin=0.0, vmax=a_max)
         axes[0, i].set_title("true |x|")
-        axes[1, i].imshow(np.abs(aligned[i]), cmap="gray")
+        im_r = axes[1, i].imshow(np.abs(aligned[i]), cmap="gray", vmin=0.0, vmax=a_max)
         r = rel[i] if i < len(rel) else None
         axes[1, i].set_title("recovered |x̂|" + (f"\nrel. err {r:.2e}" if isinstance(r, float) else ""))
-        axes[2, i].imshow(np.angle(x[i]), cmap="twilight", vmin=-math.pi, vmax=math.pi)
+        im_p = axes[2, i].imshow(np.angle(x[i]), cmap="twilight", vmin=-math.pi, vmax=math.pi)
         axes[2, i].set_title("true ∠x")
         axes[3, i].imshow(np.angle(aligned[i]), cmap="twilight", vmin=-math.pi, vmax=math.pi)
         axes[3, i].set_title("recovered ∠x̂")
@@ -70,5 +74,6 @@ def reconstruction_figure(x, x_hat, metrics, *, title: str, n_show: int = 4):
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    for row, im, label in ((0, im_a, "|x|"), (1, im_r, "|x̂|"), (2, im_p, "rad"), (3, im_p, "rad")):
+        fig.colorbar(im, ax=list(axes[row]), fraction=0.03, pad=0.02, label=label)
     return fig

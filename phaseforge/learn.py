@@ -39,7 +39,8 @@ from .build import resolved_method, sensor_from_config, slm_from_config
 from .config import Config, ConfigError, dump, from_yaml_text, load, to_dict
 
 __all__ = ["build_model", "load_objects", "train_run", "distill_run", "load_run", "evaluate_runs",
-           "learning_demo", "RunError", "GEOMETRY_KEYS"]
+           "learning_demo", "RunError", "GEOMETRY_KEYS", "DEFAULT_TEST_OBJECTS", "DEFAULT_TEST_SEED", "CHECKPOINTS",
+           "results_figure", "run_curves"]
 
 #: configuration keys a teacher and its student must share
 GEOMETRY_KEYS = ("optics.wavelength_m", "optics.pitch_m", "optics.z_m", "optics.method",
@@ -112,7 +113,8 @@ def load_objects(cfg: Config, split: str, n: int, key: str) -> torch.Tensor:
         images = open_image_source(d.source, d.size, split=split, seed=cfg.seed, resize=d.resize, n=n,
                                    key=d.npz_key, dataset=d.h5_dataset)
     except ImageSourceError as exc:
-        raise ConfigError(f"{key} = {n} objects from data.source = {d.source!r} (split {split!r}): {exc}") from exc
+        what = f"{key} = {n} objects" if n is not None else f"{key}: the objects"
+        raise ConfigError(f"{what} from data.source = {d.source!r} (split {split!r}): {exc}") from exc
     objs = ObjectSet(images, encoding=d.encoding, phase_range_rad=tuple(d.phase_range_rad), seed=cfg.seed)
     return torch.stack([objs[i] for i in range(len(objs))])
 
@@ -121,15 +123,7 @@ def _cdp_dataset_objects(source: str, split: str, n: int, key: str, cfg: Config)
     """The ``objects`` of a CDP dataset file (``phaseforge simulate``) when ``data.source`` is one,
     split with :func:`learning.images.split_indices` (the file's seed); else ``None``."""
     p = Path(str(source)).expanduser()
-    if p.suffix.lower() not in (".h5", ".hdf5") or not p.is_file():
-        return None
-    import h5py
-    try:
-        with h5py.File(p, "r") as f:
-            is_cdp = "objects" in f and "measurements" in f
-    except OSError:
-        return None
-    if not is_cdp:
+    if not _is_cdp_dataset(p):
         return None
     from learning.h5io import CDPDataset
     ds = CDPDataset(p, split=split)
@@ -330,24 +324,85 @@ def distill_run(teacher_run, cfg: Config, out, **kw) -> dict:
 # ----------------------------------------------------------------------------------------------
 # evaluation
 # ----------------------------------------------------------------------------------------------
+#: ``evaluate`` without ``--data``: the first run's image source's *test* split, data seed
+#: :data:`DEFAULT_TEST_SEED`, the first :data:`DEFAULT_TEST_OBJECTS` objects — the same objects for
+#: every run whatever its own seed, and the held-out test set of ``benchmarks/distillation.py``
+DEFAULT_TEST_OBJECTS = 64
+DEFAULT_TEST_SEED = 0
+
+#: the checkpoints ``evaluate --checkpoint`` may pick
+CHECKPOINTS = ("best", "last")
+
+
+def _is_cdp_dataset(path: Path) -> bool:
+    if Path(path).suffix.lower() not in (".h5", ".hdf5") or not Path(path).is_file():
+        return False
+    import h5py
+    try:
+        with h5py.File(path, "r") as f:
+            return "objects" in f and "measurements" in f
+    except OSError:
+        return False
+
+
 def _test_objects(data, cfg: Config, n: Optional[int]) -> torch.Tensor:
+    """The test objects: a CDP dataset's objects, an image source (folder, .npy/.npz, HDF5 stack)
+    encoded as the runs were trained (size, encoding, phase range; all its images), or without
+    ``data`` the default test set (:data:`DEFAULT_TEST_OBJECTS`)."""
+    import dataclasses
+
+    d = cfg.data
     if data is None:
-        return load_objects(cfg, "test", n or 32, "evaluate --n")
+        return load_objects(dataclasses.replace(cfg, seed=DEFAULT_TEST_SEED), "test",
+                            DEFAULT_TEST_OBJECTS if n is None else n, "evaluate --n")
+    if not _is_cdp_dataset(Path(data)):
+        if not Path(data).expanduser().exists():
+            raise RunError(f"--data {data} does not exist; give a CDP dataset (phaseforge simulate) or an image "
+                           f"folder / .npy / .npz / HDF5 image stack")
+        own = dataclasses.replace(cfg, seed=DEFAULT_TEST_SEED, data=dataclasses.replace(d, source=str(data)))
+        return load_objects(own, "all", n, "evaluate --data")
     from learning.h5io import CDPDataset
     ds = CDPDataset(data)
-    enc = (ds.params.get("data") or {}).get("encoding")
-    if enc is not None and enc != cfg.data.encoding:
-        raise RunError(f"{data} holds {enc} objects but the runs were trained on {cfg.data.encoding} objects "
-                       f"(data.encoding); simulate the test set with data.encoding={cfg.data.encoding}")
+    stored = ds.params.get("data") or {}
+    enc = stored.get("encoding")
+    if enc is not None and enc != d.encoding:
+        raise RunError(f"{data} holds {enc} objects but the runs were trained on {d.encoding} objects "
+                       f"(data.encoding); simulate the test set with data.encoding={d.encoding}")
+    rng = stored.get("phase_range_rad")
+    if d.encoding != "amplitude" and rng is not None and not np.allclose(np.asarray(rng, dtype=float),
+                                                                         np.asarray(d.phase_range_rad, dtype=float)):
+        lo, hi = (float(v) for v in d.phase_range_rad)
+        raise RunError(f"{data} holds objects with phases in [{float(rng[0]):.4g}, {float(rng[1]):.4g}] rad but the "
+                       f"runs were trained on [{lo:.4g}, {hi:.4g}] rad (data.phase_range_rad); the scores would "
+                       f"measure the range mismatch, not the system — simulate the test set with "
+                       f"--set data.phase_range_rad=[{lo!r},{hi!r}], or give an image folder as --data")
     k = len(ds) if n is None else min(n, len(ds))
     return torch.stack([ds.sample(i)["x"] for i in range(k)])
 
 
+def _checkpoint_file(run: Path, which: str) -> Path:
+    """``run/checkpoints/<which>.pt``, refused (not replaced by another) when missing."""
+    if which not in CHECKPOINTS:
+        raise RunError(f"--checkpoint {which!r}: choose one of {CHECKPOINTS}")
+    path = Path(run) / "checkpoints" / f"{which}.pt"
+    if not path.is_file():
+        other = [c for c in CHECKPOINTS if c != which and (Path(run) / "checkpoints" / f"{c}.pt").is_file()]
+        hint = (f"it has {other[0]}.pt: pass --checkpoint {other[0]} to evaluate that one" if other
+                else "train the run (phaseforge train) first")
+        raise RunError(f"run {run} has no checkpoints/{which}.pt; {hint}")
+    return path
+
+
 def evaluate_runs(runs: Sequence, out, *, data=None, n: Optional[int] = None, seed: int = 0,
                   classical_iters: int = 200, classical: Sequence[str] = ("er", "wf"), device: str = "cpu",
-                  progress: bool = True, overwrite: bool = False) -> dict:
+                  progress: bool = True, overwrite: bool = False, checkpoint: str = "best") -> dict:
     """``phaseforge evaluate``: every run and the classical solver with each run's masks on the
-    same test objects and noise stream; table (JSON, CSV, printed) and figures in ``out``."""
+    same test objects and noise stream; table (JSON, CSV, printed) and figures in ``out``.
+
+    ``data``: a CDP dataset (its objects), an image folder or stack (encoded as the runs were
+    trained, every image; each run simulates its own measurements), or ``None`` for the default
+    test set (:data:`DEFAULT_TEST_OBJECTS`). ``checkpoint`` (best or last) is loaded from every run;
+    a run without it is refused (never silently replaced), and ``metrics.json`` records each file."""
     from learning.evaluation import EvalEntry, evaluate_entries, format_table
 
     out = Path(out)
@@ -355,10 +410,16 @@ def evaluate_runs(runs: Sequence, out, *, data=None, n: Optional[int] = None, se
         raise RunError(f"{out} already holds an evaluation (metrics.json); pass --overwrite to replace it")
     if not runs:
         raise RunError("evaluate needs at least one run folder")
-    loaded = []
+    if n is not None and (isinstance(n, bool) or int(n) != n or n < 1):
+        raise RunError(f"--n = {n!r}: evaluate needs at least one test object; give N >= 1, or leave --n out for "
+                       f"the whole test set")
+    loaded, used = [], {}
     for r in runs:
-        cfg, model, state = load_run(r, "best", device)
+        ck = _checkpoint_file(Path(r), checkpoint)  # before load_run, which would fall back to last.pt
+        cfg, model, state = load_run(r, checkpoint, device)
         loaded.append((Path(r), cfg, model, state))
+        used[str(r)] = {"checkpoint": checkpoint, "file": str(ck), "epoch": state.get("epoch"),
+                        "step": state.get("step")}
     cfg0 = loaded[0][1]
     for r, cfg, _, _ in loaded[1:]:
         check_geometry(cfg0, cfg, r, evaluating=True)
@@ -388,11 +449,79 @@ def evaluate_runs(runs: Sequence, out, *, data=None, n: Optional[int] = None, se
     write_text(out / "table.csv", buf.getvalue())
     table = format_table(rows)
     write_text(out / "table.txt", table + "\n")
+    test_set = (str(data) if data is not None else
+                f"default: data.source {cfg0.data.source!r}, test split, data seed {DEFAULT_TEST_SEED}, first "
+                f"{int(objects.shape[0])} objects")
     write_json(out / "metrics.json", {"runs": [str(r) for r, *_ in loaded], "data": None if data is None else str(data),
+                                      "test_set": test_set, "checkpoints": used,
                                       "n_objects": int(objects.shape[0]), "noise_seed": seed,
                                       "rows": rows, "per_sample": {k: v["per_sample"] for k, v in res.items()}})
     _evaluation_figures(out, loaded, names, res, objects, cfg0)
     return {"rows": rows, "table": table, "out": str(out)}
+
+
+def _read_csv_rows(path: Path) -> List[dict]:
+    import csv
+
+    def num(v):
+        if v in ("", None):
+            return None
+        try:
+            return float(v) if any(c in v for c in ".eEn") else int(v)
+        except ValueError:
+            return v
+
+    with open(path, newline="") as f:
+        return [{k: num(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def run_curves(run: Path, state: dict):
+    """``(history, val_history)`` of the whole run: its ``history.csv`` / ``val.csv`` (written after
+    every epoch) when present, else the lists stored in the checkpoint ``state`` (which stop at
+    that checkpoint's step)."""
+    h, v = Path(run) / "history.csv", Path(run) / "val.csv"
+    if h.is_file() and v.is_file():
+        return _read_csv_rows(h), _read_csv_rows(v)
+    return state.get("history", []), state.get("val_history", [])
+
+
+def results_figure(res, objects, cfg):
+    """Ground truth and each row's first reconstructions (global phase aligned), the row's name and
+    mean PSNR in a label column of its own (long names wrap instead of being cut off)."""
+    import textwrap
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from learning.metrics import align_global_phase
+
+    enc = cfg.data.encoding
+    if enc == "phase":
+        lo, hi = (float(v) for v in cfg.data.phase_range_rad)  # phases wrapped into [lo, lo + 2π)
+        show, vmin, vmax, unit = (lambda z: np.mod(np.angle(z) - lo, 2 * math.pi) + lo), lo, min(hi, lo + 2 * math.pi), \
+            "phase (rad)"
+    else:
+        show, vmin, vmax, unit = (lambda z: np.abs(z)), 0.0, 1.0, "|x|"
+    k = min(4, objects.shape[0])
+    names = list(res)
+    rows = [("ground truth", objects[:k].cpu())]
+    for nm in names:
+        rows.append((f"{nm}: {res[nm]['row']['psnr_mean']:.1f} dB",
+                     align_global_phase(res[nm]["examples"][:k], objects[:k].cpu())))
+    fig, axes = plt.subplots(len(rows), k + 1, figsize=(1.9 * k + 2.6, 1.9 * len(rows)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.15] + [1.0] * k}, layout="constrained")
+    im = None
+    for i, (label, xs) in enumerate(rows):
+        axes[i, 0].axis("off")
+        axes[i, 0].text(1.0, 0.5, "\n".join(textwrap.wrap(label, 22)), ha="right", va="center", fontsize=8,
+                        transform=axes[i, 0].transAxes)
+        for j in range(k):
+            im = axes[i, j + 1].imshow(show(xs[j].numpy()), cmap="gray", vmin=vmin, vmax=vmax)
+            axes[i, j + 1].axis("off")
+    if im is not None:
+        fig.colorbar(im, ax=list(axes[:, -1]), fraction=0.05, shrink=0.8, label=unit)
+    return fig
 
 
 def _evaluation_figures(out: Path, loaded, run_names, res, objects, cfg) -> None:
@@ -400,23 +529,7 @@ def _evaluation_figures(out: Path, loaded, run_names, res, objects, cfg) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    enc = cfg.data.encoding
-    show = (lambda z: np.angle(z)) if enc == "phase" else (lambda z: np.abs(z))
-    k = min(4, objects.shape[0])
-    names = list(res)
-    fig, axes = plt.subplots(len(names) + 1, k, figsize=(1.9 * k, 1.9 * (len(names) + 1)), squeeze=False)
-    from learning.metrics import align_global_phase
-    for j in range(k):
-        axes[0, j].imshow(show(objects[j].cpu().numpy()), cmap="gray")
-        axes[0, j].axis("off")
-    axes[0, 0].set_title("ground truth", fontsize=8, loc="left")
-    for i, nm in enumerate(names):
-        ex = align_global_phase(res[nm]["examples"], objects[:k].cpu())
-        for j in range(k):
-            axes[i + 1, j].imshow(show(ex[j].numpy()), cmap="gray")
-            axes[i + 1, j].axis("off")
-        axes[i + 1, 0].set_title(f"{nm}: {res[nm]['row']['psnr_mean']:.1f} dB", fontsize=8, loc="left")
-    fig.tight_layout()
+    fig = results_figure(res, objects, cfg)
     save_figure(fig, out / "reconstructions.png", dpi=90)
     plt.close(fig)
     # masks and CDPs of each run
@@ -433,12 +546,15 @@ def _evaluation_figures(out: Path, loaded, run_names, res, objects, cfg) -> None
     fig.tight_layout()
     save_figure(fig, out / "masks_cdps.png", dpi=90)
     plt.close(fig)
-    # training curves and mask-gradient norms of every run
+    # training curves (the whole run, from its CSV files: the evaluated checkpoint may be an earlier
+    # one, whose history stops at its step) and mask-gradient norms of every run; ★ = that checkpoint
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    for (_, _, _, state), nm in zip(loaded, run_names):
-        vh = state.get("val_history", [])
-        ax[0].plot([v["step"] for v in vh], [v["val_psnr"] for v in vh], "o-", label=nm, ms=3)
-        h = state.get("history", [])
+    for (run, _, _, state), nm in zip(loaded, run_names):
+        h, vh = run_curves(run, state)
+        line, = ax[0].plot([v["step"] for v in vh], [v["val_psnr"] for v in vh], "o-", label=nm, ms=3)
+        at = [v for v in vh if v["step"] == state.get("step")]
+        if at:
+            ax[0].plot([at[0]["step"]], [at[0]["val_psnr"]], "*", color=line.get_color(), ms=11)
         pts = [(row["step"], sum(v for kk, v in row.items() if kk.startswith("grad_mask_") and v is not None))
                for row in h if any(kk.startswith("grad_mask_") for kk in row)]
         if pts:

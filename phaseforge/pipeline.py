@@ -154,19 +154,55 @@ def _measurements_to_intensity(sensor, y: torch.Tensor) -> torch.Tensor:
     return sensor.dn_to_photons(y).clamp_min(0.0)
 
 
+#: a reconstruction whose relative error (after global-phase alignment) exceeds this has failed:
+#: it is nearer to a random or flat guess (relative error ≈ 1) than to the object
+FAILURE_RELATIVE_ERROR = 0.5
+
+#: the files ``reconstruct`` writes into its output folder (an existing one is refused without overwrite)
+RECONSTRUCT_FILES = ("metrics.json", "reconstructions.npz", "config.yaml", "reconstructions.png")
+
+
+def stored_geometry(params: dict, object_shape):
+    """:class:`optics.sampling.GeometryReport` of the geometry stored in a dataset file's parameters."""
+    from optics.sampling import geometry_report
+
+    o, prop = params["optics"], params.get("propagation") or {}
+    if str(o["method"]) == "fft":  # unit-free: no pitch, wavelength or distance stored
+        return geometry_report(tuple(object_shape), method="fft", oversampling=float(o["oversampling"]))
+    return geometry_report(tuple(object_shape), pitch_m=float(o["pitch_m"]), wavelength_m=float(o["wavelength_m"]),
+                           z_m=float(o["z_m"]), method=str(o["method"]), oversampling=float(o["oversampling"]),
+                           band_limit=bool(prop.get("band_limit", True)), pad=prop.get("pad", True))
+
+
 def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: Optional[int] = None,
                 tol: Optional[float] = None, n: Optional[int] = None, batch_size: int = 16,
-                progress: bool = True, config: Optional[Path] = None, overrides=None) -> dict:
+                progress: bool = True, config: Optional[Path] = None, overrides=None,
+                overwrite: bool = False) -> dict:
     """Run a classical solver on every sample of ``data``; write reconstructions, metrics, figure.
 
     The physics (operator, masks, sensor, object encoding) comes from the dataset file only.
     ``config`` (YAML) and ``overrides`` may change the solver settings (``solver.*``,
     ``batch_size``, ``seed``); a change to any physics key is refused, because it would not
-    apply to measurements already simulated. Explicit arguments win over both."""
+    apply to measurements already simulated. Explicit arguments win over both.
+
+    ``out`` is created when missing; a folder that already holds a result (any of
+    :data:`RECONSTRUCT_FILES`) is refused unless ``overwrite``. The report says which samples
+    failed (relative error > :data:`FAILURE_RELATIVE_ERROR`: ``failed``, ``n_failed``) and the
+    stored geometry's light budget (``geometry``, :mod:`optics.sampling`); progress advances
+    per solver iteration inside each batch."""
     from learning.h5io import CDPDataset, physics_from_file
     from learning.metrics import evaluate
     from learning.solvers import solve
 
+    out = Path(out)
+    existing = [f for f in RECONSTRUCT_FILES if (out / f).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out} already holds a reconstruction ({', '.join(existing)}); pass --overwrite "
+                              f"to replace it, or choose another --out")
+    if n is not None and (isinstance(n, bool) or int(n) != n or n < 1):
+        from .config import ConfigError
+        raise ConfigError(f"--n = {n!r}: reconstruct needs at least one sample; give N >= 1, or leave --n out "
+                          f"for every sample of the file")
     ds = CDPDataset(data)
     stored = from_yaml_text(ds.attrs.get("config_yaml", ""))
     cfg = load(config, overrides, base=stored)
@@ -191,7 +227,12 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
         # object window as the support (Fienup), then crop
         system, support = _padded_operator(ds.params, masks, amp, system)
     count = len(ds) if n is None else min(n, len(ds))
-    out = Path(out)
+    geometry = stored_geometry(ds.params, ds.object_shape)
+    from optics.sampling import WARN_BELOW, GeometryWarning
+    if geometry.captured_fraction < WARN_BELOW:  # say it before a long solve, not only after
+        import warnings
+        warnings.warn(f"{data}: {geometry.summary()}; expect failed reconstructions (simulate with a smaller "
+                      f"optics.z_m, a larger data.size or optics.oversampling)", GeometryWarning, stacklevel=2)
     out.mkdir(parents=True, exist_ok=True)
     xs, xhats, residuals = [], [], []
     t0 = time.perf_counter()
@@ -201,13 +242,14 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
         kw["support"] = support
         if stored.data.encoding == "amplitude":  # objects known to be real and non-negative
             kw.update(nonnegative=True, real=True)
-    for start in tqdm(range(0, count, batch_size), desc=f"reconstruct ({solver})", disable=not progress,
-                      unit="batch"):
+    for start in tqdm(range(0, count, batch_size), desc=f"reconstruct ({solver}, batches of {batch_size})",
+                      disable=not progress, unit="batch"):
         items = [ds[i] for i in range(start, min(count, start + batch_size))]
         x = torch.stack([o for o, _ in items])
         y = torch.stack([m for _, m in items])
         y = _measurements_to_intensity(sensor, y)
-        res = solve(system, y, solver=solver, n_iter=n_iter, tol=tol, generator=cfg.seed, history=False, **kw)
+        res = solve(system, y, solver=solver, n_iter=n_iter, tol=tol, generator=cfg.seed, history=False,
+                    progress=progress, **kw)  # an inner bar: iterations within the batch
         x_hat = res.x.detach().to(torch.complex64)
         if support is not None:
             x_hat = crop_centered(x_hat, tuple(x.shape[-2:]))
@@ -223,9 +265,12 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
     lo, hi = stored.data.phase_range_rad
     phase_range = 2 * math.pi if stored.data.encoding == "amplitude" else float(hi - lo)
     metrics = evaluate(x_hat, x, amplitude_range=1.0, phase_range_rad=phase_range, align_scale=align_scale)
+    failed = [i for i, e in enumerate(metrics["per_sample"]["relative_error"]) if not e <= FAILURE_RELATIVE_ERROR]
     report = {"data": str(data), "solver": solver, "n_samples": count, "n_iter": n_iter, "tol": tol,
               "seconds": elapsed, "seconds_per_sample": elapsed / count, "align_scale": align_scale,
-              "final_residual": residuals, "metrics": metrics}
+              "final_residual": residuals, "metrics": metrics,
+              "failure_relative_error": FAILURE_RELATIVE_ERROR, "failed": failed, "n_failed": len(failed),
+              "geometry": geometry.to_dict()}
     write_json(out / "metrics.json", report)
     save_npz(out / "reconstructions.npz", x_hat=x_hat.numpy(), x=x.numpy())
     write_text(out / "config.yaml", dump(cfg))
@@ -301,7 +346,7 @@ def demo(out: Path, *, progress: bool = True, config: Optional[Path] = None, ove
     # 2. a small CDP dataset with `phaseforge simulate`, 3. a Wirtinger-flow baseline
     data = simulate(cfg, out / "demo_cdp.h5", overwrite=True, progress=progress)
     rec_dir = out / f"reconstruct_{cfg.solver.name}"
-    report = reconstruct(data, rec_dir, solver=cfg.solver.name, progress=progress)
+    report = reconstruct(data, rec_dir, solver=cfg.solver.name, progress=progress, overwrite=True)
     # 4. learning: teacher → student E2E → distilled student → evaluate (returns the student's design.h5)
     from .learn import learning_demo
     design = learning_demo(out, progress=progress)

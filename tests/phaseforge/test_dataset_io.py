@@ -71,12 +71,14 @@ def test_sigkill_at_any_point_resumes_to_an_identical_file(tmp_path):
     assert read_attributes(out)["complete"] is True
 
 
-def test_missing_output_folder_is_named_with_the_fix(tmp_path, capsys):
+def test_missing_output_folder_is_created(tmp_path, capsys):
+    # one output-folder policy for every command (issue 18 item 12): a missing folder is created
     missing = tmp_path / "no" / "such"
-    assert main(["simulate", "--out", str(missing / "d.h5"), "--no-progress", *SMALL]) == 2
-    err = capsys.readouterr().err
-    assert f"output folder {missing} does not exist" in err and "mkdir -p" in err
-    assert "errno" not in err.lower()
+    assert main(["simulate", "--out", str(missing / "d.h5"), "--no-progress", *SMALL]) == 0
+    assert (missing / "d.h5").is_file()
+    assert main(["simulate", "--out", str(tmp_path / "s.h5"), "--no-progress", "--shard", "0/1", *SMALL]) == 0
+    assert main(["merge", str(tmp_path / "s.shard-0-of-1.h5"), "--out", str(tmp_path / "m" / "n" / "merged.h5")]) == 0
+    assert (tmp_path / "m" / "n" / "merged.h5").is_file()
 
 
 @pytest.mark.parametrize("compression", ["lzf", "zstd", "none"])

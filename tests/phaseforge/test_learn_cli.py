@@ -121,3 +121,96 @@ def test_train_on_dataset_objects_checks_size(tmp_path, capsys):
     assert main([*base, "--out", str(tmp_path / "bad"), "--set", "data.size=32"]) == 2
     assert "data.size" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
+# ---- issue 18: evaluate's checkpoint, default test set, phase range, image folders; figures ----
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("runs") / "teacher"
+    assert main(["train", "--config", "data/configs/teacher.yaml", "--out", str(run), *TINY, *_tiny("[2,4]"),
+                 "--set", "masks.n_masks=2"]) == 0
+    torch.set_num_threads(n)
+    return run
+
+
+EV = ["--classical-iters", "3", "--classical", "er", "--no-progress"]
+
+
+def test_evaluate_never_swaps_the_checkpoint_silently(tiny_run, tmp_path, capsys):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "checkpoints" / "best.pt").unlink()
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "e"), "--n", "2", *EV]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoints/best.pt" in err and "--checkpoint last" in err
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "e"), "--n", "2", "--checkpoint", "last", *EV]) == 0
+    rep = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert rep["checkpoints"][str(run)]["file"].endswith("last.pt")
+    assert rep["checkpoints"][str(run)]["checkpoint"] == "last"
+    # --n 0 is an error, not "everything"
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "e0"), "--n", "0", "--checkpoint", "last", *EV]) == 2
+    assert "--n = 0" in capsys.readouterr().err
+
+
+def test_default_test_set_is_the_same_for_every_run():
+    from phaseforge.learn import DEFAULT_TEST_OBJECTS, _test_objects
+    a = _test_objects(None, load(None, ["data.size=16", "seed=0"]), None)
+    b = _test_objects(None, load(None, ["data.size=16", "seed=7"]), None)
+    # 64 objects (the distillation benchmark's test set), independent of the run's own seed
+    assert a.shape == (DEFAULT_TEST_OBJECTS, 16, 16) == (64, 16, 16)
+    assert torch.equal(a, b)
+    from phaseforge.learn import load_objects
+    assert torch.equal(a, load_objects(load(None, ["data.size=16", "seed=0"]), "test", 64, "n"))
+
+
+def test_evaluate_refuses_another_phase_range_and_takes_an_image_folder(tiny_run, tmp_path, capsys):
+    data = tmp_path / "d.h5"
+    assert main(["simulate", "--out", str(data), "--no-progress", "--set", "data.size=16", "--set", "data.n=3",
+                 "--set", "data.split=test", "--set", "data.phase_range_rad=[0, 6.283185307179586]"]) == 0
+    assert main(["evaluate", str(tiny_run), "--data", str(data), "--out", str(tmp_path / "e"), *EV]) == 2
+    err = capsys.readouterr().err
+    assert "[0, 6.283]" in err and "[0, 3.142]" in err and "data.phase_range_rad" in err
+    from PIL import Image
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray((rng.random((24, 20)) * 255).astype(np.uint8)).save(folder / f"im{i}.png")
+    ev = tmp_path / "ev"
+    assert main(["evaluate", str(tiny_run), "--data", str(folder), "--out", str(ev), *EV]) == 0
+    rep = json.loads((ev / "metrics.json").read_text())
+    assert rep["n_objects"] == 3 and rep["data"] == str(folder)
+    assert rep["checkpoints"][str(tiny_run)]["checkpoint"] == "best"
+
+
+def test_figures_keep_labels_whole_full_curves_and_fixed_amplitude_scale(tiny_run, tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    from phaseforge.figures import reconstruction_figure
+    from phaseforge.learn import results_figure, run_curves
+
+    cfg = load(None, ["data.size=16"])
+    x = torch.polar(torch.ones(2, 16, 16), torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(0)))
+    name = "student_distill_with_a_long_name masks, WF only"
+    res = {name: {"row": {"psnr_mean": 31.24}, "examples": x}}
+    fig = results_figure(res, x, cfg)
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    texts = [t for ax in fig.axes for t in ax.texts]
+    assert any("31.2 dB" in t.get_text() for t in texts)
+    for t in texts:  # every row label lies inside the figure (none is cut off)
+        bb = t.get_window_extent(r)
+        assert bb.x0 >= 0 and bb.x1 <= fig.bbox.x1, t.get_text()
+    # phase-only objects: |x| = 1 ± rounding is shown on a fixed [0, 1] scale, with a colour bar
+    from learning.metrics import evaluate
+    fig = reconstruction_figure(x, x, evaluate(x, x), title="t", n_show=2)
+    assert fig.axes[0].images[0].get_clim() == (0.0, 1.0)
+    assert len(fig.axes) == 8 + 4  # 4 × 2 panels + one colour bar per row
+    # training curves come from the run's CSV files, not from the (possibly earlier) checkpoint
+    h, v = run_curves(tiny_run, {"history": [], "val_history": []})
+    assert len(v) == 1 and v[0]["step"] == 2 and len(h) == 2 and isinstance(v[0]["val_psnr"], float)
+    state_only = run_curves(tmp_path, {"history": [{"step": 0}], "val_history": []})
+    assert state_only == ([{"step": 0}], [])
