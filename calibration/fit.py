@@ -606,21 +606,23 @@ def _fit_parameters(geometry, gray_patterns, data_e, *, lut_phase_rad, nominal, 
             cols.append((rvec(x0 + e_i) - rvec(x0 - e_i)) / (2 * h))
         J = torch.stack(cols, 1)
         JTJ = J.T @ J
-        d = torch.sqrt(torch.diag(JTJ)).clamp_min(1e-300)
+        d = torch.sqrt(torch.diag(JTJ))
+        # a parameter without any effect (a LUT share or top saturated in its sigmoid) is held:
+        # zero variance instead of inf·0; everything in column-normalised coordinates
+        live = d > 1e-100
+        d = torch.where(live, d, torch.ones_like(d))
         Jn = JTJ / d[:, None] / d[None, :]
-        cond = float(torch.linalg.cond(Jn))
-        bread = torch.linalg.pinv(Jn, hermitian=True) / d[:, None] / d[None, :]
-        cov_jac = bread * max(chi2, 1.0)
+        cond = float(torch.linalg.cond(Jn[live][:, live]))
+        bread = torch.zeros_like(Jn)
+        bread[torch.outer(live, live)] = torch.linalg.pinv(Jn[live][:, live], hermitian=True).reshape(-1)
+        cov_jac = bread / d[:, None] / d[None, :] * max(chi2, 1.0)
         r_all = rvec(x0)
-        cov_cl, n_clusters = _cluster_covariance(J, r_all, bread, _clusters(m, tile_px), r_all.numel() - int(m.sum()))
-        # the larger of the two per parameter (variances; the covariance kept for the LUT levels
-        # is the cluster one, floored by the Jacobian one on the diagonal)
-        cov = cov_cl.clone()
-        floor = torch.diag(cov_jac) > torch.diag(cov_cl)
-        if bool(floor.any()):
-            scale = torch.sqrt(torch.where(floor, torch.diag(cov_jac) / torch.diag(cov_cl).clamp_min(1e-300),
-                                           torch.ones_like(d)))
-            cov = cov * scale[:, None] * scale[None, :]
+        cov_cl, n_clusters = _cluster_covariance(J / d, r_all, bread, _clusters(m, tile_px), r_all.numel() - int(m.sum()))
+        cov_cl = cov_cl / d[:, None] / d[None, :]
+        # per parameter the larger variance of the two: the cluster covariance plus, where the
+        # Jacobian one is larger, the difference on the diagonal (positive semidefinite; the LUT
+        # levels are propagated through it)
+        cov = cov_cl + torch.diag((torch.diag(cov_jac) - torch.diag(cov_cl)).clamp_min(0))
     lut_out = {}
     if nl:
         ql = p["_lut_q"].detach()
@@ -667,7 +669,9 @@ def with_model_error(fine: FitResult, coarse: FitResult) -> FitResult:
 
         ``σ_model = |θ_fine − θ_coarse|``,  ``σ = sqrt(σ_statistical² + σ_model²)``
 
-    for every parameter and, with a joint LUT, every LUT level. The values stay the fine fit's.
+    for every parameter and, with a joint LUT, every LUT level; the intensity scale ``a`` gets at
+    least ``σ_model(b)/Ī`` (the frame means fix ``a·Ī + b``, so a background error is a scale error).
+    The values stay the fine fit's.
     Measured on independent benches (``benchmarks/calibration_coverage.py``) this covers the
     truth; for the crosstalk width and the background it is conservative (their errors are
     ≈ 0.3 |Δ|). Returns a new :class:`FitResult`."""
@@ -676,6 +680,12 @@ def with_model_error(fine: FitResult, coarse: FitResult) -> FitResult:
     stat = dict(fine.std_statistical or fine.std)
     model = {k: abs(fine.values[k] - coarse.values[k]) if k in coarse.values and k not in fine.fixed else 0.0
              for k in fine.values}
+    # the frame means pin a·Ī + b (Ī the mean unit-scale model intensity): a model error that moves
+    # the background by δb moves the scale by −δb/Ī, even where the two models' scales agree
+    a, b = fine.values["intensity_scale"], fine.values["background_e"]
+    i_mean = (float(np.nanmean(fine.model_e)) - b) / a if a else float("nan")
+    if math.isfinite(i_mean) and i_mean > 0:
+        model["intensity_scale"] = max(model["intensity_scale"], model["background_e"] / i_mean)
     std = {k: math.hypot(stat.get(k, 0.0), model[k]) for k in fine.values}
     lut = dict(fine.lut)
     if fine.lut and coarse.lut:
