@@ -44,12 +44,22 @@ residuals with the law evaluated at the fit's own crosstalk width and distance. 
 patterns use every gray level, so they pin the LUT down where the grating law alone trades
 crosstalk against LUT shape.
 
-Uncertainties: from the Jacobian at the optimum, ``cov = s²(JᵀJ)⁻¹`` with ``s²`` the reduced
-χ² (when above 1); optionally also a leave-one-frame-out jackknife (:func:`jackknife`). Both
-are *statistical*: a model error common to all frames (grid, unmodelled illumination) biases
-the values without widening them — ``J`` of the weighted residuals with respect to all parameters including
-``a`` and ``b``, by central finite differences (relative steps; forward-mode AD is not
-available through every op used). Quality: reduced χ², Pearson ``r`` per frame, residual maps.
+Uncertainties (statistical): the central finite-difference Jacobian ``J`` of the weighted
+residuals with respect to all parameters including ``a`` and ``b`` (relative steps; forward-mode
+AD is not available through every op used) gives, per parameter, the larger of ``s²(JᵀJ)⁻¹``
+(``s²`` the reduced χ² when above 1) and the cluster-robust sandwich covariance
+``B·Σ_c (J_cᵀr_c)(J_cᵀr_c)ᵀ·B`` over clusters ``c`` = (frame, ``tile_px``-square tile),
+``B = (JᵀJ)⁻¹``. The sandwich does not assume independent residuals: model error is correlated
+over speckles and tiles, so ``s²(JᵀJ)⁻¹`` alone was 2–3× too small for the geometry on independent
+benches. Optionally also a leave-one-frame-out jackknife (:func:`jackknife`). Neither sees a model
+error common to all frames (grid pitch, sampled crosstalk kernel, bilinear sampling): that is
+added by :func:`with_model_error` from the same fit on a model twice as coarse
+(``σ_model = |θ_fine − θ_coarse|``), which ``phaseforge calibrate`` does; ``FitResult.std`` is then
+the total, ``std_statistical`` and ``std_model`` its parts. Without it, uncovered biases on
+independent benches (tests/calibration/bench_sim.py) were crosstalk +15 … +65 σ_stat and the
+background −10 … −16 σ_stat (≈ −35 e⁻ at 4000 e⁻ mean): the bilinear sampling of the intensity
+lowers the model's contrast, which the background and the crosstalk width absorb (bicubic
+sampling overshoots to ≈ +50 e⁻ instead). Quality: reduced χ², Pearson ``r`` per frame, residual maps.
 A failed fit — non-finite loss, a parameter on its bound, an unidentifiable parameter (singular
 ``JᵀJ``), poor correlation or χ² — raises :class:`~calibration.errors.FitError` saying which.
 
@@ -80,7 +90,7 @@ from .errors import FitError, RegistrationError
 from .registration import pearson, register
 
 __all__ = ["Geometry", "geometry_for", "NearFieldModel", "OPTICS_PATHS", "FitResult", "fit_parameters", "refined_lut", "jackknife",
-           "evaluate", "PARAMS", "UNITS"]
+           "with_model_error", "evaluate", "PARAMS", "UNITS"]
 
 PARAMS = ("distance_m", "magnification", "rotation_rad", "shift_x_m", "shift_y_m", "crosstalk_sigma_m")
 UNITS = {"distance_m": "m", "magnification": "1", "rotation_rad": "rad", "shift_x_m": "m", "shift_y_m": "m",
@@ -279,6 +289,9 @@ class FitResult:
     std_jackknife: Dict[str, float] = field(default_factory=dict)   # filled by :func:`jackknife` when asked
     problems: List[str] = field(default_factory=list)               # failed checks (check=False keeps them here)
     lut: Dict[str, object] = field(default_factory=dict)            # joint LUT: phase_rad, phase_std_rad, …
+    std_statistical: Dict[str, float] = field(default_factory=dict)  # cluster-robust / Jacobian 1σ (noise + local model error)
+    std_model: Dict[str, float] = field(default_factory=dict)        # model-resolution 1σ (:func:`with_model_error`)
+    n_clusters: int = 0                                              # clusters of the sandwich covariance
 
     def params(self) -> Dict[str, torch.Tensor]:
         return {k: torch.tensor(self.values[k], dtype=torch.float64) for k in PARAMS}
@@ -451,7 +464,7 @@ def fit_parameters(geometry: Geometry, gray_patterns: Sequence[np.ndarray], data
                    bounds: Optional[Dict[str, tuple]] = None, start: Optional[Dict[str, float]] = None,
                    short_iters: int = 12, refine_iters: int = 150, n_refine: int = 2,
                    max_chi2: float = 1000.0, min_pearson: float = 0.8, min_registration: float = 0.3,
-                   progress: bool = False, check: bool = True, joint_lut=None) -> FitResult:
+                   progress: bool = False, check: bool = True, joint_lut=None, tile_px: int = 8) -> FitResult:
     """Fit the forward model to ``data_e`` (P, H, W electrons; NaN = masked) for the patterns.
 
     ``nominal`` holds the starting values of :data:`PARAMS`; ``start`` (optional) skips the
@@ -461,19 +474,46 @@ def fit_parameters(geometry: Geometry, gray_patterns: Sequence[np.ndarray], data
     intermediate fit whose LUT is still provisional). ``joint_lut`` (a
     :class:`~calibration.lut.LUTResult` with its shape parameters) frees the LUT too: the
     random frames and the grating harmonics then constrain LUT, crosstalk and distance
-    together, and ``FitResult.lut`` holds the refined table with its uncertainty."""
+    together, and ``FitResult.lut`` holds the refined table with its uncertainty. ``tile_px``:
+    the tile side (camera pixels) of the clusters of the sandwich covariance (module docstring)."""
     with single_thread():
         return _fit_parameters(geometry, gray_patterns, data_e, lut_phase_rad=lut_phase_rad, nominal=nominal,
                                read_noise_e=read_noise_e, distance_range=distance_range, n_starts=n_starts,
                                fit_crosstalk=fit_crosstalk, bounds=bounds, start=start, short_iters=short_iters,
                                refine_iters=refine_iters, n_refine=n_refine, max_chi2=max_chi2,
                                min_pearson=min_pearson, min_registration=min_registration, progress=progress,
-                               check=check, joint_lut=joint_lut)
+                               check=check, joint_lut=joint_lut, tile_px=tile_px)
+
+
+def _clusters(mask: torch.Tensor, tile_px: int) -> torch.Tensor:
+    """Cluster label of every unmasked pixel (in ``mask``'s flattening order): its frame and its
+    ``tile_px × tile_px`` tile. Residual correlations (model error, speckle-sized) stay inside a
+    tile; tiles of different frames are treated as independent."""
+    P, H, W = mask.shape
+    ny, nx = -(-H // tile_px), -(-W // tile_px)
+    p, yy, xx = torch.nonzero(mask, as_tuple=True)
+    return p * (ny * nx) + (yy // tile_px) * nx + xx // tile_px
+
+
+def _cluster_covariance(J: torch.Tensor, r: torch.Tensor, bread: torch.Tensor, labels: torch.Tensor,
+                        n_extra: int):
+    """Cluster-robust ("sandwich") covariance ``B·(Σ_c g_c g_cᵀ)·B·G/(G − 1)`` with ``g_c = J_cᵀ r_c``
+    the score of cluster ``c`` and ``B = (JᵀJ)⁻¹`` (Liang & Zeger, Biometrika 73, 13 (1986);
+    Cameron & Miller, J. Human Resources 50, 317 (2015)). Unlike ``s²(JᵀJ)⁻¹`` it does not assume
+    independent residuals: a model error that is correlated over a speckle or a tile, and differs
+    between tiles and frames, widens it as it scatters the estimates. ``n_extra`` trailing rows
+    (grating harmonics of a joint LUT) are clusters of their own. Returns ``(cov, G)``."""
+    labels = torch.cat([labels, labels.max() + 1 + torch.arange(n_extra)]) if n_extra else labels
+    _, inv = torch.unique(labels, return_inverse=True)
+    G = int(inv.max()) + 1
+    scores = torch.zeros((G, J.shape[1]), dtype=J.dtype).index_add_(0, inv, J * r[:, None])
+    meat = scores.T @ scores
+    return bread @ meat @ bread * (G / max(G - 1, 1)), G
 
 
 def _fit_parameters(geometry, gray_patterns, data_e, *, lut_phase_rad, nominal, read_noise_e, distance_range,
                     n_starts, fit_crosstalk, bounds, start, short_iters, refine_iters, n_refine, max_chi2,
-                    min_pearson, min_registration, progress, check=True, joint_lut=None) -> FitResult:
+                    min_pearson, min_registration, progress, check=True, joint_lut=None, tile_px=8) -> FitResult:
     data_e = np.asarray(data_e, dtype=np.float64)
     if data_e.ndim != 3 or data_e.shape[0] != len(gray_patterns):
         raise FitError(f"data {data_e.shape} must be (P, H, W) with one frame per pattern ({len(gray_patterns)})")
@@ -566,10 +606,23 @@ def _fit_parameters(geometry, gray_patterns, data_e, *, lut_phase_rad, nominal, 
             cols.append((rvec(x0 + e_i) - rvec(x0 - e_i)) / (2 * h))
         J = torch.stack(cols, 1)
         JTJ = J.T @ J
-        d = torch.sqrt(torch.diag(JTJ)).clamp_min(1e-300)
+        d = torch.sqrt(torch.diag(JTJ))
+        # a parameter without any effect (a LUT share or top saturated in its sigmoid) is held:
+        # zero variance instead of inf·0; everything in column-normalised coordinates
+        live = d > 1e-100
+        d = torch.where(live, d, torch.ones_like(d))
         Jn = JTJ / d[:, None] / d[None, :]
-        cond = float(torch.linalg.cond(Jn))
-        cov = torch.linalg.pinv(Jn, hermitian=True) / d[:, None] / d[None, :] * max(chi2, 1.0)
+        cond = float(torch.linalg.cond(Jn[live][:, live]))
+        bread = torch.zeros_like(Jn)
+        bread[torch.outer(live, live)] = torch.linalg.pinv(Jn[live][:, live], hermitian=True).reshape(-1)
+        cov_jac = bread / d[:, None] / d[None, :] * max(chi2, 1.0)
+        r_all = rvec(x0)
+        cov_cl, n_clusters = _cluster_covariance(J / d, r_all, bread, _clusters(m, tile_px), r_all.numel() - int(m.sum()))
+        cov_cl = cov_cl / d[:, None] / d[None, :]
+        # per parameter the larger variance of the two: the cluster covariance plus, where the
+        # Jacobian one is larger, the difference on the diagonal (positive semidefinite; the LUT
+        # levels are propagated through it)
+        cov = cov_cl + torch.diag((torch.diag(cov_jac) - torch.diag(cov_cl)).clamp_min(0))
     lut_out = {}
     if nl:
         ql = p["_lut_q"].detach()
@@ -602,7 +655,46 @@ def _fit_parameters(geometry, gray_patterns, data_e, *, lut_phase_rad, nominal, 
     return FitResult(values=values, std=std, nominal=dict(nominal), bounds=b, chi2_reduced=chi2, pearson_r=rs,
                      residuals=res_maps, model_e=mu_np, data_e=data, n_starts=len(starts) or 1,
                      start_losses=[(s[0], s[1]) for s in starts], registration_quality=float(reg_q),
-                     fixed=tuple(fixed), problems=problems, lut=lut_out)
+                     fixed=tuple(fixed), problems=problems, lut=lut_out, std_statistical=dict(std),
+                     n_clusters=n_clusters)
+
+
+def with_model_error(fine: FitResult, coarse: FitResult) -> FitResult:
+    """``fine`` with uncertainties that include the model (discretisation) error: the same fit
+    done on a model twice as coarse (``coarse``: twice the grid pitch, Gaussian instead of box
+    pixel integration) differs by ``Δ = θ_fine − θ_coarse``; if the error of the fit shrinks at
+    least linearly with the grid pitch (first-order convergence; bilinear sampling and the
+    sampled crosstalk kernel are second order), the fine model's remaining error is at most
+    ``|Δ|`` (Richardson's estimate ``|Δ|/(2^p − 1)`` with ``p >= 1``). So
+
+        ``σ_model = |θ_fine − θ_coarse|``,  ``σ = sqrt(σ_statistical² + σ_model²)``
+
+    for every parameter and, with a joint LUT, every LUT level; the intensity scale ``a`` gets at
+    least ``σ_model(b)/Ī`` (the frame means fix ``a·Ī + b``, so a background error is a scale error).
+    The values stay the fine fit's.
+    Measured on independent benches (``benchmarks/calibration_coverage.py``) this covers the
+    truth; for the crosstalk width and the background it is conservative (their errors are
+    ≈ 0.3 |Δ|). Returns a new :class:`FitResult`."""
+    import dataclasses
+
+    stat = dict(fine.std_statistical or fine.std)
+    model = {k: abs(fine.values[k] - coarse.values[k]) if k in coarse.values and k not in fine.fixed else 0.0
+             for k in fine.values}
+    # the frame means pin a·Ī + b (Ī the mean unit-scale model intensity): a model error that moves
+    # the background by δb moves the scale by −δb/Ī, even where the two models' scales agree
+    a, b = fine.values["intensity_scale"], fine.values["background_e"]
+    i_mean = (float(np.nanmean(fine.model_e)) - b) / a if a else float("nan")
+    if math.isfinite(i_mean) and i_mean > 0:
+        model["intensity_scale"] = max(model["intensity_scale"], model["background_e"] / i_mean)
+    std = {k: math.hypot(stat.get(k, 0.0), model[k]) for k in fine.values}
+    lut = dict(fine.lut)
+    if fine.lut and coarse.lut:
+        dl = np.abs(np.asarray(fine.lut["phase_rad"]) - np.asarray(coarse.lut["phase_rad"]))
+        lut["phase_std_statistical_rad"] = np.asarray(fine.lut.get("phase_std_statistical_rad",
+                                                                   fine.lut["phase_std_rad"]))
+        lut["phase_std_model_rad"] = dl
+        lut["phase_std_rad"] = np.hypot(lut["phase_std_statistical_rad"], dl)
+    return dataclasses.replace(fine, std=std, std_statistical=stat, std_model=model, lut=lut)
 
 
 def refined_lut(base, fit: FitResult):

@@ -6,7 +6,9 @@ correction to electrons; the LUT from the grating frames at the nominal geometry
 multistart physical-parameter fit on the random-pattern frames (all but the last
 ``n_heldout``); the LUT again at the fitted distance/magnification/rotation (the grating law
 with crosstalk depends on the distance); a second fit from the first one's values with the
-refined LUT; the held-out comparison of the nominal and calibrated simulators; the
+refined LUT, coarse then fine model, whose uncertainties are the fine fit's statistical ones and
+its change from the coarse fit in quadrature (:func:`calibration.fit.with_model_error`); the
+held-out comparison of the nominal and calibrated simulators; the
 registration quality of the calibrated model; then CALIBRATION.h5, its LUT as
 ``CALIBRATION_lut.csv`` (:func:`lut_csv_path`) and the report folder.
 A failed step raises (no calibration file is written).
@@ -36,7 +38,7 @@ def calibrate(capture_path, out_path, *, report_dir=None, n_heldout: int = 2, ov
     from calibration.camera import characterize_camera
     from calibration.capture import read_capture
     from calibration.errors import CalibrationError, FitError
-    from calibration.fit import evaluate, fit_parameters, geometry_for, jackknife, refined_lut
+    from calibration.fit import evaluate, fit_parameters, geometry_for, jackknife, refined_lut, with_model_error
     from calibration.lut import lut_from_capture
     from calibration.registration import register
     from calibration.report import write_report
@@ -89,12 +91,18 @@ def calibrate(capture_path, out_path, *, report_dir=None, n_heldout: int = 2, ov
     v = fit1.values
     lut = lut_from_capture(cap, e, distance_m=v["distance_m"], magnification=v["magnification"],
                            rotation_rad=v["rotation_rad"])
-    fit = fit1
+    fit, fits, bases = fit1, [], []
     for g in (geo_coarse, geo):
         fit = fit_parameters(g, pats(fit_idx), e[fit_idx], lut_phase_rad=lut.phase_rad, nominal=nominal,
                              read_noise_e=camera.read_noise_e, start=fit.values, distance_range=distance_range,
                              refine_iters=refine_iters, check=False, joint_lut=lut)
+        fits.append(fit)
+        bases.append(lut)
         lut = refined_lut(lut, fit)
+    # uncertainties that cover the model error too: the fine fit's statistical σ and its change
+    # from the coarse fit (twice the grid pitch) in quadrature (calibration.fit.with_model_error)
+    fit = with_model_error(fits[1], fits[0])
+    lut = refined_lut(bases[1], fit)
     if fit.problems:
         raise FitError("physical-parameter fit failed: " + "; ".join(fit.problems))
     lap("lut_and_fit_fine")
@@ -133,15 +141,18 @@ def calibrate(capture_path, out_path, *, report_dir=None, n_heldout: int = 2, ov
                   wavelength_m=ins["wavelength_m"],
                   comments=[f"SLM gray -> phase LUT from `phaseforge calibrate` ({out_path.name}, /lut)",
                             f"capture {Path(cap.path).name} sha256 {cap.sha256}",
-                            "phase_std_rad: 1 sigma, statistical; read by `phaseforge export slm --lut`"])
+                            "phase_std_rad: 1 sigma, statistical and model-resolution parts in quadrature; "
+                            "read by `phaseforge export slm --lut`"])
     truth_lut, truth = _truth(cap.path)
     numbers = {"capture": str(cap.path), "capture_sha256": cap.sha256, "calibration": str(out_path),
                "lut_csv": str(lut_csv),
                "camera": camera.summary(),
-               "fit": {k: {"value": v, "std": fit.std.get(k), "std_jackknife": fit.std_jackknife.get(k),
-                       "nominal": fit.nominal.get(k)} for k, v in fit.values.items()},
+               "fit": {k: {"value": v, "std": fit.std.get(k), "std_statistical": fit.std_statistical.get(k),
+                           "std_model": fit.std_model.get(k), "std_jackknife": fit.std_jackknife.get(k),
+                           "nominal": fit.nominal.get(k)} for k, v in fit.values.items()},
                "lut": {"chi2_reduced": lut.chi2_reduced, "crosstalk_sigma_m": lut.extra.get("crosstalk_sigma_m"),
-                       "max_phase_rad": float(lut.phase_rad[-1]), "max_phase_std_rad": float(lut.phase_std_rad.max())},
+                       "max_phase_rad": float(lut.phase_rad[-1]), "max_phase_std_rad": float(lut.phase_std_rad.max()),
+                       "max_phase_std_model_rad": float(np.max(fit.lut.get("phase_std_model_rad", np.zeros(1))))},
                "quality": quality, "distance_starts": [{"z_m": z, "loss": L} for z, L in fit.start_losses],
                "seconds": time.perf_counter() - t0, "stage_seconds": stages}
     if truth:
