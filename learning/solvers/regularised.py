@@ -92,7 +92,8 @@ def _apply_denoiser(den: Denoiser, v: Tensor, sigma: Tensor, real: bool) -> Tens
 def _noise_from_residual(r: Tensor, y_sum: Tensor, m: int) -> Tensor:
     r"""``σ̂_b = ‖|Ax_0| − √y‖ / √m`` from the relative residual ``r`` of a start ``x_0`` that fits
     the data (an error-reduction result): its residual is about the truth's, whose expected
-    value is ``σ_b√m``. Measured: see the README's solvers section."""
+    value is ``σ_b√m``. Measured 0.94·σ_b on a 64² natural image, L = 4, α = 27 (ER fits a
+    little of the noise; tests/learning/test_regularised.py)."""
     return r * torch.sqrt(y_sum / m)
 
 
