@@ -211,7 +211,8 @@ def noiseless_success(which: str, Ls=(4, 6)) -> None:
         with torch.no_grad():
             y = op.A(x.to(torch.complex64)).abs() ** 2
         for solver in ("wf", "af"):
-            for label, kw in (("default", {}), ("spectral_method='plain'", dict(spectral_method="plain")), ("spectral_method='optimal'", dict(spectral_method="optimal")),
+            for label, kw in (("default", {}), ("spectral_method='plain'", dict(spectral_method="plain")),
+                              ("spectral_method='optimal'", dict(spectral_method="optimal")),
                               ("nonnegative", dict(nonnegative=True))):
                 res = solve(op, y, solver, generator=0, history=False, **kw)
                 err = relative_error(res.x, x)
