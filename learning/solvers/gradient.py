@@ -21,7 +21,7 @@ __all__ = ["wirtinger_flow", "amplitude_flow", "AF_WEIGHTINGS"]
 # --------------------------------------------------------------------------------------------
 def wirtinger_flow(op, y: Tensor, *, n_iter: int = 1000, x0: Optional[Tensor] = None,
                    init: str = "spectral", spectral_method: str = "optimal",
-                   n_power_iter: int = 50, mu_max: float = 0.3, tau0: float = 330.0,
+                   n_power_iter: int = 150, mu_max: float = 0.3, tau0: float = 330.0,
                    tol: Optional[float] = 1e-6, residual_tol="auto",
                    generator: GeneratorLike = None, history: bool = True,
                    x_true: Optional[Tensor] = None, differentiable: bool = False,
@@ -48,12 +48,16 @@ def wirtinger_flow(op, y: Tensor, *, n_iter: int = 1000, x0: Optional[Tensor] = 
     i.e. a limit of ≈ 0.35: with 0.4 every trial settles into a persistent oscillation at a
     relative error ≈ 0.1, with 0.3 all converge (≈ 350–420 iterations to the float32 floor).
     ``x_0`` is the spectral initialisation (``spectral_method``, ``n_power_iter`` power iterations), a scaled
-    random vector (``init="random"``) or the given ``x0``. The default ``spectral_method`` is
-    ``"optimal"`` (it was ``"plain"``): on natural images at L = 4 the plain start fails (0 of 4
-    tuning images recovered noiselessly, relative error ≈ 1.3), the optimal one succeeds more
-    often (1 of 4), and on random complex objects it is no worse (correlation 0.85 vs 0.44 at
-    L = 6). For real non-negative objects pass ``nonnegative=True``: with the rotated, projected
-    start every tuning image is recovered (README, solvers section).
+    random vector (``init="random"``) or the given ``x0``. The defaults ``spectral_method =
+    "optimal"``, ``n_power_iter = 150`` (they were ``"plain"``, 50) make the start work on
+    natural images: at L = 4 (128², real non-negative images, 4 tuning images) the plain
+    estimate's correlation with the object is ≈ 0.04 (50 or 300 iterations) and WF fails
+    (relative error ≈ 1.3); the optimal one reaches 0.35–0.58 after 50 power iterations and
+    0.81 after 150 (no better after 300: the small eigen-gap at n = 128² needs the iterations),
+    and WF then recovers every image (relative error 2e-6). On random complex objects it is no
+    worse (correlation 0.85 vs 0.44 at L = 6). For real non-negative objects ``nonnegative=True``
+    also rotates and projects the start (and every iterate), which converges in fewer
+    iterations (README, solvers section).
 
     ``safeguard=True`` (default) adds a monotone safeguard the paper does not have: a step that
     increases the loss ``‖|Ax|² − y‖²`` (or makes it non-finite) is rejected for that sample
@@ -158,7 +162,7 @@ AF_WEIGHTINGS = ("none", "truncated")
 
 def amplitude_flow(op, y: Tensor, *, n_iter: int = 1000, x0: Optional[Tensor] = None,
                    init: str = "spectral", spectral_method: str = "optimal",
-                   n_power_iter: int = 50, mu: float = 0.6, weighting: str = "none",
+                   n_power_iter: int = 150, mu: float = 0.6, weighting: str = "none",
                    gamma: float = 0.7, tol: Optional[float] = 1e-6, residual_tol="auto",
                    generator: GeneratorLike = None, history: bool = True,
                    x_true: Optional[Tensor] = None, differentiable: bool = False,
