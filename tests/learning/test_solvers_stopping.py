@@ -110,3 +110,19 @@ def test_discrepancy_errors(noisy):
         amplitude_flow(op, y, stop="discrepancy", amplitude_noise_std=torch.ones(2))
     with pytest.raises(SolverError, match="discrepancy_factor"):
         error_reduction(op, y, stop="discrepancy", amplitude_noise_std=0.1, discrepancy_factor=0)
+
+
+@pytest.mark.parametrize("solver", [wirtinger_flow, amplitude_flow])
+def test_default_start_recovers_natural_images_at_L4_without_constraints(solver):
+    """The default start (optimal spectral weights, 150 power iterations) works on natural
+    images: 48² crops of three scikit-image samples, L = 4, complex unknowns. With the old
+    default (plain weights, 50 iterations) both flows fail on all three (measured relative
+    error 0.87–1.14 after 1,000 iterations), so this test fails on the old code."""
+    import skimage.data
+    n = 48
+    x = torch.from_numpy(np.stack([fit_to_size(to_unit_gray(getattr(skimage.data, k)()), n)
+                                   for k in ("rocket", "clock", "text")]).astype(np.float32))
+    g = torch.Generator().manual_seed(0)
+    op = UnitaryCDP(torch.polar(torch.ones(4, n, n), 2 * math.pi * torch.rand(4, n, n, generator=g)))
+    res = solver(op, op.A(x.to(torch.complex64)).abs() ** 2, generator=0, history=False)
+    assert float(relative_error(res.x, x).max()) < 1e-4
