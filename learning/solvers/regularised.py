@@ -144,7 +144,8 @@ def _regularised(op, y, *, name: str, den: Denoiser, sigma_factors, n_iter: int,
                    residual_tol=_default_residual_tol(prob, residual_tol), history=history,
                    x_true=x_true, differentiable=differentiable, progress=progress,
                    discrepancy=target)
-        res.history["amplitude_noise_std"] = sd_b.detach().cpu()
+        if history:
+            res.history["amplitude_noise_std"] = sd_b.detach().cpu()
         return res
 
 
@@ -163,7 +164,7 @@ _COMMON_DOC = """
     None: all ``n_iter`` iterations run, the denoiser schedule needs them) and
     ``stop="discrepancy"``, and ``history``/``x_true``/``progress``/``generator``/``norm_sq``
     as in :func:`learning.solvers.wirtinger_flow`. ``history["amplitude_noise_std"]`` records the
-    σ_b used. ``differentiable=True`` needs a differentiable denoiser (a torch network).
+    σ_b used (with ``history=True``). ``differentiable=True`` needs a differentiable denoiser (a torch network).
     Returns a :class:`SolverResult`."""
 
 
