@@ -76,7 +76,7 @@ def spectral_init(op, y: Tensor, *, method: str = "plain", n_iter: int = 50,
 
         ``Y = (1/m) Σ_r w(y_r) ã_r ã_rᴴ = (1/s) Aᴴ diag(w) A``
 
-    (``ã_r`` the rows of the normalised operator, module docstring), with ``t = y / mean(y)``
+    (``ã_r`` the rows of the normalised operator, package docstring), with ``t = y / mean(y)``
     (mean over the sample's ``m = L·Mh·Mw`` measurements) and weights
 
     * ``"plain"`` (Candès et al. 2015): ``w = t``.
