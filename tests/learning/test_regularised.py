@@ -153,3 +153,14 @@ def test_regularised_errors(noisy27):
         tv(op, y, amplitude_noise_std=-0.1)
     with pytest.raises(SolverError, match="init"):
         tv(op, y, init="zeros")
+
+
+def test_tv_weight_options_agree(noisy27):
+    """``weight=λ`` fixes λ; ``weight_factor·σ_x`` with σ_x = σ_b/√(2s) gives the same λ."""
+    op, x, y = noisy27
+    sb = 0.05
+    lam = 1.5 * sb / math.sqrt(2 * op.n_masks)
+    kw = dict(nonnegative=True, n_iter=2, n_init_iter=3, generator=0, history=False)
+    a = tv(op, y, weight=lam, amplitude_noise_std=sb, **kw)
+    b = tv(op, y, weight_factor=1.5, amplitude_noise_std=sb, **kw)
+    assert torch.allclose(a.x, b.x, atol=1e-6)
