@@ -15,6 +15,23 @@ set-up (norm estimate, pseudo-inverse check) is excluded; the floor is one bare 
 ``Aᴴ``), measured alternately with the solver runs.
 
     python benchmarks/solvers.py [--trials 20] [--n-iter 2500] [--iter-sizes 128 256] [--skip-success]
+
+Part 3 (``--protocol``) — the standard published CDP protocol (prDeep, Metzler et al. 2018, and
+later deep-unfolding papers): 128×128 gray images in [0, 1] as real non-negative objects, L = 4
+uniform random phase masks, no oversampling, ``A x = FFT2(M_l ⊙ x)`` with ``norm="ortho"``
+(unitary per mask), noisy amplitudes ``b = sqrt(max(|Ax|² + (α/255)|Ax| n, 0))``, n ~ N(0, 1),
+α ∈ {9, 27, 81}; one fixed mask seed and one fixed noise seed. Scored by PSNR with data range 1
+(= the 0–255 scale) of ``clamp(Re(align_global_phase(x̂, x)), 0, 1)``. Rows: ER and HIO with
+realness + positivity, WF and AF (their default start; and with ``nonnegative=True``), ER
+stopped by the discrepancy principle at the known noise level, TV, PnP with non-local means
+and with wavelet shrinkage (all at the solvers' defaults). Seconds per image with one thread
+(``OMP_NUM_THREADS=1`` and ``torch.set_num_threads(1)``), the whole batch over its size.
+``--images benchmark`` (default) scores :func:`learning.images.benchmark_images` (the held-out
+images); ``--images tuning`` the images the defaults were chosen on (scikit-image's rocket,
+clock, text, brick — none of them a benchmark image). ``--noiseless`` adds the noiseless
+success table of WF and AF at L = 4 and 6.
+
+    OMP_NUM_THREADS=1 python benchmarks/solvers.py --protocol [--images benchmark|tuning] [--alphas 9 27 81]
 """
 from __future__ import annotations
 
@@ -94,6 +111,118 @@ def iteration_cost(solver: str, n: int, differentiable: bool, batch: int = 8, L:
             "ms": 1e3 * per_it, "floor_ms": 1e3 * fl_t, "ratio": per_it / fl_t}
 
 
+# --------------------------------------------------------------------------------------------
+# standard CDP protocol
+# --------------------------------------------------------------------------------------------
+TUNING_IMAGE_NAMES = ("rocket", "clock", "text", "brick")
+
+
+class UnitaryCDP:
+    """``A_l x = FFT2(M_l ⊙ x)`` with ``norm="ortho"`` (duck-typed solver operator)."""
+
+    def __init__(self, masks):
+        self.masks = masks
+        self.n_masks = masks.shape[0]
+        self.in_shape = self.out_shape = tuple(masks.shape[-2:])
+
+    def A(self, x):
+        return torch.fft.fft2(self.masks.to(x.dtype) * x[..., None, :, :], norm="ortho")
+
+    def A_adjoint(self, z):
+        return (torch.fft.ifft2(z, norm="ortho") * self.masks.conj().to(z.dtype)).sum(-3)
+
+
+def protocol_images(which: str, size: int = 128):
+    import numpy as np
+
+    from learning.images import benchmark_images, fit_to_size, to_unit_gray
+    if which == "benchmark":
+        names, imgs = benchmark_images(size)
+        return names, torch.from_numpy(imgs)
+    import skimage.data
+    imgs = [fit_to_size(to_unit_gray(getattr(skimage.data, n)()), size) for n in TUNING_IMAGE_NAMES]
+    return TUNING_IMAGE_NAMES, torch.from_numpy(np.stack(imgs).astype(np.float32))
+
+
+def protocol_problem(x: torch.Tensor, alpha: float, *, L: int = 4, mask_seed: int = 0, noise_seed: int = 1):
+    g = torch.Generator().manual_seed(mask_seed)
+    n = x.shape[-1]
+    masks = torch.polar(torch.ones(L, n, n), 2 * torch.pi * torch.rand(L, n, n, generator=g))
+    op = UnitaryCDP(masks)
+    with torch.no_grad():
+        z = op.A(x.to(torch.complex64)).abs()
+    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(noise_seed))
+    y = (z * z + (alpha / 255.0) * z * noise).clamp(min=0)
+    return op, y
+
+
+def protocol_psnr(x_hat, x):
+    from learning.metrics import align_global_phase, psnr
+    return psnr(align_global_phase(x_hat, x).real.clamp(0, 1), x, data_range=1.0)
+
+
+PROTOCOL_ROWS = {
+    "ER (real, ≥0)": ("er", dict(real=True, nonnegative=True)),
+    "ER (real, ≥0), discrepancy stop": ("er", dict(real=True, nonnegative=True, stop="discrepancy")),
+    "HIO (real, ≥0)": ("hio", dict(real=True, nonnegative=True)),
+    "WF (default)": ("wf", dict()),
+    "WF (default), discrepancy stop": ("wf", dict(stop="discrepancy")),
+    "WF (≥0)": ("wf", dict(nonnegative=True)),
+    "AF (default)": ("af", dict()),
+    "AF (default), discrepancy stop": ("af", dict(stop="discrepancy")),
+    "AF (≥0)": ("af", dict(nonnegative=True)),
+    "TV (≥0)": ("tv", dict(nonnegative=True)),
+    "PnP-NLM (≥0)": ("pnp", dict(nonnegative=True, denoiser="nlm")),
+    "PnP-wavelet (≥0)": ("pnp", dict(nonnegative=True, denoiser="wavelet")),
+}
+
+
+def standard_protocol(which: str, alphas, rows, *, known_noise: bool = True) -> list:
+    from learning.solvers import solve
+    names, x = protocol_images(which)
+    out = []
+    for alpha in alphas:
+        op, y = protocol_problem(x, alpha)
+        for row in rows:
+            name, kw = PROTOCOL_ROWS[row]
+            kw = dict(kw)
+            if known_noise and (name in ("tv", "pnp") or kw.get("stop") == "discrepancy"):
+                kw["amplitude_noise_std"] = alpha / 510.0  # √y − |Ax| ≈ (α/255)·n/2 where |Ax| ≫ α/255
+            t0 = time.perf_counter()
+            res = solve(op, y, name, generator=0, history=False, **kw)
+            dt = (time.perf_counter() - t0) / x.shape[0]
+            p = protocol_psnr(res.x, x)
+            out.append({"alpha": alpha, "row": row, "psnr": [float(v) for v in p], "mean": float(p.mean()),
+                        "s_per_image": dt, "n_iter": res.n_iter, "names": list(names)})
+            print(f"| {alpha} | {row} | {float(p.mean()):.2f} | {' / '.join(f'{float(v):.1f}' for v in p)} | "
+                  f"{dt:.2f} | {res.n_iter} |", flush=True)
+    return out
+
+
+def noiseless_success(which: str, Ls=(4, 6)) -> None:
+    from learning.metrics import relative_error
+    from learning.solvers import solve
+    names, x = protocol_images(which)
+    print(f"noiseless, {which} images ({len(names)}), success = relative error < 1e-3")
+    print("| L | solver | options | success | median rel. err | iterations |")
+    print("|---|---|---|---|---|---|")
+    for L in Ls:
+        g = torch.Generator().manual_seed(0)
+        n = x.shape[-1]
+        op = UnitaryCDP(torch.polar(torch.ones(L, n, n), 2 * torch.pi * torch.rand(L, n, n, generator=g)))
+        with torch.no_grad():
+            y = op.A(x.to(torch.complex64)).abs() ** 2
+        for solver in ("wf", "af"):
+            for label, kw in (("default (optimal, 150 power iterations)", {}),
+                              ("plain, 50 (the old default)", dict(spectral_method="plain", n_power_iter=50)),
+                              ("optimal, 50", dict(spectral_method="optimal", n_power_iter=50)),
+                              ("nonnegative", dict(nonnegative=True))):
+                res = solve(op, y, solver, generator=0, history=False, **kw)
+                err = relative_error(res.x, x)
+                print(f"| {L} | {solver} | {label} | {int((err < 1e-3).sum())}/{len(names)} | {float(err.median()):.2e} | "
+                      f"{res.n_iter} |", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=20)
@@ -102,7 +231,28 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iter-sizes", type=int, nargs="+", default=[128, 256])
     ap.add_argument("--skip-success", action="store_true", help="only the time-per-iteration table")
+    ap.add_argument("--protocol", action="store_true", help="only the standard CDP protocol table (part 3)")
+    ap.add_argument("--images", choices=("benchmark", "tuning"), default="benchmark")
+    ap.add_argument("--alphas", type=float, nargs="+", default=[9, 27, 81])
+    ap.add_argument("--rows", nargs="+", default=list(PROTOCOL_ROWS), help="row labels of PROTOCOL_ROWS")
+    ap.add_argument("--noiseless", action="store_true", help="with --protocol: the noiseless WF/AF table")
+    ap.add_argument("--json", type=Path, default=None, help="with --protocol: also write the rows as JSON")
     args = ap.parse_args(argv)
+    if args.protocol:
+        torch.set_num_threads(1)
+        print(f"standard CDP protocol, {args.images} images, 1 thread, torch {torch.__version__}")
+        if args.noiseless:
+            noiseless_success(args.images)
+            return
+        print("| α | solver | mean PSNR (dB) | per image | s / image | iterations |")
+        print("|---|---|---|---|---|---|")
+        rows = standard_protocol(args.images, [int(a) if a == int(a) else a for a in args.alphas], args.rows)
+        if args.json is not None:
+            import json
+            tmp = args.json.with_suffix(args.json.suffix + ".tmp")
+            tmp.write_text(json.dumps(rows, indent=1))
+            tmp.replace(args.json)
+        return
     from phaseforge.alloc import tune_allocator
     print(f"allocator tuning (phaseforge/alloc.py): {'on' if tune_allocator() else 'off'}")
     torch.set_num_threads(args.threads)

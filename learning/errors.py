@@ -8,6 +8,7 @@ Hierarchy::
 
     LearningError(ValueError)
     ├── SolverError                 bad input to a solver (measurements, operator, options)
+    ├── DenoiserError               bad input to a denoiser, or its optional library is missing
     ├── MetricError                 bad input to a metric (shapes, data range, zero reference)
     ├── SystemsError                a learning system (coded physics, first estimate) is misconfigured
     ├── ImageSourceError            an image source cannot be read or is malformed
@@ -32,6 +33,11 @@ class LearningError(ValueError):
 
 class SolverError(LearningError):
     """Bad input to a solver: measurement shape/values, operator, constraints or options."""
+
+
+class DenoiserError(LearningError):
+    """Bad input to a denoiser (shape, dtype, noise level), an unknown denoiser name, or a
+    denoiser whose optional library is not installed (the message names the pip extra)."""
 
 
 class MetricError(LearningError):
@@ -91,7 +97,7 @@ class DatasetIncompleteError(DatasetFormatError):
 
 
 __all__ = [
-    "LearningError", "SolverError", "MetricError", "SystemsError", "ImageSourceError", "EncodingError", "ParamsError",
+    "LearningError", "SolverError", "DenoiserError", "MetricError", "SystemsError", "ImageSourceError", "EncodingError", "ParamsError",
     "SimulationOutputError", "DatasetExistsError", "OutputFolderError", "ResumeMismatchError", "ShardError",
     "DatasetFormatError", "DatasetNotFoundError", "DatasetVersionError", "DatasetIncompleteError",
 ]

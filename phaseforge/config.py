@@ -130,7 +130,7 @@ class DataConfig:
 
 @dataclass
 class SolverConfig:
-    name: str = "wf"  # wf | er | gs | hio | af
+    name: str = "wf"  # learning.solvers.SOLVER_NAMES: wf | er | gs | hio | af | tv | pnp
     n_iter: int = 300
     tol: float = 1e-7
 
