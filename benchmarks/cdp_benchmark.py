@@ -124,7 +124,7 @@ def make_noise(noise: str, alpha: float):
     if noise == "prdeep":
         return PrDeepNoise(alpha=alpha)
     if noise == "poisson":
-        return PoissonNoise(photons_per_unit=(255.0 / alpha) ** 2)
+        return PoissonNoise.matching_prdeep(alpha)
     raise BenchmarkError(f"unknown noise {noise!r}; choose one of {NOISES}")
 
 
@@ -161,9 +161,15 @@ def _solver(name: str, **kw) -> Callable:
         from learning.solvers import solve
         extra = dict(kw)
         if extra.pop("noise_aware", False):
-            extra["amplitude_noise_std"] = ctx.noise.amplitude_noise_std(y)
+            extra["amplitude_noise_std"] = amplitude_noise_std(ctx.noise, y)
         return solve(op, y, name, generator=ctx.seed, history=False, **extra).x
     return run
+
+
+def amplitude_noise_std(noise, y: torch.Tensor) -> float:
+    """The known noise level as the solvers take it: the RMS of ``√y − |Ax|`` the noise model
+    predicts, evaluated at the measured intensities (the protocol's α is known, the truth is not)."""
+    return math.sqrt(float(noise.amplitude_mse(y).mean()))
 
 
 def _learned_available(path: Path) -> Callable[[], Optional[str]]:

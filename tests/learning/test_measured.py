@@ -32,7 +32,7 @@ def test_every_reader_gives_the_same_array(tmp_path):
     np.savez(tmp_path / "y.npz", meas=y, other=y[:1])
     with h5py.File(tmp_path / "y.h5", "w") as f:
         f["entry/data"] = y
-    tifffile.imwrite(tmp_path / "y.tif", y[0])
+    tifffile.imwrite(tmp_path / "y.tif", y[0], photometric="minisblack")
     np.testing.assert_array_equal(load_array(tmp_path / "y.npy"), y)
     np.testing.assert_array_equal(load_array(f"{tmp_path / 'y.npz'}:meas"), y)
     np.testing.assert_array_equal(load_array(tmp_path / "y.h5"), y)  # the only dataset
