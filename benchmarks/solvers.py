@@ -117,19 +117,11 @@ def iteration_cost(solver: str, n: int, differentiable: bool, batch: int = 8, L:
 TUNING_IMAGE_NAMES = ("rocket", "clock", "text", "brick")
 
 
-class UnitaryCDP:
-    """``A_l x = FFT2(M_l ⊙ x)`` with ``norm="ortho"`` (duck-typed solver operator)."""
-
-    def __init__(self, masks):
-        self.masks = masks
-        self.n_masks = masks.shape[0]
-        self.in_shape = self.out_shape = tuple(masks.shape[-2:])
-
-    def A(self, x):
-        return torch.fft.fft2(self.masks.to(x.dtype) * x[..., None, :, :], norm="ortho")
-
-    def A_adjoint(self, z):
-        return (torch.fft.ifft2(z, norm="ortho") * self.masks.conj().to(z.dtype)).sum(-3)
+def unitary_cdp(masks):
+    """The standard protocol's ``A_l x = FFT2(M_l ⊙ x)/N`` (unit-free, FFT sample order): the same
+    operator as ``benchmarks/cdp_benchmark.py``."""
+    from optics.cdp import CDPOperator
+    return CDPOperator(masks, method="fft", detector_order="fft").eval()
 
 
 def protocol_images(which: str, size: int = 128):
@@ -148,11 +140,11 @@ def protocol_problem(x: torch.Tensor, alpha: float, *, L: int = 4, mask_seed: in
     g = torch.Generator().manual_seed(mask_seed)
     n = x.shape[-1]
     masks = torch.polar(torch.ones(L, n, n), 2 * torch.pi * torch.rand(L, n, n, generator=g))
-    op = UnitaryCDP(masks)
+    op = unitary_cdp(masks)
+    from optics.noise import PrDeepNoise
     with torch.no_grad():
-        z = op.A(x.to(torch.complex64)).abs()
-    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(noise_seed))
-    y = (z * z + (alpha / 255.0) * z * noise).clamp(min=0)
+        y = PrDeepNoise(alpha).sample(op.intensity(x.to(torch.complex64)),
+                                      generator=torch.Generator().manual_seed(noise_seed))
     return op, y
 
 
@@ -209,7 +201,7 @@ def noiseless_success(which: str, Ls=(4, 6)) -> None:
     for L in Ls:
         g = torch.Generator().manual_seed(0)
         n = x.shape[-1]
-        op = UnitaryCDP(torch.polar(torch.ones(L, n, n), 2 * torch.pi * torch.rand(L, n, n, generator=g)))
+        op = unitary_cdp(torch.polar(torch.ones(L, n, n), 2 * torch.pi * torch.rand(L, n, n, generator=g)))
         with torch.no_grad():
             y = op.A(x.to(torch.complex64)).abs() ** 2
         for solver in ("wf", "af"):

@@ -73,9 +73,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true")
 
-    p = sub.add_parser("reconstruct", help="classical phase retrieval on a CDP dataset")
+    p = sub.add_parser("reconstruct", help="phase retrieval on a CDP dataset, or on measurements from anywhere")
     with_config(p)
-    p.add_argument("--data", type=Path, required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, help="a CDP dataset written by `phaseforge simulate`")
+    src.add_argument("--measurements", metavar="PATH[:KEY]",
+                     help="measured patterns (L, Mh, Mw) or (N, L, Mh, Mw) from .npy/.npz/.h5/.tif (learning.measured)")
+    g = p.add_argument_group("measurements from elsewhere (with --measurements)")
+    g.add_argument("--masks", metavar="PATH[:KEY]", help="masks (L, H, W): complex modulations or phases in rad")
+    g.add_argument("--truth", metavar="PATH[:KEY]", default=None, help="ground truth (N, H, W), optional: metrics")
+    g.add_argument("--geometry", type=Path, default=None, metavar="GEOMETRY.yaml",
+                   help="geometry keys (method, detector_order, oversampling, pitch_m, wavelength_m, z_m, quantity); "
+                        "the options below override them")
+    g.add_argument("--method", default=None, help="'fft' (unit-free unitary FFT, the default) or a propagation method")
+    g.add_argument("--detector-order", choices=("centered", "fft"), default=None,
+                   help="where DC sits in the stored patterns: centred (M//2) or FFT order (index 0)")
+    g.add_argument("--oversampling", type=float, default=None)
+    g.add_argument("--pitch-m", type=float, default=None)
+    g.add_argument("--wavelength-m", type=float, default=None)
+    g.add_argument("--z-m", type=float, default=None)
+    g.add_argument("--quantity", choices=("intensity", "amplitude"), default=None,
+                   help="what the file holds (default intensity |Ax|²)")
+    g.add_argument("--object", choices=("complex", "real", "nonnegative"), default="complex",
+                   help="what the objects are: real / non-negative add those constraints to the solver")
     from learning.solvers import SOLVER_NAMES
     p.add_argument("--solver", choices=SOLVER_NAMES, default=None,
                    help="default: solver.name of the configuration (wf)")
@@ -99,12 +119,39 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _require_masks(args):
+    if args.masks is None:
+        from .config import ConfigError
+        raise ConfigError("--measurements needs --masks PATH[:KEY] (the (L, H, W) masks they were measured through)")
+    return args.masks
+
+
+def _geometry(args):
+    """The measurement geometry from --geometry YAML, then the command-line options."""
+    from learning.measured import Geometry
+
+    from .config import ConfigError, read_yaml_mapping
+
+    m = read_yaml_mapping(args.geometry, "geometry") if args.geometry is not None else {}
+    for k in ("method", "detector_order", "oversampling", "pitch_m", "wavelength_m", "z_m", "quantity"):
+        v = getattr(args, k)
+        if v is not None:
+            m[k] = v
+    if not isinstance(m, dict):
+        raise ConfigError(f"{args.geometry}: a geometry YAML is a mapping of keys to values")
+    return Geometry.from_mapping(m, where=str(args.geometry or "geometry"))
+
+
 def _reconstruct_summary(rep: dict, out) -> int:
     """Print reconstruct's result; say plainly which samples failed. Exit status 1 when most did."""
     import statistics
 
-    m = rep["metrics"]["summary"]["relative_error"]
     res = statistics.median(rep["final_residual"]) if rep["final_residual"] else float("nan")
+    if "metrics" not in rep:  # measurements without a ground truth: the residual is the only score
+        print(f"reconstruct: {rep['solver']} on {rep['n_samples']} measurement sets (no ground truth), measurement "
+              f"residual median {res:.3g}; {rep['seconds_per_sample']:.3f} s/sample; outputs in {out}")
+        return 0
+    m = rep["metrics"]["summary"]["relative_error"]
     print(f"reconstruct: {rep['solver']} on {rep['n_samples']} samples, relative error "
           f"median {m['median']:.3g} mean {m['mean']:.3g}, measurement residual median {res:.3g}; "
           f"{rep['seconds_per_sample']:.3f} s/sample; outputs in {out}")
@@ -114,7 +161,7 @@ def _reconstruct_summary(rep: dict, out) -> int:
     from optics.sampling import WARN_BELOW
     g = rep["geometry"]
     why = []
-    if g["captured_fraction"] < WARN_BELOW:
+    if "captured_fraction" in g and g["captured_fraction"] < WARN_BELOW:
         why.append(f"the file's geometry records only {100 * g['captured_fraction']:.3g} % of a coded field's "
                    f"light (optics.sampling: {100 * g['band_fraction']:.3g} % of the spectrum passes, "
                    f"{100 * g['light_fraction']:.3g} % of it reaches the detector window) — simulate with a smaller "
@@ -223,7 +270,7 @@ def _main(args, argv) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(name)s: %(message)s")
     from . import pipeline
-    from .config import dump, load
+    from .config import ConfigError, dump, load
 
     try:
         if args.command == "demo":
@@ -256,7 +303,19 @@ def _main(args, argv) -> int:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             path = merge_shards(args.shards, args.out, overwrite=args.overwrite)
             print(f"merge: wrote {path} (virtual datasets over {len(args.shards)} shards)")
+        elif args.command == "reconstruct" and args.measurements is not None:
+            rep = pipeline.reconstruct_measured(
+                args.measurements, _require_masks(args), args.out, geometry=_geometry(args), truth=args.truth,
+                object_kind=args.object, solver=args.solver, n_iter=args.n_iter, tol=args.tol, n=args.n,
+                batch_size=args.batch_size, progress=not args.no_progress, config=args.config,
+                overrides=args.overrides, overwrite=args.overwrite)
+            return _reconstruct_summary(rep, args.out)
         elif args.command == "reconstruct":
+            for opt in ("masks", "truth", "geometry", "method", "detector_order", "oversampling", "pitch_m",
+                        "wavelength_m", "z_m", "quantity"):
+                if getattr(args, opt) is not None:
+                    raise ConfigError(f"--{opt.replace('_', '-')} describes measurements from elsewhere (with "
+                                      f"--measurements); a dataset file (--data) carries its own physics")
             rep = pipeline.reconstruct(args.data, args.out, solver=args.solver, n_iter=args.n_iter, tol=args.tol,
                                        n=args.n, batch_size=args.batch_size, progress=not args.no_progress,
                                        config=args.config, overrides=args.overrides, overwrite=args.overwrite)

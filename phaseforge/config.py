@@ -417,16 +417,7 @@ def load(path: Optional[Union[str, Path]] = None, overrides: Optional[List[str]]
     """``base`` (default: the defaults) ← YAML file ← ``key.path=value`` overrides; validated."""
     data = to_dict(base if base is not None else Config())
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(yaml_error_message(p, exc, "the configuration")) from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
-        _merge(data, loaded, "")
+        _merge(data, read_yaml_mapping(path, "the configuration"), "")
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.path=value")
@@ -434,6 +425,21 @@ def load(path: Optional[Union[str, Path]] = None, overrides: Optional[List[str]]
         _check_path(k.strip())
         _set_path(data, k.strip(), yaml.safe_load(v))
     return from_dict(Config, data).validate()
+
+
+def read_yaml_mapping(path, what: str = "the configuration") -> dict:
+    """The mapping a YAML file holds (safe loading); a missing file, invalid YAML (one line with
+    file:line:column) or another top-level type is a :class:`ConfigError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} file {str(p)!r} does not exist")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(yaml_error_message(p, exc, what)) from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{what} file {str(p)!r} must hold a mapping at the top level")
+    return loaded
 
 
 def yaml_error_message(path, exc: Exception, what: str = "the file") -> str:

@@ -46,6 +46,28 @@ def cdp_figure(obj, modulation, measurements, system):
     return fig
 
 
+def estimate_figure(x_hat, residuals, *, title: str, n_show: int = 4):
+    """Reconstructions without a ground truth: ``|x̂|`` and ``∠x̂`` per sample, with the final
+    measurement residual ``‖|Ax̂| − √y‖/‖√y‖`` in the title (the only score there is)."""
+    x_hat = _np(x_hat[:n_show])
+    n = x_hat.shape[0]
+    fig, axes = plt.subplots(2, n, figsize=(2.3 * n + 0.8, 4.8), squeeze=False, layout="constrained")
+    im_a = im_p = None
+    for i in range(n):
+        im_a = axes[0, i].imshow(np.abs(x_hat[i]), cmap="gray", vmin=0.0)
+        r = residuals[i] if i < len(residuals) else float("nan")
+        axes[0, i].set_title(f"|x̂| {i}\nresidual {r:.2e}")
+        im_p = axes[1, i].imshow(np.angle(x_hat[i]), cmap="twilight", vmin=-math.pi, vmax=math.pi)
+        axes[1, i].set_title(f"∠x̂ {i}")
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    fig.colorbar(im_a, ax=list(axes[0]), fraction=0.03, pad=0.02, label="|x̂|")
+    fig.colorbar(im_p, ax=list(axes[1]), fraction=0.03, pad=0.02, label="rad")
+    return fig
+
+
 def reconstruction_figure(x, x_hat, metrics, *, title: str, n_show: int = 4):
     """Ground truth and reconstruction (amplitude and phase, global phase aligned) per sample."""
     from learning.metrics import align_global_phase

@@ -192,13 +192,9 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
     per solver iteration inside each batch."""
     from learning.h5io import CDPDataset, physics_from_file
     from learning.metrics import evaluate
-    from learning.solvers import solve
 
     out = Path(out)
-    existing = [f for f in RECONSTRUCT_FILES if (out / f).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{out} already holds a reconstruction ({', '.join(existing)}); pass --overwrite "
-                              f"to replace it, or choose another --out")
+    _check_out(out, overwrite)
     if n is not None and (isinstance(n, bool) or int(n) != n or n < 1):
         from .config import ConfigError
         raise ConfigError(f"--n = {n!r}: reconstruct needs at least one sample; give N >= 1, or leave --n out "
@@ -215,6 +211,7 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
         tol = cfg.solver.tol
     masks, amp = ds.masks_rad, ds.mask_amplitude
     system, sensor = physics_from_file(data)  # the physics comes from the file alone
+    noise = getattr(system, "noise_model", None)  # a file simulated with a noise model on the intensity
     if sensor is not None and sensor.binning > 1:
         from .config import ConfigError
         raise ConfigError(
@@ -246,13 +243,12 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
                       disable=not progress, unit="batch"):
         items = [ds[i] for i in range(start, min(count, start + batch_size))]
         x = torch.stack([o for o, _ in items])
-        y = torch.stack([m for _, m in items])
-        y = _measurements_to_intensity(sensor, y)
-        res = solve(system, y, solver=solver, n_iter=n_iter, tol=tol, generator=cfg.seed, history=False,
-                    progress=progress, **kw)  # an inner bar: iterations within the batch
-        x_hat = res.x.detach().to(torch.complex64)
-        if support is not None:
-            x_hat = crop_centered(x_hat, tuple(x.shape[-2:]))
+        y = _measurements_to_intensity(sensor, torch.stack([m for _, m in items]))
+        extra = dict(kw)
+        if noise is not None and solver in NOISE_AWARE_SOLVERS:  # the known noise level, not an estimate
+            extra["amplitude_noise_std"] = math.sqrt(float(noise.amplitude_mse(y).mean()))
+        x_hat, res = _solve_batch(system, y, solver, n_iter=n_iter, tol=tol, seed=cfg.seed, progress=progress,
+                                  support=support, shape=tuple(x.shape[-2:]), kw=extra)
         xs.append(x)
         xhats.append(x_hat)
         residuals.extend(float(r) for r in res.residual.reshape(-1))
@@ -277,6 +273,116 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
     from .figures import reconstruction_figure
     save_figure(reconstruction_figure(x, x_hat, metrics, title=f"{solver} on {Path(data).name}"),
                 out / "reconstructions.png", dpi=110)
+    return report
+
+
+def _solve_batch(system, y, solver: str, *, n_iter, tol, seed, progress, support, shape, kw):
+    """One batch through a solver (an inner progress bar over its iterations); the estimate is
+    cropped back to the object window when the solver ran on the padded grid (``support``)."""
+    from learning.solvers import solve
+
+    res = solve(system, y, solver=solver, n_iter=n_iter, tol=tol, generator=seed, history=False,
+                progress=progress, **kw)
+    x_hat = res.x.detach().to(torch.complex64)
+    if support is not None:
+        x_hat = crop_centered(x_hat, shape)
+    return x_hat, res
+
+
+#: what ``--object`` tells the solvers about objects from elsewhere
+OBJECT_KINDS = ("complex", "real", "nonnegative")
+#: solvers that take a noise level (``amplitude_noise_std``) for their regulariser or stopping rule
+NOISE_AWARE_SOLVERS = ("tv", "pnp")
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    existing = [f for f in RECONSTRUCT_FILES if (out / f).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out} already holds a reconstruction ({', '.join(existing)}); pass --overwrite "
+                              f"to replace it, or choose another --out")
+
+
+def reconstruct_measured(measurements, masks, out: Path, *, geometry, truth=None, object_kind: str = "complex",
+                         solver: Optional[str] = None, n_iter: Optional[int] = None, tol: Optional[float] = None,
+                         n: Optional[int] = None, batch_size: int = 16, progress: bool = True,
+                         config: Optional[Path] = None, overrides=None, overwrite: bool = False) -> dict:
+    """Reconstruct measurements that did not come from ``simulate`` (:mod:`learning.measured`).
+
+    ``measurements``, ``masks``, ``truth``: ``PATH[:KEY]`` of ``.npy``/``.npz``/HDF5/TIFF arrays;
+    ``geometry``: a :class:`learning.measured.Geometry` (unit-free FFT or physical, detector order,
+    oversampling, intensity or amplitude). ``object_kind`` tells the solvers what the objects are
+    (``real``/``nonnegative`` add those projections). From the configuration only ``solver.*``,
+    ``batch_size``, ``seed`` and ``noise.*`` apply: a known noise model (``--set noise.model=prdeep
+    --set noise.alpha=27``) gives the noise-aware solvers (:data:`NOISE_AWARE_SOLVERS`) their
+    level, which they otherwise estimate. Writes what :func:`reconstruct` writes; metrics (and
+    the failure test) only with a ground truth, the measurement residual always. The estimate's
+    scale is compared as measured for the unit-free FFT and with a fitted complex scale for
+    physical geometries (their intensity units are arbitrary)."""
+    from learning.measured import load_measured
+    from learning.metrics import evaluate
+
+    from .config import ConfigError, noise_model_from_config
+
+    out = Path(out)
+    _check_out(out, overwrite)
+    if object_kind not in OBJECT_KINDS:
+        raise ConfigError(f"--object {object_kind!r}: choose one of {OBJECT_KINDS}")
+    if n is not None and (isinstance(n, bool) or int(n) != n or n < 1):
+        raise ConfigError(f"--n = {n!r}: give N >= 1, or leave --n out for every measurement set")
+    cfg = load(config, overrides)
+    solver = solver or cfg.solver.name
+    n_iter = cfg.solver.n_iter if n_iter is None else n_iter
+    tol = cfg.solver.tol if tol is None else tol
+    data = load_measured(measurements, masks, geometry=geometry, truth=truth)
+    count = data.y.shape[0] if n is None else min(int(n), data.y.shape[0])
+    system, support = data.operator, None
+    if solver in ("er", "gs", "hio") and system.out_shape != system.in_shape:
+        # the object-domain projections need the padding in x (as for a dataset file)
+        from learning.measured import build_operator
+        system = build_operator(pad_centered(data.masks, system.out_shape), dataclasses.replace(geometry, oversampling=1.0))
+        support = pad_centered(torch.ones(data.operator.in_shape, dtype=torch.bool), system.in_shape)
+    kw = {"support": support} if solver in ("er", "gs", "hio") else {}
+    if object_kind != "complex":
+        kw.update(real=True, nonnegative=object_kind == "nonnegative")
+    noise = noise_model_from_config(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    xhats, residuals = [], []
+    t0 = time.perf_counter()
+    from tqdm.auto import tqdm
+    for start in tqdm(range(0, count, batch_size), desc=f"reconstruct ({solver}, batches of {batch_size})",
+                      disable=not progress, unit="batch"):
+        y = data.y[start:min(count, start + batch_size)]
+        extra = dict(kw)
+        if noise is not None and solver in NOISE_AWARE_SOLVERS:
+            extra["amplitude_noise_std"] = math.sqrt(float(noise.amplitude_mse(y).mean()))
+        x_hat, res = _solve_batch(system, y, solver, n_iter=n_iter, tol=tol, seed=cfg.seed, progress=progress,
+                                  support=support, shape=data.operator.in_shape, kw=extra)
+        xhats.append(x_hat)
+        residuals.extend(float(r) for r in res.residual.reshape(-1))
+    elapsed = time.perf_counter() - t0
+    x_hat = torch.cat(xhats)
+    report = {"measurements": data.sources, "geometry": dataclasses.asdict(geometry), "object": object_kind,
+              "solver": solver, "n_samples": count, "n_iter": n_iter, "tol": tol, "seconds": elapsed,
+              "seconds_per_sample": elapsed / count, "final_residual": residuals,
+              "noise": None if noise is None else {"model": noise.name, **noise.params()}}
+    arrays = {"x_hat": x_hat.numpy()}
+    from .figures import estimate_figure, reconstruction_figure
+    title = f"{solver} on {Path(str(data.sources['measurements'])).name}"
+    if data.truth is not None:
+        x = data.truth[:count]
+        align_scale = geometry.method != "fft"
+        metrics = evaluate(x_hat, x, amplitude_range=1.0, phase_range_rad=2 * math.pi, align_scale=align_scale)
+        failed = [i for i, e in enumerate(metrics["per_sample"]["relative_error"]) if not e <= FAILURE_RELATIVE_ERROR]
+        report.update(align_scale=align_scale, metrics=metrics, failure_relative_error=FAILURE_RELATIVE_ERROR,
+                      failed=failed, n_failed=len(failed))
+        arrays["x"] = x.numpy()
+        fig = reconstruction_figure(x, x_hat, metrics, title=title)
+    else:
+        fig = estimate_figure(x_hat, residuals, title=title + " (no ground truth)")
+    write_json(out / "metrics.json", report)
+    save_npz(out / "reconstructions.npz", **arrays)
+    write_text(out / "config.yaml", dump(cfg))
+    save_figure(fig, out / "reconstructions.png", dpi=110)
     return report
 
 

@@ -1,0 +1,87 @@
+"""The standard CDP benchmark: protocol, scoring, files (tiny sizes; the real run is in README)."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import benchmarks.cdp_benchmark as cb  # noqa: E402
+
+
+def test_operator_is_the_published_unitary_fft_in_fft_order():
+    masks = cb.random_masks(3, 16, seed=1)
+    op = cb.make_operator(masks)
+    x = torch.rand(16, 16, generator=torch.Generator().manual_seed(0)).to(torch.complex64)
+    ref = torch.fft.fft2(masks * x, norm="ortho")  # FFT2(M_l ⊙ x)/N, DC at index 0
+    torch.testing.assert_close(op.A(x), ref, atol=1e-5, rtol=1e-5)
+    # Parseval per mask (|M_l| = 1): every pattern carries ‖x‖²
+    torch.testing.assert_close(op.intensity(x).sum(dim=(-2, -1)), (x.abs() ** 2).sum().expand(3), rtol=1e-5, atol=0)
+
+
+def test_masks_are_uniform_random_phases_and_reload_from_phases_or_complex(tmp_path):
+    m = cb.random_masks(4, 64, seed=3)
+    torch.testing.assert_close(m.abs(), torch.ones(4, 64, 64), atol=1e-6, rtol=0)
+    th = torch.angle(m).remainder(2 * math.pi).numpy()
+    # U[0, 2π): mean π, variance π²/3 — within 5 standard errors for 16384 values
+    assert abs(th.mean() - math.pi) < 5 * math.pi / math.sqrt(3 * th.size)
+    np.save(tmp_path / "phases.npy", th.astype(np.float64))
+    np.save(tmp_path / "complex.npy", m.numpy())
+    torch.testing.assert_close(cb.load_masks(tmp_path / "phases.npy", 64), m, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cb.load_masks(tmp_path / "complex.npy", 64), m)
+    with pytest.raises(cb.BenchmarkError, match="expected"):
+        cb.load_masks(tmp_path / "complex.npy", 32)
+
+
+def test_score_psnr_is_on_the_255_scale_and_the_residual_vanishes_at_the_truth():
+    g = torch.Generator().manual_seed(0)
+    x = 0.2 + 0.6 * torch.rand(16, 16, generator=g)
+    op = cb.make_operator(cb.random_masks(2, 16, seed=0))
+    b = op.intensity(x.to(torch.complex64)).sqrt()
+    s = cb.score((x + 0.1).to(torch.complex64), x, op, b)  # error 0.1 everywhere = 25.5 of 255
+    assert s["psnr"] == pytest.approx(20.0, abs=1e-3)
+    # a global phase (and the sign of a real image) is not an error
+    s0 = cb.score((-x).to(torch.complex64), x, op, b)
+    assert s0["psnr"] > 100 and s0["residual"] < 1e-5
+
+
+def test_same_noise_for_every_method_and_distinct_per_image_and_alpha():
+    seeds = {cb.measurement_seed(0, i, a, "prdeep") for i in range(8) for a in cb.ALPHAS}
+    assert len(seeds) == 24
+    assert cb.measurement_seed(0, 3, 27.0, "prdeep") == cb.measurement_seed(0, 3, 27.0, "prdeep")
+
+
+def test_run_writes_csv_md_figure_and_json(tmp_path):
+    from PIL import Image
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    g = np.random.default_rng(0)
+    for k in range(2):
+        Image.fromarray((g.random((40, 40)) * 255).astype(np.uint8)).save(imgs / f"im{k}.png")
+    out = tmp_path / "out"
+    rc = cb.main(["--images", str(imgs), "--size", "32", "--alpha", "9", "81", "--methods", "er", "--n-masks", "2",
+                  "--out", str(out), "--json", str(tmp_path / "r.json"), "--no-progress"])
+    assert rc == 0
+    for f in ("cdp_benchmark.csv", "cdp_benchmark.md", "reconstructions.png"):
+        assert (out / f).stat().st_size > 0
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["protocol"]["n_masks"] == 2 and res["protocol"]["names"] == ["im0", "im1"]
+    rows = {(r["method"], r["alpha"]): r for r in res["rows"]}
+    assert set(rows) == {("er", 9.0), ("er", 81.0)}
+    for r in rows.values():
+        assert {"method", "kind", "alpha", "n_masks", "noise", "psnr_mean", "ssim_mean", "seconds_per_image",
+                "per_image"} <= set(r)
+        assert set(r["per_image"]) == {"im0", "im1"} and r["kind"] == "classical"
+    # more noise, lower PSNR (same masks, same images)
+    assert rows[("er", 9.0)]["psnr_mean"] > rows[("er", 81.0)]["psnr_mean"] + 5
+
+
+def test_bad_options_are_named(tmp_path, capsys):
+    assert cb.main(["--n-masks", "9", "--out", str(tmp_path)]) == 2
+    assert "1 … 8" in capsys.readouterr().err
+    assert cb.main(["--methods", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown method" in capsys.readouterr().err
