@@ -329,7 +329,8 @@ def reconstruct_measured(measurements, masks, out: Path, *, geometry, truth=None
         raise ConfigError(f"--object {object_kind!r}: choose one of {OBJECT_KINDS}")
     if n is not None and (isinstance(n, bool) or int(n) != n or n < 1):
         raise ConfigError(f"--n = {n!r}: give N >= 1, or leave --n out for every measurement set")
-    cfg = load(config, overrides)
+    # measurements from elsewhere have no simulated camera: the noise, if known, is a model on |Ax|²
+    cfg = load(config, ["sensor.enabled=false", *(overrides or [])])
     solver = solver or cfg.solver.name
     n_iter = cfg.solver.n_iter if n_iter is None else n_iter
     tol = cfg.solver.tol if tol is None else tol
