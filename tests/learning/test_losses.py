@@ -138,3 +138,26 @@ def test_spectrum_term_compares_on_the_slm_pixel_grid(tiny_model):
     th = student.physics.mask_phase().detach()
     on_sim = float(spectrum_mask_loss(d.teacher_masks, torch.polar(torch.ones_like(th), th)))
     assert on_pixels < 0.2 < on_sim, (on_pixels, on_sim)
+
+
+@pytest.mark.parametrize("kind", ["spectrum", "gram"])
+def test_distillation_mask_entry_is_the_positive_mask_term(tiny_model, kind):
+    """The value handed to training, not a comparison: DistillationLoss(...)["mask"] equals
+    mask_term(physics), which equals the loss function on the documented grids computed here
+    independently, and is > 0 for an untrained student (a distance; a sign flip would make
+    training maximise it). Tolerance: same float32 operations in the same order → 1e-6 relative."""
+    teacher = tiny_model(n_masks=4, widths=(4, 8), role="teacher", seed=1)
+    student = tiny_model(n_masks=1, widths=(2, 4), role="student", slm_upsample=2)
+    d = DistillationLoss(teacher, student, mask_kind=kind, feature_levels=[])
+    ph = student.physics
+    out = {k: v.detach() for k, v in d(None, None, None, ph, student).items()}
+    assert set(out) == {"mask"}
+    tm = torch.polar(torch.ones_like(teacher.physics.mask_phase()), teacher.physics.mask_phase()).detach()
+    if kind == "spectrum":
+        L, h, w = tm.shape
+        want = spectrum_mask_loss(tm.reshape(L, h // 2, 2, w // 2, 2).mean(dim=(2, 4)), _masks(ph.theta.detach()))
+    else:
+        want = gram_mask_loss(tm, _masks(ph.mask_phase().detach()))
+    assert float(out["mask"]) > 0
+    assert float(out["mask"]) == pytest.approx(float(d.mask_term(ph)), rel=1e-6)
+    assert float(out["mask"]) == pytest.approx(float(want), rel=1e-5)
