@@ -643,7 +643,14 @@ def pack_capture(folder, metadata, out, *, overwrite: bool = False) -> Path:
         if not p.is_file():
             problems.append(f"patterns.{pid}: file {str(p)!r} does not exist")
             continue
-        gray = np.load(p) if p.suffix == ".npy" else _read_image(p)
+        if p.suffix == ".npy":
+            try:
+                gray = np.load(p, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as exc:
+                problems.append(f"patterns.{pid}: {str(p)!r} is not a numeric .npy array ({type(exc).__name__}: {exc})")
+                continue
+        else:
+            gray = _read_image(p)
         patterns[pid] = Pattern(np.asarray(gray), kind=str(spec.get("kind", "random")),
                                 attrs={k: v for k, v in spec.items() if k not in ("file", "kind")})
     if not frames and not problems:

@@ -100,6 +100,52 @@ def test_corrupt_and_missing_checkpoints(tmp_path):
         load_checkpoint(bad)
 
 
+class _RunsCode:
+    """Pickles as ``exec(source)``: an unpickler that builds it runs ``source``."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __reduce__(self):
+        import builtins
+        return (builtins.exec, (self.source,))
+
+
+def test_checkpoint_holding_a_pickled_object_is_refused_and_runs_nothing(tmp_path):
+    """A checkpoint someone sent may hold a pickled callable; weights-only loading refuses it
+    before building anything: no code runs (the payload would create a file)."""
+    marker = tmp_path / "ran"
+    payload = _RunsCode(f"open({str(marker)!r}, 'w').write('ran')")
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "phaseforge-checkpoint", "model": {}, "history": [payload]}, path)
+    with pytest.raises(CheckpointError, match=r"pickled Python object \(exec\).*refused"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    # any class, not only builtins: named in the message
+    torch.save({"format": "phaseforge-checkpoint", "model": {}, "x": _RunsCode}, path)
+    with pytest.raises(CheckpointError, match=r"_RunsCode.*refused"):
+        load_checkpoint(path)
+
+
+def test_save_checkpoint_refuses_objects_that_only_pickle_could_restore(tmp_path):
+    """Whatever train writes must load weights-only: a numpy scalar, a Path or an object in the
+    state is refused at save time, naming the entry; nothing is written."""
+    import numpy as np
+    from pathlib import Path
+    from learning.training import save_checkpoint
+    for bad, name in ((np.float64(1.0), "numpy.float64"), (Path("a"), "PosixPath"), (object(), "object")):
+        with pytest.raises(CheckpointError, match=rf"state\['history'\]\[0\]\['psnr'\] .*{name}"):
+            save_checkpoint(tmp_path / "c.pt", {"model": {}, "history": [{"psnr": bad}]})
+        assert not (tmp_path / "c.pt").exists()
+    ok = {"model": {"w": torch.ones(2)}, "history": [{"psnr": 1.5, "k": None}], "t": (1, "a"), "best": -math.inf}
+    state = load_checkpoint(save_checkpoint(tmp_path / "c.pt", ok))
+    assert state["history"] == ok["history"] and state["best"] == -math.inf and torch.equal(state["model"]["w"], torch.ones(2))
+    # a damaged structure (model not a name → tensor mapping) is refused on load
+    torch.save({"format": "phaseforge-checkpoint", "model": [1, 2]}, tmp_path / "d.pt")
+    with pytest.raises(CheckpointError, match="'model' is not a mapping"):
+        load_checkpoint(tmp_path / "d.pt")
+
+
 def test_two_process_data_parallel_equals_single_process(phase_objects, tmp_path):
     import torch.multiprocessing as mp
     from learn_helpers import ddp_worker, make_tiny_model
