@@ -46,7 +46,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from optics.errors import LUTError
-from optics.fileio import atomic_path
+from optics.fileio import atomic_path, refuse_foreign_data
 from optics.lutfile import read_lut_group, write_lut_group
 from optics.sensor import Sensor
 from optics.slm import PhaseLUT
@@ -188,6 +188,7 @@ def read_calibration(path) -> Calibration:
         raise CalibrationFileError(f"{path} is not a readable HDF5 file (truncated or another format): {exc}") from exc
     problems = []
     with f:
+        refuse_foreign_data(f, path, CalibrationFileError, what="a calibration file")
         fmt = f.attrs.get("format")
         fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
         if fmt != FORMAT:

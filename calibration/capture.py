@@ -58,7 +58,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from optics.fileio import atomic_path, sha256_file
+from optics.fileio import atomic_path, hdf5_foreign_data, sha256_file
 
 from .errors import CaptureError
 
@@ -278,6 +278,13 @@ def _validate(path, *, frame_stats: Optional[list] = None) -> List[Problem]:
                      f"write_capture or `phaseforge capture pack`")
         return P
     with f:
+        foreign = hdf5_foreign_data(f)
+        for kind, name, target in foreign:
+            err(f"/{name}", f"is {'external storage in' if kind == 'external storage' else 'a ' + kind + ' to'} "
+                            f"{target}; a capture keeps all its data inside the file and data in other files "
+                            f"is never followed — ask for a self-contained file")
+        if foreign:
+            return P
         fmt = _attr_str(f, "format")
         if fmt != FORMAT:
             err("/@format", f"is {fmt!r}, expected {FORMAT!r}: the file was written by another program; "

@@ -28,7 +28,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from .errors import LUTError
-from .fileio import write_text
+from .fileio import refuse_foreign_data, write_text
 from .slm import PhaseLUT
 
 __all__ = ["LUTTable", "write_lut_csv", "read_lut_csv", "write_lut_group", "read_lut_group", "read_lut_file",
@@ -202,6 +202,7 @@ def read_lut_file(path, *, group: str = "lut") -> LUTTable:
     except OSError as exc:
         raise LUTError(f"{p} is not a readable HDF5 file (truncated?): {exc}") from None
     with f:
+        refuse_foreign_data(f, p, LUTError, what="a calibration file")
         g = f.get(group)
         if g is None or not isinstance(g, h5py.Group):
             raise LUTError(f"{p} has no /{group} group; give a CALIBRATION.h5 written by `phaseforge calibrate` "
