@@ -51,6 +51,7 @@ file from a folder of TIFF/PNG frames plus a YAML of metadata. No function here 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from optics.fileio import atomic_path, hdf5_foreign_data, sha256_file
+from optics.fileio import atomic_path, hdf5_foreign_data, malformed_file, sha256_file
 
 from .errors import CaptureError
 
@@ -483,15 +484,29 @@ def _validate(path, *, frame_stats: Optional[list] = None) -> List[Problem]:
     return P
 
 
+def _damaged_as_capture_error(fn):
+    """A damaged file (unreadable chunk, wrong-typed value) raises CaptureError, not a traceback."""
+    @functools.wraps(fn)
+    def wrapper(path, *args, **kwargs):
+        with malformed_file(path, lambda msg: CaptureError(path, [msg]), what="capture file"):
+            return fn(path, *args, **kwargs)
+    return wrapper
+
+
 def validate_capture(path, *, frame_stats: Optional[list] = None) -> List[Problem]:
     """All problems of a capture file (errors and warnings), in file order. Never raises for
-    content; pass a list as ``frame_stats`` to collect per-frame statistics."""
-    return _validate(path, frame_stats=frame_stats)
+    content (a damaged file is one error problem); pass a list as ``frame_stats`` to collect
+    per-frame statistics."""
+    try:
+        return _damaged_as_capture_error(_validate)(path, frame_stats=frame_stats)
+    except CaptureError as exc:
+        return [Problem("error", "/", m) for m in exc.problems]
 
 
 # ------------------------------------------------------------------------------------------------
 # reader
 # ------------------------------------------------------------------------------------------------
+@_damaged_as_capture_error
 def read_capture(path) -> Capture:
     """Read and validate a capture file (read-only). Raises :class:`CaptureError` listing every
     error; warnings are kept in ``Capture.warnings``."""
@@ -526,6 +541,7 @@ def read_capture(path) -> Capture:
     return cap
 
 
+@_damaged_as_capture_error
 def capture_info(path) -> str:
     """A human-readable summary (frames per image key, exposures, patterns, instrument, problems)."""
     stats: list = []

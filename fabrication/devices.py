@@ -99,7 +99,9 @@ def load_devices(path=None) -> Dict[str, SLMDevice]:
     if not p.is_file():
         raise DeviceError(f"device file {p} does not exist")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DeviceError(f"device file {p} is not UTF-8 text ({exc}); is it a devices YAML file?") from None
     except yaml.YAMLError as exc:
         raise DeviceError(f"device file {p} is not valid YAML: {exc}") from None
     if not isinstance(data, dict) or not data:

@@ -164,11 +164,12 @@ def _read_sidecar(path: Path, fmt: str) -> dict:
     if not side.is_file():
         raise FabricationError(f"sidecar {side} is missing; verification needs the export's sidecar JSON")
     try:
-        d = json.loads(side.read_text())
-    except json.JSONDecodeError as exc:
+        d = json.loads(side.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FabricationError(f"sidecar {side} is not valid JSON ({exc})") from None
-    if d.get("format") != fmt:
-        raise FabricationError(f"{side} has format {d.get('format')!r}, expected {fmt!r}")
+    if not isinstance(d, dict) or d.get("format") != fmt:
+        got = d.get("format") if isinstance(d, dict) else f"none (the JSON is a {type(d).__name__}, not an object)"
+        raise FabricationError(f"{side} has format {got!r}, expected {fmt!r}")
     return d
 
 

@@ -157,10 +157,33 @@ def refuse_foreign_data(f, path, error: type, *, what: str = "this format") -> N
     """Raise ``error`` naming the first items of :func:`hdf5_foreign_data` when there are any:
     ``what`` stores all its data in the file itself, so links to other files (which would make
     a file someone sent read files of this machine) are refused instead of followed."""
-    items = hdf5_foreign_data(f)
+    with malformed_file(path, error, what=what):
+        items = hdf5_foreign_data(f)
     if items:
         desc = "; ".join(f"'{n}' is {'an' if k[0] == 'e' else 'a'} {k} to {t}" if k != "external storage"
                          else f"'{n}' keeps its data in external files {t}" for k, n, t in items[:3])
         more = f" (and {len(items) - 3} more)" if len(items) > 3 else ""
         raise error(f"{path}: {desc}{more}; {what} keeps all its data inside the file, and data in other files "
                     f"is never followed — ask for a self-contained file (h5repack copies linked data in)")
+
+
+_OWN_PACKAGES = ("optics", "learning", "fabrication", "calibration", "phaseforge")
+
+
+@contextmanager
+def malformed_file(path, make_error, *, what: str = "file"):
+    """Turn what a damaged or malformed file makes a reader's parsing raise — h5py's ``OSError``
+    / ``RuntimeError`` / ``KeyError`` for unreadable chunks or links, ``TypeError`` /
+    ``ValueError`` / ``IndexError`` / ``AttributeError`` for a value of the wrong type or shape,
+    ``UnicodeDecodeError`` for a text file that is not UTF-8, ``EOFError`` for a truncated one —
+    into ``make_error(message)``, the reader's own error type (CLI exit 2, not a traceback). The
+    packages' own errors pass unchanged. Wrap only the code that interprets the file's content,
+    so that a bug elsewhere still shows as one."""
+    try:
+        yield
+    except (OSError, RuntimeError, KeyError, IndexError, TypeError, ValueError, AttributeError, EOFError) as exc:
+        if type(exc).__module__.split(".")[0] in _OWN_PACKAGES or isinstance(exc, FileNotFoundError):
+            raise
+        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise make_error(f"{path}: the {what} is damaged or malformed ({type(exc).__name__}: {detail}); "
+                         f"re-create it with the program that wrote it, or ask for an intact copy") from exc

@@ -104,7 +104,10 @@ def write_lut_csv(path, gray, phase_rad, *, phase_std_rad=None, wavelength_m: Op
 def read_lut_csv(path) -> LUTTable:
     """Read a LUT CSV (module docstring); :class:`~optics.errors.LUTError` names the line."""
     p = Path(path)
-    text = p.read_text(encoding="utf-8-sig")
+    try:
+        text = p.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise LUTError(f"LUT file {p} is not UTF-8 text ({exc}); give a CSV 'gray,phase_rad' or a CALIBRATION.h5") from None
     header = None
     rows = []
     lam = None

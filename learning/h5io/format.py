@@ -6,7 +6,7 @@ from pathlib import Path
 import h5py
 import torch
 
-from optics.fileio import hdf5_foreign_data, refuse_foreign_data, tmp_path_for
+from optics.fileio import hdf5_foreign_data, malformed_file, refuse_foreign_data, tmp_path_for
 
 from ..errors import (DatasetFormatError, DatasetIncompleteError, DatasetNotFoundError,
                       DatasetVersionError)
@@ -116,7 +116,9 @@ def _check_foreign_data(f: h5py.File, p: Path) -> None:
     unmerged file or pointing outside the shard set — is refused, never followed."""
     merged = py_value(f.attrs.get("merged_from"))
     shards = [str(m) for m in merged] if isinstance(merged, list) else []
-    for kind, name, target in hdf5_foreign_data(f):
+    with malformed_file(p, DatasetFormatError, what="CDP dataset"):
+        foreign = hdf5_foreign_data(f)
+    for kind, name, target in foreign:
         if kind != "virtual":
             refuse_foreign_data(f, p, DatasetFormatError, what="a CDP dataset")
         if name not in ("objects", "measurements") or not shards:
