@@ -42,6 +42,7 @@ import torch
 
 from optics import materials
 from optics.cdp import CDPSystem
+from optics.fileio import malformed_file
 from optics.slm import PhaseLUT
 
 from ._io import sha256_array, sidecar_path
@@ -390,6 +391,11 @@ def verify_path(path, *, design: Optional[PhaseDesign] = None, lut: Optional[Pha
     """Verify an export (a bitmap or a DOE folder) against its design (default: reloaded from the
     source recorded in the sidecar)."""
     p = Path(path)
+    with malformed_file(p, FabricationError, what="export (bitmap or DOE folder, with its sidecar)"):
+        return _verify_path(p, design, lut, tolerances)
+
+
+def _verify_path(p: Path, design, lut, tolerances) -> List[VerificationResult]:
     if p.is_dir():
         side = _read_sidecar(p / "doe.json", "phaseforge-doe")
     else:

@@ -181,7 +181,8 @@ def malformed_file(path, make_error, *, what: str = "file"):
     so that a bug elsewhere still shows as one."""
     try:
         yield
-    except (OSError, RuntimeError, KeyError, IndexError, TypeError, ValueError, AttributeError, EOFError) as exc:
+    except (OSError, RuntimeError, KeyError, IndexError, TypeError, ValueError, AttributeError, EOFError,
+            OverflowError, SystemError) as exc:  # SystemError: h5py's wrapper of an error inside its own callbacks
         if type(exc).__module__.split(".")[0] in _OWN_PACKAGES or isinstance(exc, FileNotFoundError):
             raise
         detail = str(exc).splitlines()[0][:200] if str(exc) else ""

@@ -177,7 +177,8 @@ def open_cdp_file(path, *, allow_incomplete: bool = False) -> h5py.File:
     p = Path(path)
     f = open_unchecked(p)
     try:
-        validate(f, p, allow_incomplete)
+        with malformed_file(p, DatasetFormatError, what="CDP dataset"):
+            validate(f, p, allow_incomplete)
     except BaseException:
         f.close()
         raise
@@ -206,7 +207,7 @@ def open_unchecked(path) -> h5py.File:
 def read_params(path, *, with_units: bool = True) -> dict:
     """The ``/parameters`` tree of a dataset as nested dicts (``<name>__units`` entries
     included unless ``with_units=False``)."""
-    with open_cdp_file(path) as f:
+    with open_cdp_file(path) as f, malformed_file(path, DatasetFormatError, what="CDP dataset"):
         g = f.get("parameters")
         return {} if g is None else read_params_group(g, with_units)
 
@@ -214,7 +215,7 @@ def read_params(path, *, with_units: bool = True) -> dict:
 def read_masks(path) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(masks_rad, mask_amplitude)`` as float32 tensors ``(L, Hm, Wm)``; the modulus is None
     for unit-modulus masks."""
-    with open_cdp_file(path) as f:
+    with open_cdp_file(path) as f, malformed_file(path, DatasetFormatError, what="CDP dataset"):
         masks = torch.from_numpy(f["masks"][...])
         amp = torch.from_numpy(f["mask_amplitude"][...]) if "mask_amplitude" in f else None
     return masks, amp
@@ -222,5 +223,5 @@ def read_masks(path) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 def read_attributes(path) -> dict:
     """The root attributes of a dataset as plain Python values (``config_yaml`` included)."""
-    with open_cdp_file(path) as f:
+    with open_cdp_file(path) as f, malformed_file(path, DatasetFormatError, what="CDP dataset"):
         return {k: py_value(v) for k, v in f.attrs.items()}
