@@ -503,3 +503,33 @@ def test_hdf5_readers_refuse_links_to_other_files(valid, cases, tmp_path):
             f["linked"] = h5py.ExternalLink(str(secret), "/x")
         with pytest.raises(project_errors(), match="external link"):
             READERS[name][1](case)
+
+
+def test_cli_reports_damaged_files_with_exit_2(valid, cases, capsys):
+    """End to end: a damaged file handed to the CLI is one line ``phaseforge: error: …`` and exit
+    status 2 (a traceback would be exit 3)."""
+    from phaseforge.cli import main
+    checks = []
+    d, fname = valid("capture")
+    case = cases.copy(d)
+    raw = (case / fname).read_bytes()
+    (case / fname).write_bytes(raw[:len(raw) // 2])
+    checks.append(["calibrate", str(case / fname), "--out", str(case / "C.h5"), "--no-progress"])
+    d, fname = valid("config")
+    case = cases.copy(d)
+    (case / fname).write_bytes(b"\x80\x81 not text")
+    checks.append(["config", "--config", str(case / fname)])
+    d, fname = valid("sidecar")
+    case = cases.copy(d)
+    (case / fname).write_text("[1, 2]")
+    checks.append(["export", "verify", str(case / "slm.png")])
+    d, fname = valid("design")
+    case = cases.copy(d)
+    with h5py.File(case / fname, "r+") as f:
+        f.attrs["pixel_pitch_m"] = "x"
+    checks.append(["export", "slm", str(case / fname), "--device", "test-panel", "--device-file",
+                   str(valid("devices")[0] / "devices.yaml"), "--out", str(case / "out.png")])
+    for argv in checks:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "phaseforge: error:" in err and "Traceback" not in err, (argv, err)
