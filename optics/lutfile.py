@@ -54,9 +54,12 @@ class LUTTable:
 
 
 def _table(gray, phase_rad, phase_std_rad, wavelength_m, source: str) -> LUTTable:
+    where = f"{source}: " if source else ""
+    for name, v in (("gray", gray), ("phase_rad", phase_rad), ("phase_std_rad", phase_std_rad)):
+        if v is not None and np.iscomplexobj(v):
+            raise LUTError(f"{where}{name} holds complex values; a LUT is real (gray levels, phases in rad)")
     g = np.asarray(gray)
     p = np.asarray(phase_rad, dtype=np.float64)
-    where = f"{source}: " if source else ""
     if g.ndim != 1 or p.shape != g.shape:
         raise LUTError(f"{where}gray and phase_rad must be 1-D of equal length, got shapes {g.shape} and {p.shape}")
     if g.size < 2:
