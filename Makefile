@@ -14,7 +14,7 @@ TORCH_PIP_ARGS ?=
 DEMO_OUT ?= out/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean mutate fuzz
 
 setup: $(VENV)/.installed
 
@@ -43,5 +43,25 @@ bench: setup
 	$(PY) benchmarks/training.py
 	$(PY) benchmarks/export.py
 
+# Mutation testing (not in CI: hours for every listed module, see README "Testing"). mutmut 3
+# keeps its state in mutants/: a re-run only redoes mutants whose function changed (or that were
+# never run). MUTANTS narrows a run to mutant-name globs, e.g. MUTANTS='learning.losses.*'
+# (named mutants are always re-run). The results file goes to benchmarks/results/mutation/.
+# After changing [tool.mutmut] only_mutate or the test selection, delete mutants/ first.
+MUTANTS ?=
+MUTATE_JOBS ?= 2
+mutate: setup
+	@$(VENV)/bin/mutmut --version >/dev/null 2>&1 || $(PIP) install --quiet -e ".[test,mutation]"
+	@start=$$(date +%s); \
+	OMP_NUM_THREADS=1 nice -n 10 $(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) $(MUTANTS); \
+	$(PY) benchmarks/mutation_report.py --seconds $$(( $$(date +%s) - start )) --note "make mutate MUTANTS=$(MUTANTS)"
+
+# Reader fuzzing with a large budget (the normal `make test` runs the same tests with a few
+# derandomized examples each): profile phaseforge-fuzz-fuzz, FUZZ_EXAMPLES per test.
+FUZZ_EXAMPLES ?= 300
+fuzz: setup
+	OMP_NUM_THREADS=1 PHASEFORGE_FUZZ_PROFILE=fuzz PHASEFORGE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
+		$(PY) -m pytest tests/fuzz -q -p no:cacheprovider
+
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache mutants

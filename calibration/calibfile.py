@@ -46,7 +46,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from optics.errors import LUTError
-from optics.fileio import atomic_path
+from optics.fileio import atomic_path, malformed_file, refuse_foreign_data
 from optics.lutfile import read_lut_group, write_lut_group
 from optics.sensor import Sensor
 from optics.slm import PhaseLUT
@@ -187,7 +187,8 @@ def read_calibration(path) -> Calibration:
     except OSError as exc:
         raise CalibrationFileError(f"{path} is not a readable HDF5 file (truncated or another format): {exc}") from exc
     problems = []
-    with f:
+    with f, malformed_file(path, CalibrationFileError, what="calibration file"):
+        refuse_foreign_data(f, path, CalibrationFileError, what="a calibration file")
         fmt = f.attrs.get("format")
         fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
         if fmt != FORMAT:

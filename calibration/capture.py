@@ -51,6 +51,7 @@ file from a folder of TIFF/PNG frames plus a YAML of metadata. No function here 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from optics.fileio import atomic_path, sha256_file
+from optics.fileio import atomic_path, hdf5_foreign_data, malformed_file, sha256_file
 
 from .errors import CaptureError
 
@@ -278,6 +279,13 @@ def _validate(path, *, frame_stats: Optional[list] = None) -> List[Problem]:
                      f"write_capture or `phaseforge capture pack`")
         return P
     with f:
+        foreign = hdf5_foreign_data(f)
+        for kind, name, target in foreign:
+            err(f"/{name}", f"is {'external storage in' if kind == 'external storage' else 'a ' + kind + ' to'} "
+                            f"{target}; a capture keeps all its data inside the file and data in other files "
+                            f"is never followed — ask for a self-contained file")
+        if foreign:
+            return P
         fmt = _attr_str(f, "format")
         if fmt != FORMAT:
             err("/@format", f"is {fmt!r}, expected {FORMAT!r}: the file was written by another program; "
@@ -483,15 +491,29 @@ def _validate(path, *, frame_stats: Optional[list] = None) -> List[Problem]:
     return P
 
 
+def _damaged_as_capture_error(fn):
+    """A damaged file (unreadable chunk, wrong-typed value) raises CaptureError, not a traceback."""
+    @functools.wraps(fn)
+    def wrapper(path, *args, **kwargs):
+        with malformed_file(path, lambda msg: CaptureError(path, [msg]), what="capture file"):
+            return fn(path, *args, **kwargs)
+    return wrapper
+
+
 def validate_capture(path, *, frame_stats: Optional[list] = None) -> List[Problem]:
     """All problems of a capture file (errors and warnings), in file order. Never raises for
-    content; pass a list as ``frame_stats`` to collect per-frame statistics."""
-    return _validate(path, frame_stats=frame_stats)
+    content (a damaged file is one error problem); pass a list as ``frame_stats`` to collect
+    per-frame statistics."""
+    try:
+        return _damaged_as_capture_error(_validate)(path, frame_stats=frame_stats)
+    except CaptureError as exc:
+        return [Problem("error", "/", m) for m in exc.problems]
 
 
 # ------------------------------------------------------------------------------------------------
 # reader
 # ------------------------------------------------------------------------------------------------
+@_damaged_as_capture_error
 def read_capture(path) -> Capture:
     """Read and validate a capture file (read-only). Raises :class:`CaptureError` listing every
     error; warnings are kept in ``Capture.warnings``."""
@@ -526,6 +548,7 @@ def read_capture(path) -> Capture:
     return cap
 
 
+@_damaged_as_capture_error
 def capture_info(path, *, problems: Optional[list] = None) -> str:
     """A human-readable summary (frames per image key, exposures, patterns, instrument, problems).
 
@@ -656,7 +679,14 @@ def pack_capture(folder, metadata, out, *, overwrite: bool = False) -> Path:
         if not p.is_file():
             problems.append(f"patterns.{pid}: file {str(p)!r} does not exist")
             continue
-        gray = np.load(p) if p.suffix == ".npy" else _read_image(p)
+        if p.suffix == ".npy":
+            try:
+                gray = np.load(p, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as exc:
+                problems.append(f"patterns.{pid}: {str(p)!r} is not a numeric .npy array ({type(exc).__name__}: {exc})")
+                continue
+        else:
+            gray = _read_image(p)
         patterns[pid] = Pattern(np.asarray(gray), kind=str(spec.get("kind", "random")),
                                 attrs={k: v for k, v in spec.items() if k not in ("file", "kind")})
     if not frames and not problems:

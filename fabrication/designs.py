@@ -25,6 +25,7 @@ import numpy as np
 
 from optics.design import FORMAT as DESIGN_FORMAT
 from optics.design import read_design
+from optics.fileio import refuse_foreign_data
 
 from . import _io as _v
 from .errors import FabricationError
@@ -189,6 +190,7 @@ def _read_gray_image(p: Path) -> np.ndarray:
 def _from_dataset(p: Path, index, pixel_pitch_m, wavelength_m, z_m, method) -> PhaseDesign:
     import h5py
     with h5py.File(p, "r") as f:
+        refuse_foreign_data(f, p, FabricationError, what="a CDP dataset")
         if "mask_amplitude" in f:
             raise FabricationError(f"{p}: the masks have a modulus |M| ≠ 1 (/mask_amplitude); a phase-only SLM "
                                    f"or DOE cannot show them — export a phase-only design")

@@ -63,7 +63,7 @@ def _device(key: str, d, where: str) -> SLMDevice:
         raise DeviceError(f"{where}: device {key!r}: {'; '.join(parts)} (keys: {', '.join(_REQUIRED + _OPTIONAL)})")
     try:
         w, h, b = int(d["width_px"]), int(d["height_px"]), int(d["bit_depth"])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise DeviceError(f"{where}: device {key!r}: width_px, height_px, bit_depth must be integers") from None
     if w < 1 or h < 1:
         raise DeviceError(f"{where}: device {key!r}: resolution {w} x {h} must be positive")
@@ -84,7 +84,11 @@ def _device(key: str, d, where: str) -> SLMDevice:
     if not (math.isfinite(rng) and rng > 0):
         raise DeviceError(f"{where}: device {key!r}: phase_range_rad must be > 0, got {rng!r}")
     ff = d.get("fill_factor")
-    if ff is not None and not 0 < float(ff) <= 1:
+    try:
+        ff = None if ff is None else float(ff)
+    except (TypeError, ValueError) as exc:
+        raise DeviceError(f"{where}: device {key!r}: fill_factor {ff!r} is not a number ({exc})") from None
+    if ff is not None and not 0 < ff <= 1:
         raise DeviceError(f"{where}: device {key!r}: fill_factor {ff!r} must lie in (0, 1]")
     return SLMDevice(key=key, name=str(d["name"]), width_px=w, height_px=h, pixel_pitch_m=pitch, bit_depth=b,
                      phase_range_rad=rng, file_format=fmt, source=str(d["source"]), calibration_wavelength_m=cal,
@@ -99,7 +103,9 @@ def load_devices(path=None) -> Dict[str, SLMDevice]:
     if not p.is_file():
         raise DeviceError(f"device file {p} does not exist")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DeviceError(f"device file {p} is not UTF-8 text ({exc}); is it a devices YAML file?") from None
     except yaml.YAMLError as exc:
         raise DeviceError(f"device file {p} is not valid YAML: {exc}") from None
     if not isinstance(data, dict) or not data:

@@ -42,6 +42,7 @@ import torch
 
 from optics import materials
 from optics.cdp import CDPSystem
+from optics.fileio import malformed_file
 from optics.slm import PhaseLUT
 
 from ._io import sha256_array, sidecar_path
@@ -163,11 +164,12 @@ def _read_sidecar(path: Path, fmt: str) -> dict:
     if not side.is_file():
         raise FabricationError(f"sidecar {side} is missing; verification needs the export's sidecar JSON")
     try:
-        d = json.loads(side.read_text())
-    except json.JSONDecodeError as exc:
+        d = json.loads(side.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FabricationError(f"sidecar {side} is not valid JSON ({exc})") from None
-    if d.get("format") != fmt:
-        raise FabricationError(f"{side} has format {d.get('format')!r}, expected {fmt!r}")
+    if not isinstance(d, dict) or d.get("format") != fmt:
+        got = d.get("format") if isinstance(d, dict) else f"none (the JSON is a {type(d).__name__}, not an object)"
+        raise FabricationError(f"{side} has format {got!r}, expected {fmt!r}")
     return d
 
 
@@ -394,6 +396,11 @@ def verify_path(path, *, design: Optional[PhaseDesign] = None, lut: Optional[Pha
     """Verify an export (a bitmap or a DOE folder) against its design (default: reloaded from the
     source recorded in the sidecar)."""
     p = Path(path)
+    with malformed_file(p, FabricationError, what="export (bitmap or DOE folder, with its sidecar)"):
+        return _verify_path(p, design, lut, tolerances)
+
+
+def _verify_path(p: Path, design, lut, tolerances) -> List[VerificationResult]:
     if p.is_dir():
         side = _read_sidecar(p / "doe.json", "phaseforge-doe")
     else:

@@ -65,6 +65,8 @@ from pathlib import Path
 
 import numpy as np
 
+from optics.fileio import refuse_foreign_data
+
 from .errors import ImageSourceError
 
 __all__ = [
@@ -816,6 +818,7 @@ def h5_images(path, size: int, dataset: str = "images", *,
     except OSError as exc:
         raise ImageSourceError(f"cannot open {p} as an HDF5 file: {exc}") from exc
     with f:
+        refuse_foreign_data(f, p, ImageSourceError, what="an HDF5 image source")
         obj = f.get(dataset)
         if not isinstance(obj, h5py.Dataset):
             found: list[str] = []

@@ -33,7 +33,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -137,26 +139,82 @@ def validate(model, objects: torch.Tensor, *, batch_size: int, seed: int, encodi
 # ----------------------------------------------------------------------------------------------
 # checkpoints
 # ----------------------------------------------------------------------------------------------
+_PLAIN_SCALARS = (str, int, float, bool, type(None))
+
+
+def _not_plain(obj, where: str) -> Optional[str]:
+    """The key path of the first value in ``obj`` that is not a tensor or plain data (dict with
+    str/int keys, list, tuple, str, int, float, bool, None), or None when everything is."""
+    if isinstance(obj, torch.Tensor) or type(obj) in _PLAIN_SCALARS:  # exact: np.float64 is a float
+        return None
+    if type(obj) in (dict, OrderedDict):
+        for k, v in obj.items():
+            if type(k) not in (str, int):
+                return f"{where} key {k!r} ({type(k).__name__})"
+            bad = _not_plain(v, f"{where}[{k!r}]")
+            if bad:
+                return bad
+        return None
+    if type(obj) in (list, tuple):
+        for i, v in enumerate(obj):
+            bad = _not_plain(v, f"{where}[{i}]")
+            if bad:
+                return bad
+        return None
+    return f"{where} ({type(obj).__module__}.{type(obj).__qualname__})"
+
+
 def save_checkpoint(path: Path, state: dict) -> Path:
+    """Write ``state`` atomically. A checkpoint holds only tensors and plain data, so that
+    :func:`load_checkpoint` can read it with ``torch.load(weights_only=True)`` — no pickled object,
+    nothing that runs code when a checkpoint someone sent is opened; anything else is refused
+    here, naming the entry."""
     state = dict(state, format=CHECKPOINT_FORMAT)
+    bad = _not_plain(state, "state")
+    if bad:
+        raise CheckpointError(f"checkpoint {path}: {bad} is not a tensor or plain data (dict, list, tuple, "
+                              f"str, int, float, bool, None); convert it (float(x), x.tolist(), str(path)) "
+                              f"before saving, so the checkpoint loads without unpickling objects")
     with atomic_path(path, keep_partial=False) as tmp:
         torch.save(state, tmp)
     return Path(path)
 
 
 def load_checkpoint(path) -> dict:
-    """Read a checkpoint written by :func:`train`; a clear :class:`CheckpointError` otherwise."""
+    """Read a checkpoint written by :func:`train`; a clear :class:`CheckpointError` otherwise.
+
+    Loaded with ``weights_only=True``: tensors and plain data only, so opening a checkpoint or
+    model file from anywhere cannot run code. A file that holds pickled Python objects is refused
+    (naming the object) before anything in it is built. Every checkpoint phaseforge has written
+    holds only tensors and plain data and loads as it is — there is nothing to convert."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} does not exist; train the run first "
                               f"(phaseforge train --out {p.parent.parent}) or check the path")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=False)
+        state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a corrupt file
+        msg = str(exc)
+        glob = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
+        if glob or "Unsupported class" in msg:
+            what = glob.group(1) if glob else "a Python class"
+            raise CheckpointError(
+                f"checkpoint {p} holds a pickled Python object ({what}), not only tensors and plain "
+                f"data; loading it could run code, so it is refused and nothing in it was run. "
+                f"phaseforge checkpoints never hold such objects: retrain the run, or ask whoever "
+                f"sent the file for a checkpoint written by phaseforge") from None
+        tail = msg.split("WeightsUnpickler error:", 1)[-1]
+        detail = next((ln.strip() for ln in tail.splitlines() if ln.strip()), "")
         raise CheckpointError(f"checkpoint {p} is corrupt or not a torch file ({type(exc).__name__}: "
-                              f"{exc}); delete it and retrain, or resume from another checkpoint") from exc
+                              f"{detail[:200]}); delete it and retrain, or resume from another "
+                              f"checkpoint") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{p} is not a phaseforge checkpoint (no format={CHECKPOINT_FORMAT!r})")
+    model = state.get("model")
+    if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in model.items()):
+        raise CheckpointError(f"{p}: entry 'model' is not a mapping of parameter names to tensors; "
+                              f"the checkpoint is damaged — delete it and retrain")
     return state
 
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from . import _validate
 from .errors import OpticsError, ShapeError
-from .fileio import atomic_path
+from .fileio import atomic_path, malformed_file, refuse_foreign_data
 
 __all__ = ["Design", "DesignError", "write_design", "read_design", "FORMAT", "FORMAT_VERSION"]
 
@@ -179,7 +179,8 @@ def read_design(path: Union[str, Path]) -> Design:
         f = h5py.File(p, "r")
     except OSError as exc:
         raise DesignError(f"{p} is not a readable HDF5 file ({exc}); is it a design.h5?") from exc
-    with f:
+    with f, malformed_file(p, DesignError, what="design file"):
+        refuse_foreign_data(f, p, DesignError, what="a design file")
         problems = []
         if f.attrs.get("format") != FORMAT:
             problems.append(f"root attribute format is {f.attrs.get('format')!r}, expected {FORMAT!r}")

@@ -121,3 +121,70 @@ def save_npz(path: PathLike, **arrays) -> Path:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
     return Path(path)
+
+
+def hdf5_foreign_data(f) -> list:
+    """Everything in the open HDF5 file ``f`` that would read bytes from another file, found by
+    walking its links **without following them**: ``(kind, name, target)`` with ``kind`` one of
+    ``"external link"`` (target ``file:/path``), ``"external storage"`` (raw data in the named
+    files) and ``"virtual"`` (one entry per source mapping, target ``file:dataset``; a file name
+    ``"."`` is the file itself). Soft links inside the file are not foreign. The policy for every
+    file a user may be sent: nothing foreign is followed unless the format says so
+    (:func:`refuse_foreign_data`; CDP datasets allow only their merged shards)."""
+    import h5py
+
+    found = []
+
+    def visit(name, link):
+        if isinstance(link, h5py.ExternalLink):
+            found.append(("external link", name, f"{link.filename}:{link.path}"))
+            return None
+        if not isinstance(link, h5py.HardLink):
+            return None
+        obj = f.get(name)
+        if isinstance(obj, h5py.Dataset):
+            if obj.external:
+                found.append(("external storage", name, ", ".join(str(e[0]) for e in obj.external)))
+            if obj.is_virtual:
+                found.extend(("virtual", name, f"{vs.file_name}:{vs.dset_name}") for vs in obj.virtual_sources())
+        return None
+
+    f.visititems_links(visit)
+    return found
+
+
+def refuse_foreign_data(f, path, error: type, *, what: str = "this format") -> None:
+    """Raise ``error`` naming the first items of :func:`hdf5_foreign_data` when there are any:
+    ``what`` stores all its data in the file itself, so links to other files (which would make
+    a file someone sent read files of this machine) are refused instead of followed."""
+    with malformed_file(path, error, what=what):
+        items = hdf5_foreign_data(f)
+    if items:
+        desc = "; ".join(f"'{n}' is {'an' if k[0] == 'e' else 'a'} {k} to {t}" if k != "external storage"
+                         else f"'{n}' keeps its data in external files {t}" for k, n, t in items[:3])
+        more = f" (and {len(items) - 3} more)" if len(items) > 3 else ""
+        raise error(f"{path}: {desc}{more}; {what} keeps all its data inside the file, and data in other files "
+                    f"is never followed — ask for a self-contained file (h5repack copies linked data in)")
+
+
+_OWN_PACKAGES = ("optics", "learning", "fabrication", "calibration", "phaseforge")
+
+
+@contextmanager
+def malformed_file(path, make_error, *, what: str = "file"):
+    """Turn what a damaged or malformed file makes a reader's parsing raise — h5py's ``OSError``
+    / ``RuntimeError`` / ``KeyError`` for unreadable chunks or links, ``TypeError`` /
+    ``ValueError`` / ``IndexError`` / ``AttributeError`` for a value of the wrong type or shape,
+    ``UnicodeDecodeError`` for a text file that is not UTF-8, ``EOFError`` for a truncated one —
+    into ``make_error(message)``, the reader's own error type (CLI exit 2, not a traceback). The
+    packages' own errors pass unchanged. Wrap only the code that interprets the file's content,
+    so that a bug elsewhere still shows as one."""
+    try:
+        yield
+    except (OSError, RuntimeError, KeyError, IndexError, TypeError, ValueError, AttributeError, EOFError,
+            OverflowError, SystemError) as exc:  # SystemError: h5py's wrapper of an error inside its own callbacks
+        if type(exc).__module__.split(".")[0] in _OWN_PACKAGES or isinstance(exc, FileNotFoundError):
+            raise
+        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise make_error(f"{path}: the {what} is damaged or malformed ({type(exc).__name__}: {detail}); "
+                         f"re-create it with the program that wrote it, or ask for an intact copy") from exc

@@ -28,7 +28,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from .errors import LUTError
-from .fileio import write_text
+from .fileio import refuse_foreign_data, write_text
 from .slm import PhaseLUT
 
 __all__ = ["LUTTable", "write_lut_csv", "read_lut_csv", "write_lut_group", "read_lut_group", "read_lut_file",
@@ -54,9 +54,12 @@ class LUTTable:
 
 
 def _table(gray, phase_rad, phase_std_rad, wavelength_m, source: str) -> LUTTable:
+    where = f"{source}: " if source else ""
+    for name, v in (("gray", gray), ("phase_rad", phase_rad), ("phase_std_rad", phase_std_rad)):
+        if v is not None and np.iscomplexobj(v):
+            raise LUTError(f"{where}{name} holds complex values; a LUT is real (gray levels, phases in rad)")
     g = np.asarray(gray)
     p = np.asarray(phase_rad, dtype=np.float64)
-    where = f"{source}: " if source else ""
     if g.ndim != 1 or p.shape != g.shape:
         raise LUTError(f"{where}gray and phase_rad must be 1-D of equal length, got shapes {g.shape} and {p.shape}")
     if g.size < 2:
@@ -104,7 +107,10 @@ def write_lut_csv(path, gray, phase_rad, *, phase_std_rad=None, wavelength_m: Op
 def read_lut_csv(path) -> LUTTable:
     """Read a LUT CSV (module docstring); :class:`~optics.errors.LUTError` names the line."""
     p = Path(path)
-    text = p.read_text(encoding="utf-8-sig")
+    try:
+        text = p.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise LUTError(f"LUT file {p} is not UTF-8 text ({exc}); give a CSV 'gray,phase_rad' or a CALIBRATION.h5") from None
     header = None
     rows = []
     lam = None
@@ -202,6 +208,7 @@ def read_lut_file(path, *, group: str = "lut") -> LUTTable:
     except OSError as exc:
         raise LUTError(f"{p} is not a readable HDF5 file (truncated?): {exc}") from None
     with f:
+        refuse_foreign_data(f, p, LUTError, what="a calibration file")
         g = f.get(group)
         if g is None or not isinstance(g, h5py.Group):
             raise LUTError(f"{p} has no /{group} group; give a CALIBRATION.h5 written by `phaseforge calibrate` "

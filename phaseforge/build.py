@@ -76,7 +76,11 @@ def masks_from_config(cfg: Config, slm: Optional[SLM]):
         p = Path(m.path)
         if not p.is_file():
             raise ConfigError(f"masks.path = {m.path!r} does not exist")
-        theta = torch.as_tensor(np.load(p)).to(torch.float32)
+        try:
+            theta = torch.as_tensor(np.asarray(np.load(p, allow_pickle=False), dtype=np.float32))
+        except (OSError, ValueError, EOFError, TypeError) as exc:
+            raise ConfigError(f"masks.path = {m.path!r} is not a .npy array of mask phases in rad "
+                              f"({type(exc).__name__}: {exc}); write it with numpy.save(path, theta)") from exc
         if theta.ndim == 2:
             theta = theta[None]
         if tuple(theta.shape[-2:]) != (size, size):

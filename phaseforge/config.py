@@ -434,7 +434,9 @@ def read_yaml_mapping(path, what: str = "the configuration") -> dict:
     if not p.is_file():
         raise ConfigError(f"{what} file {str(p)!r} does not exist")
     try:
-        loaded = yaml.safe_load(p.read_text()) or {}
+        loaded = yaml.safe_load(p.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} file {str(p)!r} is not UTF-8 text ({exc}); is it a YAML file?") from None
     except yaml.YAMLError as exc:
         raise ConfigError(yaml_error_message(p, exc, what)) from exc
     if not isinstance(loaded, dict):

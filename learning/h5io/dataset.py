@@ -9,7 +9,9 @@ import h5py
 import numpy as np
 import torch
 
-from ..errors import LearningError
+from optics.fileio import malformed_file
+
+from ..errors import DatasetFormatError, LearningError
 from ..images import sequence_index, split_indices
 from .attrs import py_value, read_params_group
 from .compression import check_filters
@@ -43,7 +45,7 @@ class CDPDataset(torch.utils.data.Dataset):
                  split_seed: int | None = None, fractions=(0.8, 0.1, 0.1),
                  return_index: bool = False):
         self.path = Path(path)
-        with open_unchecked(self.path) as f:
+        with open_unchecked(self.path) as f, malformed_file(self.path, DatasetFormatError, what="CDP dataset"):
             info = validate(f, self.path, False)  # checked once, as open_cdp_file would
             self.attrs = {k: py_value(v) for k, v in f.attrs.items()}
             self._params = read_params_group(f["parameters"]) if "parameters" in f else {}
@@ -129,8 +131,9 @@ class CDPDataset(torch.utils.data.Dataset):
         k = int(self.indices[j])
         if self._mem is not None:
             return self._mem[0][j], self._mem[1][j], k
-        do, dm = self._datasets()
-        return torch.from_numpy(do[k]), torch.from_numpy(dm[k]), k
+        with malformed_file(self.path, DatasetFormatError, what=f"CDP dataset (sample {k})"):
+            do, dm = self._datasets()
+            return torch.from_numpy(do[k]), torch.from_numpy(dm[k]), k
 
     def __getitem__(self, i):
         x, y, k = self._item(i)

@@ -6,7 +6,7 @@ from pathlib import Path
 import h5py
 import torch
 
-from optics.fileio import tmp_path_for
+from optics.fileio import hdf5_foreign_data, malformed_file, refuse_foreign_data, tmp_path_for
 
 from ..errors import (DatasetFormatError, DatasetIncompleteError, DatasetNotFoundError,
                       DatasetVersionError)
@@ -67,6 +67,7 @@ def validate(f: h5py.File, p: Path, allow_incomplete: bool) -> dict:
             f"{p} is incomplete (interrupted run?): {py_value(a.get('n_written', '?'))} of "
             f"{py_value(a.get('n_samples', '?'))} samples written — resume with --resume "
             f"(write_cdp_dataset(..., resume=True))")
+    _check_foreign_data(f, p)  # before anything below touches a dataset (which follows links)
     found = ", ".join(f"{k} {v.shape}" if isinstance(v, h5py.Dataset) else k
                       for k, v in f.items()) or "nothing"
     shapes = {}
@@ -102,21 +103,65 @@ def validate(f: h5py.File, p: Path, allow_incomplete: bool) -> dict:
         raise DatasetFormatError(
             f"{p}: dataset 'mask_amplitude' is malformed: expected shape {shapes['masks']} "
             f"like 'masks', found {getattr(amp, 'shape', type(amp).__name__)}")
-    for name in ("objects", "measurements"):
-        d = f[name]
-        if d.is_virtual:
-            for vs in d.virtual_sources():
-                src = Path(vs.file_name)
-                src = src if src.is_absolute() else p.parent / src
-                if vs.file_name != "." and not src.exists():
-                    raise DatasetFormatError(
-                        f"{p}: dataset '{name}' is virtual and its source file {src} is "
-                        f"missing; keep the shard files next to the merged file, or merge again")
-                if vs.file_name != ".":
-                    with h5py.File(src, "r") as sf:
-                        check_filters(sf[vs.dset_name], src)
     return {"n": n, "object_shape": tuple(shapes["objects"][1:]),
             "measurement_shape": tuple(shapes["measurements"][1:])}
+
+
+def _check_foreign_data(f: h5py.File, p: Path) -> None:
+    """The format's rule for data in other files: none, except that a merged file's 'objects'
+    and 'measurements' are virtual datasets over its shard set (``merged_from``, paths relative
+    to the merged file's folder): every source must be listed there, be the same-named dataset of
+    a shard of exactly that set (``shard_count`` = number of shards listed), and hold its data
+    itself. Anything else — an external link, external raw storage, a virtual dataset in an
+    unmerged file or pointing outside the shard set — is refused, never followed."""
+    merged = py_value(f.attrs.get("merged_from"))
+    shards = [str(m) for m in merged] if isinstance(merged, list) else []
+    with malformed_file(p, DatasetFormatError, what="CDP dataset"):
+        foreign = hdf5_foreign_data(f)
+    for kind, name, target in foreign:
+        if kind != "virtual":
+            refuse_foreign_data(f, p, DatasetFormatError, what="a CDP dataset")
+        if name not in ("objects", "measurements") or not shards:
+            raise DatasetFormatError(
+                f"{p}: dataset '{name}' is virtual ({target}) but only a merged file's 'objects' and "
+                f"'measurements' may be, over the shards its 'merged_from' attribute lists; "
+                f"re-simulate the dataset or merge its shards with merge_shards")
+    for name in ("objects", "measurements"):
+        d = f.get(name)
+        if not isinstance(d, h5py.Dataset) or not d.is_virtual:
+            continue
+        for vs in d.virtual_sources():
+            if vs.file_name not in shards or vs.dset_name.lstrip("/") != name:
+                raise DatasetFormatError(
+                    f"{p}: virtual dataset '{name}' reads {vs.file_name}:{vs.dset_name}, which is not "
+                    f"'{name}' of a shard in its shard set (merged_from = {shards}); a merged file only "
+                    f"reads its own shards — merge them again with merge_shards")
+            src = Path(vs.file_name)
+            src = src if src.is_absolute() else p.parent / src
+            if not src.exists():
+                raise DatasetFormatError(
+                    f"{p}: dataset '{name}' is virtual and its source file {src} is "
+                    f"missing; keep the shard files next to the merged file, or merge again")
+            try:
+                sf = h5py.File(src, "r")
+            except OSError as exc:
+                raise DatasetFormatError(f"{p}: shard {src} of virtual dataset '{name}' is not a readable "
+                                         f"HDF5 file ({exc}); rewrite the shard and merge again") from exc
+            with sf:
+                count = py_value(sf.attrs.get("shard_count"))
+                index = py_value(sf.attrs.get("shard_index"))
+                if not (isinstance(count, int) and count == len(shards) and isinstance(index, int)
+                        and 0 <= index < count):
+                    raise DatasetFormatError(
+                        f"{p}: virtual dataset '{name}' reads {src}, which is not a shard of this "
+                        f"{len(shards)}-shard set (shard_index = {index!r}, shard_count = {count!r}); "
+                        f"merge the right shards again with merge_shards")
+                refuse_foreign_data(sf, src, DatasetFormatError, what="a shard of a CDP dataset")
+                sd = sf.get(name)
+                if not isinstance(sd, h5py.Dataset):
+                    raise DatasetFormatError(f"{p}: shard {src} has no dataset '{name}'; rewrite the "
+                                             f"shard and merge again")
+                check_filters(sd, src)
 
 
 def open_cdp_file(path, *, allow_incomplete: bool = False) -> h5py.File:
@@ -132,7 +177,8 @@ def open_cdp_file(path, *, allow_incomplete: bool = False) -> h5py.File:
     p = Path(path)
     f = open_unchecked(p)
     try:
-        validate(f, p, allow_incomplete)
+        with malformed_file(p, DatasetFormatError, what="CDP dataset"):
+            validate(f, p, allow_incomplete)
     except BaseException:
         f.close()
         raise
@@ -161,7 +207,7 @@ def open_unchecked(path) -> h5py.File:
 def read_params(path, *, with_units: bool = True) -> dict:
     """The ``/parameters`` tree of a dataset as nested dicts (``<name>__units`` entries
     included unless ``with_units=False``)."""
-    with open_cdp_file(path) as f:
+    with open_cdp_file(path) as f, malformed_file(path, DatasetFormatError, what="CDP dataset"):
         g = f.get("parameters")
         return {} if g is None else read_params_group(g, with_units)
 
@@ -169,7 +215,7 @@ def read_params(path, *, with_units: bool = True) -> dict:
 def read_masks(path) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(masks_rad, mask_amplitude)`` as float32 tensors ``(L, Hm, Wm)``; the modulus is None
     for unit-modulus masks."""
-    with open_cdp_file(path) as f:
+    with open_cdp_file(path) as f, malformed_file(path, DatasetFormatError, what="CDP dataset"):
         masks = torch.from_numpy(f["masks"][...])
         amp = torch.from_numpy(f["mask_amplitude"][...]) if "mask_amplitude" in f else None
     return masks, amp
@@ -177,5 +223,5 @@ def read_masks(path) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 def read_attributes(path) -> dict:
     """The root attributes of a dataset as plain Python values (``config_yaml`` included)."""
-    with open_cdp_file(path) as f:
+    with open_cdp_file(path) as f, malformed_file(path, DatasetFormatError, what="CDP dataset"):
         return {k: py_value(v) for k, v in f.attrs.items()}

@@ -500,3 +500,71 @@ def test_resume_after_the_rename_finds_the_finished_file(tmp_path):
     assert calls == [] and os.path.getmtime(p) == before
     with pytest.raises(DatasetExistsError, match="already exists"):
         write(p, n=5, resume=True, seed=6)
+
+
+# ---------------------------------------------------------------- data in other files
+def test_data_in_other_files_is_followed_only_within_the_shard_set(tmp_path, reference):
+    """A dataset file someone sent must not make phaseforge read other files of this machine:
+    external links and external raw storage are refused anywhere, virtual datasets only in a
+    merged file, only for 'objects'/'measurements', and only over shards of its own set."""
+    run = tmp_path / "run"
+    run.mkdir()
+    base = run / "DATA.h5"
+    for i in range(2):
+        write(base, shard=(i, 2), batch_size=2)
+    merged = merge_shards([shard_path(base, i, 2) for i in range(2)], base)
+    for x, y in zip(arrays(merged), arrays(reference)):  # the format's own links are followed
+        np.testing.assert_array_equal(x, y)
+    secret = tmp_path / "secret.h5"
+    with h5py.File(secret, "w") as f:  # a file outside the set, with what a source would need
+        f["objects"] = np.ones((5, H, W), np.complex64)
+        f.attrs["shard_count"], f.attrs["shard_index"] = 2, 1
+
+    def repoint(f, source, listed=None):
+        lay = h5py.VirtualLayout(shape=(10, H, W), dtype=np.complex64)
+        lay[0:5] = h5py.VirtualSource("DATA.shard-0-of-2.h5", "objects", shape=(5, H, W))
+        lay[5:10] = h5py.VirtualSource(source, "objects", shape=(5, H, W))
+        attrs = dict(f["objects"].attrs)
+        del f["objects"]
+        f.create_virtual_dataset("objects", lay)
+        f["objects"].attrs.update(attrs)
+        if listed is not None:
+            f.attrs["merged_from"] = np.array(listed, dtype=h5py.string_dtype())
+
+    rel = os.path.relpath(secret, run)
+    p = _copy_and_edit(merged, run / "a.h5", lambda f: repoint(f, rel))
+    with pytest.raises(DatasetFormatError, match=r"reads \.\./secret\.h5:/?objects, which is not 'objects' of a shard in its shard set"):
+        open_cdp_file(p)
+    # listing the outsider in merged_from is not enough: it must be a shard of exactly this set
+    with h5py.File(secret, "r+") as f:
+        f.attrs["shard_count"] = 3
+    p = _copy_and_edit(merged, run / "b.h5", lambda f: repoint(f, rel, ["DATA.shard-0-of-2.h5", rel]))
+    with pytest.raises(DatasetFormatError, match="not a shard of this 2-shard set"):
+        open_cdp_file(p)
+    # a virtual dataset in an unmerged file, or for another dataset
+    p = _copy_and_edit(reference, tmp_path / "c.h5", lambda f: repoint(f, rel))
+    with pytest.raises(DatasetFormatError, match="only a merged file's 'objects' and 'measurements' may be"):
+        open_cdp_file(p)
+
+    def link(f):
+        del f["masks"]
+        f["masks"] = h5py.ExternalLink(str(secret), "/objects")
+
+    p = _copy_and_edit(reference, tmp_path / "d.h5", link)
+    with pytest.raises(DatasetFormatError, match=r"'masks' is an external link to .*secret\.h5:/objects"):
+        open_cdp_file(p)
+    p = _copy_and_edit(reference, tmp_path / "e.h5",
+                       lambda f: f.create_group("parameters/extra").__setitem__("x", h5py.ExternalLink("/etc/hostname", "/")))
+    with pytest.raises(DatasetFormatError, match="external link"):  # anywhere in the file, not only the data
+        open_cdp_file(p)
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(bytes(4 * 8))
+
+    def external(f):
+        f.create_dataset("notes", shape=(8,), dtype=np.float32, external=[(str(raw), 0, 32)])
+
+    p = _copy_and_edit(reference, tmp_path / "f.h5", external)
+    with pytest.raises(DatasetFormatError, match=r"'notes' keeps its data in external files .*raw\.bin"):
+        open_cdp_file(p)
+    with pytest.raises(DatasetFormatError, match="external"):
+        CDPDataset(p)

@@ -138,3 +138,104 @@ def test_spectrum_term_compares_on_the_slm_pixel_grid(tiny_model):
     th = student.physics.mask_phase().detach()
     on_sim = float(spectrum_mask_loss(d.teacher_masks, torch.polar(torch.ones_like(th), th)))
     assert on_pixels < 0.2 < on_sim, (on_pixels, on_sim)
+
+
+@pytest.mark.parametrize("kind", ["spectrum", "gram"])
+def test_distillation_mask_entry_is_the_positive_mask_term(tiny_model, kind):
+    """The value handed to training, not a comparison: DistillationLoss(...)["mask"] equals
+    mask_term(physics), which equals the loss function on the documented grids computed here
+    independently, and is > 0 for an untrained student (a distance; a sign flip would make
+    training maximise it). Tolerance: same float32 operations in the same order → 1e-6 relative."""
+    teacher = tiny_model(n_masks=4, widths=(4, 8), role="teacher", seed=1)
+    student = tiny_model(n_masks=1, widths=(2, 4), role="student", slm_upsample=2)
+    d = DistillationLoss(teacher, student, mask_kind=kind, feature_levels=[])
+    ph = student.physics
+    out = {k: v.detach() for k, v in d(None, None, None, ph, student).items()}
+    assert set(out) == {"mask"}
+    tm = torch.polar(torch.ones_like(teacher.physics.mask_phase()), teacher.physics.mask_phase()).detach()
+    if kind == "spectrum":
+        L, h, w = tm.shape
+        want = spectrum_mask_loss(tm.reshape(L, h // 2, 2, w // 2, 2).mean(dim=(2, 4)), _masks(ph.theta.detach()))
+    else:
+        want = gram_mask_loss(tm, _masks(ph.mask_phase().detach()))
+    assert float(out["mask"]) > 0
+    assert float(out["mask"]) == pytest.approx(float(d.mask_term(ph).detach()), rel=1e-6)
+    assert float(out["mask"]) == pytest.approx(float(want), rel=1e-5)
+
+
+# ---------------------------------------------------------------- values, not only comparisons
+def test_feature_loss_known_values():
+    """Each kind's value on inputs with a closed form (the tests above only check zero at
+    equality, which a wrong kind or axis also gives). Exact in float64."""
+    f_t = torch.zeros(1, 2, 1, 2, dtype=torch.float64)
+    f_s = torch.full_like(f_t, 0.5)
+    assert float(feature_loss(f_s, f_t, "mse")) == pytest.approx(0.25, abs=1e-15)
+    assert float(feature_loss(f_s, f_t, "l1")) == pytest.approx(0.5, abs=1e-15)
+    # channel vectors per pixel: (1, 0) vs (0, 1) → 1 − cos = 1; (1, 1) vs (2, 2) → 0; mean 0.5
+    a = torch.tensor([[[[1.0, 1.0]], [[0.0, 1.0]]]], dtype=torch.float64)
+    b = torch.tensor([[[[0.0, 2.0]], [[1.0, 2.0]]]], dtype=torch.float64)
+    assert float(feature_loss(a, b, "cosine")) == pytest.approx(0.5, abs=1e-12)
+    with pytest.raises(LossError, match=r"student \(1, 2, 1, 2\) vs teacher \(1, 3, 1, 2\)"):
+        feature_loss(f_s, torch.zeros(1, 3, 1, 2), "mse")
+    with pytest.raises(LossError, match="feature loss kind 'bad' is not one of"):
+        feature_loss(f_s, f_t, "bad")
+
+
+def test_recon_error_known_value_with_real_and_imaginary_errors():
+    """x = 1, x̂ = 1 ± c with c = 0.3 + 0.4i on alternating pixels: Σ(x̂ − x) = 0 keeps the
+    alignment the identity, |x̂ − x|² = |c|² = 0.25 everywhere → MSE 0.25 and L1 0.5 (both the real
+    and the imaginary part count; sqrt(0.25 + 1e-12) differs from 0.5 by 1e-12)."""
+    x = torch.ones(1, 2, 2, dtype=torch.complex128)
+    c = 0.3 + 0.4j
+    xh = x + torch.tensor([[[c, -c], [-c, c]]], dtype=torch.complex128)
+    assert float(recon_error(xh, x)) == pytest.approx(0.25, abs=1e-14)
+    assert float(recon_error(xh, x, "l1")) == pytest.approx(0.5, abs=1e-11)
+    with pytest.raises(LossError, match="reconstruction loss kind 'bad' is not one of"):
+        recon_error(xh, x, "bad")
+
+
+def _plane_wave(n, k, amp=1.0):
+    x = torch.arange(n, dtype=torch.float64)
+    phase = (2 * math.pi * k * x / n).expand(n, n)  # varies along x only
+    return amp * torch.polar(torch.ones(n, n, dtype=torch.float64), phase)
+
+
+def test_radial_profile_and_spectrum_loss_known_values():
+    """A plane wave e^{2πi·3x/16} has all its power at ring 3 (frequency in samples, not cycles
+    per sample); 2-D input is one mask; a tiny amplitude does not change the distribution; the
+    profile has round(√2·8) + 1 = 12 rings. Spectrum loss of teacher rings {0: ½, 5: ½} against a
+    student at ring 3: (¼ + ¼ + 1) / ½ = 3."""
+    p = radial_power_profile(_plane_wave(16, 3))
+    assert p.shape == (1, 12)
+    want = torch.zeros(1, 12, dtype=torch.float64)
+    want[0, 3] = 1.0
+    assert torch.allclose(p, want, atol=1e-12)
+    assert torch.allclose(radial_power_profile(_plane_wave(16, 3, amp=1e-3)), want, atol=1e-12)
+    teacher = torch.stack([torch.ones(16, 16, dtype=torch.complex128), _plane_wave(16, 5)])
+    assert float(spectrum_mask_loss(teacher, _plane_wave(16, 3)[None])) == pytest.approx(3.0, abs=1e-12)
+
+
+def test_distillation_levels_adapters_and_feature_output_terms(tiny_model):
+    """Level checks against each network separately; 1×1 adapters only where widths differ; the
+    feature and output terms equal the loss functions applied to the student's and the teacher's
+    own outputs (noise-free teacher). Same float32 operations → 1e-6 relative."""
+    teacher = tiny_model(n_masks=2, widths=(4, 8), role="teacher", seed=1)
+    student = tiny_model(n_masks=1, widths=(2, 4, 8), role="student")
+    nt = len(teacher.reconstructor.feature_channels)
+    with pytest.raises(LossError, match=rf"decoder level {nt}, but the teacher has levels 0 … {nt - 1}"):
+        DistillationLoss(teacher, student, feature_levels=[nt])  # the student has it, the teacher not
+    same = DistillationLoss(teacher, tiny_model(n_masks=1, widths=(4, 8)), feature_levels=[0])
+    assert isinstance(same.adapters["0"], torch.nn.Identity)
+    d = DistillationLoss(teacher, student, mask_kind="none", feature_levels=[0], feature_kind="l1",
+                         use_output=True, teacher_noise="none")
+    assert d.adapters["0"].kernel_size == (1, 1)
+    x = torch.polar(torch.ones(2, 16, 16), torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        y, out = student(x, seeds=[1, 2], noise="none")
+        terms = d(out, x, y, student.physics, student)
+        t_out = teacher.reconstructor(teacher.physics.measure(x, noise="none"), teacher.physics)
+        want_f = feature_loss(d.adapters["0"](out.features[0]), t_out.features[0], "l1")
+        want_o = recon_error(out.x, t_out.x)
+    assert set(terms) == {"feature", "output"}
+    assert float(terms["feature"]) == pytest.approx(float(want_f), rel=1e-6) and float(want_f) > 0
+    assert float(terms["output"]) == pytest.approx(float(want_o), rel=1e-6) and float(want_o) > 0

@@ -158,3 +158,27 @@ def test_evaluate_is_json_serialisable_and_consistent():
     assert rep["per_sample"]["relative_error"][2] == pytest.approx(
         float(relative_error(xh[2], x[2])), rel=1e-6)
     assert rep["settings"]["psnr_cap_db"] == PSNR_CAP_DB
+
+
+def test_numpy_and_real_inputs_give_the_documented_values():
+    """Values on the numpy and real-valued paths (the tests above use complex torch tensors):
+    x = 1, x̂ = 2 (real, float64, as numpy arrays): the optimal global phase is 0, so
+    ‖x̂ − x‖/‖x‖ = 1; with align_scale the least-squares scale ½ recovers x exactly; the
+    aligned estimate is complex128 (float64 is promoted, not rounded to complex64). Exact."""
+    x = np.ones((1, 2, 2))
+    xh = 2 * np.ones((1, 2, 2))
+    assert float(relative_error(xh, x)[0]) == pytest.approx(1.0, abs=1e-15)
+    assert float(relative_error(xh, x, align_scale=True)[0]) == pytest.approx(0.0, abs=1e-15)
+    a = align_global_phase(xh, x)
+    assert a.dtype == torch.complex128 and torch.allclose(a, torch.full((1, 2, 2), 2.0, dtype=torch.complex128))
+    assert float(psnr(xh, x, data_range=10.0)[0]) == pytest.approx(20.0, abs=1e-12)  # MSE 1, range 10
+    with pytest.raises(MetricError, match="x must be a torch.Tensor or numpy array, got list"):
+        relative_error(torch.ones(1, 2, 2), [[1.0, 1.0], [1.0, 1.0]])
+
+
+def test_evaluate_records_its_settings():
+    """The report names the settings it was computed with (keys a reader looks up)."""
+    x = _obj(b=2, n=8)
+    rep = evaluate(x, x, amplitude_range=2.0, phase_range_rad=math.pi, tol=1e-3, align_scale=True)
+    s = rep["settings"]
+    assert (s["amplitude_range"], s["phase_range_rad"], s["tol"], s["align_scale"]) == (2.0, math.pi, 1e-3, True)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from learning.losses import DistillationLoss, ReconstructionLoss
-from learning.training import (CheckpointError, TrainSettings, TrainingError, load_checkpoint, train,
+from learning.training import (CheckpointError, TrainSettings, TrainingError, encoded_psnr, load_checkpoint, train,
                                validate)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -100,6 +100,52 @@ def test_corrupt_and_missing_checkpoints(tmp_path):
         load_checkpoint(bad)
 
 
+class _RunsCode:
+    """Pickles as ``exec(source)``: an unpickler that builds it runs ``source``."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __reduce__(self):
+        import builtins
+        return (builtins.exec, (self.source,))
+
+
+def test_checkpoint_holding_a_pickled_object_is_refused_and_runs_nothing(tmp_path):
+    """A checkpoint someone sent may hold a pickled callable; weights-only loading refuses it
+    before building anything: no code runs (the payload would create a file)."""
+    marker = tmp_path / "ran"
+    payload = _RunsCode(f"open({str(marker)!r}, 'w').write('ran')")
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "phaseforge-checkpoint", "model": {}, "history": [payload]}, path)
+    with pytest.raises(CheckpointError, match=r"pickled Python object \(exec\).*refused"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    # any class, not only builtins: named in the message
+    torch.save({"format": "phaseforge-checkpoint", "model": {}, "x": _RunsCode}, path)
+    with pytest.raises(CheckpointError, match=r"_RunsCode.*refused"):
+        load_checkpoint(path)
+
+
+def test_save_checkpoint_refuses_objects_that_only_pickle_could_restore(tmp_path):
+    """Whatever train writes must load weights-only: a numpy scalar, a Path or an object in the
+    state is refused at save time, naming the entry; nothing is written."""
+    import numpy as np
+    from pathlib import Path
+    from learning.training import save_checkpoint
+    for bad, name in ((np.float64(1.0), "numpy.float64"), (Path("a"), "PosixPath"), (object(), "object")):
+        with pytest.raises(CheckpointError, match=rf"state\['history'\]\[0\]\['psnr'\] .*{name}"):
+            save_checkpoint(tmp_path / "c.pt", {"model": {}, "history": [{"psnr": bad}]})
+        assert not (tmp_path / "c.pt").exists()
+    ok = {"model": {"w": torch.ones(2)}, "history": [{"psnr": 1.5, "k": None}], "t": (1, "a"), "best": -math.inf}
+    state = load_checkpoint(save_checkpoint(tmp_path / "c.pt", ok))
+    assert state["history"] == ok["history"] and state["best"] == -math.inf and torch.equal(state["model"]["w"], torch.ones(2))
+    # a damaged structure (model not a name → tensor mapping) is refused on load
+    torch.save({"format": "phaseforge-checkpoint", "model": [1, 2]}, tmp_path / "d.pt")
+    with pytest.raises(CheckpointError, match="'model' is not a mapping"):
+        load_checkpoint(tmp_path / "d.pt")
+
+
 def test_two_process_data_parallel_equals_single_process(phase_objects, tmp_path):
     import torch.multiprocessing as mp
     from learn_helpers import ddp_worker, make_tiny_model
@@ -131,3 +177,44 @@ def test_gradient_norm_balancing_equalises_mask_gradients(tiny_model, phase_obje
     assert h[0]["grad_mask_recon"] == pytest.approx(3.0 * n, rel=1e-5)
     assert h[0]["grad_mask_mask"] == pytest.approx(0.5 * 0.01 * n, rel=1e-5)  # before the warm-up
     assert h[-1]["grad_mask_mask"] == pytest.approx(0.5 * 3.0 * n, rel=1e-5)  # balanced
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.3])
+def test_encoded_psnr_phase_has_the_absolute_value_of_the_phase_range(phase_objects, eps):
+    """Absolute value, not a comparison: x̂ = x·e^{+iε} on one half of every object and x·e^{−iε}
+    on the other makes ⟨x̂, x⟩ real and positive (equal halves cancel the phase), so the global-
+    phase alignment is the identity and the phase error is ±ε everywhere: MSE = ε², PSNR =
+    20·log10(π/ε) for the range (0, π). A range of 2π would read 20·log10(2) = 6.02 dB higher;
+    a PSNR test that only compares two runs cannot see that. Tolerance 1e-6 dB: float64
+    objects, so only the rounding of ε in complex128 remains."""
+    x = phase_objects[0][:4].to(torch.complex128)
+    h = x.shape[-2] // 2
+    rot = torch.ones_like(x)
+    rot[..., :h, :] = torch.polar(torch.ones(()), torch.tensor(eps)).to(x.dtype)
+    rot[..., h:, :] = torch.polar(torch.ones(()), torch.tensor(-eps)).to(x.dtype)
+    want = 20 * math.log10(math.pi / eps)
+    got = encoded_psnr(x * rot, x, "phase", (0.0, math.pi))
+    assert got.shape == (4,)
+    assert torch.allclose(got, torch.full_like(got, want), atol=1e-6, rtol=0), (got, want)
+    # the default range of encoded_psnr is the encoding's (0, π) too
+    assert torch.allclose(encoded_psnr(x * rot, x, "phase"), got, atol=0, rtol=0)
+    # and the range passed is the one used: (0, π/2) is 20·log10(2) dB lower
+    half = encoded_psnr(x * rot, x, "phase", (0.0, math.pi / 2))
+    assert torch.allclose(half, got - 20 * math.log10(2), atol=1e-6, rtol=0)
+
+
+def test_distillation_mask_term_reaches_training_positive(tiny_model, phase_objects, tmp_path):
+    """The "mask" term training minimises is +mask_term, measured in the loop's own history: with
+    weight w and no balancing, term_mask at step 0 (before any update) = w·mask_term of the
+    initial student, > 0 (a sign flip would make training maximise the mask distance)."""
+    tr = phase_objects[0][:8]
+    teacher = tiny_model(n_masks=4, widths=(4, 8), role="teacher", seed=1)
+    student = tiny_model(n_masks=1, widths=(), role="student", slm_upsample=2)
+    d = DistillationLoss(teacher, student, mask_kind="spectrum", feature_levels=[])
+    with torch.no_grad():
+        m0 = float(d.mask_term(student.physics))
+    assert m0 > 0
+    res = train(student, [ReconstructionLoss(), d], {"mask": 0.5}, tr, tr[:4],
+                _settings(epochs=1, batch_size=8), tmp_path / "r")
+    # float32 forward of the same masks: relative 1e-5
+    assert res["history"][0]["term_mask"] == pytest.approx(0.5 * m0, rel=1e-5)

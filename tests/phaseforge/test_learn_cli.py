@@ -88,10 +88,10 @@ def test_train_on_user_folder_and_resume(tmp_path, capsys):
     args = ["train", "--config", "data/configs/student_e2e.yaml", "--out", str(run), *TINY, *_tiny("[2,4]"),
             "--set", f"data.source={folder}", "--set", "train.epochs=2"]
     assert main(args) == 0
-    first = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["history"]
+    first = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["history"]
     # resume of a finished run reuses its config.yaml and changes nothing
     assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0
-    assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["history"] == first
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["history"] == first
     # resuming with a different configuration is refused, naming the key
     assert main([*args, "--resume", "--set", "train.lr_net=0.5"]) == 2
     assert "train.lr_net" in capsys.readouterr().err
