@@ -284,3 +284,45 @@ def test_training_pool_excludes_every_benchmark_image():
             q = np.rot90(p, t % 4)
             q = q[:, ::-1] if t >= 4 else q
             assert max(float((q * b).sum()) for b in bz) < 0.95, name
+
+
+# ---------------------------------------------------------------------------------------------
+# as the reconstructor of a teacher / student system
+# ---------------------------------------------------------------------------------------------
+def test_model_kind_selects_the_reconstructor():
+    """model.kind: unfolded (default) → UnfoldedReconstructor (rms-normalised: photon units);
+    unet → the unrolled-ER + U-Net Reconstructor; anything else is a config error."""
+    from learning.systems import Reconstructor
+    from phaseforge.config import ConfigError, load
+    from phaseforge.learn import CONFIG_DIR, build_model
+
+    m = build_model(load(CONFIG_DIR / "teacher.yaml", ["data.size=16"]))
+    assert isinstance(m.reconstructor, UnfoldedReconstructor) and m.reconstructor.normalize == "rms"
+    assert m.reconstructor.encoding == "phase" and m.reconstructor.shared
+    m = build_model(load(CONFIG_DIR / "student_e2e.yaml", ["data.size=16", "model.kind=unet"]))
+    assert isinstance(m.reconstructor, Reconstructor)
+    with pytest.raises(ConfigError, match="model.kind"):
+        load(CONFIG_DIR / "teacher.yaml", ["model.kind=transformer"])
+
+
+def test_unfolded_system_trains_masks_and_network(tmp_path):
+    """One training epoch of a coded system (16², 2× oversampled Fraunhofer, 100 photons) with
+    the unfolded reconstructor through learning.training.train: finite losses, and both the mask
+    phases and the denoiser weights move (gradients reach both through the stages)."""
+    from learn_helpers import make_tiny_model
+    from learning.losses import ReconstructionLoss
+    from learning.systems import PhaseRetrievalModel
+    from learning.training import TrainSettings, train
+
+    base = make_tiny_model(n_masks=2, widths=(), size=16)
+    rec = UnfoldedReconstructor(encoding="phase", n_stages=2, widths=(4, 8), n_warm=5, normalize="rms")
+    model = PhaseRetrievalModel(base.physics, rec)
+    g = torch.Generator().manual_seed(0)
+    objs = torch.polar(torch.ones(8, 16, 16), math.pi * torch.rand(8, 16, 16, generator=g))
+    th0 = model.physics.theta.detach().clone()
+    w0 = rec.denoisers[0].net.enc[0][0].weight.detach().clone()
+    res = train(model, [ReconstructionLoss()], {}, objs, objs[:2],
+                TrainSettings(epochs=1, batch_size=4, progress=False), tmp_path / "run")
+    assert all(math.isfinite(r["loss"]) for r in res["history"])
+    assert not torch.equal(model.physics.theta.detach(), th0)
+    assert not torch.equal(rec.denoisers[0].net.enc[0][0].weight.detach(), w0)
