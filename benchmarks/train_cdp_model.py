@@ -2,6 +2,8 @@
 
     OMP_NUM_THREADS=2 python benchmarks/train_cdp_model.py --out runs/cdp_unfolded \
         [--minutes 40] [--patch 64] [--batch 8] [--stages 5] [--shared] [--ship data/models/cdp_unfolded_L4.pt]
+    python benchmarks/train_cdp_model.py --out runs/cdp_unfolded --evaluate runs/cdp_unfolded/model.pt \
+        [--ship data/models/cdp_unfolded_L4.pt]     # held-out benchmark images vs ER; numbers into the file
 
 Standard protocol (``benchmarks/cdp_benchmark.py``): real non-negative objects in ``[0, 1]``,
 ``L = 4`` uniform random phase masks ``θ ~ U[0, 2π)``, no oversampling, ``A_l x = FFT2(M_l ⊙ x)``
@@ -190,6 +192,49 @@ def evaluate(model, x, op, sets):
     return res
 
 
+def evaluate_benchmark(model_path: Path, *, seeds=(0, 1, 2), n_er: int = 200, threads: int = 2) -> dict:
+    """The shipped model on the held-out benchmark images (:func:`learning.images.benchmark_images`,
+    128², never in training) at α = 9, 27, 81, L = 4, next to ER (realness + positivity, ``n_er``
+    iterations) on the same measurements: per seed, fresh masks and noise from
+    ``torch.Generator().manual_seed(1000 + seed)``. Also the learned inference time per 128² image
+    (batch 1, the first two images, median; ``threads`` threads)."""
+    from learning.images import benchmark_images
+    from learning.unfolding import load_model
+    torch.set_num_threads(threads)
+    model, meta = load_model(model_path)
+    names, xs = benchmark_images(128)
+    x = torch.from_numpy(xs).float()
+    res = {"images": list(names), "seeds": list(seeds), "n_er": n_er}
+    times = []
+    for alpha in (9, 27, 81):
+        net, er = [], []
+        for seed in seeds:
+            g = torch.Generator().manual_seed(1000 + seed)
+            op = MaskFFTOperator(random_masks((PROTOCOL["n_masks"], 128, 128), g))
+            y = prdeep_measure(op, x, float(alpha), g)
+            er.append(psnr01(er_baseline(op, y, n_er), x))
+            with torch.no_grad():
+                if not times:  # inference time: batch 1, the first two images, once
+                    for i in range(2):
+                        t = time.perf_counter()
+                        model(y[i:i + 1], op)
+                        times.append(time.perf_counter() - t)
+                net.append(psnr01(model(y, op).x.real, x))
+        net_t, er_t = torch.stack(net), torch.stack(er)
+        res[f"alpha_{alpha}"] = {"learned_psnr": float(net_t.mean()), "er_psnr": float(er_t.mean()),
+                                 "gain_db": float((net_t - er_t).mean()),
+                                 "learned_per_image": [float(v) for v in net_t.mean(0)],
+                                 "er_per_image": [float(v) for v in er_t.mean(0)]}
+        print(f"[evaluate] α={alpha}: learned {res[f'alpha_{alpha}']['learned_psnr']:.2f} dB, "
+              f"ER {res[f'alpha_{alpha}']['er_psnr']:.2f} dB, gain {res[f'alpha_{alpha}']['gain_db']:+.2f} dB",
+              flush=True)
+    res["inference_s_per_128_image_median"] = float(np.median(times))
+    res["threads"] = threads
+    print(f"[evaluate] learned inference {res['inference_s_per_128_image_median']:.3f} s per 128² image "
+          f"(median, {threads} threads)")
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
@@ -209,7 +254,20 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--ship", type=Path, default=None)
+    ap.add_argument("--evaluate", type=Path, default=None,
+                    help="only evaluate this model file on the benchmark images (no training); "
+                         "with --ship, the numbers are written into the shipped file's metadata")
+    ap.add_argument("--eval-seeds", type=int, nargs="+", default=[0, 1, 2])
     args = ap.parse_args(argv)
+    if args.evaluate is not None:
+        from learning.unfolding import load_model
+        res = evaluate_benchmark(args.evaluate, seeds=args.eval_seeds, threads=args.threads)
+        if args.ship is not None:
+            model, meta = load_model(args.evaluate)
+            meta["benchmark"] = res
+            save_model(model, args.ship, meta)
+            print(f"[train_cdp_model] shipped {args.ship} ({args.ship.stat().st_size / 1e6:.2f} MB)")
+        return json.dumps(res)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     run = args.out
@@ -256,7 +314,7 @@ def main(argv=None):
             v.update(step=step, seconds=round(time.perf_counter() - t0, 1))
             val_rows.append(v)
             score = np.mean([v[f"psnr_a{a}"] for a in (9, 27, 81)])
-            print(f"[train_cdp_model] step {step} {v['seconds']:.0f}s loss {float(loss):.3g} "
+            print(f"[train_cdp_model] step {step} {v['seconds']:.0f}s loss {loss.item():.3g} "
                   + " ".join(f"α={a}: {v[f'psnr_a{a}']:.2f} (ER {v[f'er_a{a}']:.2f})" for a in (9, 27, 81)),
                   flush=True)
             lo = min(sig_lo, float(model.sigma_range[0])) if step > args.val_every else sig_lo
