@@ -326,3 +326,26 @@ def test_unfolded_system_trains_masks_and_network(tmp_path):
     assert all(math.isfinite(r["loss"]) for r in res["history"])
     assert not torch.equal(model.physics.theta.detach(), th0)
     assert not torch.equal(rec.denoisers[0].net.enc[0][0].weight.detach(), w0)
+
+
+def test_shipped_model_loads_weights_only_and_beats_er_on_its_protocol():
+    """data/models/cdp_unfolded_L4.pt: ≤ 2 MB, weights-only, the standard protocol in its metadata,
+    and on one held-out-style measurement (a smooth 64² object, L = 4 random phase masks, prDeep
+    noise α = 27) it beats the ER warm start it refines by > 1 dB (measured +5.6 dB at 128² on the
+    benchmark images; a trained denoiser that did nothing would give ≈ 0)."""
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / "data" / "models" / "cdp_unfolded_L4.pt"
+    assert path.stat().st_size <= 2_000_000
+    model, meta = load_model(path)
+    assert meta["protocol"]["n_masks"] == 4 and meta["protocol"]["encoding"] == "amplitude"
+    op = _op(64, 4, seed=11)
+    x = _objects(2, 64, seed=12)
+    a = op.A(torch.complex(x, torch.zeros_like(x))).abs()
+    g = torch.Generator().manual_seed(13)
+    y = (a * a + (27 / 255) * a * torch.randn(a.shape, generator=g)).clamp_min(0)
+    with torch.no_grad():
+        out = model(y, op)
+
+    def psnr(e):
+        return float((10 * torch.log10(1 / ((e.real.clamp(0, 1) - x) ** 2).mean())).item())
+    assert psnr(out.x) > psnr(out.x0) + 1.0
