@@ -96,7 +96,25 @@ SIZES = {
 #: pitch (16 µm), 4 phase levels, fill factor 1, no crosstalk, 5 unrolled ER steps + U-Net (12, 24, 48).
 BASE_COMMON = {"optics.method": "fraunhofer", "optics.z_m": 0.1, "optics.oversampling": 2.0,
                "sensor.mean_photons": 100.0, "data.encoding": "phase", "data.phase_range_rad": [0.0, PI],
-               "data.size": 32, "data.source": "embedded"}
+               "data.size": 32, "data.source": "embedded", "model.kind": "unet"}
+#: ``model.kind: unet`` is pinned (teacher and student): every committed row was measured with the
+#: unrolled-ER + U-Net reconstructor, which stopped being the default when the deep-unfolding one
+#: arrived (issue 17). The model keys that arrived with it are left out of a pinned run's hash
+#: (:func:`config_hash_text`), so cached runs keep their folders.
+UNFOLDING_MODEL_KEYS = ("kind", "n_stages", "n_warm", "shared")
+
+
+def config_hash_text(cfg) -> str:
+    """The text a run's configuration hash is taken of: the resolved configuration, without the
+    keys of :data:`UNFOLDING_MODEL_KEYS` when ``model.kind`` is ``unet`` (the configuration such
+    a run had before those keys existed)."""
+    import yaml
+
+    from phaseforge.config import to_dict
+    d = to_dict(cfg)
+    if d["model"].get("kind") == "unet":
+        d["model"] = {k: v for k, v in d["model"].items() if k not in UNFOLDING_MODEL_KEYS}
+    return yaml.safe_dump(d, sort_keys=False)
 BASE_STUDENT = {"slm.pixel_pitch_m": 16e-6, "slm.bit_depth": 2, "slm.fill_factor": 1.0,
                 "slm.crosstalk_sigma_m": 0.0, "model.widths": [12, 24, 48], "model.n_unrolled": 5}
 
@@ -344,9 +362,9 @@ def make_job(regime: Regime, variant: str, seed: int, sizes: Dict, out: Path, me
     ov["masks.seed"] = seed
     teacher = make_job(regime, v.teacher, seed, sizes, out, memo) if v.teacher else None
     job = Job(variant, seed, _ov(ov), v.config, teacher, na=na)
-    from phaseforge.config import dump, load
+    from phaseforge.config import load
     cfg = load(CONFIG_DIR / v.config, job.overrides)
-    h = hashlib.sha1(dump(cfg).encode())
+    h = hashlib.sha1(config_hash_text(cfg).encode())
     if teacher is not None:
         h.update(teacher.key.encode())
     job.key = h.hexdigest()[:10]

@@ -1,6 +1,7 @@
 """Time per training step (teacher and student) against the floor measured in the same run.
 
     python benchmarks/training.py [--size 64] [--batch 16] [--threads 2] [--steps 8] [--repeats 3]
+                                  [--kind unfolded unet]
 
 * **step**: wall time of :func:`learning.training.train` per step — one epoch of ``--steps``
   steps, including object indexing, per-sample sensor noise, the loss, per-step mask-gradient
@@ -10,6 +11,9 @@
   backward down to the input as the mask gradient needs) plus
   the CDP operator with the unrolled first estimate forward + backward alone (gradient to the
   mask phases, noiseless measurements), each timed separately on the same sizes;
+  for ``model.kind: unfolded`` (the default reconstructor, :mod:`learning.unfolding`) the floor is
+  the model's own forward + backward alone: noiseless measurement, warm start, the stages'
+  physics steps and denoisers, the loss, backward to the masks and weights (no loop bookkeeping);
 * **ratio** = step / floor (target ≤ 1.3: the loop's bookkeeping must not dominate).
 
 Paired timing: each repeat times one loop epoch and then the floor (``--steps`` calls of each
@@ -43,8 +47,8 @@ def _objects(n, size, seed):
     return torch.polar(torch.ones(n, size, size), torch.pi * torch.rand(n, size, size, generator=g))
 
 
-def bench(name, cfg_file, size, batch, steps, repeats):
-    cfg = load(CONFIG_DIR / cfg_file, [f"data.size={size}", f"train.batch_size={batch}"])
+def bench(name, cfg_file, size, batch, steps, repeats, kind="unet"):
+    cfg = load(CONFIG_DIR / cfg_file, [f"data.size={size}", f"train.batch_size={batch}", f"model.kind={kind}"])
     tr = _objects(batch * steps, size, 0)
     va = _objects(16, size, 1)
     settings = TrainSettings(epochs=1, batch_size=batch, progress=False, grad_norm_every=1)
@@ -56,6 +60,24 @@ def bench(name, cfg_file, size, batch, steps, repeats):
 
     model = build_model(cfg).train()
     x = tr[:batch]
+    if kind == "unfolded":
+        def whole():
+            model.zero_grad(set_to_none=True)
+            yy = model.physics.measure(x, noise="none")
+            recon_error(model.reconstructor(yy, model.physics).x, x).backward()
+
+        def per_call1(fn):
+            t = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            return (time.perf_counter() - t) / steps
+
+        loop(), whole()  # warm-up
+        reps = [(loop(), per_call1(whole)) for _ in range(repeats)]
+        t_model = statistics.median(r[1] for r in reps)
+        return {"system": name, "kind": kind, "L": cfg.masks.n_masks, "widths": cfg.model.widths,
+                "step_s": statistics.median(r[0] for r in reps), "unet_s": float("nan"), "physics_s": t_model,
+                "floor_s": t_model, "ratio": statistics.median(r[0] / r[1] for r in reps)}
     with torch.no_grad():
         y = model.physics.measure(x, noise="none")
         x0 = first_estimate(model.physics, y, n_iter=cfg.model.n_unrolled, encoding=cfg.data.encoding)
@@ -89,7 +111,7 @@ def bench(name, cfg_file, size, batch, steps, repeats):
     t_phys = statistics.median(r[2] for r in reps)
     ratio = statistics.median(r[0] / (r[1] + r[2]) for r in reps)
     floor = t_net + t_phys
-    return {"system": name, "L": cfg.masks.n_masks, "widths": cfg.model.widths, "step_s": step,
+    return {"system": name, "kind": kind, "L": cfg.masks.n_masks, "widths": cfg.model.widths, "step_s": step,
             "unet_s": t_net, "physics_s": t_phys, "floor_s": floor, "ratio": ratio}
 
 
@@ -100,20 +122,23 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--kind", nargs="+", default=["unfolded", "unet"], choices=["unfolded", "unet"])
     a = ap.parse_args(argv)
     from phaseforge.alloc import tune_allocator
     print(f"allocator tuning (phaseforge/alloc.py): {'on' if tune_allocator() else 'off'}")
     torch.set_num_threads(a.threads)
-    rows = [bench("teacher", "teacher.yaml", a.size, a.batch, a.steps, a.repeats),
-            bench("student (SLM 2×, 4 levels)", "student_e2e.yaml", a.size, a.batch, a.steps, a.repeats)]
+    rows = [r for k in a.kind for r in (
+        bench("teacher", "teacher.yaml", a.size, a.batch, a.steps, a.repeats, k),
+        bench("student (SLM 2×, 4 levels)", "student_e2e.yaml", a.size, a.batch, a.steps, a.repeats, k))]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"training step, {a.size}², batch {a.batch}, {a.threads} threads, ER unrolled "
-          f"(median of {a.repeats}; loop = {a.steps} steps + validation + checkpoint per epoch)")
-    print(f"{'system':<28} {'L':>2} {'widths':<14} {'step (s)':>9} {'U-Net f+b':>10} {'CDP+unrolled f+b':>17} "
-          f"{'floor (s)':>10} {'ratio':>6}")
+    print(f"training step, {a.size}², batch {a.batch}, {a.threads} threads "
+          f"(median of {a.repeats}; loop = {a.steps} steps + validation + checkpoint per epoch; "
+          f"unet: floor = U-Net f+b + CDP/unrolled f+b; unfolded: floor = the model's f+b)")
+    print(f"{'system':<28} {'kind':<9} {'L':>2} {'widths':<14} {'step (s)':>9} {'U-Net f+b':>10} "
+          f"{'CDP+model f+b':>14} {'floor (s)':>10} {'ratio':>6}")
     for r in rows:
-        print(f"{r['system']:<28} {r['L']:>2} {str(r['widths']):<14} {r['step_s']:>9.3f} {r['unet_s']:>10.3f} "
-              f"{r['physics_s']:>17.3f} {r['floor_s']:>10.3f} {r['ratio']:>6.2f}")
+        print(f"{r['system']:<28} {r['kind']:<9} {r['L']:>2} {str(r['widths']):<14} {r['step_s']:>9.3f} "
+              f"{r['unet_s']:>10.3f} {r['physics_s']:>14.3f} {r['floor_s']:>10.3f} {r['ratio']:>6.2f}")
     print(f"peak RSS {peak:.0f} MiB")
     return rows
 

@@ -72,7 +72,8 @@ from .errors import ImageSourceError
 __all__ = [
     "ImageSet", "SubsetImageSet", "embedded_images", "folder_images", "npy_images",
     "h5_images", "idx_images", "open_image_source", "split_indices", "to_unit_gray",
-    "fit_to_size", "EMBEDDED_IMAGE_NAMES", "BENCHMARK_IMAGE_NAMES", "benchmark_images", "EMBEDDED_SUBSETS", "IMAGE_SUFFIXES", "SPLITS",
+    "fit_to_size", "EMBEDDED_IMAGE_NAMES", "BENCHMARK_IMAGE_NAMES", "benchmark_images", "training_pool",
+    "MATPLOTLIB_POOL_NAMES", "POOL_VALIDATION_NAMES", "EMBEDDED_SUBSETS", "IMAGE_SUFFIXES", "SPLITS",
 ]
 
 #: Split names accepted everywhere; ``"all"`` means no split.
@@ -949,3 +950,69 @@ def open_image_source(spec, size: int, *, split: str = "train", seed: int = 0,
                 f"or use split='all'")
         src = src.subset(range(int(n)))
     return src
+
+
+# --------------------------------------------------------------------------------------------
+# the training pool of learned reconstructors scored by the standard CDP benchmark
+# --------------------------------------------------------------------------------------------
+#: Extra images read offline from matplotlib's own sample data (``matplotlib.cbook.get_sample_data``;
+#: shipped inside the matplotlib wheel under its PSF-based licence): a portrait photograph
+#: (``grace_hopper.jpg``, U.S. Navy, public domain), a brain MRI slice (``s1045.ima.gz``, 256²
+#: big-endian uint16) and a digital elevation model (``jacksboro_fault_dem.npz``, USGS, public
+#: domain), the last two min-max normalised.
+MATPLOTLIB_POOL_NAMES = ("grace_hopper", "mri_s1045", "jacksboro_dem")
+#: Pool images kept for validation (early stopping, model choice): never benchmark images.
+POOL_VALIDATION_NAMES = ("rocket", "mri_s1045")
+
+
+def _matplotlib_sample(name: str) -> np.ndarray:
+    from matplotlib import cbook
+
+    try:
+        if name == "grace_hopper":
+            import matplotlib.image as mpimg
+            with cbook.get_sample_data("grace_hopper.jpg") as f:
+                return to_unit_gray(mpimg.imread(f, format="jpg"), "matplotlib grace_hopper.jpg")
+        if name == "mri_s1045":
+            with cbook.get_sample_data("s1045.ima.gz") as f:
+                a = np.frombuffer(f.read(), ">u2").reshape(256, 256).astype(np.float64)
+        elif name == "jacksboro_dem":
+            a = np.asarray(cbook.get_sample_data("jacksboro_fault_dem.npz")["elevation"], np.float64)
+        else:
+            raise ImageSourceError(f"unknown matplotlib pool image {name!r}; one of {MATPLOTLIB_POOL_NAMES}")
+    except (OSError, KeyError) as exc:
+        raise ImageSourceError(f"matplotlib sample image {name!r} did not load offline ({exc}); "
+                               f"reinstall matplotlib (its wheel ships mpl-data/sample_data)") from exc
+    a = (a - a.min()) / max(float(a.max() - a.min()), 1e-12)
+    return a.astype(np.float32)
+
+
+def training_pool(*, split: str = "train", exclude=BENCHMARK_IMAGE_NAMES) -> dict:
+    """Whole gray images in ``[0, 1]`` (full resolution) for training learned reconstructors
+    scored by the standard CDP benchmark, as ``{name: (H, W) float32}``.
+
+    The pool: every embedded scikit-image sample image (:data:`EMBEDDED_IMAGE_NAMES`) that
+    loads offline, minus ``exclude`` (default :data:`BENCHMARK_IMAGE_NAMES`, so no benchmark
+    image — the cameraman included — is ever seen whole or in part), plus
+    :data:`MATPLOTLIB_POOL_NAMES`. ``split="train"`` leaves out :data:`POOL_VALIDATION_NAMES`,
+    ``"val"`` returns only those, ``"all"`` both. Patches are cut by the caller (the training
+    script), so they can have any size and augmentation. The ``lfw_subset`` 25×25 crops are not
+    in the pool: at patch sizes ≥ 48 they would be 2× upsampled blur.
+    """
+    if split not in ("train", "val", "all"):
+        raise ImageSourceError(f"training_pool split {split!r} is not one of ('train', 'val', 'all')")
+    exclude = set(exclude)
+    out = {}
+    for name in EMBEDDED_IMAGE_NAMES + MATPLOTLIB_POOL_NAMES:
+        if name in exclude:
+            continue
+        is_val = name in POOL_VALIDATION_NAMES
+        if (split == "train" and is_val) or (split == "val" and not is_val):
+            continue
+        img = _matplotlib_sample(name) if name in MATPLOTLIB_POOL_NAMES else _sample_image(name)
+        if img is not None:
+            out[name] = img
+    if not out:
+        raise ImageSourceError(f"the training pool (split {split!r}) is empty: no sample image loaded "
+                               f"offline; reinstall scikit-image and matplotlib")
+    return out

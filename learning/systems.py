@@ -45,11 +45,14 @@ from .errors import SystemsError
 from .networks import OutputHead, UNet, field_to_channels
 from .solvers import error_reduction, estimate_norm_sq, wirtinger_flow
 
-__all__ = ["NOISE_MODES", "FIRST_ESTIMATES", "SystemsError", "CodedPhysics", "ReconOutput",
+__all__ = ["NOISE_MODES", "FIRST_ESTIMATES", "MODEL_KINDS", "build_reconstructor", "SystemsError", "CodedPhysics", "ReconOutput",
            "Reconstructor", "PhaseRetrievalModel", "first_estimate", "remove_global_phase",
            "sample_generators", "build_phase_mask"]
 
 NOISE_MODES = ("differentiable", "exact", "none")
+#: ``model.kind``: the deep-unfolding reconstructor (:mod:`learning.unfolding`, the default) or
+#: :class:`Reconstructor` (unrolled solver + one U-Net)
+MODEL_KINDS = ("unfolded", "unet")
 FIRST_ESTIMATES = ("er", "wf")
 TWO_PI = 2.0 * math.pi
 
@@ -317,6 +320,23 @@ class PhaseRetrievalModel(nn.Module):
         out = self.reconstructor(y, self.physics)
         out.seeds = None if seeds is None else [int(s) for s in seeds]
         return y, out
+
+
+def build_reconstructor(*, kind: str = "unfolded", encoding: str = "phase", widths: Sequence[int] = (16, 32, 64),
+                        norm: str = "batch", solver: str = "er", n_unrolled: int = 5, n_power_iter: int = 0,
+                        n_stages: int = 5, n_warm: int = 50, shared: bool = True) -> nn.Module:
+    """The reconstructor of a system by ``kind`` (:data:`MODEL_KINDS`): ``"unfolded"`` →
+    :class:`learning.unfolding.UnfoldedReconstructor` (``normalize="rms"``: photon-unit
+    measurements of unknown gain; ``norm``/``solver``/``n_unrolled``/``n_power_iter`` unused),
+    ``"unet"`` → :class:`Reconstructor` (``n_stages``/``n_warm``/``shared`` unused)."""
+    if kind == "unfolded":
+        from .unfolding import UnfoldedReconstructor
+        return UnfoldedReconstructor(encoding=encoding, n_stages=n_stages, shared=shared, widths=widths,
+                                     n_warm=n_warm, normalize="rms")
+    if kind == "unet":
+        return Reconstructor(encoding=encoding, widths=widths, norm=norm, solver=solver, n_unrolled=n_unrolled,
+                             n_power_iter=n_power_iter)
+    raise SystemsError(f"model.kind = {kind!r} is not one of {MODEL_KINDS}")
 
 
 def build_phase_mask(n_masks: int, shape, *, seed: int, role: str, learnable: bool = True) -> PhaseMask:

@@ -20,10 +20,12 @@ Reproducibility: epoch ``e`` visits the objects in ``randperm`` order from a gen
 with ``(seed, e)``, and object ``j`` of the global batch of step ``s`` draws its sensor noise from
 a generator seeded with ``(seed, s, j)``: nothing depends on how many steps ran before, so
 ``resume=True`` continues exactly (resumed = uninterrupted), and a data-parallel run on ``W``
-processes (each taking ``B/W`` of the same global batch; gradients averaged with
-``torch.distributed.all_reduce``, the maths of DDP) reproduces the single-process run when the
-network has no batch-dependent layers (``norm="group"`` or ``"none"``; BatchNorm statistics are
-per process, as in DDP without SyncBatchNorm). Deterministic on CPU for a given seed.
+processes (each taking ``B/W`` of the same global batch; the model wrapped in torch's
+:class:`~torch.nn.parallel.DistributedDataParallel`, which averages the gradients in buckets while
+the backward pass runs; the parameters of loss modules, e.g. distillation adapters, are averaged
+with ``all_reduce`` after it) reproduces the single-process run when the network has no
+batch-dependent layers (``norm="group"`` or ``"none"``; BatchNorm statistics are per process:
+``broadcast_buffers=False``, as without SyncBatchNorm). Deterministic on CPU for a given seed.
 
 A non-finite loss stops the run before the optimiser step with :class:`TrainingError`; the last
 checkpoint (end of the previous epoch) is left intact.
@@ -376,6 +378,14 @@ def train(model, losses: Sequence, weights: Dict[str, float], train_objects: tor
         best = float(state["best"])
         torch.set_rng_state(state["rng"]["torch"])
     all_params = [p for g in groups for p in g["params"]]
+    forward = model
+    if world > 1 and any(p.requires_grad for p in model.parameters()):
+        # gradients of the model's parameters are averaged by DDP during backward; only the loss
+        # modules' own parameters (not part of the model) are all-reduced by hand after it
+        from torch.nn.parallel import DistributedDataParallel
+        forward = DistributedDataParallel(model, broadcast_buffers=False)
+    model_ids = {id(p) for p in model.parameters()} if forward is not model else set()
+    extra_params = [p for p in all_params if id(p) not in model_ids]
     t_start = time.perf_counter()
     step = start_epoch * steps_per_epoch
     stopped_early = False
@@ -391,7 +401,7 @@ def train(model, losses: Sequence, weights: Dict[str, float], train_objects: tor
             seeds = step_seeds(settings.seed, step, settings.batch_size)
             lo = rank * local_b
             x = train_objects[idx[lo:lo + local_b]]
-            y, out = model(x, seeds=seeds[lo:lo + local_b], noise=settings.noise)
+            y, out = forward(x, seeds=seeds[lo:lo + local_b], noise=settings.noise)
             terms: Dict[str, torch.Tensor] = {}
             for loss in losses:
                 for k, v in loss(out, x, y, model.physics, model).items():
@@ -439,7 +449,7 @@ def train(model, losses: Sequence, weights: Dict[str, float], train_objects: tor
                             if k != "recon" and balance["ema"].get(k, 0.0) > 0:
                                 balance["scale"][k] = ref / balance["ema"][k]
             total.backward()
-            _allreduce_([p.grad for p in all_params if p.grad is not None], world)
+            _allreduce_([p.grad for p in extra_params if p.grad is not None], world)
             if log_grads and len(terms) == 1:
                 k = next(iter(terms))
                 row[f"grad_mask_{k}"] = float(theta.grad.norm()) if theta.grad is not None else 0.0

@@ -137,14 +137,25 @@ class SolverConfig:
 
 @dataclass
 class ModelConfig:
-    """A learnable phase-retrieval system (learning.systems): role, masks, unrolled solver, U-Net."""
+    """A learnable phase-retrieval system (learning.systems): role, masks, reconstructor.
+
+    ``kind``: ``unfolded`` (default; learning.unfolding: ER warm start of ``n_warm`` iterations,
+    then ``n_stages`` × (learned-step physics step + residual U-Net denoiser D(x, σ) of ``widths``,
+    one per stage or ``shared``); ``norm`` does not apply, the denoisers have no normalisation) or
+    ``unet`` (learning.systems.Reconstructor: ``n_unrolled`` unrolled ``solver`` steps from a flat
+    start + one U-Net of ``widths`` with ``norm``).
+    """
     role: str = "teacher"  # teacher | student: which random stream draws the initial masks
     learn_masks: bool = True  # false: the initial random masks stay fixed (baseline)
     widths: List[int] = field(default_factory=lambda: [16, 32, 64])  # U-Net channels per level; [] = no network
-    norm: str = "batch"  # batch | group | none
-    solver: str = "er"  # unrolled first estimate: er | wf
-    n_unrolled: int = 5
-    n_power_iter: int = 0
+    norm: str = "batch"  # batch | group | none (kind unet only)
+    solver: str = "er"  # unrolled first estimate: er | wf (kind unet only)
+    n_unrolled: int = 5  # kind unet only
+    n_power_iter: int = 0  # kind unet only
+    kind: str = "unfolded"  # unfolded | unet
+    n_stages: int = 5  # kind unfolded: learned stages
+    n_warm: int = 50  # kind unfolded: ER warm-start iterations (no gradient)
+    shared: bool = True  # kind unfolded: one denoiser for every stage
 
 
 @dataclass
@@ -275,13 +286,16 @@ def _validate_learning(cfg: "Config") -> None:
     """The model / train / distill sections; choice lists come from the learning library."""
     from learning.losses import FEATURE_KINDS, MASK_LOSSES, RECON_KINDS
     from learning.networks import NORMS
-    from learning.systems import FIRST_ESTIMATES, NOISE_MODES
+    from learning.systems import FIRST_ESTIMATES, MODEL_KINDS, NOISE_MODES
     from learning.training import SCHEDULES
 
     m, t, d = cfg.model, cfg.train, cfg.distill
     _choice("model.role", m.role, ("teacher", "student"))
     _choice("model.norm", m.norm, NORMS)
     _choice("model.solver", m.solver, FIRST_ESTIMATES)
+    _choice("model.kind", m.kind, MODEL_KINDS)
+    if m.n_stages < 1 or m.n_warm < 0:
+        raise ConfigError(f"model.n_stages must be >= 1 and model.n_warm >= 0, got {m.n_stages} and {m.n_warm}")
     for i, w in enumerate(m.widths):
         if w < 1:
             raise ConfigError(f"model.widths[{i}] = {w} must be a positive channel count")

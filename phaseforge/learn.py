@@ -57,7 +57,7 @@ class RunError(LearningError):
 def build_model(cfg: Config):
     """A :class:`learning.systems.PhaseRetrievalModel` from a validated configuration."""
     from learning.networks import NetworkError
-    from learning.systems import CodedPhysics, PhaseRetrievalModel, Reconstructor, build_phase_mask
+    from learning.systems import CodedPhysics, PhaseRetrievalModel, build_phase_mask, build_reconstructor
 
     if cfg.masks.kind != "random_phase":
         raise ConfigError(f"masks.kind = {cfg.masks.kind!r}: a learnable system starts from random phase "
@@ -89,9 +89,10 @@ def build_model(cfg: Config):
     sensor = sensor_from_config(cfg)
     physics = CodedPhysics(system, sensor, masks=masks)
     m = cfg.model
-    rec = Reconstructor(encoding=cfg.data.encoding, widths=m.widths, norm=m.norm, solver=m.solver,
-                        n_unrolled=m.n_unrolled, n_power_iter=m.n_power_iter)
-    if rec.net is not None:
+    rec = build_reconstructor(kind=m.kind, encoding=cfg.data.encoding, widths=m.widths, norm=m.norm,
+                              solver=m.solver, n_unrolled=m.n_unrolled, n_power_iter=m.n_power_iter,
+                              n_stages=m.n_stages, n_warm=m.n_warm, shared=m.shared)
+    if getattr(rec, "net", None) is not None:
         try:
             rec.net.check_size(size, size)
         except NetworkError as exc:

@@ -267,3 +267,20 @@ def test_sweep_table_lists_the_extra_rows_where_they_ran(bench):
     assert "-0.00 [-0.30, +0.30] (—) | ·" in body["`kd`"] or "+0.00 [-0.30, +0.30] (—) | ·" in body["`kd`"]
     assert "-0.15 [-0.20, -0.10] (2/3) (—)" in body["`kd_bal`"]
     assert bench.sweep_table([row("base", "kd", [0.1, 0.2, 0.3])]) == ""
+
+
+def test_runs_pin_the_unet_reconstructor_and_keep_their_folders(bench, tmp_path):
+    """model.kind: unet is pinned for teacher and student (the committed rows were measured with
+    it), and a pinned run's folder name (its configuration hash) is the one it had before the
+    deep-unfolding keys existed: these names were computed by the code of commit e0a2a05."""
+    from phaseforge.config import load
+    regimes = bench.select_regimes(["base"], False)
+    before = {"full": {"teacher": "teacher-5b47fa418c", "kd": "student_distill-4fd9769264",
+                       "e2e": "student_e2e-66923d3e71"},
+              "quick": {"teacher": "teacher-2e0d179ca0", "kd": "student_distill-69161a30c7",
+                        "e2e": "student_e2e-3096be5318"}}
+    for size_name, names in before.items():
+        plan = bench.build_plan(regimes, list(names), [0], bench.SIZES[size_name], tmp_path)
+        for (_, variant, _), job in plan.items():
+            assert job.folder.name == names[variant], (size_name, variant)
+            assert load(bench.CONFIG_DIR / job.config, job.overrides).model.kind == "unet"
