@@ -186,10 +186,13 @@ def _learned(path: Path) -> Callable:
     def run(op, y, ctx: Context):
         from learning.unfolding import load_model
         if "model" not in cache:
-            cache["model"] = load_model(path)
-        model = cache["model"]
-        with torch.no_grad():
-            return model(y, op, noise=ctx.noise)
+            cache["model"], cache["meta"] = load_model(path)
+        want = cache["meta"].get("protocol", {}).get("n_masks")
+        if want is not None and int(want) != ctx.n_masks:
+            raise BenchmarkError(f"{path.name} was trained for L = {want} masks, this run has L = {ctx.n_masks}; "
+                                 f"leave the row out (--methods) or train a model for L = {ctx.n_masks}")
+        with torch.no_grad():  # the model estimates the noise level from the data (no α given)
+            return cache["model"](y, op, check=True).x
     return run
 
 
@@ -226,8 +229,9 @@ METHODS: Dict[str, Method] = {m.name: m for m in [
            {"denoiser": "wavelet", "real": True, "nonnegative": True}),
     Method("pnp-bm3d", "regularised", _solver("pnp", denoiser="bm3d", real=True, nonnegative=True, noise_aware=True),
            {"denoiser": "bm3d", "real": True, "nonnegative": True}, available=_bm3d_available),
-    Method("unfolded", "learned", _learned(MODELS / "cdp_unfolded.pt"), {"model": "data/models/cdp_unfolded.pt"},
-           available=_learned_available(MODELS / "cdp_unfolded.pt")),
+    Method("unfolded", "learned", _learned(MODELS / "cdp_unfolded_L4.pt"),
+           {"model": "data/models/cdp_unfolded_L4.pt", "stages": 5, "shared": True, "warm_start": "ER 50"},
+           available=_learned_available(MODELS / "cdp_unfolded_L4.pt"), training_s=3920.0),
 ]}
 DEFAULT_METHODS = tuple(n for n in METHODS if n != "pnp-bm3d")
 

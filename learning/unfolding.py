@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .denoisers import Denoiser
 from .encoding import ENCODINGS
 from .errors import LearningError
 from .networks import UNet
@@ -73,12 +74,16 @@ class UnfoldingError(LearningError):
 # ----------------------------------------------------------------------------------------------
 # the denoiser
 # ----------------------------------------------------------------------------------------------
-class ResidualUNetDenoiser(nn.Module):
-    """``D(x, sigma) = x + UNet([x, sigma·1])`` (module docstring).
+class ResidualUNetDenoiser(Denoiser):
+    """``D(x, sigma) = x + UNet([x, sigma·1])`` (module docstring): a
+    :class:`learning.denoisers.Denoiser`, so a trained one also runs in the plug-and-play solver
+    (``solve(op, y, "pnp", denoiser=model.denoiser(0))``).
 
     ``channels``: image channels ``C`` of ``x``; ``widths``: the U-Net's channels per level.
     The U-Net's last convolution starts at zero, so an untrained denoiser is the identity.
     """
+
+    differentiable = True  # a torch network: the solvers may unroll it with differentiable=True
 
     def __init__(self, channels: int = 1, widths: Sequence[int] = (16, 32, 64)):
         super().__init__()

@@ -349,3 +349,25 @@ def test_shipped_model_loads_weights_only_and_beats_er_on_its_protocol():
     def psnr(e):
         return float((10 * torch.log10(1 / ((e.real.clamp(0, 1) - x) ** 2).mean())).item())
     assert psnr(out.x) > psnr(out.x0) + 1.0
+
+
+def test_the_learned_denoiser_is_a_plug_and_play_denoiser():
+    """The unfolding network's denoiser has the PnP interface: an untrained one is the identity, so
+    plug-and-play with it is exactly error reduction with the same iterations (same start)."""
+    import math
+
+    from learning.denoisers import Denoiser
+    from learning.solvers import solve
+    from learning.unfolding import ResidualUNetDenoiser
+    from optics.cdp import CDPOperator
+    g = torch.Generator().manual_seed(0)
+    theta = 2 * math.pi * torch.rand(2, 16, 16, generator=g)
+    op = CDPOperator(torch.polar(torch.ones_like(theta), theta), method="fft")
+    x = torch.rand(1, 16, 16, generator=g).to(torch.complex64)
+    y = op.intensity(x)
+    den = ResidualUNetDenoiser(1, (8, 16))
+    assert isinstance(den, Denoiser) and den.differentiable
+    x0 = solve(op, y, "er", real=True, nonnegative=True, n_iter=5, generator=0, history=False).x
+    p = solve(op, y, "pnp", denoiser=den, x0=x0, nonnegative=True, amplitude_noise_std=0.01, n_iter=6, history=False)
+    e = solve(op, y, "er", x0=x0, real=True, nonnegative=True, n_iter=6, tol=None, residual_tol=None, history=False)
+    torch.testing.assert_close(p.x, e.x, atol=1e-6, rtol=1e-5)
