@@ -355,7 +355,7 @@ def figure(path: Path, result: dict, noises, alphas, methods) -> None:
     name, x0 = result["first_image"]
     noise = noises[0]
     ms = [m for m in methods if (noise, alphas[0], m) in result["examples"]]
-    fig, axes = plt.subplots(len(alphas), len(ms) + 1, figsize=(1.9 * (len(ms) + 1), 2.0 * len(alphas) + 0.4),
+    fig, axes = plt.subplots(len(alphas), len(ms) + 1, figsize=(1.9 * (len(ms) + 1), 2.4 * len(alphas) + 0.4),
                              squeeze=False)
     per = {(r["method"], r["noise"], r["alpha"]): r for r in result["per_image"] if r["image"] == name}
     for i, a in enumerate(alphas):
