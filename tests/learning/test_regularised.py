@@ -13,23 +13,17 @@ import numpy as np
 import pytest
 import torch
 
+from optics.cdp import CDPOperator
+
 from learning.denoisers import Denoiser
 from learning.images import fit_to_size, to_unit_gray
 from learning.metrics import psnr
 from learning.solvers import SOLVER_NAMES, SolverError, error_reduction, pnp, solve, tv
 
 
-class UnitaryCDP:
-    def __init__(self, masks):
-        self.masks = masks
-        self.n_masks = masks.shape[0]
-        self.in_shape = self.out_shape = tuple(masks.shape[-2:])
-
-    def A(self, x):
-        return torch.fft.fft2(self.masks.to(x.dtype) * x[..., None, :, :], norm="ortho")
-
-    def A_adjoint(self, z):
-        return (torch.fft.ifft2(z, norm="ortho") * self.masks.conj().to(z.dtype)).sum(-3)
+def UnitaryCDP(masks):
+    """The standard protocol's operator ``A_l x = FFT2(M_l ⊙ x)/N`` (FFT sample order)."""
+    return CDPOperator(masks, method="fft", detector_order="fft")
 
 
 def _problem(alpha, n=64, L=4, seed=0):

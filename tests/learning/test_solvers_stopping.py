@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from optics.cdp import CDPOperator
+
 from learning.images import fit_to_size, to_unit_gray
 from learning.metrics import relative_error
 from learning.solvers import (STOP_RULES, SolverError, amplitude_flow, error_reduction, hio, solve,
@@ -17,17 +19,9 @@ from learning.solvers import (STOP_RULES, SolverError, amplitude_flow, error_red
 from learning.solvers._core import _align_real_start
 
 
-class UnitaryCDP:
-    def __init__(self, masks):
-        self.masks = masks
-        self.n_masks = masks.shape[0]
-        self.in_shape = self.out_shape = tuple(masks.shape[-2:])
-
-    def A(self, x):
-        return torch.fft.fft2(self.masks.to(x.dtype) * x[..., None, :, :], norm="ortho")
-
-    def A_adjoint(self, z):
-        return (torch.fft.ifft2(z, norm="ortho") * self.masks.conj().to(z.dtype)).sum(-3)
+def UnitaryCDP(masks):
+    """The standard protocol's operator ``A_l x = FFT2(M_l ⊙ x)/N`` (FFT sample order)."""
+    return CDPOperator(masks, method="fft", detector_order="fft")
 
 
 @pytest.fixture(scope="module")
