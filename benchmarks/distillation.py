@@ -106,14 +106,22 @@ UNFOLDING_MODEL_KEYS = ("kind", "n_stages", "n_warm", "shared")
 
 def config_hash_text(cfg) -> str:
     """The text a run's configuration hash is taken of: the resolved configuration, without the
-    keys of :data:`UNFOLDING_MODEL_KEYS` when ``model.kind`` is ``unet`` (the configuration such
-    a run had before those keys existed)."""
+    keys of :data:`UNFOLDING_MODEL_KEYS` when ``model.kind`` is ``unet``, and ``optics.detector_order``
+    and the ``noise`` section at their defaults (the configuration such a run had before those keys
+    existed)."""
     import yaml
 
     from phaseforge.config import to_dict
+    from phaseforge.config import NoiseConfig
     d = to_dict(cfg)
     if d["model"].get("kind") == "unet":
         d["model"] = {k: v for k, v in d["model"].items() if k not in UNFOLDING_MODEL_KEYS}
+        # keys that arrived with the standard CDP protocol (issue 16), at their defaults: the
+        # configuration such a run had before they existed
+        if d["optics"].get("detector_order") == "centered":
+            d["optics"] = {k: v for k, v in d["optics"].items() if k != "detector_order"}
+        if d.get("noise") == to_dict(NoiseConfig()):
+            d = {k: v for k, v in d.items() if k != "noise"}
     return yaml.safe_dump(d, sort_keys=False)
 BASE_STUDENT = {"slm.pixel_pitch_m": 16e-6, "slm.bit_depth": 2, "slm.fill_factor": 1.0,
                 "slm.crosstalk_sigma_m": 0.0, "model.widths": [12, 24, 48], "model.n_unrolled": 5}

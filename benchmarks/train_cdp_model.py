@@ -44,6 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from learning.images import training_pool  # noqa: E402
+from learning.training import load_checkpoint, save_checkpoint  # noqa: E402
 from learning.unfolding import UnfoldedReconstructor, save_model  # noqa: E402
 from optics.fileio import atomic_path, save_figure, write_text  # noqa: E402
 
@@ -146,6 +147,11 @@ def validation_set(size: int = 128):
         y = prdeep_measure(op, x, float(alpha), g)
         sets[alpha] = (y, psnr01(er_baseline(op, y), x).mean().item())
     return x, op, sets
+
+
+def _plain_rows(rows):
+    """Rows as plain JSON numbers (numpy scalars would need unpickling in a weights-only checkpoint)."""
+    return json.loads(json.dumps(rows, default=float))
 
 
 def _write_csv(path: Path, rows):
@@ -280,7 +286,7 @@ def main(argv=None):
     x_val, op_val, val_sets = validation_set(128)
     train_rows, val_rows, step, best, spent = [], [], 0, -math.inf, 0.0
     if args.resume and (run / "checkpoints/last.pt").exists():
-        st = torch.load(run / "checkpoints/last.pt", weights_only=False)
+        st = load_checkpoint(run / "checkpoints/last.pt")  # weights-only: tensors and plain data
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         sampler.g.set_state(st["sampler_rng"])
@@ -322,14 +328,13 @@ def main(argv=None):
                 math.isfinite(float(model.sigma_range[1])) else sig_hi
             model.sigma_range.copy_(torch.tensor([lo, hi]))
             state = {"model": model.state_dict(), "opt": opt.state_dict(), "sampler_rng": sampler.g.get_state(),
-                     "gen_rng": gen.get_state(), "train_rows": train_rows, "val_rows": val_rows, "step": step,
-                     "best": max(best, score), "seconds": time.perf_counter() - t0, "args": vars(args) | {"out": str(run), "ship": str(args.ship)}}
-            with atomic_path(run / "checkpoints/last.pt", keep_partial=False) as tmp:
-                torch.save(state, tmp)
+                     "gen_rng": gen.get_state(), "train_rows": _plain_rows(train_rows), "val_rows": _plain_rows(val_rows),
+                     "step": step, "best": float(max(best, score)), "seconds": time.perf_counter() - t0,
+                     "args": {k: (str(a) if isinstance(a, Path) else a) for k, a in vars(args).items()}}
+            save_checkpoint(run / "checkpoints/last.pt", state)
             if score > best:
                 best = score
-                with atomic_path(run / "checkpoints/best.pt", keep_partial=False) as tmp:
-                    torch.save(state, tmp)
+                save_checkpoint(run / "checkpoints/best.pt", state)
                 meta = {"protocol": PROTOCOL, "trained_steps": step, "training_seconds": round(v["seconds"], 1),
                         "patch": args.patch, "batch": args.batch, "alpha_range": [args.alpha_min, args.alpha_max],
                         "validation": v, "command": "python benchmarks/train_cdp_model.py " + " ".join(
