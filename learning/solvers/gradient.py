@@ -19,6 +19,25 @@ __all__ = ["wirtinger_flow", "amplitude_flow", "AF_WEIGHTINGS"]
 # --------------------------------------------------------------------------------------------
 # Wirtinger flow
 # --------------------------------------------------------------------------------------------
+def _flow_setup(op, y, norm_sq, x_true, stop, amplitude_noise_std, discrepancy_factor, differentiable, support,
+                nonnegative, real, generator, x0, init, spectral_method, n_power_iter, alpha_y):
+    """Shared set-up of the gradient flows (WF, AF): the problem, the checked ``x_true``, the
+    discrepancy target, the object projection ``proj`` (identity without constraints) and the
+    projected start."""
+    prob = _setup(op, y, norm_sq)
+    x_true = _x_true(prob, x_true)
+    target = _discrepancy_target(prob, stop, amplitude_noise_std, discrepancy_factor, differentiable)
+    sup = _prepare_constraint(prob, support)
+    constrained = sup is not None or nonnegative or real
+
+    def proj(x):
+        return _project_object(x, sup, nonnegative, real) if constrained else x
+
+    x = proj(_init(prob, x0, init, spectral_method, n_power_iter, _generator(generator), alpha_y,
+                   nonnegative=nonnegative, real=real))
+    return prob, x_true, target, proj, x
+
+
 def wirtinger_flow(op, y: Tensor, *, n_iter: int = 1000, x0: Optional[Tensor] = None,
                    init: str = "spectral", spectral_method: str = "optimal",
                    n_power_iter: int = 150, mu_max: float = 0.3, tau0: float = 330.0,
@@ -87,19 +106,9 @@ def wirtinger_flow(op, y: Tensor, *, n_iter: int = 1000, x0: Optional[Tensor] = 
     if not tau0 > 0:
         raise SolverError(f"tau0 must be positive, got {tau0!r}")
     with _grad_context(differentiable, op):
-        prob = _setup(op, y, norm_sq)
-        x_true = _x_true(prob, x_true)
-        target = _discrepancy_target(prob, stop, amplitude_noise_std, discrepancy_factor,
-                                     differentiable)
-        sup = _prepare_constraint(prob, support)
-        constrained = sup is not None or nonnegative or real
-
-        def proj(x):
-            return _project_object(x, sup, nonnegative, real) if constrained else x
-
-        gen = _generator(generator)
-        x = proj(_init(prob, x0, init, spectral_method, n_power_iter, gen, alpha_y,
-                       nonnegative=nonnegative, real=real))
+        prob, x_true, target, proj, x = _flow_setup(
+            op, y, norm_sq, x_true, stop, amplitude_noise_std, discrepancy_factor, differentiable, support,
+            nonnegative, real, generator, x0, init, spectral_method, n_power_iter, alpha_y)
         x0n = _image_norm2(x)
         if bool((x0n.detach() <= 0).any()):
             raise SolverError("x0 is zero in at least one sample; WF's step is normalised by "
@@ -190,19 +199,9 @@ def amplitude_flow(op, y: Tensor, *, n_iter: int = 1000, x0: Optional[Tensor] = 
     if weighting not in AF_WEIGHTINGS:
         raise SolverError(f"unknown weighting {weighting!r}; choose one of {AF_WEIGHTINGS}")
     with _grad_context(differentiable, op):
-        prob = _setup(op, y, norm_sq)
-        x_true = _x_true(prob, x_true)
-        target = _discrepancy_target(prob, stop, amplitude_noise_std, discrepancy_factor,
-                                     differentiable)
-        sup = _prepare_constraint(prob, support)
-        constrained = sup is not None or nonnegative or real
-
-        def proj(x):
-            return _project_object(x, sup, nonnegative, real) if constrained else x
-
-        gen = _generator(generator)
-        x = proj(_init(prob, x0, init, spectral_method, n_power_iter, gen, alpha_y,
-                       nonnegative=nonnegative, real=real))
+        prob, x_true, target, proj, x = _flow_setup(
+            op, y, norm_sq, x_true, stop, amplitude_noise_std, discrepancy_factor, differentiable, support,
+            nonnegative, real, generator, x0, init, spectral_method, n_power_iter, alpha_y)
         step_size = mu / prob.s
         sy = prob.sqrt_y
         sy_c = sy.to(prob.cdtype)
