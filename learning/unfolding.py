@@ -364,6 +364,39 @@ def save_model(model: UnfoldedReconstructor, path, meta: Optional[dict] = None):
     return Path(path)
 
 
+def check_protocol(meta: dict, *, operator, object_kind: str, noise: Optional[str]) -> None:
+    """Refuse, naming every difference, measurements a shipped model was not trained for.
+
+    ``meta["protocol"]`` (written by ``benchmarks/train_cdp_model.py``) against the measurements'
+    ``operator`` (number of masks, unit-free FFT without oversampling), what the objects are
+    (``object_kind``: ``"nonnegative"``/``"real"``/``"complex"``, or a dataset's encoding
+    ``"amplitude"``/``"phase"``) and the noise (``noise``: the measurements' noise model name, or
+    ``"sensor"`` for a simulated camera; None when unknown, which is not refused — the model's
+    own noise-regime check still applies)."""
+    proto = meta.get("protocol") or {}
+    if not proto:
+        raise UnfoldingError("the model file records no protocol (meta['protocol']); it cannot say what it was "
+                             "trained for — retrain it with benchmarks/train_cdp_model.py")
+    diffs = []
+    L = getattr(operator, "n_masks", None)
+    if proto.get("n_masks") is not None and L is not None and int(L) != int(proto["n_masks"]):
+        diffs.append(f"{L} masks (trained for {proto['n_masks']})")
+    if not getattr(operator, "unit_free", False):
+        diffs.append(f"the physical propagator {getattr(operator, 'method', '?')!r} (trained for the unit-free "
+                     f"unitary FFT, method 'fft')")
+    if tuple(getattr(operator, "out_shape", ())) != tuple(getattr(operator, "in_shape", ())):
+        diffs.append(f"oversampling (detector window {getattr(operator, 'out_shape', '?')} for objects "
+                     f"{getattr(operator, 'in_shape', '?')}; trained for oversampling {proto.get('oversampling', 1)})")
+    if proto.get("encoding") == "amplitude" and object_kind not in ("nonnegative", "real", "amplitude"):
+        diffs.append(f"{object_kind} objects (trained for real non-negative ones: pass --object nonnegative)")
+    if noise is not None and proto.get("noise", "").startswith("prdeep") and noise not in ("prdeep", "none"):
+        diffs.append(f"noise {noise!r} (trained for prDeep amplitude noise)")
+    if diffs:
+        raise UnfoldingError(f"this model was trained for the standard CDP protocol ({proto.get('name', '?')}); "
+                             f"these measurements differ: {'; '.join(diffs)}. Use a classical or regularised "
+                             f"solver (--solver pnp), or train a model for them (benchmarks/train_cdp_model.py)")
+
+
 def load_model(path, *, map_location="cpu"):
     """``(model in eval mode, meta)`` from a file written by :func:`save_model`."""
     from pathlib import Path

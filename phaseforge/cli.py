@@ -100,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--solver", choices=SOLVER_NAMES, default=None,
                    help="default: solver.name of the configuration (wf)")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--model", type=Path, default=None, metavar="MODEL.pt",
+                   help="a learned deep-unfolding model instead of --solver, e.g. data/models/cdp_unfolded_L4.pt "
+                        "(refused, naming the difference, for measurements it was not trained for)")
     p.add_argument("--n-iter", type=int, default=None)
     p.add_argument("--tol", type=float, default=None)
     p.add_argument("--n", type=int, default=None, help="reconstruct only the first N samples")
@@ -308,7 +311,7 @@ def _main(args, argv) -> int:
                 args.measurements, _require_masks(args), args.out, geometry=_geometry(args), truth=args.truth,
                 object_kind=args.object, solver=args.solver, n_iter=args.n_iter, tol=args.tol, n=args.n,
                 batch_size=args.batch_size, progress=not args.no_progress, config=args.config,
-                overrides=args.overrides, overwrite=args.overwrite)
+                overrides=args.overrides, overwrite=args.overwrite, model=args.model)
             return _reconstruct_summary(rep, args.out)
         elif args.command == "reconstruct":
             for opt in ("masks", "truth", "geometry", "method", "detector_order", "oversampling", "pitch_m",
@@ -318,7 +321,8 @@ def _main(args, argv) -> int:
                                       f"--measurements); a dataset file (--data) carries its own physics")
             rep = pipeline.reconstruct(args.data, args.out, solver=args.solver, n_iter=args.n_iter, tol=args.tol,
                                        n=args.n, batch_size=args.batch_size, progress=not args.no_progress,
-                                       config=args.config, overrides=args.overrides, overwrite=args.overwrite)
+                                       config=args.config, overrides=args.overrides, overwrite=args.overwrite,
+                                       model=args.model)
             return _reconstruct_summary(rep, args.out)
         elif args.command == "config":
             print(dump(load(args.config, args.overrides)), end="")

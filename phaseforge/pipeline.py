@@ -177,8 +177,10 @@ def stored_geometry(params: dict, object_shape):
 def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: Optional[int] = None,
                 tol: Optional[float] = None, n: Optional[int] = None, batch_size: int = 16,
                 progress: bool = True, config: Optional[Path] = None, overrides=None,
-                overwrite: bool = False) -> dict:
-    """Run a classical solver on every sample of ``data``; write reconstructions, metrics, figure.
+                overwrite: bool = False, model: Optional[Path] = None) -> dict:
+    """Run a classical solver (or, with ``model``, a learned deep-unfolding model file, checked
+    against the file's physics by :func:`learning.unfolding.check_protocol`) on every sample of
+    ``data``; write reconstructions, metrics, figure.
 
     The physics (operator, masks, sensor, object encoding) comes from the dataset file only.
     ``config`` (YAML) and ``overrides`` may change the solver settings (``solver.*``,
@@ -219,7 +221,12 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
             f"sum of |field|² over a pixel is not |A x|² of any linear A, so the classical solvers "
             f"cannot model it — simulate with sensor.pitch_m unset (one sample per pixel) to reconstruct")
     support = None
-    if solver in ("er", "gs", "hio") and system.out_shape != system.in_shape:
+    learned = None
+    if model is not None:
+        noise_name = "sensor" if sensor is not None else (noise.name if noise is not None else "none")
+        learned = _learned_model(model, operator=system, object_kind=stored.data.encoding, noise=noise_name)
+        solver = f"learned ({Path(model).name})"
+    elif solver in OBJECT_DOMAIN_SOLVERS and system.out_shape != system.in_shape:
         # object-domain projections need the padding in x: solve on the padded grid with the
         # object window as the support (Fienup), then crop
         system, support = _padded_operator(ds.params, masks, amp, system)
@@ -235,10 +242,10 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
     t0 = time.perf_counter()
     from tqdm.auto import tqdm
     kw = {}
-    if solver in ("er", "gs", "hio"):
+    if solver in OBJECT_DOMAIN_SOLVERS:
         kw["support"] = support
-        if stored.data.encoding == "amplitude":  # objects known to be real and non-negative
-            kw.update(nonnegative=True, real=True)
+    if stored.data.encoding == "amplitude" and learned is None:  # objects known to be real and non-negative
+        kw.update(nonnegative=True, real=True)
     for start in tqdm(range(0, count, batch_size), desc=f"reconstruct ({solver}, batches of {batch_size})",
                       disable=not progress, unit="batch"):
         items = [ds[i] for i in range(start, min(count, start + batch_size))]
@@ -248,10 +255,10 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
         if noise is not None and solver in NOISE_AWARE_SOLVERS:  # the known noise level, not an estimate
             extra["amplitude_noise_std"] = math.sqrt(float(noise.amplitude_mse(y).mean()))
         x_hat, res = _solve_batch(system, y, solver, n_iter=n_iter, tol=tol, seed=cfg.seed, progress=progress,
-                                  support=support, shape=tuple(x.shape[-2:]), kw=extra)
+                                  support=support, shape=tuple(x.shape[-2:]), kw=extra, model=learned)
         xs.append(x)
         xhats.append(x_hat)
-        residuals.extend(float(r) for r in res.residual.reshape(-1))
+        residuals.extend(float(r) for r in res.reshape(-1))
     elapsed = time.perf_counter() - t0
     x = torch.cat(xs)
     x_hat = torch.cat(xhats)
@@ -276,19 +283,40 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
     return report
 
 
-def _solve_batch(system, y, solver: str, *, n_iter, tol, seed, progress, support, shape, kw):
-    """One batch through a solver (an inner progress bar over its iterations); the estimate is
-    cropped back to the object window when the solver ran on the padded grid (``support``)."""
+def _solve_batch(system, y, solver: str, *, n_iter, tol, seed, progress, support, shape, kw, model=None):
+    """One batch through a solver (an inner progress bar over its iterations) or, with ``model``,
+    a learned reconstructor ``model(y, system)``; returns ``(x̂, final residual per sample)``. The
+    estimate is cropped back to the object window when a solver ran on the padded grid (``support``)."""
+    if model is not None:
+        with torch.no_grad():
+            x_hat = model(y, system, check=True).x.detach().to(torch.complex64)
+            d = system.A(x_hat).abs() - y.clamp(min=0).sqrt()
+            res = torch.sqrt((d * d).sum(dim=(-3, -2, -1)) / y.clamp(min=0).sum(dim=(-3, -2, -1)))
+        return x_hat, res
     from learning.solvers import solve
 
-    res = solve(system, y, solver=solver, n_iter=n_iter, tol=tol, generator=seed, history=False,
-                progress=progress, **kw)
-    x_hat = res.x.detach().to(torch.complex64)
+    if solver in NOISE_AWARE_SOLVERS:
+        tol = None  # their denoiser schedule runs over all n_iter iterations (no stagnation stop)
+    r = solve(system, y, solver=solver, n_iter=n_iter, tol=tol, generator=seed, history=False,
+              progress=progress, **kw)
+    x_hat = r.x.detach().to(torch.complex64)
     if support is not None:
         x_hat = crop_centered(x_hat, shape)
-    return x_hat, res
+    return x_hat, r.residual
 
 
+def _learned_model(path, *, operator, object_kind: str, noise: Optional[str]):
+    """The deep-unfolding model of ``path`` after :func:`learning.unfolding.check_protocol`."""
+    from learning.unfolding import check_protocol, load_model
+
+    model, meta = load_model(path)
+    check_protocol(meta, operator=operator, object_kind=object_kind, noise=noise)
+    return model
+
+
+#: solvers whose iterate lives on the object grid (projections onto object constraints): on
+#: oversampled data they run on the padded grid with the object window as the support
+OBJECT_DOMAIN_SOLVERS = ("er", "gs", "hio", "tv", "pnp")
 #: what ``--object`` tells the solvers about objects from elsewhere
 OBJECT_KINDS = ("complex", "real", "nonnegative")
 #: solvers that take a noise level (``amplitude_noise_std``) for their regulariser or stopping rule
@@ -305,7 +333,8 @@ def _check_out(out: Path, overwrite: bool) -> None:
 def reconstruct_measured(measurements, masks, out: Path, *, geometry, truth=None, object_kind: str = "complex",
                          solver: Optional[str] = None, n_iter: Optional[int] = None, tol: Optional[float] = None,
                          n: Optional[int] = None, batch_size: int = 16, progress: bool = True,
-                         config: Optional[Path] = None, overrides=None, overwrite: bool = False) -> dict:
+                         config: Optional[Path] = None, overrides=None, overwrite: bool = False,
+                         model: Optional[Path] = None) -> dict:
     """Reconstruct measurements that did not come from ``simulate`` (:mod:`learning.measured`).
 
     ``measurements``, ``masks``, ``truth``: ``PATH[:KEY]`` of ``.npy``/``.npz``/HDF5/TIFF arrays;
@@ -336,16 +365,20 @@ def reconstruct_measured(measurements, masks, out: Path, *, geometry, truth=None
     tol = cfg.solver.tol if tol is None else tol
     data = load_measured(measurements, masks, geometry=geometry, truth=truth)
     count = data.y.shape[0] if n is None else min(int(n), data.y.shape[0])
-    system, support = data.operator, None
-    if solver in ("er", "gs", "hio") and system.out_shape != system.in_shape:
+    system, support, learned = data.operator, None, None
+    noise = noise_model_from_config(cfg)
+    if model is not None:  # a learned model, refused for measurements it was not trained for
+        learned = _learned_model(model, operator=system, object_kind=object_kind,
+                                 noise=None if noise is None else noise.name)
+        solver = f"learned ({Path(model).name})"
+    elif solver in OBJECT_DOMAIN_SOLVERS and system.out_shape != system.in_shape:
         # the object-domain projections need the padding in x (as for a dataset file)
         from learning.measured import build_operator
         system = build_operator(pad_centered(data.masks, system.out_shape), dataclasses.replace(geometry, oversampling=1.0))
         support = pad_centered(torch.ones(data.operator.in_shape, dtype=torch.bool), system.in_shape)
-    kw = {"support": support} if solver in ("er", "gs", "hio") else {}
+    kw = {"support": support} if solver in OBJECT_DOMAIN_SOLVERS else {}
     if object_kind != "complex":
         kw.update(real=True, nonnegative=object_kind == "nonnegative")
-    noise = noise_model_from_config(cfg)
     out.mkdir(parents=True, exist_ok=True)
     xhats, residuals = [], []
     t0 = time.perf_counter()
@@ -357,9 +390,9 @@ def reconstruct_measured(measurements, masks, out: Path, *, geometry, truth=None
         if noise is not None and solver in NOISE_AWARE_SOLVERS:
             extra["amplitude_noise_std"] = math.sqrt(float(noise.amplitude_mse(y).mean()))
         x_hat, res = _solve_batch(system, y, solver, n_iter=n_iter, tol=tol, seed=cfg.seed, progress=progress,
-                                  support=support, shape=data.operator.in_shape, kw=extra)
+                                  support=support, shape=data.operator.in_shape, kw=extra, model=learned)
         xhats.append(x_hat)
-        residuals.extend(float(r) for r in res.residual.reshape(-1))
+        residuals.extend(float(r) for r in res.reshape(-1))
     elapsed = time.perf_counter() - t0
     x_hat = torch.cat(xhats)
     report = {"measurements": data.sources, "geometry": dataclasses.asdict(geometry), "object": object_kind,

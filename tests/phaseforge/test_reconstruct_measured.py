@@ -10,11 +10,12 @@ import torch
 from phaseforge.cli import main
 
 
-def _write(tmp_path, *, L=4, size=16, oversampling=1, order="fft", n=2, seed=0):
-    """Noiseless intensities of real non-negative objects through random phase masks (numpy's own FFT)."""
+def _write(tmp_path, *, L=4, size=16, oversampling=1, order="fft", n=2, seed=0, x=None):
+    """Noiseless intensities of real non-negative objects (random, or ``x``) through random phase
+    masks (numpy's own FFT)."""
     g = np.random.default_rng(seed)
     theta = g.uniform(0, 2 * math.pi, (L, size, size))
-    x = 0.2 + 0.8 * g.random((n, size, size))
+    x = 0.2 + 0.8 * g.random((n, size, size)) if x is None else np.asarray(x, dtype=np.float64)
     M = int(oversampling * size)
     field = np.zeros((n, L, M, M), complex)
     o = M // 2 - size // 2  # centred zero padding
@@ -106,3 +107,51 @@ def test_amplitudes_are_named_and_geometry_options_are_refused_with_a_dataset(tm
     rc = main(["reconstruct", "--data", str(tmp_path / "none.h5"), "--masks", str(tmp_path / "masks.npy"),
                "--out", str(tmp_path / "o"), "--no-progress"])
     assert rc == 2 and "carries its own physics" in capsys.readouterr().err
+
+
+def test_the_shipped_learned_model_reconstructs_protocol_measurements_and_refuses_others(tmp_path, capsys):
+    from pathlib import Path
+    model = Path(__file__).resolve().parents[2] / "data" / "models" / "cdp_unfolded_L4.pt"
+    from learning.images import benchmark_images
+    x, theta, y = _write(tmp_path, size=32, L=4, x=benchmark_images(32)[1][:2])  # natural images (camera, astronaut)
+    from optics.noise import PrDeepNoise
+    yn = PrDeepNoise(27.0).sample(torch.from_numpy(y).float(), generator=torch.Generator().manual_seed(3))
+    np.save(tmp_path / "yn.npy", yn.numpy())
+    common = ["--measurements", str(tmp_path / "yn.npy"), "--masks", str(tmp_path / "masks.npy"), "--truth",
+              str(tmp_path / "x.npy"), "--detector-order", "fft", "--no-progress"]
+    assert main(["reconstruct", *common, "--object", "nonnegative", "--model", str(model),
+                 "--out", str(tmp_path / "learned")]) == 0
+    assert main(["reconstruct", *common, "--object", "nonnegative", "--solver", "er", "--n-iter", "200",
+                 "--out", str(tmp_path / "er")]) == 0
+    learned = json.loads((tmp_path / "learned" / "metrics.json").read_text())
+    er = json.loads((tmp_path / "er" / "metrics.json").read_text())
+    assert learned["solver"] == "learned (cdp_unfolded_L4.pt)"
+    # α = 27: the learned model denoises where ER fits the noise (benchmark: +5.6 dB at 128²)
+    assert learned["metrics"]["summary"]["relative_error"]["median"] < er["metrics"]["summary"]["relative_error"]["median"]
+    capsys.readouterr()
+    assert main(["reconstruct", *common, "--object", "complex", "--model", str(model), "--out", str(tmp_path / "c")]) == 2
+    assert "complex objects" in capsys.readouterr().err
+    _write(tmp_path, size=32, L=2, n=2)  # two masks
+    assert main(["reconstruct", "--measurements", str(tmp_path / "y.npy"), "--masks", str(tmp_path / "masks.npy"),
+                 "--detector-order", "fft", "--object", "nonnegative", "--model", str(model), "--out",
+                 str(tmp_path / "l2"), "--no-progress"]) == 2
+    assert "2 masks (trained for 4)" in capsys.readouterr().err
+
+
+def test_a_protocol_dataset_reconstructs_with_pnp_and_the_learned_model(tmp_path):
+    """A dataset simulated with the standard protocol (unit-free FFT, prDeep noise, amplitude objects):
+    TV/PnP get the file's noise level and the objects' realness and positivity, and every sweep of
+    their schedule (no stagnation stop); both, and the shipped model, beat ER at α = 27."""
+    from pathlib import Path
+    data = tmp_path / "p.h5"
+    assert main(["simulate", "--out", str(data), "--no-progress", "--set", "optics.method=fft", "--set",
+                 "optics.oversampling=1", "--set", "sensor.enabled=false", "--set", "noise.model=prdeep", "--set",
+                 "noise.alpha=27", "--set", "data.encoding=amplitude", "--set", "data.size=32", "--set", "data.n=2",
+                 "--set", "data.split=test", "--set", "masks.n_masks=4"]) == 0
+    model = Path(__file__).resolve().parents[2] / "data" / "models" / "cdp_unfolded_L4.pt"
+    err = {}
+    for name, extra in (("er", ["--solver", "er"]), ("pnp", ["--solver", "pnp", "--n-iter", "40"]),
+                        ("learned", ["--model", str(model)])):
+        assert main(["reconstruct", "--data", str(data), *extra, "--out", str(tmp_path / name), "--no-progress"]) == 0
+        err[name] = json.loads((tmp_path / name / "metrics.json").read_text())["metrics"]["summary"]["relative_error"]["median"]
+    assert err["pnp"] < err["er"] and err["learned"] < err["er"], err
