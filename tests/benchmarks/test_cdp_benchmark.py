@@ -85,3 +85,35 @@ def test_bad_options_are_named(tmp_path, capsys):
     assert "1 … 8" in capsys.readouterr().err
     assert cb.main(["--methods", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+def test_four_level_masks_take_exactly_the_four_slm_phases_equally_often():
+    """``--mask-levels 4``: phases 2πk/4 only (an SLM with 4 levels), each with probability 1/4
+    (65536 values: the count of each level within 5 standard errors of 16384)."""
+    m = cb.random_masks(1, 256, seed=5, levels=4)
+    torch.testing.assert_close(m.abs(), torch.ones(1, 256, 256), atol=1e-6, rtol=0)
+    k = torch.angle(m).remainder(2 * math.pi) / (math.pi / 2)
+    assert torch.allclose(k, k.round(), atol=1e-5)
+    counts = torch.bincount(k.round().long().remainder(4).flatten(), minlength=4).double()
+    n = counts.sum().item()
+    assert all(abs(c - n / 4) < 5 * math.sqrt(n * 0.25 * 0.75) for c in counts.tolist())
+    # the training script draws the same kind of masks for the L = 1 model
+    import benchmarks.train_cdp_model as tm
+    t = torch.angle(tm.random_masks((2, 1, 64, 64), torch.Generator().manual_seed(0), levels=4))
+    q = t.remainder(2 * math.pi) / (math.pi / 2)
+    assert torch.allclose(q, q.round(), atol=1e-5) and len(torch.unique(q.round().remainder(4))) == 4
+
+
+def test_a_learned_row_runs_only_at_the_number_of_masks_it_was_trained_for(tmp_path, capsys):
+    """The L = 4 model at L = 1 (and the L = 1 model at L = 4) is skipped, saying why, not run on
+    measurements it was not trained for."""
+    from PIL import Image
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((24, 24)) * 255).astype(np.uint8)).save(imgs / "a.png")
+    rc = cb.main(["--images", str(imgs), "--size", "16", "--alpha", "27", "--methods", "er", "unfolded",
+                  "unfolded-l1", "--n-masks", "1", "--out", str(tmp_path / "o"), "--no-progress"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "skipping unfolded: trained for L = 4, this run has L = 1" in err
+    assert "skipping unfolded-l1: trained for L = 4" not in err
