@@ -171,6 +171,38 @@ def _solver(name: str, **kw) -> Callable:
     return run
 
 
+#: per-α settings of the rows ``tv-tuned`` / ``pnp-nlm-tuned`` (``--tuned FILE``, written by
+#: ``benchmarks/tune_regularised.py`` on the tuning images for this run's L and mask levels)
+TUNED: Dict[str, dict] = {}
+
+
+def _tuned(method: str) -> Callable:
+    def run(op, y, ctx: Context):
+        from learning.solvers import solve
+        best = TUNED.get(f"{ctx.alpha:g}", {}).get("best", {}).get(method)
+        if best is None:
+            raise BenchmarkError(f"--tuned has no {method} setting for α = {ctx.alpha:g}; run "
+                                 f"benchmarks/tune_regularised.py --alpha {ctx.alpha:g} (tuning images only)")
+        return solve(op, y, "pnp" if method == "pnp-nlm" else "tv", real=True, nonnegative=True,
+                     generator=ctx.seed, history=False, amplitude_noise_std=amplitude_noise_std(ctx.noise, y),
+                     **best["settings"]).x
+    return run
+
+
+def load_tuned(path, n_masks: int, levels: int) -> Dict[str, dict]:
+    """The per-α settings of a tuning file, refused when it was tuned for another L or mask levels."""
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+        got = (int(d["n_masks"]), int(d["mask_levels"]), d["alphas"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BenchmarkError(f"--tuned {p}: not a tuning file of benchmarks/tune_regularised.py ({exc})") from exc
+    if got[:2] != (int(n_masks), int(levels)):
+        raise BenchmarkError(f"--tuned {p} was tuned for L = {got[0]}, {got[1]} mask levels; this run has "
+                             f"L = {n_masks}, {levels} mask levels (0 = continuous): tune for this regime")
+    return dict(got[2])
+
+
 def amplitude_noise_std(noise, y: torch.Tensor) -> float:
     """The known noise level as the solvers take it: the RMS of ``√y − |Ax|`` the noise model
     predicts, evaluated at the measured intensities (the protocol's α is known, the truth is not)."""
@@ -245,6 +277,12 @@ METHODS: Dict[str, Method] = {m.name: m for m in [
            {"denoiser": "wavelet", "real": True, "nonnegative": True}),
     Method("pnp-bm3d", "regularised", _solver("pnp", denoiser="bm3d", real=True, nonnegative=True, noise_aware=True),
            {"denoiser": "bm3d", "real": True, "nonnegative": True}, available=_bm3d_available),
+    Method("tv-tuned", "regularised", _tuned("tv"), {"settings": "per α from --tuned", "real": True,
+                                                      "nonnegative": True},
+           available=lambda: None if TUNED else "needs --tuned FILE (benchmarks/tune_regularised.py)"),
+    Method("pnp-nlm-tuned", "regularised", _tuned("pnp-nlm"), {"settings": "per α from --tuned", "real": True,
+                                                                "nonnegative": True},
+           available=lambda: None if TUNED else "needs --tuned FILE (benchmarks/tune_regularised.py)"),
     Method("unfolded", "learned", _learned(MODELS / "cdp_unfolded_L4.pt"),
            {"model": "data/models/cdp_unfolded_L4.pt", "stages": 5, "shared": True, "warm_start": "ER 50"},
            available=_learned_available(MODELS / "cdp_unfolded_L4.pt"),
@@ -255,7 +293,7 @@ METHODS: Dict[str, Method] = {m.name: m for m in [
            available=_learned_available(MODELS / "cdp_unfolded_L1_4level.pt"),
            training_s=_training_seconds(MODELS / "cdp_unfolded_L1_4level.pt"), n_masks=1),
 ]}
-DEFAULT_METHODS = tuple(n for n in METHODS if n != "pnp-bm3d")
+DEFAULT_METHODS = tuple(n for n in METHODS if n not in ("pnp-bm3d", "tv-tuned", "pnp-nlm-tuned"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,6 +467,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-images", type=int, default=None, help="only the first N images (a quick look)")
     ap.add_argument("--out", default="out/cdp_benchmark")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--tuned", default=None,
+                    help="JSON of benchmarks/tune_regularised.py: adds the rows tv-tuned and pnp-nlm-tuned")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--list", action="store_true", help="list the rows and exit")
     ap.add_argument("--no-progress", action="store_true")
@@ -444,13 +484,16 @@ def main(argv=None) -> int:
             raise BenchmarkError(f"--n-masks {args.n_masks}: the protocol takes 1 … 8 masks")
         if any(not (a > 0 and math.isfinite(a)) for a in args.alpha):
             raise BenchmarkError(f"--alpha {args.alpha}: α must be positive (the protocol's 9, 27, 81)")
-        methods = list(args.methods or DEFAULT_METHODS)
+        masks = (load_masks(args.masks, args.size) if args.masks
+                 else random_masks(args.n_masks, args.size, args.seed, args.mask_levels))
+        if args.tuned:
+            TUNED.clear()
+            TUNED.update(load_tuned(args.tuned, int(masks.shape[0]), args.mask_levels))
+        methods = list(args.methods or (DEFAULT_METHODS + (("tv-tuned", "pnp-nlm-tuned") if args.tuned else ())))
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
             raise BenchmarkError(f"unknown method(s) {unknown}; choose from {list(METHODS)} (--list)")
         skipped = {m: METHODS[m].available() for m in methods if METHODS[m].available()}
-        masks = (load_masks(args.masks, args.size) if args.masks
-                 else random_masks(args.n_masks, args.size, args.seed, args.mask_levels))
         for m in methods:
             want = METHODS[m].n_masks
             if m not in skipped and want is not None and want != int(masks.shape[0]):

@@ -117,3 +117,29 @@ def test_a_learned_row_runs_only_at_the_number_of_masks_it_was_trained_for(tmp_p
     err = capsys.readouterr().err
     assert "skipping unfolded: trained for L = 4, this run has L = 1" in err
     assert "skipping unfolded-l1: trained for L = 4" not in err
+
+
+def test_tuned_rows_use_the_settings_of_their_alpha_and_refuse_another_regime(tmp_path, capsys):
+    """``--tuned``: the regularised rows re-tuned for a regime (tuning images only) run with the
+    setting stored for each α; a file tuned for another L or other mask levels is refused."""
+    from PIL import Image
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((24, 24)) * 255).astype(np.uint8)).save(imgs / "a.png")
+    best = {"tv": {"settings": {"weight_factor": 2.0, "n_iter": 5}},
+            "pnp-nlm": {"settings": {"denoiser": "nlm", "sigma_start": 10.0, "sigma_end": 2.0, "n_iter": 3}}}
+    f = tmp_path / "t.json"
+    f.write_text(json.dumps({"n_masks": 1, "mask_levels": 4, "alphas": {"27": {"best": best}}}))
+    common = ["--images", str(imgs), "--size", "16", "--alpha", "27", "--out", str(tmp_path / "o"), "--no-progress"]
+    assert cb.main(common + ["--n-masks", "1", "--mask-levels", "4", "--tuned", str(f),
+                             "--methods", "tv", "tv-tuned", "--json", str(tmp_path / "r.json")]) == 0
+    rows = {r["method"]: r for r in json.loads((tmp_path / "r.json").read_text())["rows"]}
+    assert set(rows) == {"tv", "tv-tuned"}
+    # a different λ and schedule: a different reconstruction of the same measurement
+    assert rows["tv"]["psnr_mean"] != rows["tv-tuned"]["psnr_mean"]
+    assert cb.main(common + ["--n-masks", "4", "--tuned", str(f)]) == 2
+    assert "tuned for L = 1, 4 mask levels; this run has L = 4, 0 mask levels" in capsys.readouterr().err
+    f.write_text("{}")
+    assert cb.main(common + ["--n-masks", "1", "--mask-levels", "4", "--tuned", str(f)]) == 2
+    assert "not a tuning file" in capsys.readouterr().err
+    cb.TUNED.clear()
