@@ -228,8 +228,8 @@ def _learned(path: Path) -> Callable:
         if want is not None and int(want) != ctx.n_masks:
             raise BenchmarkError(f"{path.name} was trained for L = {want} masks, this run has L = {ctx.n_masks}; "
                                  f"leave the row out (--methods) or train a model for L = {ctx.n_masks}")
-        with torch.no_grad():  # the model estimates the noise level from the data (no α given)
-            return cache["model"](y, op, check=True).x
+        with torch.no_grad():  # the noise level: read from the data, or the known one for a noise_input model
+            return cache["model"](y, op, check=True, noise_std=amplitude_noise_std(ctx.noise, y)).x
     return run
 
 

@@ -102,6 +102,14 @@ def prdeep_measure(op, x: torch.Tensor, alpha, generator) -> torch.Tensor:
     return (a * a + (al / 255.0) * a * n).clamp_min(0.0)
 
 
+def noise_std_of(y: torch.Tensor, alpha) -> torch.Tensor:
+    """The known amplitude noise std σ_b per sample (the std of ``√y − |Ax|`` prDeep's noise model
+    predicts at the measured intensities, as the benchmark gives it to the regularised solvers)."""
+    from optics.noise import PrDeepNoise
+    al = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1).expand(y.shape[0])
+    return torch.stack([PrDeepNoise(float(a)).amplitude_mse(y[b]).mean().sqrt() for b, a in enumerate(al)]).to(y.dtype)
+
+
 def psnr01(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """PSNR (dB, per sample) with data range 1 (the 0–255 scale on [0, 1] images), estimate
     clipped to [0, 1] as the benchmark does."""
@@ -209,7 +217,7 @@ def evaluate(model, x, op, sets):
     res = {}
     with torch.no_grad():
         for alpha, (y, er) in sets.items():
-            res[f"psnr_a{alpha}"] = psnr01(model(y, op).x.real, x).mean().item()
+            res[f"psnr_a{alpha}"] = psnr01(model(y, op, noise_std=noise_std_of(y, alpha)).x.real, x).mean().item()
             res[f"er_a{alpha}"] = er
     model.train()
     return res
@@ -240,12 +248,12 @@ def evaluate_benchmark(model_path: Path, *, seeds=(0, 1, 2), n_er: int = 200, th
             er.append(psnr01(er_baseline(op, y, n_er), x))
             with torch.no_grad():
                 if not times:  # inference time: batch 1, the first two images, 3 times each after a warm-up
-                    model(y[:1], op)
+                    model(y[:1], op, noise_std=noise_std_of(y[:1], alpha))
                     for i in (0, 1, 0, 1, 0, 1):
                         t = time.perf_counter()
-                        model(y[i:i + 1], op)
+                        model(y[i:i + 1], op, noise_std=noise_std_of(y[i:i + 1], alpha))
                         times.append(time.perf_counter() - t)
-                net.append(psnr01(model(y, op).x.real, x))
+                net.append(psnr01(model(y, op, noise_std=noise_std_of(y, alpha)).x.real, x))
         net_t, er_t = torch.stack(net), torch.stack(er)
         res[f"alpha_{alpha}"] = {"learned_psnr": float(net_t.mean()), "er_psnr": float(er_t.mean()),
                                  "gain_db": float((net_t - er_t).mean()),
@@ -277,6 +285,11 @@ def main(argv=None):
     ap.add_argument("--shared", action="store_true")
     ap.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64])
     ap.add_argument("--n-warm", type=int, default=100)
+    ap.add_argument("--warm-tv", type=int, default=0,
+                    help="TV iterations after the ER warm start (no gradient; for L = 1, where ER stagnates)")
+    ap.add_argument("--tv-weight", type=float, default=1.0, help="the TV warm start's λ / σ_x")
+    ap.add_argument("--noise-input", action="store_true",
+                    help="the model takes the known amplitude noise std as an input (else it reads it from the data)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
                     help="cosine: from --lr down to 5 %% of it at --max-steps (step-based, deterministic)")
@@ -306,11 +319,14 @@ def main(argv=None):
     run = args.out
     (run / "checkpoints").mkdir(parents=True, exist_ok=True)
     model = UnfoldedReconstructor(encoding="amplitude", n_stages=args.stages, shared=args.shared,
-                                  widths=args.widths, n_warm=args.n_warm)
+                                  widths=args.widths, n_warm=args.n_warm, n_warm_tv=args.warm_tv,
+                                  tv_weight_factor=args.tv_weight, noise_input=args.noise_input)
     if args.init is not None:
         from learning.unfolding import load_model
         init_model, _ = load_model(args.init)
-        model.load_state_dict(init_model.state_dict())
+        missing = model.load_state_dict(init_model.state_dict(), strict=False)
+        if missing.unexpected_keys or [k for k in missing.missing_keys if k != "sigma_range"]:
+            raise SystemExit(f"--init {args.init}: another architecture ({missing})")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-5)
     sampler = PatchSampler(training_pool(split="train"), args.patch, args.seed)
     gen = torch.Generator().manual_seed(args.seed + 1)
@@ -337,7 +353,7 @@ def main(argv=None):
         la, lb = math.log(args.alpha_min), math.log(args.alpha_max)
         alpha = torch.exp(la + (lb - la) * torch.rand(args.batch, generator=gen))
         y = prdeep_measure(op, x, alpha, gen)
-        out = model(y, op)
+        out = model(y, op, noise_std=noise_std_of(y, alpha) if args.noise_input else None)
         loss = ((out.x.real - x) ** 2).mean()
         if args.lr_schedule == "cosine":
             frac = min(step / max(args.max_steps, 1), 1.0)

@@ -14,9 +14,18 @@ classical solvers of :mod:`learning.solvers` take them). ``physics`` is any obje
    through ~100 iterations costs memory ∝ ``n_warm`` and a warm start is a classical solver
    whose output the stages refine. Gradients to the operator's parameters (learnable masks)
    still flow through the ``K`` stages, which apply ``A`` and ``Aᴴ`` with the graph kept.
+   With ``n_warm_tv`` > 0 the error reduction is followed by that many iterations of the
+   training-free TV reconstructor (:func:`learning.solvers.tv`'s loop: the same projection, then
+   the proximal map of ``λ·TV`` with ``λ = tv_weight_factor·σ_x``, ``σ_x = σ_b/√(2s)``), still
+   without gradient — for a single snapshot (L = 1), where error reduction stagnates far from
+   the object and five learned stages cannot make up for it.
 2. **Noise level**: ``σ̂ = rms(√y − |A x_warm|)`` per sample, the amplitude residual of the warm
    start (no α or photon count needed at inference: the model reads the noise regime from the
    data, and :meth:`UnfoldedReconstructor.check_regime` refuses a σ̂ outside the trained range).
+   A model built with ``noise_input=True`` takes the amplitude noise std ``σ_b`` (the std of
+   ``√y − |Ax|``, known from the noise model, as the regularised solvers take it) as an input
+   instead, ``model(y, physics, noise_std=σ_b)``: at L = 1 the warm start's residual measures
+   its own misfit, not the noise.
 3. **Stages** ``k = 1..K``: a physics step on the measured data through the exact operator,
    a relaxed amplitude projection with a learned step ``τ_k`` (initialised at 1):
 
@@ -187,6 +196,23 @@ def warm_start(physics, y: torch.Tensor, *, n_iter: int, encoding: str = "amplit
     return x
 
 
+def tv_warm_start(physics, y: torch.Tensor, x: torch.Tensor, *, n_iter: int, weight_factor: float,
+                  sigma_x: torch.Tensor, norm_sq: float) -> torch.Tensor:
+    """``n_iter`` iterations of the TV reconstructor's loop from ``x`` (real non-negative
+    objects): ``x ← max(prox_{λ TV}(A⁺(√y ⊙ sgn(A x))), 0)`` with ``λ = weight_factor·σ_x`` per
+    sample (the loop of :func:`learning.solvers.tv`), without gradient; complex ``(B, H, W)``."""
+    from .denoisers import TVDenoiser
+    den = TVDenoiser(weight_factor=weight_factor)
+    sig = sigma_x.reshape(-1).to(y.dtype)
+    with torch.no_grad():
+        sy = _sqrt0(y)
+        for _ in range(int(n_iter)):
+            v = relaxed_projection(physics, x, sy, tau=1.0, norm_sq=norm_sq).real
+            c = den(v[:, None], sig)[:, 0]
+            x = _constrain(torch.complex(c, torch.zeros_like(c)).to(x.dtype), "amplitude", nonnegative=True)
+    return x
+
+
 # ----------------------------------------------------------------------------------------------
 # the reconstructor
 # ----------------------------------------------------------------------------------------------
@@ -201,7 +227,8 @@ class UnfoldedReconstructor(nn.Module):
     """
 
     def __init__(self, *, encoding: str = "amplitude", n_stages: int = 5, shared: bool = False,
-                 widths: Sequence[int] = (16, 32, 64), n_warm: int = 100, normalize: str = "none"):
+                 widths: Sequence[int] = (16, 32, 64), n_warm: int = 100, normalize: str = "none",
+                 n_warm_tv: int = 0, tv_weight_factor: float = 1.0, noise_input: bool = False):
         super().__init__()
         if encoding not in ENCODINGS:
             raise UnfoldingError(f"encoding = {encoding!r} is not one of {ENCODINGS}")
@@ -210,6 +237,15 @@ class UnfoldedReconstructor(nn.Module):
         if int(n_stages) < 1 or int(n_warm) < 0:
             raise UnfoldingError(f"n_stages must be >= 1 and n_warm >= 0, got n_stages = {n_stages}, "
                                  f"n_warm = {n_warm}")
+        if int(n_warm_tv) < 0 or not (float(tv_weight_factor) > 0 and math.isfinite(float(tv_weight_factor))):
+            raise UnfoldingError(f"n_warm_tv must be >= 0 and tv_weight_factor a positive number, got "
+                                 f"{n_warm_tv} and {tv_weight_factor}")
+        if int(n_warm_tv) and encoding != "amplitude":
+            raise UnfoldingError(f"the TV warm start (n_warm_tv = {n_warm_tv}) is for real non-negative "
+                                 f"(amplitude) objects; encoding {encoding!r} needs n_warm_tv = 0")
+        self.n_warm_tv = int(n_warm_tv)
+        self.tv_weight_factor = float(tv_weight_factor)
+        self.noise_input = bool(noise_input)
         self.encoding = encoding
         self.n_stages = int(n_stages)
         self.shared = bool(shared)
@@ -231,7 +267,9 @@ class UnfoldedReconstructor(nn.Module):
     def config(self) -> dict:
         """The constructor arguments (plain JSON)."""
         return {"encoding": self.encoding, "n_stages": self.n_stages, "shared": self.shared,
-                "widths": list(self.widths), "n_warm": self.n_warm, "normalize": self.normalize}
+                "widths": list(self.widths), "n_warm": self.n_warm, "normalize": self.normalize,
+                "n_warm_tv": self.n_warm_tv, "tv_weight_factor": self.tv_weight_factor,
+                "noise_input": self.noise_input}
 
     def denoiser(self, k: int) -> Optional[ResidualUNetDenoiser]:
         """Stage ``k``'s denoiser (``None`` without a network: ``widths=[]``)."""
@@ -300,19 +338,42 @@ class UnfoldedReconstructor(nn.Module):
                 f"retrain for this noise regime or use a classical solver (--solver er)")
 
     # ------------------------------------------------------------------------------------------
-    def forward(self, y: torch.Tensor, physics, *, check: bool = False):
+    def _noise_input(self, noise_std, y: torch.Tensor, gain) -> Optional[torch.Tensor]:
+        if not self.noise_input:
+            return None
+        if noise_std is None:
+            raise UnfoldingError("this model takes the amplitude noise std as an input (noise_input=True): "
+                                 "call model(y, physics, noise_std=σ_b) with the std of √y − |Ax| from the "
+                                 "noise model (phaseforge: give the noise section, e.g. --set noise.model=prdeep "
+                                 "--set noise.alpha=27)")
+        t = torch.as_tensor(noise_std, dtype=y.dtype, device=y.device).reshape(-1)
+        if t.numel() not in (1, y.shape[0]) or not bool(torch.all(torch.isfinite(t) & (t >= 0))):
+            raise UnfoldingError(f"noise_std must be one non-negative number or one per sample ({y.shape[0]}), "
+                                 f"got {noise_std!r}")
+        t = t.expand(y.shape[0]).clone()
+        if gain is not None:  # the measurements were rescaled by 1/gain: amplitudes by 1/√gain
+            t = t / torch.sqrt(gain)
+        return t
+
+    def forward(self, y: torch.Tensor, physics, *, check: bool = False, noise_std=None):
         """Reconstruct ``x`` from intensities ``y`` ``(B, L, Mh, Mw)`` (module docstring).
-        ``check=True`` refuses a noise level outside the trained range (:meth:`check_regime`)."""
+        ``check=True`` refuses a noise level outside the trained range (:meth:`check_regime`).
+        ``noise_std``: the amplitude noise std σ_b (a number or one per sample), required by a
+        model built with ``noise_input=True`` and ignored otherwise."""
         from .systems import ReconOutput
 
         y, gain = self._normalized(y, physics)
         in_shape, s = self._geometry(physics, y)
+        given = self._noise_input(noise_std, y, gain)
         x = warm_start(physics, y, n_iter=self.n_warm, encoding=self.encoding, norm_sq=s,
                        in_shape=in_shape)
-        x0 = x
         sy = _sqrt0(y)
         with torch.no_grad():
-            sig = amplitude_residual_rms(physics, x, sy)
+            sig = amplitude_residual_rms(physics, x, sy) if given is None else given
+        if self.n_warm_tv:
+            x = tv_warm_start(physics, y, x, n_iter=self.n_warm_tv, weight_factor=self.tv_weight_factor,
+                              sigma_x=sig / math.sqrt(2.0 * s), norm_sq=s)
+        x0 = x
         if check:
             self.check_regime(sig)
         n_masks = int(getattr(physics, "n_masks", y.shape[-3]))

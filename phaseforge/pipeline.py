@@ -252,7 +252,7 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
         x = torch.stack([o for o, _ in items])
         y = _measurements_to_intensity(sensor, torch.stack([m for _, m in items]))
         extra = dict(kw)
-        if noise is not None and solver in NOISE_AWARE_SOLVERS:  # the known noise level, not an estimate
+        if noise is not None and (solver in NOISE_AWARE_SOLVERS or learned is not None):  # the known level
             extra["amplitude_noise_std"] = math.sqrt(float(noise.amplitude_mse(y).mean()))
         x_hat, res = _solve_batch(system, y, solver, n_iter=n_iter, tol=tol, seed=cfg.seed, progress=progress,
                                   support=support, shape=tuple(x.shape[-2:]), kw=extra, model=learned)
@@ -285,11 +285,13 @@ def reconstruct(data: Path, out: Path, *, solver: Optional[str] = None, n_iter: 
 
 def _solve_batch(system, y, solver: str, *, n_iter, tol, seed, progress, support, shape, kw, model=None):
     """One batch through a solver (an inner progress bar over its iterations) or, with ``model``,
-    a learned reconstructor ``model(y, system)``; returns ``(x̂, final residual per sample)``. The
+    a learned reconstructor ``model(y, system)`` (given the known amplitude noise std where the
+    noise model is known); returns ``(x̂, final residual per sample)``. The
     estimate is cropped back to the object window when a solver ran on the padded grid (``support``)."""
     if model is not None:
         with torch.no_grad():
-            x_hat = model(y, system, check=True).x.detach().to(torch.complex64)
+            # a model built with noise_input takes the known noise level (and refuses without it)
+            x_hat = model(y, system, check=True, noise_std=kw.get("amplitude_noise_std")).x.detach().to(torch.complex64)
             d = system.A(x_hat).abs() - y.clamp(min=0).sqrt()
             res = torch.sqrt((d * d).sum(dim=(-3, -2, -1)) / y.clamp(min=0).sum(dim=(-3, -2, -1)))
         return x_hat, res
@@ -387,7 +389,7 @@ def reconstruct_measured(measurements, masks, out: Path, *, geometry, truth=None
                       disable=not progress, unit="batch"):
         y = data.y[start:min(count, start + batch_size)]
         extra = dict(kw)
-        if noise is not None and solver in NOISE_AWARE_SOLVERS:
+        if noise is not None and (solver in NOISE_AWARE_SOLVERS or learned is not None):
             extra["amplitude_noise_std"] = math.sqrt(float(noise.amplitude_mse(y).mean()))
         x_hat, res = _solve_batch(system, y, solver, n_iter=n_iter, tol=tol, seed=cfg.seed, progress=progress,
                                   support=support, shape=data.operator.in_shape, kw=extra, model=learned)

@@ -371,3 +371,37 @@ def test_the_learned_denoiser_is_a_plug_and_play_denoiser():
     p = solve(op, y, "pnp", denoiser=den, x0=x0, nonnegative=True, amplitude_noise_std=0.01, n_iter=6, history=False)
     e = solve(op, y, "er", x0=x0, real=True, nonnegative=True, n_iter=6, tol=None, residual_tol=None, history=False)
     torch.testing.assert_close(p.x, e.x, atol=1e-6, rtol=1e-5)
+
+
+def test_tv_warm_start_is_the_tv_solvers_loop_and_a_noise_input_model_needs_the_noise_level():
+    """``n_warm_tv``: after the ER warm start, the iterations of :func:`learning.solvers.tv` from
+    the same start give the same iterate (to float32 rounding, 1e-5); a ``noise_input`` model
+    refuses to run without ``noise_std`` and uses the given σ_b (per sample) for the TV weight."""
+    import math
+
+    from learning.solvers import solve
+    from learning.unfolding import UnfoldingError, tv_warm_start, warm_start
+    from optics.cdp import CDPOperator
+    g = torch.Generator().manual_seed(0)
+    theta = 2 * math.pi * torch.floor(4 * torch.rand(1, 32, 32, generator=g)) / 4  # L = 1, 4 levels
+    op = CDPOperator(torch.polar(torch.ones_like(theta), theta), method="fft")
+    x = torch.rand(2, 32, 32, generator=g)
+    a = op.A(x.to(torch.complex64)).abs()
+    y = (a * a + (27 / 255) * a * torch.randn(a.shape, generator=g)).clamp_min(0)
+    x0 = warm_start(op, y, n_iter=20, norm_sq=1.0, in_shape=(32, 32))
+    sb = torch.tensor([0.03, 0.05])
+    t = tv_warm_start(op, y, x0, n_iter=6, weight_factor=2.0, sigma_x=sb / math.sqrt(2.0), norm_sq=1.0)
+    for i in range(2):
+        r = solve(op, y[i:i + 1], "tv", x0=x0[i:i + 1], n_iter=6, weight_factor=2.0,
+                  amplitude_noise_std=float(sb[i]), real=True, nonnegative=True, tol=None, residual_tol=None,
+                  history=False).x
+        torch.testing.assert_close(t[i:i + 1], r, atol=1e-5, rtol=0)
+    m = UnfoldedReconstructor(n_stages=2, shared=True, widths=[], n_warm=20, n_warm_tv=6, tv_weight_factor=2.0,
+                              noise_input=True)
+    torch.testing.assert_close(m(y, op, noise_std=sb).x0, t, atol=1e-5, rtol=0)
+    with pytest.raises(UnfoldingError, match="noise_std"):
+        m(y, op)
+    with pytest.raises(UnfoldingError, match="one per sample"):
+        m(y, op, noise_std=torch.tensor([0.1, 0.2, 0.3]))
+    with pytest.raises(UnfoldingError, match="amplitude"):
+        UnfoldedReconstructor(encoding="phase", n_warm_tv=3)
