@@ -288,6 +288,10 @@ def main(argv=None):
     ap.add_argument("--warm-tv", type=int, default=0,
                     help="TV iterations after the ER warm start (no gradient; for L = 1, where ER stagnates)")
     ap.add_argument("--tv-weight", type=float, default=1.0, help="the TV warm start's λ / σ_x")
+    ap.add_argument("--tau-init", type=float, default=1.0,
+                    help="initial step of the stages' projections (small with --warm-tv: start from the TV result)")
+    ap.add_argument("--loss", choices=["mse", "relative"], default="mse",
+                    help="relative: each sample's MSE over its warm start's (every noise level weighs alike)")
     ap.add_argument("--noise-input", action="store_true",
                     help="the model takes the known amplitude noise std as an input (else it reads it from the data)")
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -320,7 +324,8 @@ def main(argv=None):
     (run / "checkpoints").mkdir(parents=True, exist_ok=True)
     model = UnfoldedReconstructor(encoding="amplitude", n_stages=args.stages, shared=args.shared,
                                   widths=args.widths, n_warm=args.n_warm, n_warm_tv=args.warm_tv,
-                                  tv_weight_factor=args.tv_weight, noise_input=args.noise_input)
+                                  tv_weight_factor=args.tv_weight, noise_input=args.noise_input,
+                                  tau_init=args.tau_init)
     if args.init is not None:
         from learning.unfolding import load_model
         init_model, _ = load_model(args.init)
@@ -354,7 +359,12 @@ def main(argv=None):
         alpha = torch.exp(la + (lb - la) * torch.rand(args.batch, generator=gen))
         y = prdeep_measure(op, x, alpha, gen)
         out = model(y, op, noise_std=noise_std_of(y, alpha) if args.noise_input else None)
-        loss = ((out.x.real - x) ** 2).mean()
+        if args.loss == "relative":  # every sample's MSE relative to its warm start's: each α counts alike
+            mse = ((out.x.real - x) ** 2).mean(dim=(-2, -1))
+            mse0 = ((out.x0.real.clamp(0, 1) - x) ** 2).mean(dim=(-2, -1)).detach().clamp_min(1e-8)
+            loss = (mse / mse0).mean()
+        else:
+            loss = ((out.x.real - x) ** 2).mean()
         if args.lr_schedule == "cosine":
             frac = min(step / max(args.max_steps, 1), 1.0)
             for grp in opt.param_groups:

@@ -27,7 +27,9 @@ classical solvers of :mod:`learning.solvers` take them). ``physics`` is any obje
    instead, ``model(y, physics, noise_std=σ_b)``: at L = 1 the warm start's residual measures
    its own misfit, not the noise.
 3. **Stages** ``k = 1..K``: a physics step on the measured data through the exact operator,
-   a relaxed amplitude projection with a learned step ``τ_k`` (initialised at 1):
+   a relaxed amplitude projection with a learned step ``τ_k`` (initialised at ``tau_init``, 1 by
+   default; a small ``tau_init`` with the TV warm start makes the untrained model the TV
+   reconstructor itself, which training then improves on):
 
        ``x ← P_C(x + τ_k · Aᴴ(√y ⊙ sgn(A x) − A x)/s)``
 
@@ -228,7 +230,8 @@ class UnfoldedReconstructor(nn.Module):
 
     def __init__(self, *, encoding: str = "amplitude", n_stages: int = 5, shared: bool = False,
                  widths: Sequence[int] = (16, 32, 64), n_warm: int = 100, normalize: str = "none",
-                 n_warm_tv: int = 0, tv_weight_factor: float = 1.0, noise_input: bool = False):
+                 n_warm_tv: int = 0, tv_weight_factor: float = 1.0, noise_input: bool = False,
+                 tau_init: float = 1.0):
         super().__init__()
         if encoding not in ENCODINGS:
             raise UnfoldingError(f"encoding = {encoding!r} is not one of {ENCODINGS}")
@@ -243,6 +246,9 @@ class UnfoldedReconstructor(nn.Module):
         if int(n_warm_tv) and encoding != "amplitude":
             raise UnfoldingError(f"the TV warm start (n_warm_tv = {n_warm_tv}) is for real non-negative "
                                  f"(amplitude) objects; encoding {encoding!r} needs n_warm_tv = 0")
+        if not (float(tau_init) > 0 and math.isfinite(float(tau_init))):
+            raise UnfoldingError(f"tau_init must be a positive step, got {tau_init}")
+        self.tau_init = float(tau_init)
         self.n_warm_tv = int(n_warm_tv)
         self.tv_weight_factor = float(tv_weight_factor)
         self.noise_input = bool(noise_input)
@@ -255,7 +261,7 @@ class UnfoldedReconstructor(nn.Module):
         ch = 1 if encoding == "amplitude" else 2
         n_den = 0 if not self.widths else (1 if self.shared else self.n_stages)
         self.denoisers = nn.ModuleList([ResidualUNetDenoiser(ch, self.widths) for _ in range(n_den)])
-        self.log_tau = nn.Parameter(torch.zeros(self.n_stages))
+        self.log_tau = nn.Parameter(torch.full((self.n_stages,), math.log(self.tau_init)))
         self.log_sigma_scale = nn.Parameter(torch.zeros(self.n_stages))
         self.register_buffer("sigma_range", torch.tensor([0.0, math.inf]))
 
@@ -269,7 +275,7 @@ class UnfoldedReconstructor(nn.Module):
         return {"encoding": self.encoding, "n_stages": self.n_stages, "shared": self.shared,
                 "widths": list(self.widths), "n_warm": self.n_warm, "normalize": self.normalize,
                 "n_warm_tv": self.n_warm_tv, "tv_weight_factor": self.tv_weight_factor,
-                "noise_input": self.noise_input}
+                "noise_input": self.noise_input, "tau_init": self.tau_init}
 
     def denoiser(self, k: int) -> Optional[ResidualUNetDenoiser]:
         """Stage ``k``'s denoiser (``None`` without a network: ``widths=[]``)."""

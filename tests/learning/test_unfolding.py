@@ -399,6 +399,11 @@ def test_tv_warm_start_is_the_tv_solvers_loop_and_a_noise_input_model_needs_the_
     m = UnfoldedReconstructor(n_stages=2, shared=True, widths=[], n_warm=20, n_warm_tv=6, tv_weight_factor=2.0,
                               noise_input=True)
     torch.testing.assert_close(m(y, op, noise_std=sb).x0, t, atol=1e-5, rtol=0)
+    # a tiny initial step: the untrained model (identity denoisers) returns the TV result itself
+    m0 = UnfoldedReconstructor(n_stages=3, shared=True, widths=[4, 8], n_warm=20, n_warm_tv=6, tv_weight_factor=2.0,
+                               noise_input=True, tau_init=1e-6)
+    o = m0(y, op, noise_std=sb)
+    torch.testing.assert_close(o.x, t, atol=1e-5, rtol=0)
     with pytest.raises(UnfoldingError, match="noise_std"):
         m(y, op)
     with pytest.raises(UnfoldingError, match="one per sample"):
