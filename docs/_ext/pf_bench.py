@@ -33,7 +33,10 @@ def _table(columns, rows) -> str:
 
 
 def _rel(p: Path) -> str:
-    return str(p.relative_to(ROOT))
+    try:
+        return str(p.relative_to(ROOT))
+    except ValueError:  # a results tree outside the repository (tests)
+        return str(p)
 
 
 class Page:
