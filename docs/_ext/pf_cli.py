@@ -17,7 +17,7 @@ __all__ = ["cli_markdown", "config_markdown", "walk_parsers"]
 def _cell(text) -> str:
     """Text for one markdown table cell: no newlines, pipes escaped, `*` left to MyST as text."""
     s = " ".join(str(text).split())
-    return s.replace("|", "\\|")
+    return s.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _code(text) -> str:

@@ -270,7 +270,7 @@ def check(samples, documented: dict | None = None):
 
 
 def _cell(s) -> str:
-    return " ".join(str(s).split()).replace("|", "\\|")
+    return " ".join(str(s).split()).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def render(samples, fmt: str, documented: dict | None = None) -> str:
