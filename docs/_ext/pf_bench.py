@@ -308,12 +308,12 @@ def gen_mutation(page: Page) -> None:
 
 PAGES = {
     "cdp_benchmark": gen_cdp_benchmark,
-    "propagation": _generic("propagation", "python benchmarks/propagation.py"),
-    "simulate": _generic("simulate", "python benchmarks/simulate.py"),
+    "propagation": _generic("propagation", "python benchmarks/propagation.py --json benchmarks/results/propagation/propagation.json"),
+    "simulate": _generic("simulate", "python benchmarks/simulate.py --json benchmarks/results/simulate/simulate.json"),
     "solvers": gen_solvers,
     "solvers_protocol": gen_solvers_protocol,
-    "training": _generic("training", "python benchmarks/training.py"),
-    "export": _generic("export", "python benchmarks/export.py"),
+    "training": _generic("training", "python benchmarks/training.py --json benchmarks/results/training/training.json"),
+    "export": _generic("export", "python benchmarks/export.py --json benchmarks/results/export/export.json"),
     "distillation": gen_distillation,
     "calibration_coverage": gen_calibration_coverage,
     "unfolding": gen_unfolding,
