@@ -128,8 +128,8 @@ def _on_build_finished(app, exc) -> None:
 
 def _on_missing_reference(app, env, node, contnode):
     """Python references written in docstrings with a short or relative name (``:class:`CDPWriter```
-    in a module that imports it, ``:func:`tv``` for a sibling module) resolve to the one documented
-    object whose full name ends with that name. What still does not resolve inside a *docstring* is
+    in a module that imports it, ``:func:`tv``` for a sibling module) or through a package that
+    re-exports it (``learning.h5io.CDPWriter``) resolve to the one documented object they name. What still does not resolve inside a *docstring* is
     rendered as plain code and counted (library prose, not a page of these docs); on a docs page it
     stays a warning, so ``-W`` fails on a broken reference there."""
     if node.get("refdomain") != "py":
@@ -139,7 +139,10 @@ def _on_missing_reference(app, env, node, contnode):
         return None
     domain = env.get_domain("py")
     suffix = "." + target
-    hits = sorted({name for name, obj in domain.objects.items() if name.endswith(suffix) or name == target})
+    hits = sorted({name for name in domain.objects if name.endswith(suffix) or name == target})
+    if not hits and "." in target:  # a package re-export: learning.h5io.CDPWriter → learning.h5io.writer.CDPWriter
+        package, _, last = target.rpartition(".")
+        hits = sorted({name for name in domain.objects if name.startswith(package + ".") and name.endswith("." + last)})
     if len(hits) == 1:
         from sphinx.util.nodes import make_refnode
         obj = domain.objects[hits[0]]
