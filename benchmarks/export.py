@@ -124,32 +124,37 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--worst-case", action="store_true")
+    ap.add_argument("--json", type=Path, default=None, metavar="PATH",
+                    help="also write the printed tables as a results file, e.g. benchmarks/results/export/export.json (the docs render it)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    rows = []
-    with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        design = PhaseDesign(smooth_design(), 8e-6, 633e-9, z_m=0.1, method="fraunhofer", source="benchmark")
-        rows.append(bench_gds(design, tmp, args.repeats, "smooth"))
-        rows.append(bench_bitmap(design, tmp, args.repeats))
-        rows.append(bench_verify(design, tmp, args.repeats))
-        if args.worst_case:
-            rng = np.random.default_rng(1)
-            worst = PhaseDesign(rng.integers(0, 8, (H, W)) * (2 * np.pi / 8), 8e-6, 633e-9, source="iid")
-            rows.append(bench_gds(worst, tmp, 1, "i.i.d. random"))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"export benchmark: {W} x {H} design, median of {args.repeats}, 1 thread; peak RSS {peak:.0f} MB")
-    print("| configuration | time (s) | floor (s) | ratio | polygons | vertices | file (MB) | naive rects | "
-          "naive vertices | naive file (MB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from results_file import Recorder
+    with Recorder(args.json, 'export', argv):
+        torch.set_num_threads(1)
+        rows = []
+        with tempfile.TemporaryDirectory() as d:
+            tmp = Path(d)
+            design = PhaseDesign(smooth_design(), 8e-6, 633e-9, z_m=0.1, method="fraunhofer", source="benchmark")
+            rows.append(bench_gds(design, tmp, args.repeats, "smooth"))
+            rows.append(bench_bitmap(design, tmp, args.repeats))
+            rows.append(bench_verify(design, tmp, args.repeats))
+            if args.worst_case:
+                rng = np.random.default_rng(1)
+                worst = PhaseDesign(rng.integers(0, 8, (H, W)) * (2 * np.pi / 8), 8e-6, 633e-9, source="iid")
+                rows.append(bench_gds(worst, tmp, 1, "i.i.d. random"))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"export benchmark: {W} x {H} design, median of {args.repeats}, 1 thread; peak RSS {peak:.0f} MB")
+        print("| configuration | time (s) | floor (s) | ratio | polygons | vertices | file (MB) | naive rects | "
+              "naive vertices | naive file (MB) |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
 
-    def f(v, fmt):
-        return "–" if v is None else format(v, fmt)
+        def f(v, fmt):
+            return "–" if v is None else format(v, fmt)
 
-    for r in rows:
-        print(f"| {r['config']} | {r['time_s']:.2f} | {r['floor_s']:.2f} | {r['time_s'] / r['floor_s']:.1f} | "
-              f"{f(r['polygons'], ',')} | {f(r['vertices'], ',')} | {r['file_MB']:.2f} | {f(r['naive_rects'], ',')} | "
-              f"{f(r['naive_vertices'], ',')} | {f(r['naive_MB'], '.0f')} |")
+        for r in rows:
+            print(f"| {r['config']} | {r['time_s']:.2f} | {r['floor_s']:.2f} | {r['time_s'] / r['floor_s']:.1f} | "
+                  f"{f(r['polygons'], ',')} | {f(r['vertices'], ',')} | {r['file_MB']:.2f} | {f(r['naive_rects'], ',')} | "
+                  f"{f(r['naive_vertices'], ',')} | {f(r['naive_MB'], '.0f')} |")
 
 
 if __name__ == "__main__":

@@ -138,34 +138,39 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-propagators", action="store_true")
+    ap.add_argument("--json", type=Path, default=None, metavar="PATH",
+                    help="also write the printed tables as a results file, e.g. benchmarks/results/propagation/propagation.json (the docs render it)")
     args = ap.parse_args(argv)
-    from phaseforge.alloc import tune_allocator
-    print(f"allocator tuning (phaseforge/alloc.py): {'on' if tune_allocator() else 'off'}")
-    torch.set_num_threads(args.threads)
-    head = f"{torch.get_num_threads()} threads, torch {torch.__version__}, median of {args.repeats} paired runs"
-    if not args.skip_propagators:
-        print(f"propagators, batch 4, complex64, {head}")
-        print("| N | method | z | FFT grid | fwd ms | floor ms | ratio | fwd+bwd ms | floor ms | ratio | peak RSS MB |")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from results_file import Recorder
+    with Recorder(args.json, 'propagation', argv):
+        from phaseforge.alloc import tune_allocator
+        print(f"allocator tuning (phaseforge/alloc.py): {'on' if tune_allocator() else 'off'}")
+        torch.set_num_threads(args.threads)
+        head = f"{torch.get_num_threads()} threads, torch {torch.__version__}, median of {args.repeats} paired runs"
+        if not args.skip_propagators:
+            print(f"propagators, batch 4, complex64, {head}")
+            print("| N | method | z | FFT grid | fwd ms | floor ms | ratio | fwd+bwd ms | floor ms | ratio | peak RSS MB |")
+            print("|---|---|---|---|---|---|---|---|---|---|---|")
+            for n in args.sizes:
+                zc = n * DX * DX / LAM
+                for method, z in (("fraunhofer", 1.0), ("fresnel-1fft", 2 * zc), ("fresnel-tf", 0.5 * zc),
+                                  ("fresnel-ir", 2 * zc), ("asm", 0.5 * zc), ("asm", 4 * zc)):
+                    r = propagator_row(n, method, z, args.repeats)
+                    print(f"| {r['size']} | {r['method']} | {r['z']} | {r['grid']} | {r['fwd_ms']:.2f} | "
+                          f"{r['floor_ms']:.2f} | {r['ratio']:.2f} | {r['fb_ms']:.2f} | {r['fb_floor_ms']:.2f} | "
+                          f"{r['fb_ratio']:.2f} | {r['rss_mb']:.0f} |")
+            print()
+        print(f"CDP operator A then Aᴴ, N² objects → (2N)² detector, L = 4, batch 12, complex64, {head}")
+        print("| N | method | z | FFT grid | A+Aᴴ ms | floor ms | ratio | fwd+bwd ms | floor ms | ratio | peak RSS MB |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
-        for n in args.sizes:
-            zc = n * DX * DX / LAM
-            for method, z in (("fraunhofer", 1.0), ("fresnel-1fft", 2 * zc), ("fresnel-tf", 0.5 * zc),
-                              ("fresnel-ir", 2 * zc), ("asm", 0.5 * zc), ("asm", 4 * zc)):
-                r = propagator_row(n, method, z, args.repeats)
-                print(f"| {r['size']} | {r['method']} | {r['z']} | {r['grid']} | {r['fwd_ms']:.2f} | "
-                      f"{r['floor_ms']:.2f} | {r['ratio']:.2f} | {r['fb_ms']:.2f} | {r['fb_floor_ms']:.2f} | "
-                      f"{r['fb_ratio']:.2f} | {r['rss_mb']:.0f} |")
-        print()
-    print(f"CDP operator A then Aᴴ, N² objects → (2N)² detector, L = 4, batch 12, complex64, {head}")
-    print("| N | method | z | FFT grid | A+Aᴴ ms | floor ms | ratio | fwd+bwd ms | floor ms | ratio | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for n in args.cdp_sizes:
-        zc = 2 * n * DX * DX / LAM
-        for method, z in (("fraunhofer", 0.1), ("fresnel-tf", 0.5 * zc), ("asm", 0.5 * zc)):
-            r = cdp_row(n, method, z, args.repeats)
-            print(f"| {r['size']} | {r['method']} | {r['z']} | {r['grid']} | {r['ms']:.2f} | {r['floor_ms']:.2f} | "
-                  f"{r['ratio']:.2f} | {r['fb_ms']:.2f} | {r['fb_floor_ms']:.2f} | {r['fb_ratio']:.2f} | "
-                  f"{r['rss_mb']:.0f} |")
+        for n in args.cdp_sizes:
+            zc = 2 * n * DX * DX / LAM
+            for method, z in (("fraunhofer", 0.1), ("fresnel-tf", 0.5 * zc), ("asm", 0.5 * zc)):
+                r = cdp_row(n, method, z, args.repeats)
+                print(f"| {r['size']} | {r['method']} | {r['z']} | {r['grid']} | {r['ms']:.2f} | {r['floor_ms']:.2f} | "
+                      f"{r['ratio']:.2f} | {r['fb_ms']:.2f} | {r['fb_floor_ms']:.2f} | {r['fb_ratio']:.2f} | "
+                      f"{r['rss_mb']:.0f} |")
 
 
 if __name__ == "__main__":

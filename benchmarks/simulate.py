@@ -137,38 +137,43 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="fewer samples (noisier)")
     ap.add_argument("--compression", nargs="*", default=list(COMPRESSIONS), choices=COMPRESSIONS)
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--json", type=Path, default=None, metavar="PATH",
+                    help="also write the printed tables as a results file, e.g. benchmarks/results/simulate/simulate.json (the docs render it)")
     args = ap.parse_args(argv)
-    from phaseforge.alloc import tune_allocator
-    print(f"allocator tuning (phaseforge/alloc.py): {'on' if tune_allocator() else 'off'}")
-    torch.set_num_threads(args.threads)
-    if args.child is not None:
-        _child(args.child)
-        return
-    print(f"CDP simulation, 128² objects → 256² detector, sensor noise on, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, {os.cpu_count()} CPUs")
-    print("| L | stage | CDP/s | floor CDP/s (fft2 + poisson) | ratio (÷ floor) | CPU ms/CDP | file bytes/CDP |")
-    print("|---|---|---|---|---|---|---|")
-    for L in (1, 4):
-        f = floor_and_memory(L)
-        floor = 1 / f["floor"]
-        print(f"| {L} | floor: fft2 {1 / f['fft']:.0f} CDP/s + exact Poisson {1 / f['poisson']:.0f} CDP/s | "
-              f"{floor:.0f} | {floor:.0f} | 1.00 | {1e3 * f['cpu_floor']:.2f} | |")
-        print(f"| {L} | system + sensor (memory) | {1 / f['memory']:.0f} | {floor:.0f} | {f['floor'] / f['memory']:.2f} "
-              f"| | |")
-        for comp in args.compression:
-            # the floor again right before and after the row (the load of a shared machine drifts)
-            t_floor = [floor_and_memory(L, memory=False)["floor"]]
-            r = end_to_end(L, comp, n=(32 if args.quick else 64) // L * 2, reps=1 if args.quick else 3)
-            t_floor.append(floor_and_memory(L, memory=False)["floor"])
-            t_floor = sum(t_floor) / 2
-            print(f"| {L} | simulate → HDF5, {comp} | {1 / r['t']:.0f} | {1 / t_floor:.0f} | {t_floor / r['t']:.2f} | "
-                  f"{1e3 * r['cpu']:.2f} | {r['bytes']:.0f} |")
-    if not args.skip_memory:
-        print("\nwriter memory (fresh process each; 32² objects, L = 1, 64² detector)")
-        print("| N | peak RSS MB | seconds | file MB |")
-        print("|---|---|---|---|")
-        for r in memory():
-            print(f"| {r['n']} | {r['peak_rss_mb']:.0f} | {r['seconds']:.1f} | {r['file_mb']:.1f} |")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from results_file import Recorder
+    with Recorder(args.json, 'simulate', argv):
+        from phaseforge.alloc import tune_allocator
+        print(f"allocator tuning (phaseforge/alloc.py): {'on' if tune_allocator() else 'off'}")
+        torch.set_num_threads(args.threads)
+        if args.child is not None:
+            _child(args.child)
+            return
+        print(f"CDP simulation, 128² objects → 256² detector, sensor noise on, {torch.get_num_threads()} threads, "
+              f"torch {torch.__version__}, {os.cpu_count()} CPUs")
+        print("| L | stage | CDP/s | floor CDP/s (fft2 + poisson) | ratio (÷ floor) | CPU ms/CDP | file bytes/CDP |")
+        print("|---|---|---|---|---|---|---|")
+        for L in (1, 4):
+            f = floor_and_memory(L)
+            floor = 1 / f["floor"]
+            print(f"| {L} | floor: fft2 {1 / f['fft']:.0f} CDP/s + exact Poisson {1 / f['poisson']:.0f} CDP/s | "
+                  f"{floor:.0f} | {floor:.0f} | 1.00 | {1e3 * f['cpu_floor']:.2f} | |")
+            print(f"| {L} | system + sensor (memory) | {1 / f['memory']:.0f} | {floor:.0f} | {f['floor'] / f['memory']:.2f} "
+                  f"| | |")
+            for comp in args.compression:
+                # the floor again right before and after the row (the load of a shared machine drifts)
+                t_floor = [floor_and_memory(L, memory=False)["floor"]]
+                r = end_to_end(L, comp, n=(32 if args.quick else 64) // L * 2, reps=1 if args.quick else 3)
+                t_floor.append(floor_and_memory(L, memory=False)["floor"])
+                t_floor = sum(t_floor) / 2
+                print(f"| {L} | simulate → HDF5, {comp} | {1 / r['t']:.0f} | {1 / t_floor:.0f} | {t_floor / r['t']:.2f} | "
+                      f"{1e3 * r['cpu']:.2f} | {r['bytes']:.0f} |")
+        if not args.skip_memory:
+            print("\nwriter memory (fresh process each; 32² objects, L = 1, 64² detector)")
+            print("| N | peak RSS MB | seconds | file MB |")
+            print("|---|---|---|---|")
+            for r in memory():
+                print(f"| {r['n']} | {r['peak_rss_mb']:.0f} | {r['seconds']:.1f} | {r['file_mb']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -123,24 +123,29 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--kind", nargs="+", default=["unfolded", "unet"], choices=["unfolded", "unet"])
+    ap.add_argument("--json", type=Path, default=None, metavar="PATH",
+                    help="also write the printed tables as a results file, e.g. benchmarks/results/training/training.json (the docs render it)")
     a = ap.parse_args(argv)
-    from phaseforge.alloc import tune_allocator
-    print(f"allocator tuning (phaseforge/alloc.py): {'on' if tune_allocator() else 'off'}")
-    torch.set_num_threads(a.threads)
-    rows = [r for k in a.kind for r in (
-        bench("teacher", "teacher.yaml", a.size, a.batch, a.steps, a.repeats, k),
-        bench("student (SLM 2×, 4 levels)", "student_e2e.yaml", a.size, a.batch, a.steps, a.repeats, k))]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"training step, {a.size}², batch {a.batch}, {a.threads} threads "
-          f"(median of {a.repeats}; loop = {a.steps} steps + validation + checkpoint per epoch; "
-          f"unet: floor = U-Net f+b + CDP/unrolled f+b; unfolded: floor = the model's f+b)")
-    print(f"{'system':<28} {'kind':<9} {'L':>2} {'widths':<14} {'step (s)':>9} {'U-Net f+b':>10} "
-          f"{'CDP+model f+b':>14} {'floor (s)':>10} {'ratio':>6}")
-    for r in rows:
-        print(f"{r['system']:<28} {r['kind']:<9} {r['L']:>2} {str(r['widths']):<14} {r['step_s']:>9.3f} "
-              f"{r['unet_s']:>10.3f} {r['physics_s']:>14.3f} {r['floor_s']:>10.3f} {r['ratio']:>6.2f}")
-    print(f"peak RSS {peak:.0f} MiB")
-    return rows
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from results_file import Recorder
+    with Recorder(a.json, 'training', argv):
+        from phaseforge.alloc import tune_allocator
+        print(f"allocator tuning (phaseforge/alloc.py): {'on' if tune_allocator() else 'off'}")
+        torch.set_num_threads(a.threads)
+        rows = [r for k in a.kind for r in (
+            bench("teacher", "teacher.yaml", a.size, a.batch, a.steps, a.repeats, k),
+            bench("student (SLM 2×, 4 levels)", "student_e2e.yaml", a.size, a.batch, a.steps, a.repeats, k))]
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"training step, {a.size}², batch {a.batch}, {a.threads} threads "
+              f"(median of {a.repeats}; loop = {a.steps} steps + validation + checkpoint per epoch; "
+              f"unet: floor = U-Net f+b + CDP/unrolled f+b; unfolded: floor = the model's f+b)")
+        print("| system | kind | L | U-Net widths | threads | step s | U-Net f+b s | CDP + model f+b s | floor s | ratio |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['system']} | {r['kind']} | {r['L']} | {', '.join(map(str, r['widths']))} | {a.threads} | "
+                  f"{r['step_s']:.3f} | {r['unet_s']:.3f} | {r['physics_s']:.3f} | {r['floor_s']:.3f} | {r['ratio']:.2f} |")
+        print(f"peak RSS {peak:.0f} MiB")
+        return rows
 
 
 if __name__ == "__main__":

@@ -674,7 +674,7 @@ def with_model_error(fine: FitResult, coarse: FitResult) -> FitResult:
     The values stay the fine fit's.
     Measured on independent benches (``benchmarks/calibration_coverage.py``) this covers the
     truth; for the crosstalk width and the background it is conservative (their errors are
-    ≈ 0.3 |Δ|). Returns a new :class:`FitResult`."""
+    ≈ 0.3 ``|Δ|``). Returns a new :class:`FitResult`."""
     import dataclasses
 
     stat = dict(fine.std_statistical or fine.std)

@@ -4,7 +4,7 @@
 * a CDP dataset (HDF5 written by ``learning/h5io.py``): ``/masks`` ``(L, Hm, Wm)`` phases in rad
   on the simulation grid, pitch ``/parameters/optics`` ``pitch_m``, wavelength ``wavelength_m``,
   distance ``z_m``, method ``method`` (read here with h5py; fabrication never imports learning).
-  Masks with a ``/mask_amplitude`` (|M| ≠ 1) cannot be shown by a phase-only device: refused;
+  Masks with a ``/mask_amplitude`` (``|M| ≠ 1``) cannot be shown by a phase-only device: refused;
 * a ``.npy`` phase map in radians, ``(h, w)`` or ``(L, h, w)``: pitch and wavelength must be given
   (CLI ``--pitch-m``, ``--wavelength-m``);
 * an image (``.png``, ``.bmp``, ``.tif``/``.tiff``): gray values ``g`` times an explicit phase

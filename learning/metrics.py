@@ -6,8 +6,8 @@ Phase retrieval from intensities ``y = |A x|²`` can only recover ``x`` up to a 
 compares them, and every PSNR uses a **fixed, caller-given data range** — never one inferred
 from the data, which would make numbers from different images incomparable.
 
-Conventions
------------
+Metric conventions
+------------------
 * Images are torch tensors of shape ``(..., H, W)``; metrics reduce over the last two axes and
   return one value per sample (shape ``(...)``).
 * Inner product: ``⟨a, b⟩ = Σ a · conj(b)`` over the last two axes (linear in the first argument).

@@ -184,8 +184,9 @@ class CDPOperator(LinearOperator):
     propagation_options
         The chosen method's options (:data:`optics.propagation.METHOD_OPTIONS`); others raise.
 
-    The unit-free method
-    --------------------
+    Notes
+    -----
+    **The unit-free method.**
     ``method="fft"`` is the CDP of the phase-retrieval literature (prDeep, Metzler et al.,
     ICML 2018; Candès, Li & Soltanolkotabi, ACHA 2015): ``A_l x = fft2(pad(M_l ⊙ x),
     norm="ortho")``, i.e. the DFT divided by ``√(Mh·Mw)``, with no pitch, wavelength or

@@ -209,6 +209,8 @@ class PhaseMask(nn.Module):
         ``True`` stores ``theta`` as an :class:`nn.Parameter` (optimised by the mask design
         loop); ``False`` as a buffer (moves with ``.to()`` and is saved in ``state_dict``).
 
+    Notes
+    -----
     ``forward()`` returns ``e^{iθ} = cos θ + i sin θ``, complex64 for float32 ``θ`` and
     complex128 for float64 ``θ``, differentiable with respect to ``θ``
     (``∂M/∂θ = i M``).

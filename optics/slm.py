@@ -406,6 +406,8 @@ class SLM(nn.Module):
         ``"crosstalk_sigma_m"``, ``"dead_phase_rad"``, ``"lut"`` (the LUT table). The others
         are buffers (0-d float64 tensors that move with ``.to()``).
 
+    Notes
+    -----
     Shapes: ``theta`` is ``(..., h, w)`` in SLM pixels; the output is
     ``(..., h·upsample, w·upsample)``, complex64 for float32 ``theta`` and complex128 for
     float64.

@@ -1,4 +1,4 @@
-"""Command-line interface ``phaseforge``.
+"""Command-line interface ``phaseforge``::
 
     phaseforge demo        [--config CFG] [--set …] [--out DIR]
     phaseforge simulate    [--config CFG] [--set key.path=value …] --out DATA.h5

@@ -1,4 +1,4 @@
-"""CLI of the calibration layer: ``phaseforge capture validate|info|pack`` and ``phaseforge calibrate``.
+"""CLI of the calibration layer: ``phaseforge capture validate|info|pack`` and ``phaseforge calibrate``::
 
     phaseforge capture validate FILE            list every problem; exit 1 when there is an error
     phaseforge capture info FILE                summary (frames per image key, exposures, patterns, instrument);

@@ -1,4 +1,4 @@
-"""CLI of the learning jobs (hooked into :mod:`phaseforge.cli`).
+"""CLI of the learning jobs (hooked into :mod:`phaseforge.cli`)::
 
     phaseforge train    --config CFG --out RUN [--set …] [--resume] [--overwrite] [--device cpu|cuda]
     phaseforge distill  --teacher RUN --config CFG --out RUN [--set …] [--resume] [--overwrite] [--device]

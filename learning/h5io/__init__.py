@@ -55,19 +55,26 @@ Sample ``i`` (global index, also in shard files) draws from its own generator
 :func:`sample_generator` ``(seed, i)`` (:mod:`learning.h5io.rng`), so a file's content does not
 depend on batch size, on resumption, on sharding or on threads.
 
-Package layout
---------------
-``format``       constants, validation, :func:`open_cdp_file` and the readers
-``attrs``        the parameter/units codec
-``compression``  compression choices, chunk encoding, filter-availability check
-``rng``          per-sample generators
-``writer``       :class:`CDPWriter`: append batches, atomic completion, resume, crash salvage
-                 (the writing protocol is documented there)
-``driver``       :func:`write_cdp_dataset`: a ``simulate(x, generators)`` callback loop over
-                 the writer
-``shards``       :func:`shard_from_env`, :func:`merge_shards` (virtual datasets)
-``dataset``      :class:`CDPDataset` (``torch.utils.data.Dataset`` yielding ``(x, y)``)
-``physics``      :func:`physics_from_file` (the operator and the sensor, from the file alone)
+Package layout:
+
+``format``
+    constants, validation, :func:`open_cdp_file` and the readers
+``attrs``
+    the parameter/units codec
+``compression``
+    compression choices, chunk encoding, filter-availability check
+``rng``
+    per-sample generators
+``writer``
+    :class:`CDPWriter`: append batches, atomic completion, resume, crash salvage (the writing protocol is documented there)
+``driver``
+    :func:`write_cdp_dataset`: a ``simulate(x, generators)`` callback loop over the writer
+``shards``
+    :func:`shard_from_env`, :func:`merge_shards` (virtual datasets)
+``dataset``
+    :class:`CDPDataset` (``torch.utils.data.Dataset`` yielding ``(x, y)``)
+``physics``
+    :func:`physics_from_file` (the operator and the sensor, from the file alone)
 """
 from __future__ import annotations
 

@@ -159,6 +159,8 @@ class CDPWriter:
         one (HDF5 releases the GIL, and lzf/zstd compress inside HDF5); False writes in
         ``append`` itself. The file is the same either way.
 
+    Notes
+    -----
     Use: ``with CDPWriter(...) as w: for …: w.append(x, y)`` then ``path = w.close()`` (the final
     path when all samples are written, else the ``.tmp``). ``w.next_index`` is the global index of
     the next sample to append; ``w.n_written`` the samples in this file.
