@@ -5,10 +5,11 @@ A small CDP dataset
 ``phaseforge simulate`` turns images into **coded diffraction patterns** (CDPs)
 ``y_l = |P(M_l ⊙ x)|²``: each object ``x`` is multiplied by ``L`` phase masks ``M_l`` and
 propagated (here Fraunhofer, 2× oversampled), and a camera records the intensities with shot
-noise. This example runs the same command a user types — through :func:`phaseforge.cli.main`,
-so the options are exactly the command line's — on a tiny test set, reads the file back with
-:class:`learning.h5io.CDPDataset` and :func:`learning.h5io.physics_from_file`, and checks that
-the stored measurements are the noisy version of what the stored physics predicts.
+noise. This example runs the same command a user types — through ``phaseforge.cli.main``, so the
+options are exactly the command line's — on a tiny test set, reads the file back with
+:class:`learning.h5io.dataset.CDPDataset` and :func:`learning.h5io.physics.physics_from_file`,
+and checks that the stored measurements are the noisy version of what the stored physics
+predicts.
 
 Everything is written to a temporary folder.
 """

@@ -66,7 +66,7 @@ print(f"images {names}; y {tuple(y.shape)}; α = {ALPHA:g}; amplitude noise rms 
 # %%
 # The solvers
 # -----------
-# :func:`learning.solvers.solve` runs any solver by name on ``(operator, intensities)``; real,
+# ``learning.solvers.solve`` runs any solver by name on ``(operator, intensities)``; real,
 # non-negative objects get those constraints. Every solver starts from the same seed.
 common = dict(real=True, nonnegative=True, generator=0, history=False)
 settings = {

@@ -7,7 +7,7 @@ reconstruction network, then a **student** that sees only **one** snapshot throu
 can show (pixels 2× the simulation pitch, 4 phase levels), trained under the frozen teacher.
 This example runs the same commands as the guide (:doc:`../guide/learning`) —
 ``phaseforge train``, ``phaseforge distill``, ``phaseforge evaluate`` — through
-:func:`phaseforge.cli.main`, with the shipped configurations ``data/configs/teacher.yaml`` and
+``phaseforge.cli.main``, with the shipped configurations ``data/configs/teacher.yaml`` and
 ``data/configs/student_distill.yaml``.
 
 .. warning::

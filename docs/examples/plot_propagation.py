@@ -148,7 +148,7 @@ plt.show()
 # %%
 # Which method when?
 # ------------------
-# ``method="auto"`` picks by the critical distance ``z_c = N·dx²/λ`` (:func:`optics.choose_method`):
+# ``method="auto"`` picks by the critical distance ``z_c = N·dx²/λ`` (:func:`optics.propagation.choose_method`):
 # same-grid methods (``fresnel-tf``, ``asm``) below it, and they pad the field by the lateral
 # spread of the highest sampled angle; the far-field methods (``fraunhofer``, ``fresnel-1fft``)
 # change the output pitch to ``λz/(N·dx)``. Sampling violations raise

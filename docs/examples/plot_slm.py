@@ -12,7 +12,7 @@ profile of standard deviation ``crosstalk_sigma_m``, which smears every ``2π �
 
 We display a blazed grating — the carrier that steers light into the first diffraction
 order — and measure the first-order **diffraction efficiency** in the far field
-(:func:`optics.fraunhofer`) against closed-form results:
+(:func:`optics.propagation.fraunhofer`) against closed-form results:
 
 * an ``N``-level staircase has efficiency ``sinc²(1/N)`` (``sinc(t) = sin(πt)/(πt)``), divided
   by ``sinc²(1/P)`` on a grid of ``P`` samples per period (the sampled staircase's Dirichlet
@@ -85,14 +85,15 @@ for b in bits:
 # --------------------------------
 # The active square of each pixel has ``round(√ff · upsample)`` samples a side, so the simulation
 # grid represents ``ff`` only to ``1/upsample²`` (``SLM.effective_fill_factor``; a warning is
-# logged when it is off by more than 0.02: here for 0.9, shown as 1). With the gap at phase 0,
+# logged when it is off by more than 0.02, e.g. 0.9 at 8 samples per pixel is shown as 1). The
+# values below are chosen to be representable. With the gap at phase 0,
 # the first-order amplitude is ``(a/p)·sin(πa/P)/sin(πp/P)`` of the full-fill one (``a`` the
 # active width and ``p`` the pixel in samples, ``P`` samples per period): the ``a/p`` of the rows
 # (the light the gaps' vertical grating sends into orders off the x axis) times the active
 # aperture's transform at the grating frequency — ``≈ ff_eff`` for ``a ≪ P``, so the efficiency
 # falls as ``ff²``.
 eta_full = eta_q[-1]
-ffs = [1.0, 0.9, 0.75, 0.56, 0.36]
+ffs = [1.0, 0.77, 0.56, 0.39, 0.25]  # active squares of 8, 7, 6, 5, 4 samples
 rows_f, eta_f, eta_f_pred = {}, [], []
 for ff in ffs:
     slm = SLM(pixel_pitch_m=PIXEL, upsample=UP, fill_factor=ff, lut=PhaseLUT.linear(8), quantization="exact")
@@ -133,7 +134,7 @@ for b in (1, 2, 3, 8):
     axes[0, 0].plot(x_um[sl], rows_q[b][0][sl], label=f"{b} bit")
 axes[0, 0].set(title="quantisation", xlabel="x (µm)", ylabel="phase (rad)")
 axes[0, 0].legend(fontsize=8)
-for ff in (1.0, 0.56, 0.36):
+for ff in (1.0, 0.56, 0.25):
     axes[0, 1].plot(x_um[:3 * PERIOD_PX * UP // 8], rows_f[ff][0][:3 * PERIOD_PX * UP // 8], label=f"ff {ff}")
 axes[0, 1].set(title="fill factor (zoom: 12 pixels)", xlabel="x (µm)")
 axes[0, 1].legend(fontsize=8)
