@@ -105,8 +105,7 @@ axes[4].set_title("student mask (4 levels)")
 for ax in axes[:5]:
     ax.set_axis_off()
 
-# %%
-# The table: mean PSNR of every row (networks and classical solvers on the same masks).
+# The table beside them: mean PSNR of every row (networks, and classical solvers on the same masks).
 labels = [r["name"] for r in table]
 values = [float(r["psnr_mean"]) for r in table]
 for lab, r in zip(labels, table):

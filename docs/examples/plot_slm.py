@@ -53,7 +53,8 @@ def first_order_efficiency(slm: SLM):
     inten = far.abs() ** 2
     cy, cx = inten.shape[-2] // 2, inten.shape[-1] // 2   # the optical axis (DC) sample
     eta = float(inten[cy, cx + ORDER_BIN] / inten.sum())  # order (1, 0) over all the light
-    return slm.phase(theta)[0].numpy(), inten[cy].numpy() / float(inten.sum()), eta
+    # the displayed phase along a row through the middle of a pixel row (row 0 may be the gap)
+    return slm.phase(theta)[UP // 2].numpy(), inten[cy].numpy() / float(inten.sum()), eta
 
 
 def sinc2(t):
