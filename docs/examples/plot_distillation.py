@@ -96,25 +96,27 @@ print(f"student: {student.n_masks} mask {student.shape}, pitch {student.pixel_pi
       f"levels {student.levels}, distinct phases {np.unique(np.round(student.phase_rad, 4)).size}")
 assert student.n_masks == 1 and student.levels == 4
 
-fig, axes = plt.subplots(1, 6, figsize=(14, 2.8), gridspec_kw={"width_ratios": [1, 1, 1, 1, 1, 1.6]})
+fig, axes = plt.subplots(1, 5, figsize=(12, 2.9))
 for k in range(4):
     axes[k].imshow(np.mod(teacher.mask(k), 2 * np.pi), cmap="twilight", vmin=0, vmax=2 * np.pi)
     axes[k].set_title(f"teacher mask {k}")
 axes[4].imshow(np.mod(student.mask(0), 2 * np.pi), cmap="twilight", vmin=0, vmax=2 * np.pi)
 axes[4].set_title("student mask (4 levels)")
-for ax in axes[:5]:
+for ax in axes:
     ax.set_axis_off()
+fig.tight_layout()
 
-# The table beside them: mean PSNR of every row (networks, and classical solvers on the same masks).
+# The table: mean PSNR of every row (networks, and classical solvers on the same masks).
 labels = [r["name"] for r in table]
 values = [float(r["psnr_mean"]) for r in table]
 for lab, r in zip(labels, table):
     print(f"{lab:32s} {r['kind']:14s} L = {r['n_masks']}  PSNR mean {float(r['psnr_mean']):6.2f} dB")
-axes[5].barh(range(len(values)), values, color=["C0" if r["kind"] == "network" else "C7" for r in table])
-axes[5].set_yticks(range(len(values)), labels, fontsize=7)
-axes[5].invert_yaxis()
-axes[5].set_xlabel("PSNR mean (dB), toy size")
-fig.tight_layout()
+fig_table, ax_table = plt.subplots(figsize=(8, 3.5))
+ax_table.barh(range(len(values)), values, color=["C0" if r["kind"] == "network" else "C7" for r in table])
+ax_table.set_yticks(range(len(values)), labels, fontsize=9)
+ax_table.invert_yaxis()
+ax_table.set_xlabel("PSNR mean (dB), toy size")
+fig_table.tight_layout()
 
 # %%
 # ``evaluate`` also draws the reconstructions of every system on one fixed scale:
