@@ -103,6 +103,8 @@ def _cdp_table(d: dict) -> str:
         methods = list(dict.fromkeys((r["method"], r.get("kind", "")) for r in rows))
         best = {a: max((r["psnr_mean"] for r in rows if r["alpha"] == a and r.get("kind") == "classical"), default=None)
                 for a in alphas}
+        free = {a: max((r["psnr_mean"] for r in rows if r["alpha"] == a and r.get("kind") != "learned"), default=None)
+                for a in alphas}
         cols = ["method", "kind"] + [f"α = {a:g}: PSNR dB (vs best classical)" for a in alphas] + \
                [f"SSIM ({' / '.join(f'{a:g}' for a in alphas)})", "s / image"]
         body = []
@@ -115,7 +117,9 @@ def _cdp_table(d: dict) -> str:
                     cells.append("·")
                     continue
                 s = f"{r['psnr_mean']:.2f}"
-                if kind != "classical" and best[a] is not None:
+                if kind == "learned" and best[a] is not None and free[a] is not None:
+                    s += f" ({r['psnr_mean'] - best[a]:+.2f} / {r['psnr_mean'] - free[a]:+.2f})"
+                elif kind != "classical" and best[a] is not None:
                     s += f" ({r['psnr_mean'] - best[a]:+.2f})"
                 cells.append(s)
             cells.append(" / ".join(f"{by_a[a]['ssim_mean']:.3f}" if a in by_a and "ssim_mean" in by_a[a] else "·"
@@ -127,6 +131,23 @@ def _cdp_table(d: dict) -> str:
     return "\n".join(out)
 
 
+def _tuning_section(p: Path, d: dict) -> str:
+    """A tuning file of ``benchmarks/tune_regularised.py``: the best TV / PnP-NLM setting per α on
+    the tuning images (never the benchmark ones)."""
+    body = []
+    for a, v in d["alphas"].items():
+        for m, b in v.get("best", {}).items():
+            body.append([a, m, _cell(json.dumps(b.get("settings", {}))), f"{b.get('psnr_mean', float('nan')):.2f}",
+                         f"{b.get('seconds_per_image', float('nan')):.2f}"])
+    levels = d.get("mask_levels") or "continuous"
+    return (f"## `{p.name}`: regularised solvers re-tuned for L = {d['n_masks']}, mask levels {levels}\n\n"
+            f"Tuning images {_cell(', '.join(d.get('images', [])))} ({d.get('size', '?')}², mask seed "
+            f"{d.get('mask_seed', '?')}); the best setting per α of the grid {_cell(json.dumps(d.get('grid', {})))}, "
+            f"used by the rows `tv-tuned` / `pnp-nlm-tuned` (`--tuned`). Command: "
+            f"`{_cell(d.get('command', 'python benchmarks/tune_regularised.py'))}` ({d.get('seconds', '?')} s).\n\n"
+            + _table(["α", "method", "setting", "PSNR on tuning images (dB)", "s / image"], body) + "\n")
+
+
 def gen_cdp_benchmark(page: Page) -> None:
     folder = RESULTS / "cdp_benchmark"
     jsons = sorted(folder.glob("*.json"))
@@ -135,11 +156,17 @@ def gen_cdp_benchmark(page: Page) -> None:
         return
     for p in jsons:
         d = json.loads(p.read_text())
+        if "rows" not in d:
+            if "alphas" in d and "n_masks" in d:
+                page.add(_tuning_section(p, d))
+            continue
         proto = d.get("protocol", {})
         page.add(f"## `{p.name}`\n")
         page.add(f"Images: {_cell(', '.join(proto.get('names', [])))} ({proto.get('size', '?')}², "
                  f"{proto.get('n_masks', '?')} masks, {_cell(proto.get('masks', ''))}). Mean PSNR over the images "
-                 f"(0–255 scale); in brackets the difference to the best classical row.\n")
+                 f"(0–255 scale); in brackets the difference to the best classical row (for a learned row also, "
+                 f"after the slash, to the best training-free row, classical or regularised). Command: "
+                 f"`{_cell(proto.get('command', 'python benchmarks/cdp_benchmark.py'))}`.\n")
         page.add(_cdp_table(d))
     page.add("## Figures\n")
     for png in sorted(folder.glob("*.png")):
