@@ -451,6 +451,35 @@ def write_csv(path: Path, per: List[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
+#: protocol entries that must agree before a run's rows join another run's results file
+SAME_PROTOCOL_KEYS = ("names", "size", "n_masks", "masks", "seed")
+
+
+def merge_rows(path: Path, protocol: dict, rows: List[dict]) -> dict:
+    """Put this run's rows into an existing results file (``--merge-into``): a row of the same
+    method, noise and α is replaced, a new one is added; refused unless the images, size, masks
+    and seed are the same (the rows must score the same measurements). The file's markdown table
+    (same name, ``.md``) is rewritten; the merged rows keep the command that measured them."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        old_proto, old_rows = old["protocol"], list(old["rows"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BenchmarkError(f"--merge-into {path}: not a results file of this benchmark ({exc})") from exc
+    diff = [k for k in SAME_PROTOCOL_KEYS if old_proto.get(k) != protocol.get(k)]
+    if diff:
+        raise BenchmarkError(f"--merge-into {path}: measured with another {', '.join(diff)} "
+                             f"({', '.join(f'{k}: {old_proto.get(k)!r} vs {protocol.get(k)!r}' for k in diff)}); "
+                             f"rows of different measurements cannot share a table")
+    key = lambda r: (r["method"], r["noise"], float(r["alpha"]))  # noqa: E731
+    new = {key(r): dict(r, command=protocol["command"], threads=protocol["threads"]) for r in rows}
+    out_rows = [new.pop(key(r)) if key(r) in new else r for r in old_rows] + list(new.values())
+    merged = {"protocol": dict(old_proto, merged_commands=old_proto.get("merged_commands", []) + [protocol["command"]]),
+              "rows": out_rows}
+    write_json(path, merged)
+    write_text(path.with_suffix(".md"), markdown(out_rows, merged["protocol"]) + "\n")
+    return merged
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -467,6 +496,9 @@ def main(argv=None) -> int:
     ap.add_argument("--n-images", type=int, default=None, help="only the first N images (a quick look)")
     ap.add_argument("--out", default="out/cdp_benchmark")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--merge-into", default=None,
+                    help="a results JSON of an earlier run on the same images/masks/seed: replace or add this run's "
+                         "rows there and rewrite its .md table")
     ap.add_argument("--tuned", default=None,
                     help="JSON of benchmarks/tune_regularised.py: adds the rows tv-tuned and pnp-nlm-tuned")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -534,6 +566,14 @@ def main(argv=None) -> int:
     figure(out / "reconstructions.png", res, args.noise, args.alpha, methods)
     if args.json:
         write_json(Path(args.json), {"protocol": protocol, "rows": rows})
+    if args.merge_into:
+        try:
+            merged = merge_rows(Path(args.merge_into), protocol, rows)
+        except BenchmarkError as exc:  # this run's own files are written; only the merge is refused
+            print(f"cdp_benchmark: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"merged {len(rows)} row(s) into {args.merge_into} ({len(merged['rows'])} rows; "
+              f"{Path(args.merge_into).with_suffix('.md')} rewritten)")
     print(md)
     print(f"wrote {out / 'cdp_benchmark.csv'}, {out / 'cdp_benchmark.md'}, {out / 'reconstructions.png'}"
           + (f", {args.json}" if args.json else ""))

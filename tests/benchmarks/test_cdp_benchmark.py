@@ -143,3 +143,25 @@ def test_tuned_rows_use_the_settings_of_their_alpha_and_refuse_another_regime(tm
     assert cb.main(common + ["--n-masks", "1", "--mask-levels", "4", "--tuned", str(f)]) == 2
     assert "not a tuning file" in capsys.readouterr().err
     cb.TUNED.clear()
+
+
+def test_merge_into_replaces_rows_of_the_same_measurements_and_refuses_others(tmp_path, capsys):
+    """``--merge-into``: a re-run row replaces the row of the same method/noise/α in an earlier
+    results file (others kept, new ones added, the .md rewritten); another mask seed is refused."""
+    from PIL import Image
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((24, 24)) * 255).astype(np.uint8)).save(imgs / "a.png")
+    base = tmp_path / "base.json"
+    common = ["--images", str(imgs), "--size", "16", "--alpha", "27", "--n-masks", "2", "--out", str(tmp_path / "o"),
+              "--no-progress"]
+    assert cb.main(common + ["--methods", "er", "hio", "--json", str(base)]) == 0
+    before = {r["method"]: r for r in json.loads(base.read_text())["rows"]}
+    assert cb.main(common + ["--methods", "er", "wf", "--merge-into", str(base)]) == 0
+    after = {r["method"]: r for r in json.loads(base.read_text())["rows"]}
+    assert list(after) == ["er", "hio", "wf"]
+    assert after["hio"] == before["hio"] and "--merge-into" in after["er"]["command"]
+    assert after["er"]["psnr_mean"] == pytest.approx(before["er"]["psnr_mean"])  # same measurements, same ER
+    assert "| wf |" in base.with_suffix(".md").read_text()
+    assert cb.main(common + ["--methods", "er", "--seed", "3", "--merge-into", str(base)]) == 2
+    assert "measured with another masks, seed" in capsys.readouterr().err
