@@ -12,6 +12,7 @@
 The full Sphinx build is ``make docs`` / ``make docs-check`` (CI), not a unit test.
 """
 import re
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -132,7 +133,10 @@ def test_benchmark_pages_render_what_is_committed_and_say_not_run_otherwise(tmp_
     import pf_bench
     written = {p.stem: p.read_text() for p in pf_bench.generate(tmp_path / "real")}
     assert set(written) == set(pf_bench.PAGES)
-    assert "33.03" in written["cdp_benchmark"]            # deep unfolding at α = 27 in cdp_benchmark.json
+    rows = json.loads((pf_bench.RESULTS / "cdp_benchmark" / "cdp_benchmark.json").read_text())["rows"]
+    for r in rows:  # every committed mean PSNR (e.g. deep unfolding at α = 27) is on the page
+        assert f"{r['psnr_mean']:.2f}" in written["cdp_benchmark"], (r["method"], r["alpha"])
+    assert "tv-tuned" in written["cdp_benchmark"]  # the L = 1 table and its tuning file render too
     assert "not run" not in written["cdp_benchmark"].lower()
     assert (tmp_path / "real" / "cdp_benchmark" / "reconstructions.png").is_file()
     # an empty results tree: every page says "not run"; a new figure in a folder appears
