@@ -100,20 +100,38 @@ def collect(modules) -> dict:
             survivors, equivalents = [], []
             for name, code in sorted(codes.items()):
                 st = _status(code)
-                if st == "survived" and name in equivalent:
-                    st = "equivalent"
-                counts[st] += 1
-                if st in ("survived", "equivalent"):
+                entry = None
+                if st == "survived":
                     sources = sources or _Sources(meta.with_suffix(""))
                     entry = {"mutant": name, "change": sources.change(name)}
-                    if st == "equivalent":
-                        equivalents.append(dict(entry, why=equivalent[name]))
+                    why = _equivalence(equivalent.get(name), entry["change"])
+                    if why:
+                        st = "equivalent"
+                        equivalents.append(dict(entry, why=why))
                     else:
+                        if name in equivalent:
+                            entry["stale_equivalent_entry"] = equivalent[name]
                         survivors.append(entry)
+                counts[st] += 1
             tested = counts["killed"] + counts["survived"]
             counts["score_pct"] = round(100.0 * counts["killed"] / tested, 1) if tested else None
             report[module] = {"counts": counts, "survivors": survivors, "equivalent": equivalents, "group": key}
     return report
+
+
+def _equivalence(entry, change: str):
+    """The reason of an equivalent.json entry, if it still describes this mutant.
+
+    An entry is ``{"change": <the mutant's changed lines, as in the results file>, "why": ...}``:
+    mutmut numbers mutants within a function, so after an edit the same name can denote another
+    mutation — an entry whose change no longer matches does not count (the survivor is listed,
+    with the stale entry, to be reviewed again).
+    """
+    if entry is None:
+        return None
+    if isinstance(entry, str):                     # a bare reason (no change recorded): trust the name
+        return entry
+    return entry["why"] if entry.get("change") == change else None
 
 
 def _state_root(meta: Path) -> Path:
@@ -150,7 +168,9 @@ def write_report(modules, *, seconds=None, note="", selection=None) -> Path:
     for m, r in report.items():
         if r["survivors"]:
             lines += ["", f"## Survivors in {m} ({len(r['survivors'])})", ""]
-            lines += [f"- `{s['mutant']}`: `{s['change']}`" for s in r["survivors"]]
+            lines += [f"- `{s['mutant']}`: `{s['change']}`"
+                      + (" — **stale equivalent.json entry** (its change no longer matches)" if "stale_equivalent_entry" in s else "")
+                      for s in r["survivors"]]
         if r["equivalent"]:
             lines += ["", f"## Equivalent in {m}", ""]
             lines += [f"- `{s['mutant']}`: `{s['change']}` — {s['why']}" for s in r["equivalent"]]
@@ -161,14 +181,40 @@ def write_report(modules, *, seconds=None, note="", selection=None) -> Path:
     return path
 
 
+def record_equivalent(reasons: dict) -> None:
+    """Add/refresh equivalent.json entries ``{mutant: {"change", "why"}}`` from mutmut's state
+    (the change text is read from the mutated copy, so the entry is tied to this mutation)."""
+    from mutate import load_config
+
+    equivalent = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.is_file() else {}
+    todo = dict(reasons)
+    for key in load_config()[1]:
+        for meta in metas(key):
+            names = set(json.loads(meta.read_text()).get("exit_code_by_key", {})) & set(todo)
+            if names:
+                sources = _Sources(meta.with_suffix(""))
+                for n in names:
+                    equivalent[n] = {"change": sources.change(n), "why": todo.pop(n)}
+    if todo:
+        raise SystemExit(f"not a mutant in mutants/ (run make mutate first): {sorted(todo)}")
+    EQUIVALENT.write_text(json.dumps(dict(sorted(equivalent.items())), indent=1, ensure_ascii=False) + "\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=None, help="wall time of the mutmut run")
     ap.add_argument("--note", default="", help="what this run covered (e.g. a partial run)")
     ap.add_argument("--modules", nargs="*", default=None,
                     help="report only these modules (keys of [tool.phaseforge.mutation] tests; default all)")
+    ap.add_argument("--equivalent", nargs=2, action="append", metavar=("MUTANT", "WHY"), default=[],
+                    help="record MUTANT as equivalent with reason WHY (its change is stored with it); repeatable")
     args = ap.parse_args(argv)
     from mutate import load_config
+
+    if args.equivalent:
+        record_equivalent(dict(args.equivalent))
+        print(f"recorded {len(args.equivalent)} equivalent mutant(s) in {EQUIVALENT}")
+        return 0
 
     modules = args.modules or list(load_config()[1])
     if not any(metas(m) for m in modules):
