@@ -12,6 +12,7 @@ import optics
 from optics.cdp import CDPSystem
 from optics.errors import GeometryError, OptionError
 from optics.grid import pad_centered
+from optics.operator import OperatorError
 from optics.masks import PhaseMask
 from optics.propagation import propagate
 from optics.sensor import Sensor
@@ -240,3 +241,146 @@ def test_adjoint_names_a_non_finite_detector_field():
     z[1, 3, 4] = float("nan")
     with pytest.raises(optics.NonFiniteError, match="detector field z contains 1 NaN/inf"):
         sys.A_adjoint(z)
+
+
+# ---- values the mutation run (issue 20, `make mutate MODULES=optics/cdp.py`) showed untested ----
+NS_CASES = [("fft", None, {}), ("fraunhofer", 0.1, {}), ("fresnel-1fft", "1fft", {}), ("fresnel-tf", 0.5 * ZC, {}),
+            ("asm", 0.5 * ZC, {}), ("fresnel-ir", "1fft", {})]
+
+
+@pytest.mark.parametrize("order", ["centered", "fft"])
+@pytest.mark.parametrize("method,z,opts", NS_CASES)
+def test_non_square_odd_fields_are_the_direct_composition(method, z, opts, order):
+    """A 7×10 object, oversampling 1.5 → an odd, non-square 10×15 detector (round(10.5) = 10):
+    every row/column index of the folded factors, the crop and the reordering is exercised.
+    Reference: the direct composition (centred padding, then the propagator / orthonormal DFT),
+    ifftshift-ed for the FFT order. complex128 → 1e-10 relative."""
+    if order == "fft" and method not in ("fft", "fraunhofer", "fresnel-1fft"):
+        pytest.skip("detector_order='fft' is for Fourier-plane methods")
+    th = torch.rand(2, 7, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 6.28
+    m = torch.polar(torch.ones_like(th), th)
+    x = _x((2, 7, 10), 5)
+    if method == "fft":
+        sys = CDPSystem(th, method="fft", oversampling=1.5, detector_order=order)
+        M = sys.out_shape
+        ref = torch.fft.fftshift(torch.fft.fft2(pad_centered(m * x[:, None], M), norm="ortho"), dim=(-2, -1))
+    else:
+        z = 3 * 15 * DX * DX / LAM if z == "1fft" else z
+        sys = CDPSystem(th, pitch_m=DX, wavelength_m=LAM, z_m=z, method=method, oversampling=1.5,
+                        detector_order=order, **opts)
+        M = sys.out_shape
+        ref = propagate(pad_centered(m * x[:, None], M), pitch_m=DX, wavelength_m=LAM, z_m=z, method=method,
+                        **opts).field
+    assert M == (10, 15)
+    if order == "fft":
+        ref = torch.fft.ifftshift(ref, dim=(-2, -1))
+    assert torch.allclose(sys.A(x), ref, rtol=1e-10, atol=1e-12 * float(ref.abs().max()))
+    assert sys.adjointness_error() < 1e-12
+    assert sys.A(x.to(torch.complex64)).dtype == torch.complex64   # factors follow the input precision
+    # the phase-free pair: A = D·B with one fixed unit-modulus diagonal D (≠ 1 for Fourier methods)
+    B, BH = sys.magnitude_pair()
+    d1, d2 = sys.A(x[:1]) / B(x[:1]), sys.A(x[1:]) / B(x[1:])
+    assert torch.allclose(d1, d2, rtol=1e-9, atol=0) and torch.allclose(d1.abs(), torch.ones_like(d1.abs()), atol=1e-9)
+    fourier = method in ("fft", "fraunhofer", "fresnel-1fft")
+    assert bool((d1 - 1).abs().max() > 1e-3) == fourier
+    assert sys.normal_is_diagonal() is (True if fourier else None)
+
+
+def test_magnitude_pair_does_not_scan_for_nan_and_the_adjoint_names_an_overflow():
+    """The pair checks shapes only (documented): a NaN input gives NaN output, no error. A finite
+    field whose adjoint overflows is refused with its fix: unit-free, complex64, z = 3e38 in
+    the phases of A δ, so Aᴴz adds 2·16·16 samples of 3e38/16 coherently (> 3.4e38)."""
+    sys = CDPSystem(PhaseMask.random(2, (8, 8), seed=0, learnable=False), pitch_m=DX, wavelength_m=LAM, z_m=0.1,
+                    oversampling=2)
+    B, BH = sys.magnitude_pair()
+    x = torch.ones(8, 8, dtype=torch.complex64)
+    x[2, 3] = float("nan")
+    assert bool(torch.isnan(B(x)).any())
+    z = torch.ones(2, 16, 16, dtype=torch.complex64)
+    z[0, 1, 1] = float("nan")
+    assert bool(torch.isnan(BH(z)).any())
+    with pytest.raises(optics.NonFiniteError, match=r"^A_adjoint overflowed to NaN/inf from a finite detector field; "
+                                                    r"rescale the field \(e\.g\. divide by its maximum\) or use complex128$"):
+        ff = CDPSystem(torch.zeros(2, 8, 8), method="fft", oversampling=2)
+        d = torch.zeros(8, 8, dtype=torch.complex64)
+        d[0, 0] = 1
+        a = ff.A(d)
+        ff.A_adjoint(3e38 * a / a.abs())
+
+
+def test_single_fft_fresnel_sampling_limit_is_n_pitch_squared_over_lambda():
+    """z ≥ N·dx²/λ (N the larger detector side) is accepted — exactly at the limit too; just
+    below it is refused with the numbers and the fixes, unless allow_aliasing=True."""
+    import re
+    masks = PhaseMask.random(1, (8, 12), seed=0, learnable=False)
+    n = 24                                                        # detector 16×24 at oversampling 2
+    limit = n * DX ** 2 / LAM
+    kw = dict(pitch_m=DX, wavelength_m=LAM, method="fresnel-1fft", oversampling=2)
+    CDPSystem(masks, z_m=limit, **kw)
+    z = 0.999 * limit
+    msg = (f"single-FFT Fresnel input chirp aliases: z = {z:.4g} m < N·pitch²/λ = {limit:.4g} m (N = {n}, pitch "
+           f"{DX:.4g} m, λ = {LAM:.4g} m); use method='fresnel-tf' or 'asm', increase z, or decrease the pitch; "
+           f"pass allow_aliasing=True to proceed anyway")
+    with pytest.raises(optics.SamplingError, match="^" + re.escape(msg) + "$"):
+        CDPSystem(masks, z_m=z, **kw)
+    CDPSystem(masks, z_m=z, allow_aliasing=True, **kw)
+
+
+def test_cache_follows_modes_data_writes_and_large_in_place_updates():
+    """The cached factors are rebuilt when a submodule's train/eval mode changes (SLM soft
+    quantisation in training, hard in eval), after a write through .data (no version bump) and
+    after an in-place update of a large (> 4096 entries, not value-compared) tensor. Reference:
+    fresh systems; equal to 1e-12."""
+    x = (torch.rand(8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) + 0.5).to(torch.complex128)
+    th = torch.rand(1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 6
+
+    def build():
+        slm = SLM(pixel_pitch_m=2 * DX, sim_pitch_m=DX, bit_depth=2, quantization="soft", soft_temperature_rad=0.5)
+        return CDPSystem(th, pitch_m=DX, wavelength_m=LAM, z_m=0.1, slm=slm)
+
+    with torch.no_grad():
+        s = build().eval()
+        y_eval = s.intensity(x)
+        s.train()
+        y_train = s.intensity(x)
+        assert not torch.allclose(y_eval, y_train, rtol=1e-6)
+        assert torch.allclose(y_train, build().train().intensity(x), rtol=1e-12, atol=0)
+        assert torch.allclose(s.eval().intensity(x), y_eval, rtol=1e-12, atol=0)
+        # .data write of a physical scalar
+        asm = CDPSystem(PhaseMask.random(1, (16, 16), seed=3, dtype=torch.float64, learnable=False), pitch_m=DX,
+                        wavelength_m=LAM, z_m=0.5 * ZC, method="asm", pad=False)
+        xa = x.repeat(2, 2)
+        asm.intensity(xa)
+        asm.operator.z_m.data.fill_(0.3 * ZC)
+        ref = CDPSystem(PhaseMask.random(1, (16, 16), seed=3, dtype=torch.float64, learnable=False), pitch_m=DX,
+                        wavelength_m=LAM, z_m=0.3 * ZC, method="asm", pad=False).intensity(xa)
+        assert torch.allclose(asm.intensity(xa), ref, rtol=1e-12, atol=0)
+        # in-place update of a 1×72×72 phase (5184 entries)
+        big = PhaseMask.random(1, (72, 72), seed=4, dtype=torch.float64)
+        sb = CDPSystem(big, pitch_m=DX, wavelength_m=LAM, z_m=0.1)
+        xb = torch.ones(72, 72, dtype=torch.complex128)
+        sb.intensity(xb)
+        big.theta.add_(0.7 * torch.rand(1, 72, 72, dtype=torch.float64, generator=torch.Generator().manual_seed(5)))
+        want = CDPSystem(big.theta.detach().clone(), pitch_m=DX, wavelength_m=LAM, z_m=0.1).intensity(xb)
+        assert torch.allclose(sb.intensity(xb), want, rtol=1e-12, atol=1e-12 * float(want.max()))
+
+
+def test_system_delegates_geometry_and_passes_noise_and_options_through():
+    """CDPSystem exposes the operator's geometry (method, oversampling, options, offset); its
+    forward passes the noise model through (noise='none' is noiseless even with a Poisson
+    sensor); A_dagger passes its options; a noise request without a sensor names the fix."""
+    masks = PhaseMask.random(2, (8, 8), seed=0, dtype=torch.float64, learnable=False)
+    s = CDPSystem(masks, pitch_m=DX, wavelength_m=LAM, z_m=0.5 * ZC, method="asm", oversampling=1.5, pad=False,
+                  sensor=Sensor(mean_photons=50.0, budget_dims=3))
+    op = s.operator
+    assert (s.method, s.oversampling, s.propagation_options, s.offset) == (op.method, 1.5, op.propagation_options, op.offset)
+    assert s.offset == (2, 2) and s.propagation_options["pad"] is False
+    x = _x((8, 8), 1)
+    assert torch.equal(s(x, noise="none"), s.measure(x, noise="none"))
+    z = s.A(x)
+    assert torch.equal(s.A_dagger(z, mode="cg", cg_iter=1), op.A_dagger(z, mode="cg", cg_iter=1))
+    with pytest.raises(OperatorError, match="unknown pinv mode 'bogus'"):
+        s.A_dagger(z, mode="bogus")
+    bare = CDPSystem(masks, pitch_m=DX, wavelength_m=LAM, z_m=0.1)
+    with pytest.raises(optics.OpticsError, match=r"^noise='poisson' needs a sensor; build the system with sensor=Sensor\(\.\.\.\)$"):
+        bare.measure(x, noise="poisson")
