@@ -384,3 +384,108 @@ def test_system_delegates_geometry_and_passes_noise_and_options_through():
     bare = CDPSystem(masks, pitch_m=DX, wavelength_m=LAM, z_m=0.1)
     with pytest.raises(optics.OpticsError, match=r"^noise='poisson' needs a sensor; build the system with sensor=Sensor\(\.\.\.\)$"):
         bare.measure(x, noise="poisson")
+
+
+OPT_CASES = [  # (method, pitch, z, options that change the result or are needed at this z)
+    ("asm", DX, 3 * ZC, {"band_limit": False, "allow_aliasing": True}),
+    ("asm", 0.25e-6, 1e-6, {"evanescent": "decay"}),             # pitch < λ/2: evanescent waves exist
+    ("asm", DX, 0.5 * ZC, {"pad": False}),
+    ("fresnel-tf", DX, 0.5 * ZC, {"pad": False}),
+    ("fresnel-tf", DX, 10 * ZC, {"allow_aliasing": True}),
+    ("fresnel-ir", DX, 3 * 32 * DX * DX / LAM, {"pad": False}),
+    ("fresnel-ir", DX, 0.3 * ZC, {"allow_aliasing": True}),
+]
+
+
+@pytest.mark.parametrize("method,pitch,z,opts", OPT_CASES)
+def test_propagation_options_reach_the_kernel(method, pitch, z, opts):
+    """Each option given to the system is the option its kernel is built with: A equals the
+    direct propagation with the same options (1e-10 relative), and differs from the default
+    (or the default refuses this z)."""
+    masks = PhaseMask.random(2, (16, 16), seed=1, dtype=torch.float64, learnable=False)
+    x = _x((16, 16), 2)
+    s = CDPSystem(masks, pitch_m=pitch, wavelength_m=LAM, z_m=z, method=method, oversampling=1.5, **opts)
+    u = pad_centered(x * masks().detach(), s.out_shape)
+    ref = propagate(u, pitch_m=pitch, wavelength_m=LAM, z_m=z, method=method, **opts).field
+    assert torch.allclose(s.A(x), ref, rtol=1e-10, atol=1e-12 * float(ref.abs().max()))
+    try:
+        default = propagate(u, pitch_m=pitch, wavelength_m=LAM, z_m=z, method=method).field
+    except optics.SamplingError:
+        with pytest.raises(optics.SamplingError):
+            CDPSystem(masks, pitch_m=pitch, wavelength_m=LAM, z_m=z, method=method, oversampling=1.5)
+    else:
+        assert not torch.allclose(default, ref, rtol=1e-6, atol=1e-6 * float(ref.abs().max()))
+
+
+def test_frozen_block_serves_each_precision_its_own_factors():
+    """Inside frozen(): repeated calls reuse the factors, and a complex64 call after a
+    complex128 one gets complex64 factors (values equal to the unfrozen ones to float32
+    round-off, 1e-5 relative)."""
+    masks = PhaseMask.random(2, (8, 8), seed=0, dtype=torch.float64)
+    s = CDPSystem(masks, pitch_m=DX, wavelength_m=LAM, z_m=0.1, oversampling=2)
+    x = _x((8, 8), 1)
+    ref = s.A(x).detach()
+    with s.frozen():
+        a1, a2 = s.A(x), s.A(x)
+        a3 = s.A(x.to(torch.complex64))
+    assert torch.allclose(a1, ref, rtol=1e-12, atol=0) and torch.equal(a1, a2)
+    assert a3.dtype == torch.complex64
+    assert torch.allclose(a3.to(torch.complex128), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_cache_value_check_covers_a_4096_entry_tensor():
+    """A .data write (no version bump) to a tensor of exactly 4096 entries (1×64×64, the
+    largest value-compared size) rebuilds the factors (reference: a fresh system; 1e-12)."""
+    masks = PhaseMask.random(1, (64, 64), seed=2, dtype=torch.float64)
+    s = CDPSystem(masks, pitch_m=DX, wavelength_m=LAM, z_m=0.1)
+    x = torch.ones(64, 64, dtype=torch.complex128)
+    with torch.no_grad():
+        s.intensity(x)
+        masks.theta.data.add_(0.5)
+        want = CDPSystem(masks.theta.detach().clone(), pitch_m=DX, wavelength_m=LAM, z_m=0.1).intensity(x)
+        assert torch.allclose(s.intensity(x), want, rtol=1e-12, atol=1e-12 * float(want.max()))
+
+
+def test_construction_errors_name_the_input_and_the_fix():
+    import re
+    with pytest.raises(optics.ShapeError, match=r"^masks must have shape \(L, H, W\) or \(H, W\); got \(1, 1, 4, 4\)$"):
+        CDPSystem(torch.zeros(1, 1, 4, 4), pitch_m=DX, wavelength_m=LAM, z_m=0.1)
+    with pytest.raises(optics.NonFiniteError, match=r"^masks contains 1 NaN/inf"):
+        CDPSystem([[0.0, float("nan")], [0.0, 0.0]], pitch_m=DX, wavelength_m=LAM, z_m=0.1)
+    two_d = CDPSystem([[0.0, 1.0], [2.0, 3.0]], pitch_m=DX, wavelength_m=LAM, z_m=0.1)   # a list: one (H, W) mask
+    want = torch.tensor([[0.0, 1.0], [2.0, 3.0]], dtype=torch.float64)
+    assert two_d.n_masks == 1 and torch.allclose(two_d.modulation()[0].angle().double(), want, atol=1e-6)
+    slm = SLM(pixel_pitch_m=2 * DX, sim_pitch_m=DX, bit_depth=2)
+    from optics.masks import ComplexMask
+    with pytest.raises(optics.ShapeError, match=r"^with an SLM the masks must be phases per SLM pixel: a PhaseMask or a real "
+                                                r"\(L, h, w\) tensor in rad; got ComplexMask \(an SLM is phase-only"):
+        CDPSystem(ComplexMask(torch.ones(1, 4, 4, dtype=torch.complex64)), pitch_m=DX, wavelength_m=LAM, z_m=0.1, slm=slm)
+    with pytest.raises(optics.OpticsError, match=r"^noise must be an optics\.noise\.NoiseModel \(e\.g\. PrDeepNoise\(9\), "
+                                                 r"PoissonNoise\(100\.0\)\) or None, got str; a sensor's noise is chosen with "
+                                                 r"Sensor\(noise=\.\.\.\)$"):
+        CDPSystem(torch.zeros(1, 4, 4), pitch_m=DX, wavelength_m=LAM, z_m=0.1, noise="poisson")
+    from optics.noise import PoissonNoise
+    with pytest.raises(optics.OpticsError, match=re.escape(
+            "give either a sensor (a camera in DN, with its own noise) or a noise model on the intensity (noise=...), not both")):
+        CDPSystem(torch.zeros(1, 4, 4), pitch_m=DX, wavelength_m=LAM, z_m=0.1, noise=PoissonNoise(10.0), sensor=Sensor())
+    with pytest.raises(optics.ShapeError, match=r"^object x has spatial shape \(4, 5\) but the masks are \(4, 4\); "):
+        CDPSystem(torch.zeros(1, 4, 4), pitch_m=DX, wavelength_m=LAM, z_m=0.1).A(torch.zeros(2, 4, 5, dtype=torch.complex64))
+    with pytest.raises(optics.NonFiniteError, match=r"^object x contains 1 NaN/inf"):
+        x = torch.zeros(4, 4, dtype=torch.complex64)
+        x[0, 0] = float("inf")
+        CDPSystem(torch.zeros(1, 4, 4), pitch_m=DX, wavelength_m=LAM, z_m=0.1).A(x)
+    with pytest.raises(optics.ShapeError, match=r"^detector field has shape \(1, 4, 5\); expected \(\.\.\., 1, 4, 4\)$"):
+        CDPSystem(torch.zeros(1, 4, 4), pitch_m=DX, wavelength_m=LAM, z_m=0.1).A_adjoint(torch.zeros(1, 4, 5, dtype=torch.complex64))
+
+
+def test_camera_binning_must_divide_the_detector_window():
+    """A camera pixel of b detector samples needs a window divisible by b (binning 1 always
+    fits); the message names the window and the binning."""
+    masks = torch.zeros(1, 9, 9)
+    p_out = LAM * 0.1 / (9 * DX)                       # Fraunhofer detector pitch of a 9-sample window
+    CDPSystem(masks, pitch_m=DX, wavelength_m=LAM, z_m=0.1, sensor=Sensor(pitch_m=p_out))
+    with pytest.raises(GeometryError, match=r"^the detector window \(9, 9\) is not divisible by the camera binning 2 "
+                                            r"\(camera pitch / detector sample pitch\); change the object size or oversampling$"):
+        CDPSystem(masks, pitch_m=DX, wavelength_m=LAM, z_m=0.1, sensor=Sensor(pitch_m=2 * p_out))
+    s3 = CDPSystem(torch.zeros(1, 9, 9), pitch_m=DX, wavelength_m=LAM, z_m=0.1, sensor=Sensor(pitch_m=3 * p_out))
+    assert s3.sensor.binning == 3
