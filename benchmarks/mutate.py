@@ -118,11 +118,15 @@ def prepare(module: str, tests: list[str], base: dict) -> Path:
 
 
 def previous_unkilled(module: str) -> list[str]:
-    """Mutants of ``module`` that survived or had no test last time (re-run them: tests may be new)."""
+    """Mutants of ``module`` that survived or had no test last time (re-run them: tests may be
+    new), except those recorded as equivalent for their current change (no test can kill them)."""
+    equivalent = json.loads(mutation_report.EQUIVALENT.read_text()) if mutation_report.EQUIVALENT.is_file() else {}
     names = []
     for meta in mutation_report.metas(module):
         codes = json.loads(meta.read_text()).get("exit_code_by_key", {})
-        names += [k for k, c in codes.items() if c in (0, 33)]
+        sources = mutation_report._Sources(meta.with_suffix(""))
+        names += [k for k, c in codes.items() if c == 33 or (
+            c == 0 and not mutation_report._equivalence(equivalent.get(k), sources.change(k)))]
     return sorted(names)
 
 

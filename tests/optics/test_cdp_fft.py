@@ -1,6 +1,7 @@
 """Unit-free CDP operator (method='fft'), detector sample order, intensity(), order check, noise models."""
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,10 +201,18 @@ def test_check_detector_order_ratio_on_odd_non_square_batched_data(order):
     with pytest.warns(DetectorOrderWarning):
         b = check_detector_order(swapped, op)
     assert b.looks_like == other and b.ratio == pytest.approx(_q_ratio(op, swapped), rel=1e-9)
-    # the thresholds are strict: ratio == threshold is undecided
+    # the thresholds are strict: ratio == threshold (or == 1/threshold) is undecided
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert check_detector_order(y, op, threshold=r.ratio).looks_like is None
+        t = 1 / b.ratio
+        if 1 / t == b.ratio:                                       # exactly representable round trip
+            assert check_detector_order(swapped, op, threshold=t).looks_like is None
+    # odd columns too (7×9 at oversampling 1): M//2 ≠ M/2 on both axes
+    th2 = torch.rand(2, 7, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 6.28
+    op2 = CDPOperator(th2, method="fft", detector_order=order)
+    y2 = op2.intensity(_image(48)[:7, :9].to(torch.complex128) + 0.2)
+    assert check_detector_order(y2, op2, warn=False).ratio == pytest.approx(_q_ratio(op2, y2), rel=1e-9)
 
 
 def test_check_detector_order_warning_text_and_location():
@@ -222,6 +231,8 @@ def test_check_detector_order_warning_text_and_location():
             warnings.simplefilter("always")
             r = check_detector_order(swapped, op)
         assert len(w) == 1 and not w[0].filename.replace("\\", "/").endswith("optics/cdp.py")
+        if Path(__file__).parents[2].name != "mutants":           # outside mutmut: exactly the caller's file
+            assert w[0].filename == __file__
         want = (f"the data look stored in detector order {other!r} (DC at index {dc}), but the operator uses "
                 f"detector_order={order!r}: the data correlate {1 / r.ratio:.2f}× more with an object whose zero "
                 f"frequency sits where {other!r} puts DC (threshold 1.3); build the operator with "
@@ -245,8 +256,8 @@ def test_check_detector_order_refusals_and_undecidable_data():
         check_detector_order(torch.ones(2, 8, 8), op, threshold="2")
     with pytest.raises(ShapeError, match=r"^y must be real intensities of shape \(\.\.\., 2, 8, 8\); got \(2, 8, 8\) torch\.complex64$"):
         check_detector_order(torch.ones(2, 8, 8, dtype=torch.complex64), op)
-    with pytest.raises(ShapeError, match=r"^y must be real intensities of shape \(\.\.\., 2, 8, 8\); got \(2, 8, 9\) torch\.float32$"):
-        check_detector_order(torch.ones(2, 8, 9), op)
+    with pytest.raises(ShapeError, match=r"^y must be real intensities of shape \(\.\.\., 2, 6, 8\); got \(2, 8, 9\) torch\.float32$"):
+        check_detector_order(torch.ones(2, 8, 9), CDPOperator(torch.zeros(2, 6, 8), method="fft"))
     y = op.intensity(_image(8).to(torch.complex128))
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -374,6 +374,9 @@ def test_system_delegates_geometry_and_passes_noise_and_options_through():
                   sensor=Sensor(mean_photons=50.0, budget_dims=3))
     op = s.operator
     assert (s.method, s.oversampling, s.propagation_options, s.offset) == (op.method, 1.5, op.propagation_options, op.offset)
+    for name in ("pitch_m", "wavelength_m", "z_m", "masks", "detector_order", "unit_free", "dc_index", "n_masks",
+                 "in_shape", "out_shape", "out_pitch_m", "slm"):
+        assert getattr(s, name) is getattr(op, name) or getattr(s, name) == getattr(op, name), name
     assert s.offset == (2, 2) and s.propagation_options["pad"] is False
     x = _x((8, 8), 1)
     assert torch.equal(s(x, noise="none"), s.measure(x, noise="none"))
@@ -446,6 +449,16 @@ def test_cache_value_check_covers_a_4096_entry_tensor():
         assert torch.allclose(s.intensity(x), want, rtol=1e-12, atol=1e-12 * float(want.max()))
 
 
+class _FourD(torch.nn.Module):
+    """A mask module that returns a 4-D modulation / phase (a shape the operator must refuse)."""
+
+    def phase(self):
+        return torch.zeros(1, 1, 2, 2)
+
+    def forward(self):
+        return torch.ones(1, 1, 2, 2, dtype=torch.complex64)
+
+
 def test_construction_errors_name_the_input_and_the_fix():
     import re
     with pytest.raises(optics.ShapeError, match=r"^masks must have shape \(L, H, W\) or \(H, W\); got \(1, 1, 4, 4\)$"):
@@ -474,8 +487,12 @@ def test_construction_errors_name_the_input_and_the_fix():
         x = torch.zeros(4, 4, dtype=torch.complex64)
         x[0, 0] = float("inf")
         CDPSystem(torch.zeros(1, 4, 4), pitch_m=DX, wavelength_m=LAM, z_m=0.1).A(x)
-    with pytest.raises(optics.ShapeError, match=r"^detector field has shape \(1, 4, 5\); expected \(\.\.\., 1, 4, 4\)$"):
-        CDPSystem(torch.zeros(1, 4, 4), pitch_m=DX, wavelength_m=LAM, z_m=0.1).A_adjoint(torch.zeros(1, 4, 5, dtype=torch.complex64))
+    with pytest.raises(optics.ShapeError, match=r"^detector field has shape \(1, 4, 5\); expected \(\.\.\., 1, 4, 6\)$"):
+        CDPSystem(torch.zeros(1, 4, 6), pitch_m=DX, wavelength_m=LAM, z_m=0.1).A_adjoint(torch.zeros(1, 4, 5, dtype=torch.complex64))
+    with pytest.raises(optics.ShapeError, match=r"^SLM modulation must have shape \(L, H, W\) or \(H, W\); got \(1, 1, 4, 4\)$"):
+        CDPSystem(_FourD(), pitch_m=DX, wavelength_m=LAM, z_m=0.1, slm=SLM(pixel_pitch_m=2 * DX, sim_pitch_m=DX, bit_depth=2))
+    with pytest.raises(optics.ShapeError, match=r"^masks must have shape \(L, H, W\) or \(H, W\); got \(1, 1, 2, 2\)$"):
+        CDPSystem(_FourD(), pitch_m=DX, wavelength_m=LAM, z_m=0.1)
 
 
 def test_camera_binning_must_divide_the_detector_window():
@@ -489,3 +506,49 @@ def test_camera_binning_must_divide_the_detector_window():
         CDPSystem(masks, pitch_m=DX, wavelength_m=LAM, z_m=0.1, sensor=Sensor(pitch_m=2 * p_out))
     s3 = CDPSystem(torch.zeros(1, 9, 9), pitch_m=DX, wavelength_m=LAM, z_m=0.1, sensor=Sensor(pitch_m=3 * p_out))
     assert s3.sensor.binning == 3
+
+
+def test_operator_argument_errors_name_the_argument():
+    """Each refused argument is named with its value and the fix (full key content asserted)."""
+    import re
+    from optics.errors import UnitsError
+    m = torch.zeros(1, 4, 4)
+    with pytest.raises(optics.OpticsError, match=r"^method must be one of \('fft', .*\), got 'bogus'$"):
+        CDPSystem(m, pitch_m=DX, wavelength_m=LAM, z_m=0.1, method="bogus")
+    with pytest.raises(optics.OpticsError, match=re.escape("cannot fit ['z']; the CDP operator fits ['pitch_m', 'wavelength_m', 'z_m']")):
+        CDPSystem(m, pitch_m=DX, wavelength_m=LAM, z_m=0.1, fit=("z",))
+    CDPSystem(m, pitch_m=DX, wavelength_m=LAM, z_m=0.1, fit=("z_m",))               # a listed name is accepted
+    with pytest.raises(OptionError, match=re.escape(
+            "method 'fft' is unit-free (A x = fft2(pad(M ⊙ x), norm='ortho')) and takes no pitch_m, wavelength_m, z_m, "
+            "slm; drop them, or choose a physical method such as 'fraunhofer'")):
+        CDPSystem(m, method="fft", pitch_m=DX, wavelength_m=LAM, z_m=0.1, slm=SLM(pixel_pitch_m=2 * DX, bit_depth=2))
+    with pytest.raises(OptionError, match=r"^method 'fft' takes no propagation options; got \['pad'\]$"):
+        CDPSystem(m, method="fft", pad=False)
+    assert CDPSystem(m, method="fft").propagation_options == {}
+    assert CDPSystem(m, pitch_m=DX, wavelength_m=LAM, z_m=0.1).method == "fraunhofer"              # the default
+    with pytest.raises(UnitsError, match=r"for method 'fraunhofer', got 0\.0; "):
+        CDPSystem(m, pitch_m=DX, wavelength_m=LAM, z_m=0.0)
+    assert CDPSystem(m, method="fft").operator.pitch_m is None
+    with pytest.raises(UnitsError, match=r"^pitch_m "):
+        CDPSystem(m, pitch_m=-DX, wavelength_m=LAM, z_m=0.1)
+    with pytest.raises(UnitsError, match=r"^z_m must be finite"):
+        CDPSystem(m, pitch_m=DX, wavelength_m=LAM, z_m=float("inf"), method="asm")
+    with pytest.raises(UnitsError, match=r"^z_m must be a positive distance in metres for method 'fraunhofer', got -0\.1; "
+                                         r"far-field and single-FFT propagation are defined for z > 0$"):
+        CDPSystem(m, pitch_m=DX, wavelength_m=LAM, z_m=-0.1)
+    CDPSystem(m, pitch_m=DX, wavelength_m=LAM, z_m=-1e-4, method="asm")               # back-propagation is fine
+    with pytest.raises(OptionError, match=r"^detector_order='fft' applies to Fourier-plane detectors \(fraunhofer, "
+                                          r"fresnel-1fft, fft\); method 'asm' samples a real-space plane"):
+        CDPSystem(m, pitch_m=DX, wavelength_m=LAM, z_m=1e-4, method="asm", detector_order="fft")
+    # method="auto" is resolved on the detector window with the system's numbers
+    auto = CDPSystem(m, pitch_m=DX, wavelength_m=LAM, z_m=1e-4, method="auto")
+    assert auto.method == optics.propagation.resolve_method((4, 4), "auto", pitch_m=DX, wavelength_m=LAM, z_m=1e-4)
+    with pytest.raises(optics.ShapeError, match=r"^with an SLM the masks must be real phases per SLM pixel \(rad\); got a "
+                                                r"complex tensor — pass torch\.angle\(masks\) if the amplitude is 1$"):
+        CDPSystem(torch.ones(1, 2, 2, dtype=torch.complex64), pitch_m=DX, wavelength_m=LAM, z_m=0.1,
+                  slm=SLM(pixel_pitch_m=2 * DX, sim_pitch_m=DX, bit_depth=2))
+    ints = CDPSystem(torch.zeros(1, 2, 2, dtype=torch.int64), pitch_m=DX, wavelength_m=LAM, z_m=0.1,
+                     slm=SLM(pixel_pitch_m=2 * DX, sim_pitch_m=DX, bit_depth=2))
+    assert ints.masks.theta.dtype == torch.float32                                  # integer phases → float32 rad
+    assert CDPSystem(torch.zeros(1, 2, 2, dtype=torch.float64), method="fft").modulation().dtype == torch.complex128
+    assert CDPSystem(torch.zeros(1, 2, 2, dtype=torch.float16), method="fft").modulation().dtype == torch.complex64
