@@ -263,3 +263,23 @@ def test_check_detector_order_refusals_and_undecidable_data():
         warnings.simplefilter("error")
         r = check_detector_order(-y, op)
     assert math.isnan(r.ratio) and r.looks_like is None and isinstance(r.ratio, float)
+    # one correlation positive, the other negative (y = the difference of the two probes'
+    # intensities: Q(1) = ‖i₁‖² − ⟨i₁, i₂⟩ > 0 > Q(u_δ)): no ratio either
+    fo = CDPOperator(_phases(2, 8, 1), method="fft", detector_order="fft")
+    j = torch.arange(8, dtype=torch.float64)
+    ph = 2 * math.pi * (j[:, None] * 4 / 8 + j[None, :] * 4 / 8)
+    i1 = fo.intensity(torch.ones(8, 8, dtype=torch.complex128))
+    i2 = fo.intensity(torch.polar(torch.ones_like(ph), ph))
+    assert float((i1 * (i1 - i2)).sum()) > 0 > float((i2 * (i1 - i2)).sum())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = check_detector_order(i1 - i2, fo)
+    assert math.isnan(r.ratio) and r.looks_like is None
+    # Q(1) exactly 0 (flat masks: |A·1|² is exactly zero off DC; the data sit elsewhere): no ratio
+    flat = CDPOperator(torch.zeros(1, 8, 8, dtype=torch.float64), method="fft", detector_order="fft")
+    y = torch.zeros(1, 8, 8, dtype=torch.float64)
+    y[0, 4, 4] = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = check_detector_order(y, flat)
+    assert math.isnan(r.ratio) and r.looks_like is None

@@ -277,6 +277,7 @@ def test_non_square_odd_fields_are_the_direct_composition(method, z, opts, order
     assert torch.allclose(sys.A(x), ref, rtol=1e-10, atol=1e-12 * float(ref.abs().max()))
     assert sys.adjointness_error() < 1e-12
     assert sys.A(x.to(torch.complex64)).dtype == torch.complex64   # factors follow the input precision
+    assert sys.A(x.to(torch.complex64).requires_grad_(True)).dtype == torch.complex64   # also on the autograd path
     # the phase-free pair: A = D·B with one fixed unit-modulus diagonal D (≠ 1 for Fourier methods)
     B, BH = sys.magnitude_pair()
     d1, d2 = sys.A(x[:1]) / B(x[:1]), sys.A(x[1:]) / B(x[1:])
@@ -418,6 +419,9 @@ def test_propagation_options_reach_the_kernel(method, pitch, z, opts):
             CDPSystem(masks, pitch_m=pitch, wavelength_m=LAM, z_m=z, method=method, oversampling=1.5)
     else:
         assert not torch.allclose(default, ref, rtol=1e-6, atol=1e-6 * float(ref.abs().max()))
+    if opts.get("band_limit") is False:                  # without the band limit, aliasing must be allowed explicitly
+        with pytest.raises(optics.SamplingError):
+            CDPSystem(masks, pitch_m=pitch, wavelength_m=LAM, z_m=z, method=method, oversampling=1.5, band_limit=False)
 
 
 def test_frozen_block_serves_each_precision_its_own_factors():
@@ -444,7 +448,7 @@ def test_cache_value_check_covers_a_4096_entry_tensor():
     x = torch.ones(64, 64, dtype=torch.complex128)
     with torch.no_grad():
         s.intensity(x)
-        masks.theta.data.add_(0.5)
+        masks.theta.data.add_(torch.rand(1, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(6)))
         want = CDPSystem(masks.theta.detach().clone(), pitch_m=DX, wavelength_m=LAM, z_m=0.1).intensity(x)
         assert torch.allclose(s.intensity(x), want, rtol=1e-12, atol=1e-12 * float(want.max()))
 
@@ -518,6 +522,8 @@ def test_operator_argument_errors_name_the_argument():
     with pytest.raises(optics.OpticsError, match=re.escape("cannot fit ['z']; the CDP operator fits ['pitch_m', 'wavelength_m', 'z_m']")):
         CDPSystem(m, pitch_m=DX, wavelength_m=LAM, z_m=0.1, fit=("z",))
     CDPSystem(m, pitch_m=DX, wavelength_m=LAM, z_m=0.1, fit=("z_m",))               # a listed name is accepted
+    from optics.cdp import CDPOperator
+    assert CDPOperator(m, pitch_m=DX, wavelength_m=LAM, z_m=0.1).method == "fraunhofer"    # the operator's default
     with pytest.raises(OptionError, match=re.escape(
             "method 'fft' is unit-free (A x = fft2(pad(M ⊙ x), norm='ortho')) and takes no pitch_m, wavelength_m, z_m, "
             "slm; drop them, or choose a physical method such as 'fraunhofer'")):
@@ -552,3 +558,16 @@ def test_operator_argument_errors_name_the_argument():
     assert ints.masks.theta.dtype == torch.float32                                  # integer phases → float32 rad
     assert CDPSystem(torch.zeros(1, 2, 2, dtype=torch.float64), method="fft").modulation().dtype == torch.complex128
     assert CDPSystem(torch.zeros(1, 2, 2, dtype=torch.float16), method="fft").modulation().dtype == torch.complex64
+
+
+def test_repr_and_fixed_slm_phases():
+    """The operator's repr states its geometry (what a log or an error report shows); fixed SLM
+    phases give e^{iθ} when called like a mask."""
+    s = CDPSystem(torch.zeros(1, 4, 6), pitch_m=DX, wavelength_m=LAM, z_m=0.1)
+    assert s.operator.extra_repr() == ("L=1, in_shape=(4, 6), out_shape=(4, 6), method='fraunhofer', "
+                                       "detector_order='centered', pitch_m=8e-06, wavelength_m=6.33e-07, z_m=0.1")
+    assert CDPSystem(torch.zeros(2, 4, 4), method="fft").operator.extra_repr() == (
+        "L=2, in_shape=(4, 4), out_shape=(4, 4), method='fft', detector_order='centered'")
+    th = torch.tensor([[[0.0, 1.0], [2.0, 3.0]]])
+    ss = CDPSystem(th, pitch_m=DX, wavelength_m=LAM, z_m=0.1, slm=SLM(pixel_pitch_m=2 * DX, sim_pitch_m=DX, bit_depth=2))
+    assert torch.allclose(ss.masks(), torch.polar(torch.ones_like(th), th))
