@@ -56,7 +56,8 @@ MUTATE_JOBS ?= 1
 mutate: setup
 	@$(VENV)/bin/mutmut --version >/dev/null 2>&1 || $(PIP) install --quiet -e ".[test,mutation]"
 	OMP_NUM_THREADS=1 $(PY) benchmarks/mutate.py --jobs $(MUTATE_JOBS) \
-		$(if $(strip $(MODULES)),--modules $(MODULES)) $(if $(strip $(MUTANTS)),--mutants $(MUTANTS))
+		$(if $(strip $(MODULES)),--modules $(foreach m,$(MODULES),'$(m)')) \
+		$(if $(strip $(MUTANTS)),--mutants $(foreach m,$(MUTANTS),'$(m)'))
 
 # Reader fuzzing with a large budget (the normal `make test` runs the same tests with a few
 # derandomized examples each): profile phaseforge-fuzz-fuzz, FUZZ_EXAMPLES per test.
