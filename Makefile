@@ -43,18 +43,21 @@ bench: setup
 	$(PY) benchmarks/training.py
 	$(PY) benchmarks/export.py
 
-# Mutation testing (not in CI: hours for every listed module, see README "Testing"). mutmut 3
-# keeps its state in mutants/: a re-run only redoes mutants whose function changed (or that were
-# never run). MUTANTS narrows a run to mutant-name globs, e.g. MUTANTS='learning.losses.*'
-# (named mutants are always re-run). The results file goes to benchmarks/results/mutation/.
-# After changing [tool.mutmut] only_mutate or the test selection, delete mutants/ first.
+# Mutation testing (not in CI; README "Testing" says how long). benchmarks/mutate.py runs mutmut 3
+# once per module of [tool.phaseforge.mutation] tests (pyproject.toml), each in its own folder
+# mutants/<module>/ with only that module's test files as the selection; incremental: a re-run
+# redoes last run's survivors (tests may be new) and mutants whose function changed.
+# MODULES chooses modules (default all), e.g. MODULES="learning/metrics.py optics/sensor.py";
+# MUTANTS narrows to mutant-name globs, e.g. MUTANTS='learning.losses.*' (named mutants are always
+# re-run). One results file per run goes to benchmarks/results/mutation/.
+MODULES ?=
 MUTANTS ?=
-MUTATE_JOBS ?= 2
+MUTATE_JOBS ?= 1
 mutate: setup
 	@$(VENV)/bin/mutmut --version >/dev/null 2>&1 || $(PIP) install --quiet -e ".[test,mutation]"
-	@start=$$(date +%s); \
-	OMP_NUM_THREADS=1 nice -n 10 $(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) $(MUTANTS); \
-	$(PY) benchmarks/mutation_report.py --seconds $$(( $$(date +%s) - start )) --note "make mutate MUTANTS=$(MUTANTS)"
+	OMP_NUM_THREADS=1 $(PY) benchmarks/mutate.py --jobs $(MUTATE_JOBS) \
+		$(if $(strip $(MODULES)),--modules $(foreach m,$(MODULES),'$(m)')) \
+		$(if $(strip $(MUTANTS)),--mutants $(foreach m,$(MUTANTS),'$(m)'))
 
 # Reader fuzzing with a large budget (the normal `make test` runs the same tests with a few
 # derandomized examples each): profile phaseforge-fuzz-fuzz, FUZZ_EXAMPLES per test.

@@ -104,7 +104,8 @@ def gram_mask_loss(phi_t: torch.Tensor, phi_s: torch.Tensor) -> torch.Tensor:
     :func:`spectrum_mask_loss` for a transfer that does not degenerate.
     """
     p, q = _flat(phi_t), _flat(phi_s)
-    q = q.to(p.dtype) if p.is_complex() else q
+    dt = torch.promote_types(torch.promote_types(p.dtype, q.dtype), torch.complex64)
+    p, q = p.to(dt), q.to(dt)   # one complex dtype (a real mask is a real-valued modulation)
     n = p.shape[-1]
     pp = p @ p.conj().T
     pq = p @ q.conj().T

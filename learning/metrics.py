@@ -97,8 +97,8 @@ def _inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _sqnorm(a: torch.Tensor) -> torch.Tensor:
-    return (a.real ** 2 + a.imag ** 2).sum(dim=(-2, -1), keepdim=True) if a.is_complex() \
-        else (a ** 2).sum(dim=(-2, -1), keepdim=True)
+    """``‖a‖²`` over the last two axes, kept as (..., 1, 1); ``a`` is complex (callers promote)."""
+    return (a.real ** 2 + a.imag ** 2).sum(dim=(-2, -1), keepdim=True)
 
 
 def _check_range(name: str, data_range) -> float:

@@ -120,9 +120,10 @@ def _mask_module(masks, with_slm: bool) -> nn.Module:
     return _FixedModulation(masks)
 
 
-def _f(t) -> float:
-    """A tensor parameter as a plain float (for reporting and sampling decisions; no gradient)."""
-    return float(t.detach()) if isinstance(t, torch.Tensor) else float(t)
+def _f(t: torch.Tensor) -> float:
+    """A 0-d tensor parameter (pitch, wavelength, distance) as a plain float (for reporting and
+    sampling decisions; no gradient)."""
+    return float(t.detach())
 
 
 def _param(module: nn.Module, name: str, value: float, fit) -> None:
@@ -395,9 +396,8 @@ class CDPOperator(LinearOperator):
                              f"{self.in_shape}; resize the object or the masks to agree")
         return _validate.as_complex(x)
 
-    def _check_z(self, z: torch.Tensor, finite: bool = True) -> torch.Tensor:
-        if finite:
-            _validate.field_2d("detector field z", z)
+    def _check_z(self, z: torch.Tensor) -> torch.Tensor:
+        """Shape check of a detector field (its NaN/inf scan runs on the adjoint's result, :meth:`_adj`)."""
         if z.ndim < 3 or tuple(z.shape[-3:]) != (self.n_masks,) + tuple(self.out_shape):
             raise ShapeError(f"detector field has shape {tuple(z.shape)}; expected (..., "
                              f"{self.n_masks}, {self.out_shape[0]}, {self.out_shape[1]})")
@@ -430,7 +430,7 @@ class CDPOperator(LinearOperator):
         # the NaN/inf scan runs on the (L·(M/N)² times smaller) result: a non-finite input always
         # makes it non-finite (the transforms spread it), and only then is the input scanned to
         # name the problem — the full-size scan would cost a fifth of the adjoint
-        z = self._check_z(z, finite=False)
+        z = self._check_z(z)
         f = self._factors(z.dtype, z.device)
         n = self.in_shape
         if f["kind"] == "ft":

@@ -239,3 +239,129 @@ def test_distillation_levels_adapters_and_feature_output_terms(tiny_model):
     assert set(terms) == {"feature", "output"}
     assert float(terms["feature"]) == pytest.approx(float(want_f), rel=1e-6) and float(want_f) > 0
     assert float(terms["output"]) == pytest.approx(float(want_o), rel=1e-6) and float(want_o) > 0
+
+
+# ------------------------------------------- values the mutation run (issue 20) showed untested
+def test_mask_losses_accept_2d_masks_and_mixed_dtypes():
+    """A 2-D mask is one mask; teacher and student of different precision (complex128 vs
+    complex64) or a real-valued teacher modulation give the value of the common complex dtype
+    (the explicit n×n form on promoted inputs; float64 round-off of float32 inputs → 1e-6)."""
+    g = torch.Generator().manual_seed(3)
+    p = torch.randn(2, 4, 4, generator=g, dtype=torch.complex128)
+    q = torch.randn(1, 4, 4, generator=g, dtype=torch.complex128)
+    assert float(gram_mask_loss(p[0], q[0])) == pytest.approx(float(gram_mask_loss(p[:1], q)), rel=1e-12)
+    want = gram_mask_loss_explicit(p, q.to(torch.complex64).to(torch.complex128))
+    assert float(gram_mask_loss(p, q.to(torch.complex64))) == pytest.approx(float(want), rel=1e-12)
+    pr = p.real.contiguous()                                   # real teacher, complex student
+    want = gram_mask_loss_explicit(pr.to(torch.complex128), q)
+    assert float(gram_mask_loss(pr, q)) == pytest.approx(float(want), rel=1e-12)
+    # spectrum loss: a real teacher does not strip the student's imaginary part
+    assert float(spectrum_mask_loss(pr, q)) == pytest.approx(float(spectrum_mask_loss(pr.to(torch.complex128), q)), rel=1e-12)
+
+
+def test_feature_loss_default_kind_and_cosine_axis():
+    """Default kind is MSE; cosine compares channel vectors (axis 1) per pixel: computed here
+    explicitly on a 2×2 map with 3 channels. Exact in float64 to 1e-12."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(1, 3, 2, 2, generator=g, dtype=torch.float64)
+    b = torch.randn(1, 3, 2, 2, generator=g, dtype=torch.float64)
+    assert float(feature_loss(a, b)) == pytest.approx(float(((a - b) ** 2).mean()), abs=1e-15)
+    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+    assert float(feature_loss(a, b, "cosine")) == pytest.approx(float((1 - cos).mean()), abs=1e-12)
+
+
+def test_reconstruction_loss_module():
+    """{"recon": recon_error(x_net.x, x, kind)} with kind "mse" by default; a bad kind names the
+    config key."""
+    from learning.losses import ReconstructionLoss
+    from learning.systems import ReconOutput
+    x = torch.ones(1, 2, 2, dtype=torch.complex128)
+    c = 0.3 + 0.4j
+    out = ReconOutput(x=x + torch.tensor([[[c, -c], [-c, c]]], dtype=torch.complex128), x0=x)
+    assert set(ReconstructionLoss()(out, x, None, None, None)) == {"recon"}
+    assert float(ReconstructionLoss()(out, x, None, None, None)["recon"]) == pytest.approx(0.25, abs=1e-14)
+    assert float(ReconstructionLoss("l1")(out, x, None, None, None)["recon"]) == pytest.approx(0.5, abs=1e-11)
+    with pytest.raises(LossError, match=r"^train\.recon_loss = 'bad' is not one of \('mse', 'l1'\)$"):
+        ReconstructionLoss("bad")
+
+
+def test_distillation_config_errors_name_the_key_and_the_levels(tiny_model):
+    import re
+    teacher = tiny_model(n_masks=2, widths=(4, 8, 16), role="teacher")
+    student = tiny_model(n_masks=1, widths=(2, 4), role="student")
+    with pytest.raises(LossError, match=r"^distill\.mask_loss = 'bad' is not one of \('gram', 'spectrum', 'none'\)$"):
+        DistillationLoss(teacher, student, mask_kind="bad")
+    with pytest.raises(LossError, match=r"^distill\.feature_kind = 'bad' is not one of \('mse', 'l1', 'cosine'\)$"):
+        DistillationLoss(teacher, student, feature_kind="bad")
+    nt, ns = len(teacher.reconstructor.feature_channels), len(student.reconstructor.feature_channels)
+    assert ns < nt
+    with pytest.raises(LossError, match=re.escape(
+            f"distill.feature_levels asks for decoder level {ns}, but the teacher has levels 0 … {nt - 1} "
+            f"and the student 0 … {ns - 1} (level k at H/2^k); choose levels both networks have")):
+        DistillationLoss(teacher, student, feature_levels=[ns])        # the teacher has it, the student not
+    small = tiny_model(n_masks=1, widths=(2, 4), size=8)
+    with pytest.raises(LossError, match=re.escape(
+            f"teacher objects are {teacher.physics.in_shape}, student objects {small.physics.in_shape}; "
+            f"distil between systems of the same image size")):
+        DistillationLoss(teacher, small)
+
+
+def test_distillation_without_mask_term_keeps_no_teacher_masks_and_modes(tiny_model):
+    """mask_kind "none": no teacher masks held or saved; train() puts the loss (adapters) in
+    training mode and the teacher stays in eval; .double() converts the teacher too (and leaves
+    the complex teacher masks complex)."""
+    teacher = tiny_model(n_masks=2, widths=(4, 8), role="teacher")
+    student = tiny_model(n_masks=1, widths=(2, 4), role="student")
+    d = DistillationLoss(teacher, student, mask_kind="none")
+    assert d.teacher_masks is None and "teacher_masks" not in d.state_dict()
+    d.eval()
+    d.train()
+    assert d.training and d.adapters.training and not teacher.training
+    d2 = DistillationLoss(teacher, student, mask_kind="spectrum").double()
+    assert d2.teacher_masks.is_complex()
+    assert all(p.dtype == torch.float64 for p in teacher.reconstructor.parameters())
+    # torch's keyword arguments reach both halves: to_empty(recurse=False) leaves submodules alone
+    ptrs = [p.data_ptr() for p in list(d2.adapters.parameters()) + list(teacher.parameters())]
+    d2.to_empty(device="cpu", recurse=False)
+    assert [p.data_ptr() for p in list(d2.adapters.parameters()) + list(teacher.parameters())] == ptrs
+    assert all(p.dtype == torch.float64 for p in teacher.reconstructor.parameters())
+
+
+def test_teacher_output_uses_its_own_noise_stream(tiny_model):
+    """The teacher's measurements use the noise mode asked for (default "exact") with sample b's
+    generator seeded seeds[b] + 7777; "none" is noiseless and needs no seeds; a noisy teacher
+    without seeds is refused with its message. Same operations → equal outputs (1e-6)."""
+    from types import SimpleNamespace
+    from learning.systems import sample_generators
+    teacher = tiny_model(n_masks=2, widths=(4, 8), role="teacher", seed=1, photons=50.0)
+    student = tiny_model(n_masks=1, widths=(2, 4), role="student")
+    x = torch.polar(torch.ones(2, 16, 16), torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(0)))
+    seeds = [3, 4]
+
+    def want(noise, s):
+        with torch.no_grad():
+            gens = sample_generators(s) if s is not None else None
+            return teacher.reconstructor(teacher.physics.measure(x, noise=noise, generators=gens), teacher.physics).x
+
+    d = DistillationLoss(teacher, student, mask_kind="none", feature_levels=[], use_output=True)
+    got = d.teacher_output(x, seeds).x
+    assert torch.allclose(got, want("exact", [s + 7777 for s in seeds]), rtol=0, atol=1e-6)
+    assert not torch.allclose(got, want("exact", seeds), rtol=0, atol=1e-3)      # another stream
+    dd = DistillationLoss(teacher, student, mask_kind="none", feature_levels=[], teacher_noise="differentiable")
+    assert torch.allclose(dd.teacher_output(x, seeds).x, want("differentiable", [s + 7777 for s in seeds]), rtol=0, atol=1e-6)
+    dn = DistillationLoss(teacher, student, mask_kind="none", feature_levels=[], teacher_noise="none")
+    assert torch.allclose(dn.teacher_output(x, None).x, want("none", None), rtol=0, atol=1e-6)
+    with pytest.raises(LossError, match=r"^the teacher's noisy measurements need the per-sample seeds "
+                                        r"of the student's batch \(x_net\.seeds\)$"):
+        d.teacher_output(x, None)
+    # forward hands the student's seeds to the teacher; features alone give only the feature term
+    with torch.no_grad():
+        y, out = student(x, seeds=seeds, noise="none")
+        t = d(out, x, y, student.physics, student)
+    assert set(t) == {"output"}
+    assert float(t["output"]) == pytest.approx(float(recon_error(out.x, want("exact", [s + 7777 for s in seeds]))), rel=1e-5)
+    df = DistillationLoss(teacher, student, mask_kind="none", feature_levels=[0], use_output=False, teacher_noise="none")
+    with torch.no_grad():
+        assert set(df(out, x, y, student.physics, student)) == {"feature"}
+    with pytest.raises(LossError, match=r"^feature distillation needs a student with a network \(model\.widths\)$"):
+        df(SimpleNamespace(x=out.x, features=[], seeds=seeds), x, y, student.physics, student)

@@ -65,7 +65,7 @@ def test_gradcheck_cdp_intensity_wrt_mask_phase_and_object():
         return sys.intensity(xx)
 
     th = theta.clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(f, (th, x), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(f, (th, x), eps=1e-6, atol=1e-6, fast_mode=True)
 
 
 class _Phases(torch.nn.Module):
@@ -98,7 +98,7 @@ def test_gradcheck_through_slm_soft_path_and_differentiable_sensor():
         return sensor.sample_differentiable(inten, generator=torch.Generator().manual_seed(0), rounding=False)
 
     th = (torch.rand(1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 6).requires_grad_(True)
-    assert torch.autograd.gradcheck(f, (th,), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(f, (th,), eps=1e-6, atol=1e-5, fast_mode=True)
 
 
 def test_slm_modulation_shape_and_student_single_snapshot():

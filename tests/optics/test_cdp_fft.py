@@ -1,13 +1,14 @@
 """Unit-free CDP operator (method='fft'), detector sample order, intensity(), order check, noise models."""
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from optics.cdp import CDPOperator, CDPSystem, DetectorOrderWarning, check_detector_order
-from optics.errors import GeometryError, OpticsError, OptionError
+from optics.errors import GeometryError, OpticsError, OptionError, ShapeError
 from optics.grid import pad_centered
 from optics.noise import PoissonNoise, PrDeepNoise
 from optics.sensor import Sensor
@@ -163,4 +164,122 @@ def test_gradcheck_unit_free_intensity_wrt_mask_phase_and_object():
     x = _rand((5, 5), 1).requires_grad_(True)
     for order in ("fft", "centered"):
         f = lambda th, xx, o=order: CDPSystem(th, method="fft", oversampling=1.6, detector_order=o).intensity(xx)  # noqa: E731
-        assert torch.autograd.gradcheck(f, (theta.clone().requires_grad_(True), x), eps=1e-6, atol=1e-6)
+        assert torch.autograd.gradcheck(f, (theta.clone().requires_grad_(True), x), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+# ---- check_detector_order: values and messages (issue 20 mutation run) ------------------------
+def _q_ratio(op, y):
+    """Q(1)/Q(u_δ) from the docstring's definition, computed here: Q(u) = Σ |A u|² · Σ_batch y,
+    u_δ = e^{2πi·sign·(j₀·(M₀//2)/M₀ + j₁·(M₁//2)/M₁)} (sign +1 for an FFT-order operator)."""
+    M, n = op.out_shape, op.in_shape
+    sign = 1 if op.detector_order == "fft" else -1
+    j0 = torch.arange(n[0], dtype=torch.float64)[:, None]
+    j1 = torch.arange(n[1], dtype=torch.float64)[None, :]
+    ph = 2 * math.pi * sign * (j0 * (M[0] // 2) / M[0] + j1 * (M[1] // 2) / M[1])
+    ys = y.reshape((-1,) + tuple(y.shape[-3:])).sum(0)
+    q = [float((op.intensity(torch.polar(torch.ones_like(ph), p)) * ys).sum()) for p in (torch.zeros_like(ph), ph)]
+    return q[0] / q[1]
+
+
+@pytest.mark.parametrize("order", ["fft", "centered"])
+def test_check_detector_order_ratio_on_odd_non_square_batched_data(order):
+    """The ratio is Q(1)/Q(u_δ) exactly as documented, on a 9×12 detector (odd rows, non-square)
+    with batched data (3 captures); the verdict names the orders exactly; a CDPSystem is
+    accepted. Equal to 1e-9 relative (same sums in another order)."""
+    th = torch.rand(2, 6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 6.28
+    op = CDPOperator(th, method="fft", oversampling=1.5, detector_order=order)
+    assert op.out_shape == (9, 12)
+    x = _image(48)[:6, :8].to(torch.complex128) + 0.2
+    y = torch.stack([op.intensity(x * s) for s in (1.0, 0.7, 1.3)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = check_detector_order(y, CDPSystem(th, method="fft", oversampling=1.5, detector_order=order))
+    assert r.ratio == pytest.approx(_q_ratio(op, y), rel=1e-9)
+    assert r.ratio > 1.3 and r.looks_like == order
+    other = "centered" if order == "fft" else "fft"
+    swapped = torch.fft.fftshift(y, dim=(-2, -1)) if order == "fft" else torch.fft.ifftshift(y, dim=(-2, -1))
+    with pytest.warns(DetectorOrderWarning):
+        b = check_detector_order(swapped, op)
+    assert b.looks_like == other and b.ratio == pytest.approx(_q_ratio(op, swapped), rel=1e-9)
+    # the thresholds are strict: ratio == threshold (or == 1/threshold) is undecided
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_detector_order(y, op, threshold=r.ratio).looks_like is None
+        t = 1 / b.ratio
+        if 1 / t == b.ratio:                                       # exactly representable round trip
+            assert check_detector_order(swapped, op, threshold=t).looks_like is None
+    # odd columns too (7×9 at oversampling 1): M//2 ≠ M/2 on both axes
+    th2 = torch.rand(2, 7, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 6.28
+    op2 = CDPOperator(th2, method="fft", detector_order=order)
+    y2 = op2.intensity(_image(48)[:7, :9].to(torch.complex128) + 0.2)
+    assert check_detector_order(y2, op2, warn=False).ratio == pytest.approx(_q_ratio(op2, y2), rel=1e-9)
+
+
+def test_check_detector_order_warning_text_and_location():
+    """The warning names both orders, where each puts DC, the correlation factor, the threshold
+    and the exact reordering call, and is attributed to the caller (stacklevel 2), not to
+    optics/cdp.py (under mutmut a trampoline frame sits between: only "not cdp.py" is portable)."""
+    import re
+    n = 16
+    x = _image(n).to(torch.complex128)
+    for order, other, dc, fix in (("fft", "centered", "M//2", "torch.fft.ifftshift(y, dim=(-2, -1))"),
+                                  ("centered", "fft", "0", "torch.fft.fftshift(y, dim=(-2, -1))")):
+        op = CDPOperator(_phases(2, n, 1), method="fft", detector_order=order)
+        y = op.intensity(x)
+        swapped = torch.fft.fftshift(y, dim=(-2, -1)) if order == "fft" else torch.fft.ifftshift(y, dim=(-2, -1))
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            r = check_detector_order(swapped, op)
+        assert len(w) == 1 and not w[0].filename.replace("\\", "/").endswith("optics/cdp.py")
+        if Path(__file__).parents[2].name != "mutants":           # outside mutmut: exactly the caller's file
+            assert w[0].filename == __file__
+        want = (f"the data look stored in detector order {other!r} (DC at index {dc}), but the operator uses "
+                f"detector_order={order!r}: the data correlate {1 / r.ratio:.2f}× more with an object whose zero "
+                f"frequency sits where {other!r} puts DC (threshold 1.3); build the operator with "
+                f"detector_order={other!r}, or reorder the data with {fix}")
+        assert re.fullmatch(re.escape(want), str(w[0].message))
+
+
+def test_check_detector_order_refusals_and_undecidable_data():
+    """Bad inputs are refused naming the problem; data that correlate negatively (e.g. after a
+    background subtraction) give (nan, None), silently."""
+    op = CDPOperator(_phases(2, 8, 1), method="fft")
+    with pytest.raises(OptionError, match=r"^check_detector_order needs a CDPOperator or CDPSystem, got str$"):
+        check_detector_order(torch.ones(2, 8, 8), "op")
+    asm = CDPOperator(_phases(2, 8, 0), method="asm", pitch_m=DX, wavelength_m=LAM, z_m=1e-3)
+    with pytest.raises(OptionError, match=r"^check_detector_order applies to Fourier-plane detectors \(fraunhofer, "
+                                          r"fresnel-1fft, fft\); method 'asm' samples a real-space plane, which has no FFT order$"):
+        check_detector_order(torch.ones(2, 8, 8), asm)
+    with pytest.raises(OptionError, match=r"^threshold must be a number > 1, got 1$"):
+        check_detector_order(torch.ones(2, 8, 8), op, threshold=1)
+    with pytest.raises(OptionError, match=r"^threshold must be a number > 1, got '2'$"):
+        check_detector_order(torch.ones(2, 8, 8), op, threshold="2")
+    with pytest.raises(ShapeError, match=r"^y must be real intensities of shape \(\.\.\., 2, 8, 8\); got \(2, 8, 8\) torch\.complex64$"):
+        check_detector_order(torch.ones(2, 8, 8, dtype=torch.complex64), op)
+    with pytest.raises(ShapeError, match=r"^y must be real intensities of shape \(\.\.\., 2, 6, 8\); got \(2, 8, 9\) torch\.float32$"):
+        check_detector_order(torch.ones(2, 8, 9), CDPOperator(torch.zeros(2, 6, 8), method="fft"))
+    y = op.intensity(_image(8).to(torch.complex128))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = check_detector_order(-y, op)
+    assert math.isnan(r.ratio) and r.looks_like is None and isinstance(r.ratio, float)
+    # one correlation positive, the other negative (y = the difference of the two probes'
+    # intensities: Q(1) = ‖i₁‖² − ⟨i₁, i₂⟩ > 0 > Q(u_δ)): no ratio either
+    fo = CDPOperator(_phases(2, 8, 1), method="fft", detector_order="fft")
+    j = torch.arange(8, dtype=torch.float64)
+    ph = 2 * math.pi * (j[:, None] * 4 / 8 + j[None, :] * 4 / 8)
+    i1 = fo.intensity(torch.ones(8, 8, dtype=torch.complex128))
+    i2 = fo.intensity(torch.polar(torch.ones_like(ph), ph))
+    assert float((i1 * (i1 - i2)).sum()) > 0 > float((i2 * (i1 - i2)).sum())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = check_detector_order(i1 - i2, fo)
+    assert math.isnan(r.ratio) and r.looks_like is None
+    # Q(1) exactly 0 (flat masks: |A·1|² is exactly zero off DC; the data sit elsewhere): no ratio
+    flat = CDPOperator(torch.zeros(1, 8, 8, dtype=torch.float64), method="fft", detector_order="fft")
+    y = torch.zeros(1, 8, 8, dtype=torch.float64)
+    y[0, 4, 4] = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = check_detector_order(y, flat)
+    assert math.isnan(r.ratio) and r.looks_like is None
