@@ -88,7 +88,7 @@ def _generic(name: str, title_cmd: str):
         _transcribed(page, p)
         for other in sorted(folder.glob("*.json")):  # later runs next to the main file (same format)
             if other != p and "tables" in json.loads(other.read_text()):
-                page.add(f"\n### `{other.name}`\n")
+                page.add(f"\n**`{other.name}`**\n")
                 _transcribed(page, other)
         for png in sorted(folder.glob("*.png")):
             page.figure(png, f"{name}: {png.stem}")
