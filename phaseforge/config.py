@@ -250,7 +250,8 @@ class Config:
 
 
 def _validate_noise(cfg: "Config") -> None:
-    """``noise.*`` and what the unit-free method excludes (an SLM or a camera pitch: both need units)."""
+    """``noise.*`` and what the unit-free method excludes (a camera pitch: it needs units; an SLM is allowed,
+    its pixel being ``slm.pixel_pitch_m / optics.pitch_m`` samples of the unit-free grid)."""
     n = cfg.noise
     _choice("noise.model", n.model, NOISE_CHOICES)
     if n.model != "sensor":
@@ -260,9 +261,8 @@ def _validate_noise(cfg: "Config") -> None:
                               f"noise.model=sensor to keep the camera")
         noise_model_from_config(cfg)  # parameter checks, with the key path
     if cfg.optics.method == UNIT_FREE_METHOD:
-        if cfg.slm.enabled:
-            raise ConfigError("optics.method = 'fft' is unit-free, but slm.enabled is true (an SLM has a pixel pitch); "
-                              "disable the SLM or choose a physical method such as fraunhofer")
+        # an SLM is allowed: its pixel covers slm.pixel_pitch_m / optics.pitch_m samples of the unit-free grid
+        # (only the ratio acts; optics.CDPOperator keeps the SLM on its own grid)
         if cfg.sensor.enabled and cfg.sensor.pitch_m is not None:
             raise ConfigError(f"optics.method = 'fft' is unit-free (no detector pitch), but sensor.pitch_m = "
                               f"{cfg.sensor.pitch_m!r} asks to bin detector samples by pitch; set sensor.pitch_m=null")

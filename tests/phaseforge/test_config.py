@@ -39,7 +39,6 @@ def test_yaml_file_and_overrides(tmp_path):
     ("noise:\n  model: prdeep\n", r"sensor.enabled is true.*set sensor.enabled=false"),
     ("sensor:\n  enabled: false\nnoise:\n  model: prdeep\n  alpha: -9\n", r"noise.model = 'prdeep'.*alpha.*noise.alpha"),
     ("sensor:\n  enabled: false\nnoise:\n  model: gaussian\n", r"needs sigma"),
-    ("optics:\n  method: fft\nslm:\n  enabled: true\n", r"'fft' is unit-free.*slm.enabled"),
     ("optics:\n  method: fft\nsensor:\n  pitch_m: 16e-6\n", r"'fft' is unit-free.*sensor.pitch_m=null"),
 ])
 def test_bad_configs_name_the_key(tmp_path, text, match):
