@@ -48,6 +48,18 @@ is not) are kept unless this sitting has as many or more seeds of the same row
     python benchmarks/distillation.py --regimes base no-unet --workers 2
     python benchmarks/distillation.py --regimes all           # the full sweep (hours; resumable)
     python benchmarks/distillation.py --report-only           # tables/figures from the cache
+
+``--reconstructor unfolded`` (issue 17 §5) asks the same question with the deep-unfolding
+reconstructor (``learning.unfolding``; :data:`UNFOLDED_MODEL`) for teacher and student: its own
+cache ``out/distillation_unfolded``, report ``benchmarks/results/distillation_unfolded`` (plus
+``side_by_side.md``: both reconstructors' answers per regime), rows :data:`UNFOLDED_VARIANTS`,
+regimes :data:`UNFOLDED_PRIORITY` (``base``, the standard CDP protocol at L = 1
+``cdp-protocol-l1``, ``object-amplitude``), sizes ``SIZES["unfolded"]`` (64 steps per run), and
+besides ER and WF the regularised classical rows TV and PnP-NLM with every run's own masks and
+the network's margin over the best classical row per seed (issue 17 §3's single-snapshot goal:
+student ≥ best classical on its own mask + 3 dB):
+
+    python benchmarks/distillation.py --reconstructor unfolded --workers 1 --threads 1
 """
 from __future__ import annotations
 
@@ -1401,8 +1413,8 @@ def select_regimes(names: Optional[Sequence[str]], quick: bool, reconstructor: s
     by = {r.name: r for r in universe}
     for n in names:
         if n not in by:
-            raise BenchmarkError(f"--regimes {n!r} is not a regime of --reconstructor {reconstructor}; choose from "
-                                 f"{[r.name for r in universe]}, 'priority' or 'all'")
+            raise BenchmarkError(f"--regimes {n!r} is not a regime; choose from {[r.name for r in universe]} "
+                                 f"(those of --reconstructor {reconstructor}), 'priority' or 'all'")
         r = by[n]
         if r.requires_env and not os.environ.get(r.requires_env):
             raise BenchmarkError(f"regime {n!r} needs user data: set {r.requires_env} to its path")
