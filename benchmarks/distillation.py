@@ -468,9 +468,15 @@ def _chain(job: Job) -> List[Job]:
 # ------------------------------------------------------------------------------------------------
 # running one job
 # ------------------------------------------------------------------------------------------------
-def eval_key(sizes: Dict) -> Dict:
-    return {"n_test": sizes["n_test"], "classical_iters": sizes["classical_iters"], "noise_seed": 0,
-            "data_seed": 0, "split": "test", "metric": "gain-aligned encoded PSNR v1"}
+def eval_key(sizes: Dict, classical: Optional[Sequence[str]] = None) -> Dict:
+    """What a finished evaluation was made with (a run whose ``eval.json`` says otherwise is stale and
+    re-evaluated, not retrained)."""
+    classical = CLASSICAL if classical is None else classical
+    key = {"n_test": sizes["n_test"], "classical_iters": sizes["classical_iters"], "noise_seed": 0,
+           "data_seed": 0, "split": "test", "metric": "gain-aligned encoded PSNR v1"}
+    if any(c in REGULARISED for c in classical):  # the regularised rows start from the ER row's estimate
+        key["regularised"] = f"{'/'.join(c for c in classical if c in REGULARISED)} {REGULARISED_ITERS} it. from the ER row"
+    return key
 
 
 def job_status(job: Job, sizes: Dict) -> str:
@@ -481,7 +487,7 @@ def job_status(job: Job, sizes: Dict) -> str:
     ev = f / "eval.json"
     if ev.is_file():
         try:
-            if json.loads(ev.read_text()).get("eval_key") == eval_key(sizes):
+            if json.loads(ev.read_text()).get("eval_key") == eval_key(sizes, job.classical):
                 return "done"
         except (OSError, ValueError):
             pass
@@ -571,21 +577,32 @@ def _finished(job: Job, sizes: Dict) -> bool:
     return job_status(job, sizes) == "done" and _has_classical(job)
 
 
-def classical_estimate(physics, y, solver: str, *, encoding: str, classical_iters: int, noise_model=None):
+def classical_estimate(physics, y, solver: str, *, encoding: str, classical_iters: int, noise_model=None,
+                       start=None):
     """A classical row's estimate from ``y`` with the system's own masks: ER and Wirtinger flow
     (``classical_iters`` iterations from the flat start, as the unrolled estimate) or a regularised
-    solver (:data:`REGULARISED`: ``tv``, ``pnp`` with non-local means; their defaults,
-    :data:`REGULARISED_ITERS` iterations after an ER start), with realness + positivity for amplitude
-    objects, and the known amplitude-noise level of ``noise_model`` (an ``optics.noise`` model: the
-    standard protocol) as ``phaseforge reconstruct`` passes it; with a camera (photon counts) they
-    estimate it from the ER start."""
+    solver (:data:`REGULARISED`: ``tv``, ``pnp`` with non-local means; their default settings,
+    :data:`REGULARISED_ITERS` iterations) started from the ER row's estimate (``start``, else
+    computed; rescaled to the measured energy ``‖x‖² = Σy/s``) — their own default start, ER from
+    a spectral start, fails on a single CDP (measured 6–10 dB at L = 1 in ``base``: the top
+    eigenvector of one CDP is a poor start, as for the unrolled estimate) — with realness +
+    positivity for amplitude objects, and the known amplitude-noise level of ``noise_model`` (an
+    ``optics.noise`` model: the standard protocol) as ``phaseforge reconstruct`` passes it; with a
+    camera (photon counts) they estimate it from the start's residual."""
     from learning.systems import first_estimate
     if solver in CLASSICAL:
         return first_estimate(physics, y, solver=solver, n_iter=classical_iters, encoding=encoding)
     if solver not in REGULARISED:
         raise BenchmarkError(f"classical row {solver!r} is not one of {CLASSICAL + REGULARISED}")
-    from learning.solvers import solve
-    kw = dict(n_iter=REGULARISED_ITERS, tol=None, history=False, generator=0)
+    import torch
+    from learning.solvers import estimate_norm_sq, solve
+    if start is None:
+        start = first_estimate(physics, y, solver="er", n_iter=classical_iters, encoding=encoding)
+    op = physics.system
+    h, w = op.in_shape
+    sq = estimate_norm_sq(op, (h, w), dtype=start.dtype, device=y.device)
+    x0 = start * torch.sqrt(y.sum(dim=(-3, -2, -1)) / (sq * h * w))[..., None, None].to(start.dtype)
+    kw = dict(n_iter=REGULARISED_ITERS, tol=None, history=False, generator=0, x0=x0)
     if encoding == "amplitude":
         kw.update(real=True, nonnegative=True)
     if noise_model is not None:
@@ -618,12 +635,14 @@ def evaluate_model(model, objects, *, encoding: str, phase_range_rad, classical_
             x = objects[i:i + batch_size]
             gens = sample_generators([i + j for j in range(x.shape[0])], device=x.device)
             y = model.physics.measure(x, noise="exact", generators=gens)
+            est = {}
             for name in names:
                 if name == "network":
                     xh = model.reconstructor(y, model.physics).x
                 else:
-                    xh = classical_estimate(model.physics, y, name, encoding=encoding, classical_iters=classical_iters,
-                                            noise_model=getattr(model.physics, "noise", None))
+                    xh = est[name] = classical_estimate(model.physics, y, name, encoding=encoding,
+                                                        classical_iters=classical_iters, start=est.get("er"),
+                                                        noise_model=getattr(model.physics, "noise", None))
                     if encoding == "phase":
                         xh = xh / xh.abs().clamp_min(1e-6)
                 xg = gain_align(xh, x, encoding)
@@ -685,7 +704,7 @@ def run_job(job: Job, sizes: Dict, *, progress: bool = False, threads: int = 1) 
     rows = evaluate_model(model, objects, encoding=cfg.data.encoding,
                           phase_range_rad=tuple(cfg.data.phase_range_rad), classical_iters=sizes["classical_iters"],
                           classical=job.classical)
-    result = {"eval_key": eval_key(sizes), "variant": job.variant, "seed": job.seed, "config": job.config,
+    result = {"eval_key": eval_key(sizes, job.classical), "variant": job.variant, "seed": job.seed, "config": job.config,
               "overrides": job.overrides, "teacher_run": None if job.teacher is None else str(job.teacher.folder),
               "n_masks": int(model.physics.n_masks), "train_seconds": float(summary.get("seconds") or 0.0),
               "steps": int(summary.get("steps") or 0), "best_val_psnr": summary.get("best_val_psnr"),
