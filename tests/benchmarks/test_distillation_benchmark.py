@@ -373,3 +373,30 @@ def test_unfolded_protocol_run_end_to_end(bench, tmp_path):
     assert rep["meta"]["reconstructor"] == "unfolded" and rep["meta"]["classical"] == ["er", "wf", "tv", "pnp"]
     assert (out / "report" / "side_by_side.md").is_file()
     assert "cdp-protocol-l1" in (out / "report" / "distillation_summary.md").read_text()
+
+
+def test_regularised_rows_start_from_the_er_row_at_the_measured_energy(bench, monkeypatch):
+    """TV / PnP start from the ER row's estimate (unit RMS) rescaled to the measured energy: for
+    unit-modulus masks AᴴA = s·I, so ‖x0‖² = Σy/s (noiseless here: float32 rounding, 1e-4)."""
+    import torch
+    from phaseforge.config import load
+    from phaseforge.learn import CONFIG_DIR, build_model
+    import learning.solvers as solvers
+
+    model = build_model(load(CONFIG_DIR / "teacher.yaml", ["data.size=16", "sensor.enabled=false",
+                                                           "data.encoding=amplitude"]))
+    x = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(1)).to(torch.complex64)
+    y = model.physics.measure(x, noise="none")
+    start = bench.classical_estimate(model.physics, y, "er", encoding="amplitude", classical_iters=20)
+    seen = {}
+
+    def fake_solve(op, yy, solver, **kw):
+        seen.update(kw, solver=solver)
+        return type("R", (), {"x": kw["x0"]})()
+    monkeypatch.setattr(solvers, "solve", fake_solve)
+    out = bench.classical_estimate(model.physics, y, "tv", encoding="amplitude", classical_iters=20, start=start)
+    s = solvers.estimate_norm_sq(model.physics.system, (16, 16), dtype=torch.complex64)
+    energy = (out.abs() ** 2).sum(dim=(-2, -1))
+    assert torch.allclose(energy, y.sum(dim=(-3, -2, -1)) / s, rtol=1e-4)
+    assert torch.allclose(out / out.abs().pow(2).mean(dim=(-2, -1), keepdim=True).sqrt(), start, atol=1e-5)
+    assert seen["solver"] == "tv" and seen["real"] and seen["nonnegative"] and seen["n_iter"] == bench.REGULARISED_ITERS
