@@ -179,7 +179,15 @@ class TrainConfig:
 
 @dataclass
 class DistillConfig:
-    """Knowledge-transfer terms of `phaseforge distill` (learning.losses.DistillationLoss)."""
+    """Knowledge-transfer terms of `phaseforge distill` (learning.losses.DistillationLoss).
+
+    Defaults: the spectrum mask loss alone (``kd_mask``), measured with the U-Net reconstructor over 25
+    regimes (issue 8, README "Does distillation help?"). Asked again with the deep-unfolding
+    reconstructor (issue 17 §5, ``benchmarks/distillation.py --reconstructor unfolded``, 64 steps per
+    run, seeds 0-2): vs E2E, ``kd_mask`` −0.02 [−0.06, +0.04] dB in ``base`` and +0.03 [−0.07, +0.08]
+    in ``cdp-protocol-l1``; the unlabelled transfer (``unlabelled_weight`` 1, 512 objects) +0.02
+    [−0.03, +0.08] and +0.14 [+0.03, +0.26], on validation −0.01 and +0.07 (``kd_mask`` +0.03,
+    +0.02): not better on every seed in most regimes, so the default stays the mask loss alone."""
     recon_weight: float = 1.0
     mask_loss: str = "spectrum"  # spectrum | gram | none
     mask_weight: float = 1.0
