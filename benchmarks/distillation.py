@@ -48,6 +48,18 @@ is not) are kept unless this sitting has as many or more seeds of the same row
     python benchmarks/distillation.py --regimes base no-unet --workers 2
     python benchmarks/distillation.py --regimes all           # the full sweep (hours; resumable)
     python benchmarks/distillation.py --report-only           # tables/figures from the cache
+
+``--reconstructor unfolded`` (issue 17 §5) asks the same question with the deep-unfolding
+reconstructor (``learning.unfolding``; :data:`UNFOLDED_MODEL`) for teacher and student: its own
+cache ``out/distillation_unfolded``, report ``benchmarks/results/distillation_unfolded`` (plus
+``side_by_side.md``: both reconstructors' answers per regime), rows :data:`UNFOLDED_VARIANTS`,
+regimes :data:`UNFOLDED_PRIORITY` (``base``, the standard CDP protocol at L = 1
+``cdp-protocol-l1``, ``object-amplitude``), sizes ``SIZES["unfolded"]`` (64 steps per run), and
+besides ER and WF the regularised classical rows TV and PnP-NLM with every run's own masks and
+the network's margin over the best classical row per seed (issue 17 §3's single-snapshot goal:
+student ≥ best classical on its own mask + 3 dB):
+
+    python benchmarks/distillation.py --reconstructor unfolded --workers 1 --threads 1
 """
 from __future__ import annotations
 
@@ -80,6 +92,12 @@ SIZES = {
     "full": {"overrides": {"train.n_train": 256, "train.n_val": 32, "train.epochs": 16,
                            "train.batch_size": 16, "train.grad_norm_every": 4},
              "n_test": 64, "classical_iters": 200, "n_unlabelled": 512},
+    # --reconstructor unfolded: "full" with 4 epochs (64 steps per run, teachers too; ¼ of the U-Net set's):
+    # an unfolded student step costs ≈ 0.7 s and a teacher step ≈ 1.7 s on one core of the shared machine
+    # (5 stages through the denoiser; the U-Net set ≈ 0.23 s), so the 45 runs of issue 17 §5 fit a 1.5 h sitting
+    "unfolded": {"overrides": {"train.n_train": 256, "train.n_val": 32, "train.epochs": 4,
+                               "train.batch_size": 16, "train.grad_norm_every": 4},
+                 "n_test": 64, "classical_iters": 200, "n_unlabelled": 512},
     # smoke run: 16² objects, 3 epochs of 3 steps
     "quick": {"overrides": {"train.n_train": 48, "train.n_val": 16, "train.epochs": 3,
                             "train.batch_size": 16, "train.grad_norm_every": 1, "data.size": 16},
@@ -123,6 +141,19 @@ def config_hash_text(cfg) -> str:
         if d.get("noise") == to_dict(NoiseConfig()):
             d = {k: v for k, v in d.items() if k != "noise"}
     return yaml.safe_dump(d, sort_keys=False)
+#: ``--reconstructor``: which reconstructor teacher and student use. ``unet`` (default) is the
+#: committed report (``benchmarks/results/distillation/``, pinned by ``BASE_COMMON``); ``unfolded``
+#: asks the question again with the deep-unfolding reconstructor (issue 17 §5), in its own cache
+#: and report folder (:data:`RECONSTRUCTOR_DIRS`).
+RECONSTRUCTORS = ("unet", "unfolded")
+RECONSTRUCTOR_DIRS = {"unet": "distillation", "unfolded": "distillation_unfolded"}
+#: The deep-unfolding set's model keys (teacher and student; the U-Net widths stay those of the
+#: configs, teacher (24, 48, 96) wider than the student's (12, 24, 48), as in the U-Net set).
+#: ``n_warm`` = 50 ER iterations (no gradient) and ``n_stages`` = 5 learned stages with one shared
+#: denoiser: the ``model`` defaults, i.e. the shipped benchmark model's architecture
+#: (``data/models/cdp_unfolded_L4.pt``), which at 32² costs about as much per step as the U-Net
+#: set's 5 unrolled ER steps + U-Net (measured: README "Does distillation help?").
+UNFOLDED_MODEL = {"model.kind": "unfolded", "model.n_stages": 5, "model.n_warm": 50, "model.shared": True}
 BASE_STUDENT = {"slm.pixel_pitch_m": 16e-6, "slm.bit_depth": 2, "slm.fill_factor": 1.0,
                 "slm.crosstalk_sigma_m": 0.0, "model.widths": [12, 24, 48], "model.n_unrolled": 5}
 
@@ -201,9 +232,29 @@ REGIMES: List[Regime] = [
            student={"model.widths": [], "slm.pixel_pitch_m": 32e-6, "slm.bit_depth": 1}),
 ]
 REGIME_NAMES = [r.name for r in REGIMES]
+#: The standard CDP benchmark protocol (issue 16, ``benchmarks/cdp_benchmark.py``) at L = 1 for the
+#: student: the unit-free operator ``A x = fft2(M ⊙ x, norm="ortho")`` (no oversampling, FFT detector
+#: order), real non-negative amplitude objects in [0, 1], prDeep noise at α = 27 on ``|A x|²`` (no
+#: camera); the teacher has L = 4 unconstrained learned masks, the student ONE mask on a 4-level SLM
+#: whose pixel is one sample of the unit-free grid (``slm.pixel_pitch_m = optics.pitch_m``: with
+#: ``method: fft`` only their ratio matters, ``optics.cdp.CDPOperator``). Objects from
+#: ``embedded:nobench`` (the embedded images without any benchmark image, ``learning.images``), so no
+#: image of the benchmark's test set is seen in training, validation or this regime's test split.
+PROTOCOL_L1 = Regime(
+    "cdp-protocol-l1", "protocol",
+    "standard CDP protocol at L = 1: unit-free FFT, no oversampling, amplitude objects in [0, 1], prDeep "
+    "α = 27, student SLM pixel = 1 sample, 4 levels; images without the benchmark's (embedded:nobench)",
+    {"optics.method": "fft", "optics.oversampling": 1.0, "optics.detector_order": "fft", "sensor.enabled": False,
+     "noise.model": "prdeep", "noise.alpha": 27.0, "data.encoding": "amplitude", "data.source": "embedded:nobench"},
+    {"slm.pixel_pitch_m": 8e-6})
+#: every regime per reconstructor (``cdp-protocol-l1`` is measured with the deep-unfolding one only:
+#: the U-Net set's committed report keeps its 26 regimes)
+REGIMES_BY_RECONSTRUCTOR = {"unet": REGIMES, "unfolded": REGIMES + [PROTOCOL_L1]}
 #: what runs without --regimes: the base and the factors the issue's analysis points at
 PRIORITY = ["base", "no-unet", "amp+no-unet+photons-10", "labels-64", "object-amplitude", "photons-10",
             "unrolled-1", "no-unet+slm-4x-2levels"]
+#: what ``--reconstructor unfolded`` runs without --regimes (issue 17 §5), in this order
+UNFOLDED_PRIORITY = ["base", "cdp-protocol-l1", "object-amplitude"]
 
 # ------------------------------------------------------------------------------------------------
 # variants (rows)
@@ -283,6 +334,9 @@ VARIANT_BY_NAME = {v.name: v for v in VARIANTS}
 ROW_VARIANTS = [v.name for v in VARIANTS if not v.hidden]
 STUDENT_ROWS = [v for v in ROW_VARIANTS if VARIANT_BY_NAME[v].role == "student"]
 DEFAULT_VARIANTS = ["teacher", "e2e", "kd", "kd_mask", "kd_feature", "fixed", "kd_ct", "kd_unlab", "kd_output"]
+#: the rows of ``--reconstructor unfolded`` (issue 17 §5): E2E, the paper's losses, ``phaseforge
+#: distill``'s default (``kd_mask``) and the best transfer of the U-Net sweep (``kd_unlab``)
+UNFOLDED_VARIANTS = ["teacher", "e2e", "kd", "kd_mask", "kd_unlab"]
 DEFAULT_SEEDS = [0, 1, 2]
 
 
@@ -303,6 +357,7 @@ class Job:
     key: str = ""
     folder: Optional[Path] = None
     na: Optional[str] = None                 # not applicable: why
+    classical: tuple = ("er", "wf")          # the classical rows evaluated with the run's own masks
 
     def label(self) -> str:
         return f"{self.variant}-{self.key}"
@@ -324,14 +379,20 @@ def _regime_common(regime: Regime) -> Dict:
     return common
 
 
-def make_job(regime: Regime, variant: str, seed: int, sizes: Dict, out: Path, memo: Dict) -> Job:
-    """The run of ``variant`` in ``regime`` for ``seed`` (its teacher chain included)."""
+def make_job(regime: Regime, variant: str, seed: int, sizes: Dict, out: Path, memo: Dict,
+             reconstructor: str = "unet") -> Job:
+    """The run of ``variant`` in ``regime`` for ``seed`` (its teacher chain included), with the
+    reconstructor ``reconstructor`` (:data:`RECONSTRUCTORS`) for teacher and student."""
     mk = (regime.name, variant, seed)
     if mk in memo:
         return memo[mk]
+    if reconstructor not in RECONSTRUCTORS:
+        raise BenchmarkError(f"--reconstructor {reconstructor!r} is not one of {RECONSTRUCTORS}")
     v = VARIANT_BY_NAME[variant]
     ov = dict(sizes["overrides"])
     ov.update(_regime_common(regime))
+    if reconstructor == "unfolded":
+        ov.update(UNFOLDED_MODEL)
     if regime.label_fraction:
         n0, b = ov["train.n_train"], ov["train.batch_size"]
         n = max(b, int(round(n0 * regime.label_fraction)))
@@ -368,8 +429,8 @@ def make_job(regime: Regime, variant: str, seed: int, sizes: Dict, out: Path, me
             na = "the student has no network (no features to distil)"
     ov["seed"] = seed
     ov["masks.seed"] = seed
-    teacher = make_job(regime, v.teacher, seed, sizes, out, memo) if v.teacher else None
-    job = Job(variant, seed, _ov(ov), v.config, teacher, na=na)
+    teacher = make_job(regime, v.teacher, seed, sizes, out, memo, reconstructor) if v.teacher else None
+    job = Job(variant, seed, _ov(ov), v.config, teacher, na=na, classical=CLASSICAL_BY_RECONSTRUCTOR[reconstructor])
     from phaseforge.config import load
     cfg = load(CONFIG_DIR / v.config, job.overrides)
     h = hashlib.sha1(config_hash_text(cfg).encode())
@@ -384,7 +445,7 @@ def make_job(regime: Regime, variant: str, seed: int, sizes: Dict, out: Path, me
 
 
 def build_plan(regimes: Sequence[Regime], variants: Sequence[str], seeds: Sequence[int], sizes: Dict,
-               out: Path) -> Dict:
+               out: Path, reconstructor: str = "unet") -> Dict:
     """``{(regime, variant, seed): Job}`` for the rows asked (teachers and intermediates included
     through the jobs' ``teacher`` links)."""
     memo: Dict = {}
@@ -392,7 +453,7 @@ def build_plan(regimes: Sequence[Regime], variants: Sequence[str], seeds: Sequen
     for r in regimes:
         for v in variants:
             for s in seeds:
-                plan[(r.name, v, s)] = make_job(r, v, s, sizes, out, memo)
+                plan[(r.name, v, s)] = make_job(r, v, s, sizes, out, memo, reconstructor)
     return plan
 
 
@@ -407,9 +468,15 @@ def _chain(job: Job) -> List[Job]:
 # ------------------------------------------------------------------------------------------------
 # running one job
 # ------------------------------------------------------------------------------------------------
-def eval_key(sizes: Dict) -> Dict:
-    return {"n_test": sizes["n_test"], "classical_iters": sizes["classical_iters"], "noise_seed": 0,
-            "data_seed": 0, "split": "test", "metric": "gain-aligned encoded PSNR v1"}
+def eval_key(sizes: Dict, classical: Optional[Sequence[str]] = None) -> Dict:
+    """What a finished evaluation was made with (a run whose ``eval.json`` says otherwise is stale and
+    re-evaluated, not retrained)."""
+    classical = CLASSICAL if classical is None else classical
+    key = {"n_test": sizes["n_test"], "classical_iters": sizes["classical_iters"], "noise_seed": 0,
+           "data_seed": 0, "split": "test", "metric": "gain-aligned encoded PSNR v1"}
+    if any(c in REGULARISED for c in classical):  # the regularised rows start from the ER row's estimate
+        key["regularised"] = f"{'/'.join(c for c in classical if c in REGULARISED)} {REGULARISED_ITERS} it. from the ER row"
+    return key
 
 
 def job_status(job: Job, sizes: Dict) -> str:
@@ -420,7 +487,7 @@ def job_status(job: Job, sizes: Dict) -> str:
     ev = f / "eval.json"
     if ev.is_file():
         try:
-            if json.loads(ev.read_text()).get("eval_key") == eval_key(sizes):
+            if json.loads(ev.read_text()).get("eval_key") == eval_key(sizes, job.classical):
                 return "done"
         except (OSError, ValueError):
             pass
@@ -483,6 +550,15 @@ def gain_align(x_hat, x, encoding: str):
 
 #: the classical solvers evaluated with every run's own masks
 CLASSICAL = ("er", "wf")
+#: ... and with ``--reconstructor unfolded`` also the regularised solvers that need no training
+#: (``learning.solvers.regularised``: TV and plug-and-play with non-local means, the project's best
+#: classical rows on the standard CDP benchmark), so that a student is compared with the best
+#: classical solver on its own mask (issue 17 §3: student ≥ best classical + 3 dB)
+REGULARISED = ("tv", "pnp")
+CLASSICAL_BY_RECONSTRUCTOR = {"unet": CLASSICAL, "unfolded": CLASSICAL + REGULARISED}
+#: iterations of the regularised rows: the solvers' defaults, as in ``benchmarks/cdp_benchmark.py``
+#: (40 iterations after 50 error-reduction iterations from a spectral start)
+REGULARISED_ITERS = 40
 
 
 def _has_classical(job: Job) -> bool:
@@ -492,7 +568,7 @@ def _has_classical(job: Job) -> bool:
         rows = json.loads((job.folder / "eval.json").read_text()).get("rows", {})
     except (OSError, ValueError):
         return False
-    return all(c in rows for c in CLASSICAL)
+    return all(c in rows for c in job.classical)
 
 
 def _finished(job: Job, sizes: Dict) -> bool:
@@ -501,8 +577,43 @@ def _finished(job: Job, sizes: Dict) -> bool:
     return job_status(job, sizes) == "done" and _has_classical(job)
 
 
+def classical_estimate(physics, y, solver: str, *, encoding: str, classical_iters: int, noise_model=None,
+                       start=None):
+    """A classical row's estimate from ``y`` with the system's own masks: ER and Wirtinger flow
+    (``classical_iters`` iterations from the flat start, as the unrolled estimate) or a regularised
+    solver (:data:`REGULARISED`: ``tv``, ``pnp`` with non-local means; their default settings,
+    :data:`REGULARISED_ITERS` iterations) started from the ER row's estimate (``start``, else
+    computed; rescaled to the measured energy ``‖x‖² = Σy/s``) — their own default start, ER from
+    a spectral start, fails on a single CDP (measured 6–10 dB at L = 1 in ``base``: the top
+    eigenvector of one CDP is a poor start, as for the unrolled estimate) — with realness +
+    positivity for amplitude objects, and the known amplitude-noise level of ``noise_model`` (an
+    ``optics.noise`` model: the standard protocol) as ``phaseforge reconstruct`` passes it; with a
+    camera (photon counts) they estimate it from the start's residual."""
+    from learning.systems import first_estimate
+    if solver in CLASSICAL:
+        return first_estimate(physics, y, solver=solver, n_iter=classical_iters, encoding=encoding)
+    if solver not in REGULARISED:
+        raise BenchmarkError(f"classical row {solver!r} is not one of {CLASSICAL + REGULARISED}")
+    import torch
+    from learning.solvers import estimate_norm_sq, solve
+    if start is None:
+        start = first_estimate(physics, y, solver="er", n_iter=classical_iters, encoding=encoding)
+    op = physics.system
+    h, w = op.in_shape
+    sq = estimate_norm_sq(op, (h, w), dtype=start.dtype, device=y.device)
+    x0 = start * torch.sqrt(y.sum(dim=(-3, -2, -1)) / (sq * h * w))[..., None, None].to(start.dtype)
+    kw = dict(n_iter=REGULARISED_ITERS, tol=None, history=False, generator=0, x0=x0)
+    if encoding == "amplitude":
+        kw.update(real=True, nonnegative=True)
+    if noise_model is not None:
+        kw["amplitude_noise_std"] = math.sqrt(float(noise_model.amplitude_mse(y).mean()))
+    if solver == "pnp":
+        kw["denoiser"] = "nlm"
+    return solve(physics.system, y, solver=solver, **kw).x
+
+
 def evaluate_model(model, objects, *, encoding: str, phase_range_rad, classical_iters: int,
-                   batch_size: int = 16) -> Dict[str, Dict]:
+                   batch_size: int = 16, classical: Sequence[str] = CLASSICAL) -> Dict[str, Dict]:
     """The network and the classical solvers (:data:`CLASSICAL`: ER and Wirtinger flow,
     ``classical_iters`` iterations each from the same flat start as the unrolled estimate) on
     ``objects`` with exact sensor noise, object ``i`` from
@@ -512,23 +623,26 @@ def evaluate_model(model, objects, *, encoding: str, phase_range_rad, classical_
     ``psnr_raw``: the encoded PSNR of ``phaseforge evaluate`` without gain alignment."""
     import torch
     from learning.metrics import relative_error, ssim_amplitude, ssim_phase
-    from learning.systems import first_estimate, sample_generators
+    from learning.systems import sample_generators
     from learning.training import encoded_psnr
 
     was = model.training
     model.eval()
-    names = ("network",) + CLASSICAL
+    names = ("network",) + tuple(classical)
     acc = {k: {"psnr": [], "psnr_raw": [], "ssim": [], "rel_err": []} for k in names}
     with torch.no_grad():
         for i in range(0, objects.shape[0], batch_size):
             x = objects[i:i + batch_size]
             gens = sample_generators([i + j for j in range(x.shape[0])], device=x.device)
             y = model.physics.measure(x, noise="exact", generators=gens)
+            est = {}
             for name in names:
                 if name == "network":
                     xh = model.reconstructor(y, model.physics).x
                 else:
-                    xh = first_estimate(model.physics, y, solver=name, n_iter=classical_iters, encoding=encoding)
+                    xh = est[name] = classical_estimate(model.physics, y, name, encoding=encoding,
+                                                        classical_iters=classical_iters, start=est.get("er"),
+                                                        noise_model=getattr(model.physics, "noise", None))
                     if encoding == "phase":
                         xh = xh / xh.abs().clamp_min(1e-6)
                 xg = gain_align(xh, x, encoding)
@@ -588,8 +702,9 @@ def run_job(job: Job, sizes: Dict, *, progress: bool = False, threads: int = 1) 
         _, model, _ = load_run(f, "best")
     objects = test_objects(job, sizes)
     rows = evaluate_model(model, objects, encoding=cfg.data.encoding,
-                          phase_range_rad=tuple(cfg.data.phase_range_rad), classical_iters=sizes["classical_iters"])
-    result = {"eval_key": eval_key(sizes), "variant": job.variant, "seed": job.seed, "config": job.config,
+                          phase_range_rad=tuple(cfg.data.phase_range_rad), classical_iters=sizes["classical_iters"],
+                          classical=job.classical)
+    result = {"eval_key": eval_key(sizes, job.classical), "variant": job.variant, "seed": job.seed, "config": job.config,
               "overrides": job.overrides, "teacher_run": None if job.teacher is None else str(job.teacher.folder),
               "n_masks": int(model.physics.n_masks), "train_seconds": float(summary.get("seconds") or 0.0),
               "steps": int(summary.get("steps") or 0), "best_val_psnr": summary.get("best_val_psnr"),
@@ -717,6 +832,8 @@ def summarize_plan(plan: Dict, regimes: Sequence[Regime], variants: Sequence[str
                     st = _stats([x["psnr_mean"] for x in wf])
                     row["wf_psnr_mean"], row["wf_psnr_std"] = st["mean"], st["std"]
                     row["wf_psnr_per_seed"] = {s: evs[s]["rows"]["wf"]["psnr_mean"] for s in done}
+                if any(c in REGULARISED for c in jobs[done[0]].classical):
+                    row.update(classical_summary(evs, done, jobs[done[0]].classical))
                 row["train_seconds_mean"] = _stats([evs[s]["train_seconds"] for s in done])["mean"]
                 # the validation PSNR of the selected checkpoint: what a choice of settings may use
                 # (the test split must not)
@@ -754,9 +871,40 @@ def summarize_plan(plan: Dict, regimes: Sequence[Regime], variants: Sequence[str
     return rows
 
 
-def reproduce_command(regime: str, variant: str, seeds: Sequence[int], quick: bool) -> str:
+def classical_summary(evs: Dict, done: Sequence[int], classical: Sequence[str]) -> Dict:
+    """The classical rows of a (regime, variant) with its own masks, per seed, and the network's
+    margin over the best of them (issue 17 §3: a single-snapshot student ≥ the best classical
+    solver on its own mask + 3 dB): ``<solver>_psnr_mean`` / ``_per_seed`` for the regularised
+    solvers, ``best_classical_per_seed`` (the max over every classical row of that seed's run),
+    ``best_classical_solver_per_seed`` and ``margin_vs_best_classical_*`` = network − best, per seed,
+    mean, min, max."""
+    out: Dict = {}
+    for c in REGULARISED:
+        if c in classical and all(c in evs[s]["rows"] for s in done):
+            out[f"{c}_psnr_mean"] = _stats([evs[s]["rows"][c]["psnr_mean"] for s in done])["mean"]
+            out[f"{c}_psnr_per_seed"] = {s: evs[s]["rows"][c]["psnr_mean"] for s in done}
+    best, which, margin = {}, {}, {}
+    for s in done:
+        rows = evs[s]["rows"]
+        cands = {c: rows[c]["psnr_mean"] for c in classical if c in rows}
+        if not cands:
+            continue
+        w = max(cands, key=cands.get)
+        best[s], which[s] = cands[w], w
+        margin[s] = rows["network"]["psnr_mean"] - cands[w]
+    if margin:
+        st = _stats(list(margin.values()))
+        out.update(best_classical_per_seed=best, best_classical_solver_per_seed=which,
+                   best_classical_mean=_stats(list(best.values()))["mean"],
+                   margin_vs_best_classical_per_seed=margin, margin_vs_best_classical_mean=st["mean"],
+                   margin_vs_best_classical_min=st["min"], margin_vs_best_classical_max=st["max"])
+    return out
+
+
+def reproduce_command(regime: str, variant: str, seeds: Sequence[int], quick: bool, reconstructor: str = "unet") -> str:
     extra = " e2e" if variant in STUDENT_ROWS and variant != "e2e" else ""
-    return (f"python benchmarks/distillation.py{' --quick' if quick else ''} --regimes {regime} "
+    rec = "" if reconstructor == "unet" else f" --reconstructor {reconstructor}"
+    return (f"python benchmarks/distillation.py{' --quick' if quick else ''}{rec} --regimes {regime} "
             f"--variants {variant}{extra} --seeds {' '.join(map(str, seeds))}")
 
 
@@ -824,7 +972,7 @@ def _measured_utc(plan: Dict, row: Dict, sizes: Dict) -> Optional[str]:
 
 
 def merge_previous(fresh: List[Dict], fresh_grads: Dict, previous: Optional[Dict], sizes: Dict,
-                   seeds: Sequence[int], quick: bool, log=print):
+                   seeds: Sequence[int], quick: bool, log=print, reconstructor: str = "unet"):
     """Rows of this sitting merged with the report of earlier sittings (``previous``: the
     report's JSON), so that a sweep run over several sittings (and machines: the run cache under
     ``out/`` is not kept, the report is committed) accumulates into one table.
@@ -832,6 +980,11 @@ def merge_previous(fresh: List[Dict], fresh_grads: Dict, previous: Optional[Dict
     Per (regime, variant) the row with more finished seeds wins; on a tie this sitting's. A
     previous report made with other sizes, seeds or mode is not merged (its rows would not be
     comparable). Rows keep ``measured`` (when their runs finished)."""
+    universe = REGIMES_BY_RECONSTRUCTOR[reconstructor]
+    names = [r.name for r in universe]
+    core = CORE_VARIANTS if reconstructor == "unet" else UNFOLDED_VARIANTS
+    # the U-Net set lists every regime (NOT RUN where missing); the unfolded set its own (issue 17 §5)
+    listed = names if reconstructor == "unet" else UNFOLDED_PRIORITY
     by = {(r["regime"], r["variant"]): r for r in fresh}
     grads = dict(fresh_grads)
     if previous:
@@ -842,7 +995,7 @@ def merge_previous(fresh: List[Dict], fresh_grads: Dict, previous: Optional[Dict
         else:
             for old in previous.get("rows", []):
                 k = (old["regime"], old["variant"])
-                if k[0] not in REGIME_NAMES or k[1] not in ROW_VARIANTS:
+                if k[0] not in names or k[1] not in ROW_VARIANTS:
                     continue
                 new = by.get(k)
                 if old.get("status") == "n/a":
@@ -854,7 +1007,7 @@ def merge_previous(fresh: List[Dict], fresh_grads: Dict, previous: Optional[Dict
                     old = dict(old)
                     old.setdefault("measured", "an earlier sitting")
                     # JSON turned the per-seed keys into strings
-                    for key in ("diff_vs_e2e_per_seed", "psnr_per_seed", "er_psnr_per_seed", "wf_psnr_per_seed"):
+                    for key in [k2 for k2 in old if k2.endswith("_per_seed")]:
                         if isinstance(old.get(key), dict):
                             old[key] = {int(s): v for s, v in old[key].items()}
                     by[k] = old
@@ -865,13 +1018,13 @@ def merge_previous(fresh: List[Dict], fresh_grads: Dict, previous: Optional[Dict
     # every regime of REGIMES in order: the rows with data (also incomplete ones), n/a rows, and
     # the core rows of §1 (NOT RUN where missing); other rows never run are left out
     rows = []
-    for rg in REGIMES:
+    for rg in universe:
         for v in ROW_VARIANTS:
             k = (rg.name, v)
             r = by.get(k)
             if r is not None and (r.get("seeds_done") or r["status"] == "n/a"):
                 rows.append(r)
-            elif v in CORE_VARIANTS:
+            elif v in core and rg.name in listed:
                 rows.append(r or {"regime": rg.name, "factor": rg.factor, "variant": v, "seeds_done": 0,
                                   "seeds_asked": len(seeds), "status": "NOT RUN",
                                   "note": (f"needs user data: set {rg.requires_env}" if rg.requires_env else "")})
@@ -970,11 +1123,107 @@ def sweep_table(rows: List[Dict]) -> str:
     return "\n".join(out)
 
 
+def _margin_cell(r: Optional[Dict]) -> str:
+    """The network's margin over the best classical row of the same run (own masks), mean [min, max]
+    over seeds; **bold** when every seed reaches the issue-17 goal (+3 dB)."""
+    if r is None or r.get("margin_vs_best_classical_mean") is None:
+        return "·"
+    txt = (f"{r['margin_vs_best_classical_mean']:+.2f} [{r['margin_vs_best_classical_min']:+.2f}, "
+           f"{r['margin_vs_best_classical_max']:+.2f}]")
+    return f"**{txt}**" if r["margin_vs_best_classical_min"] >= 3.0 else txt
+
+
+def _per_seed(d: Optional[Dict], seeds: Sequence[int], fmt: str = "{:+.2f}") -> str:
+    if not d:
+        return "·"
+    return ", ".join(fmt.format(d[s]) if s in d else "—" for s in seeds)
+
+
+def unfolded_summary(rows: List[Dict], seeds: Sequence[int]) -> str:
+    """The report of ``--reconstructor unfolded`` (issue 17 §5): per regime the teacher, E2E, the
+    classical rows on E2E's own mask and the paired Δ of every transfer vs E2E (mean [min, max],
+    **bold** every seed > 0); then per (regime, row) the network, the best classical row on that
+    run's own masks and the margin over it, every seed (goal +3 dB for the students)."""
+    by = {(r["regime"], r["variant"]): r for r in rows}
+    regimes = list(dict.fromkeys(r["regime"] for r in rows if r.get("seeds_done")))
+    kd_rows = [v for v in UNFOLDED_VARIANTS if v not in ("teacher", "e2e")]
+    kd_rows += [v for v in STUDENT_ROWS if v not in kd_rows and v != "e2e" and any(by.get((g, v)) for g in regimes)]
+
+    def f(r, key):
+        return "·" if r is None or r.get(key) is None else f"{r[key]:.2f}"
+
+    head = ["regime", "teacher", "E2E", "ER, E2E's mask", "WF", "TV", "PnP-NLM", "best classical", "E2E − best classical"]
+    head += [f"Δ {v}" for v in kd_rows]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g in regimes:
+        e = by.get((g, "e2e"))
+        cells = [f"`{g}`", f(by.get((g, "teacher")), "psnr_mean"), f(e, "psnr_mean"), f(e, "er_psnr_mean"),
+                 f(e, "wf_psnr_mean"), f(e, "tv_psnr_mean"), f(e, "pnp_psnr_mean"), f(e, "best_classical_mean"),
+                 _margin_cell(e)]
+        cells += [_delta_cell(by.get((g, v))) for v in kd_rows]
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", "| regime | row | L | network dB (per seed) | best classical, own masks dB (per seed: solver) | "
+            "network − best classical dB: mean [min, max] | per seed | Δ vs E2E per seed | train s |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for g in regimes:
+        for v in UNFOLDED_VARIANTS + [x for x in kd_rows if x not in UNFOLDED_VARIANTS]:
+            r = by.get((g, v))
+            if r is None or not r.get("seeds_done"):
+                continue
+            best = r.get("best_classical_per_seed") or {}
+            which = r.get("best_classical_solver_per_seed") or {}
+            bc = ", ".join(f"{best[s]:.2f}: {which.get(s, '?')}" for s in seeds if s in best) or "·"
+            net = f"{r['psnr_mean']:.2f} ({_per_seed(r.get('psnr_per_seed'), seeds, '{:.2f}')})"
+            tr = r.get("train_seconds_mean")
+            out.append(f"| `{g}` | {v} | {r.get('n_masks', '·')} | {net} | {bc} | {_margin_cell(r)} | "
+                       f"{_per_seed(r.get('margin_vs_best_classical_per_seed'), seeds)} | "
+                       f"{_per_seed(r.get('diff_vs_e2e_per_seed'), seeds)} | {'·' if tr is None else f'{tr:.0f}'} |")
+    return "\n".join(out)
+
+
+def side_by_side(unet_rows: List[Dict], unfolded_rows: List[Dict]) -> str:
+    """Both reconstructors' answer to "does distillation help?" per regime (issue 17 §5): teacher,
+    E2E, the best classical row on E2E's mask (U-Net set: max of ER and WF, the rows it measured;
+    unfolded set: max of ER, WF, TV, PnP-NLM per seed) and the paired Δ of ``kd``, ``kd_mask``,
+    ``kd_unlab`` vs E2E, mean [min, max] over seeds (**bold**: every seed > 0)."""
+    sets = [("U-Net (5 unrolled ER + U-Net, 256 steps)", unet_rows),
+            ("unfolded (ER 50 + 5 stages, shared denoiser, 64 steps)", unfolded_rows)]
+    regimes = UNFOLDED_PRIORITY  # every regime of issue 17 §5 (· where a set has not measured it)
+    head = ["regime", "reconstructor", "teacher", "E2E", "best classical, E2E's mask", "E2E − best classical",
+            "Δ kd", "Δ kd_mask", "Δ kd_unlab"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g in regimes:
+        for name, rs in sets:
+            by = {(r["regime"], r["variant"]): r for r in rs}
+            e, t = by.get((g, "e2e")), by.get((g, "teacher"))
+            if not (e and e.get("seeds_done")):
+                out.append(f"| `{g}` | {name} | · | · | · | · | · | · | · |")
+                continue
+            if e.get("best_classical_mean") is None:  # the U-Net set measured ER and WF only
+                per = [max(e["er_psnr_per_seed"][s], e.get("wf_psnr_per_seed", {}).get(s, -math.inf))
+                       for s in e["er_psnr_per_seed"]]
+                margin = [e["psnr_per_seed"][s] - b for s, b in zip(e["er_psnr_per_seed"], per)]
+                bc = f"{sum(per) / len(per):.2f} (max ER, WF)"
+                mc = f"{sum(margin) / len(margin):+.2f} [{min(margin):+.2f}, {max(margin):+.2f}]"
+            else:
+                bc = f"{e['best_classical_mean']:.2f} (max ER, WF, TV, PnP)"
+                mc = _margin_cell(e)
+            tp = "·" if not (t and t.get("seeds_done")) else f"{t['psnr_mean']:.2f}"
+            cells = [f"`{g}`", name, tp, f"{e['psnr_mean']:.2f}", bc, mc]
+            cells += [_delta_cell(by.get((g, v))) for v in ("kd", "kd_mask", "kd_unlab")]
+            out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def write_report(plan: Dict, regimes: Sequence[Regime], variants: Sequence[str], seeds: Sequence[int],
-                 sizes: Dict, report: Path, *, quick: bool, log=print) -> List[Dict]:
+                 sizes: Dict, report: Path, *, quick: bool, log=print, reconstructor: str = "unet") -> List[Dict]:
     """CSV + JSON + PNG of the finished runs (unfinished rows say so), merged with the rows of
-    earlier sittings already in ``report`` (:func:`merge_previous`)."""
+    earlier sittings already in ``report`` (:func:`merge_previous`). With ``reconstructor``
+    ``unfolded`` the rows also carry the regularised classical solvers and the margin over the best
+    classical row (:func:`classical_summary`), the summary is :func:`unfolded_summary`, and
+    ``side_by_side.md`` sets the U-Net set's answer (``benchmarks/results/distillation``) next to it."""
     from optics.fileio import write_json, write_text
+    universe = REGIMES_BY_RECONSTRUCTOR[reconstructor]
 
     fresh = summarize_plan(plan, regimes, variants, seeds, sizes)
     for r in fresh:
@@ -989,23 +1238,31 @@ def write_report(plan: Dict, regimes: Sequence[Regime], variants: Sequence[str],
         except ValueError:
             log(f"previous report {prev_path} is not valid JSON: not merged")
     rows, grads = merge_previous(fresh, _fresh_grads(plan, regimes, seeds, sizes), previous, sizes, seeds,
-                                 quick, log=log)
+                                 quick, log=log, reconstructor=reconstructor)
     for r in rows:
-        r["reproduce"] = reproduce_command(r["regime"], r["variant"], seeds, quick)
-    reported = [rg.name for rg in REGIMES if any(r["regime"] == rg.name and r.get("seeds_done") for r in rows)]
+        r["reproduce"] = reproduce_command(r["regime"], r["variant"], seeds, quick, reconstructor)
+    reported = [rg.name for rg in universe if any(r["regime"] == rg.name and r.get("seeds_done") for r in rows)]
     meta = {"sizes": sizes, "seeds": list(seeds), "quick": quick, "base_common": BASE_COMMON,
             "base_student": BASE_STUDENT, "variants": {v.name: v.doc for v in VARIANTS},
             "regimes": {r.name: {"factor": r.factor, "doc": r.doc, "common": r.common, "student": r.student,
                                  "label_fraction": r.label_fraction, "step_factor": r.step_factor}
-                        for r in REGIMES},
+                        for r in universe},
             "regimes_reported": reported,
-            "regimes_not_reported": [r.name for r in REGIMES if r.name not in reported]}
+            "regimes_not_reported": [r.name for r in universe if r.name not in reported]}
+    if reconstructor != "unet":
+        meta.update(reconstructor=reconstructor, model=UNFOLDED_MODEL, classical=list(CLASSICAL_BY_RECONSTRUCTOR[reconstructor]),
+                    regularised_iters=REGULARISED_ITERS)
     cols = ["regime", "factor", "variant", "status", "seeds_done", "seeds_asked", "n_masks", "psnr_mean",
             "psnr_std", "ssim_mean", "ssim_std", "er_psnr_mean", "er_psnr_std", "wf_psnr_mean", "wf_psnr_std", "diff_vs_e2e_mean",
             "diff_vs_e2e_min", "diff_vs_e2e_max", "diff_vs_e2e_all_positive", "diff_vs_e2e_per_seed",
             "psnr_per_seed", "er_diff_vs_e2e_mean", "train_seconds_mean", "grad_recon_median", "grad_mask_median",
             "grad_feature_median", "grad_output_median", "grad_unlabelled_median", "val_psnr_mean",
             "val_diff_vs_e2e_mean", "measured", "note", "reproduce"]
+    if reconstructor != "unet":
+        cols[cols.index("diff_vs_e2e_mean"):cols.index("diff_vs_e2e_mean")] = [
+            "tv_psnr_mean", "pnp_psnr_mean", "best_classical_mean", "best_classical_solver_per_seed",
+            "margin_vs_best_classical_mean", "margin_vs_best_classical_min", "margin_vs_best_classical_max",
+            "margin_vs_best_classical_per_seed"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
@@ -1015,6 +1272,14 @@ def write_report(plan: Dict, regimes: Sequence[Regime], variants: Sequence[str],
     write_json(report / "distillation.json", {"meta": meta, "rows": rows, "mask_gradients": grads})
     write_text(report / "distillation.txt", format_rows(rows) + "\n")
     write_text(report / "distillation.md", markdown_rows(rows) + "\n")
+    if reconstructor != "unet":
+        write_text(report / "distillation_summary.md", unfolded_summary(rows, seeds) + "\n")
+        unet_json = ROOT / "benchmarks" / "results" / RECONSTRUCTOR_DIRS["unet"] / "distillation.json"
+        unet_rows = json.loads(unet_json.read_text())["rows"] if unet_json.is_file() else []
+        write_text(report / "side_by_side.md", side_by_side(unet_rows, rows) + "\n")
+        _figures(rows, grads, [r for r in universe if any(x["regime"] == r.name and x.get("seeds_done") for x in rows)],
+                 report)
+        return rows
     sweep = sweep_table(rows)
     write_text(report / "distillation_summary.md", summary_table(rows) + "\n\n" + across_regimes_table(rows)
                + ("\n\n" + sweep if sweep else "") + "\n")
@@ -1144,21 +1409,29 @@ def parse_args(argv=None):
     p.add_argument("--list", action="store_true", help="show what is done / missing and exit")
     p.add_argument("--report-only", action="store_true", help="write the report from the cache, train nothing")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--reconstructor", choices=RECONSTRUCTORS, default="unet",
+                   help="teacher and student reconstructor: unet (default: the committed report) or unfolded "
+                        "(deep unfolding, issue 17; cache out/distillation_unfolded, report "
+                        "benchmarks/results/distillation_unfolded; default regimes "
+                        f"{' '.join(UNFOLDED_PRIORITY)}, rows {' '.join(UNFOLDED_VARIANTS)})")
     return p.parse_args(argv)
 
 
-def select_regimes(names: Optional[Sequence[str]], quick: bool) -> List[Regime]:
+def select_regimes(names: Optional[Sequence[str]], quick: bool, reconstructor: str = "unet") -> List[Regime]:
+    universe = REGIMES_BY_RECONSTRUCTOR[reconstructor]
+    priority = UNFOLDED_PRIORITY if reconstructor == "unfolded" else PRIORITY
     if not names:
-        names = ["base"] if quick else PRIORITY
+        names = ["base"] if quick else priority
     if list(names) == ["all"]:
-        return [r for r in REGIMES if not r.requires_env or os.environ.get(r.requires_env)]
+        return [r for r in universe if not r.requires_env or os.environ.get(r.requires_env)]
     if list(names) == ["priority"]:
-        names = PRIORITY
+        names = priority
     out = []
-    by = {r.name: r for r in REGIMES}
+    by = {r.name: r for r in universe}
     for n in names:
         if n not in by:
-            raise BenchmarkError(f"--regimes {n!r} is not a regime; choose from {REGIME_NAMES}, 'priority' or 'all'")
+            raise BenchmarkError(f"--regimes {n!r} is not a regime; choose from {[r.name for r in universe]} "
+                                 f"(those of --reconstructor {reconstructor}), 'priority' or 'all'")
         r = by[n]
         if r.requires_env and not os.environ.get(r.requires_env):
             raise BenchmarkError(f"regime {n!r} needs user data: set {r.requires_env} to its path")
@@ -1166,9 +1439,9 @@ def select_regimes(names: Optional[Sequence[str]], quick: bool) -> List[Regime]:
     return out
 
 
-def select_variants(names: Optional[Sequence[str]]) -> List[str]:
+def select_variants(names: Optional[Sequence[str]], reconstructor: str = "unet") -> List[str]:
     if not names:
-        return list(DEFAULT_VARIANTS)
+        return list(UNFOLDED_VARIANTS if reconstructor == "unfolded" else DEFAULT_VARIANTS)
     if list(names) == ["all"]:
         return list(ROW_VARIANTS)
     for n in names:
@@ -1182,14 +1455,16 @@ def select_variants(names: Optional[Sequence[str]]) -> List[str]:
 
 def main(argv=None, *, sizes_override: Optional[Dict] = None) -> int:
     args = parse_args(argv)
-    sizes = sizes_override or SIZES["quick" if args.quick else "full"]
-    out = args.out or (ROOT / "out" / ("distillation-quick" if args.quick else "distillation"))
+    rec = args.reconstructor
+    sizes = sizes_override or SIZES["quick" if args.quick else ("unfolded" if rec == "unfolded" else "full")]
+    name = RECONSTRUCTOR_DIRS[rec]
+    out = args.out or (ROOT / "out" / (f"{name}-quick" if args.quick else name))
     report = args.report or ((out / "report") if args.quick or sizes_override
-                             else ROOT / "benchmarks" / "results" / "distillation")
-    regimes = select_regimes(args.regimes, args.quick)
-    variants = select_variants(args.variants)
+                             else ROOT / "benchmarks" / "results" / name)
+    regimes = select_regimes(args.regimes, args.quick, rec)
+    variants = select_variants(args.variants, rec)
     seeds = args.seeds or list(DEFAULT_SEEDS)
-    plan = build_plan(regimes, variants, seeds, sizes, out)
+    plan = build_plan(regimes, variants, seeds, sizes, out, rec)
     if args.list:
         print(list_status(plan, regimes, variants, seeds, sizes))
         prev = report / "distillation.json"
@@ -1205,7 +1480,7 @@ def main(argv=None, *, sizes_override: Optional[Dict] = None) -> int:
     if not args.report_only:
         errors = run_plan(plan, regimes, sizes, workers=args.workers, threads=args.threads,
                           progress=not args.no_progress)
-    rows = write_report(plan, regimes, variants, seeds, sizes, report, quick=args.quick)
+    rows = write_report(plan, regimes, variants, seeds, sizes, report, quick=args.quick, reconstructor=rec)
     print(format_rows(rows))
     print(f"report: {report}  ({time.perf_counter() - t0:.0f} s)")
     for k, e in errors.items():

@@ -10,7 +10,9 @@ Sources
   scikit-image ships inside its wheel, plus the 200 ``lfw_subset`` 25×25 crops, split into
   train/val/test **by source item** (see below) and augmented with the 8 flips/90° rotations.
   ``"embedded:natural"`` keeps the sample-image patches only, ``"embedded:faces"`` the 100
-  faces of ``lfw_subset`` only.
+  faces of ``lfw_subset`` only, ``"embedded:nobench"`` every item except the patches of the
+  standard CDP benchmark's test images (:data:`BENCHMARK_IMAGE_NAMES`, the cameraman among them),
+  for models that a benchmark test set may score.
 * :func:`folder_images` — a folder of ``.png/.jpg/.jpeg/.tif/.tiff/.bmp`` files.
 * :func:`npy_images` — a ``.npy`` array or one array of a ``.npz`` archive.
 * :func:`h5_images` — a dataset of an HDF5 file.
@@ -486,7 +488,7 @@ class EmbeddedImageSet(ImageSet):
 
 #: ``subset=`` of :func:`embedded_images` (config: ``"embedded"``, ``"embedded:natural"``,
 #: ``"embedded:faces"``)
-EMBEDDED_SUBSETS = ("all", "natural", "faces")
+EMBEDDED_SUBSETS = ("all", "natural", "faces", "nobench")
 #: ``skimage.data.lfw_subset()``: "100 first images are faces and subsequent 100 are non-faces"
 _LFW_N_FACES = 100
 
@@ -494,6 +496,8 @@ _LFW_N_FACES = 100
 def _in_embedded_subset(key: str, subset: str) -> bool:
     if subset == "all":
         return True
+    if subset == "nobench":  # every item but the benchmark images' patches, in every split
+        return key.split("/", 1)[0] not in BENCHMARK_IMAGE_NAMES
     if key.startswith("lfw_subset/"):
         return subset == "faces" and int(key.split("/", 1)[1]) < _LFW_N_FACES
     return subset == "natural"
@@ -503,9 +507,10 @@ def embedded_images(size: int, *, split: str = "train", seed: int = 0,
                     n: int | None = None, subset: str = "all") -> EmbeddedImageSet:
     """Built-in images (no download): sample-image patches and ``lfw_subset`` crops.
 
-    ``subset``: ``"all"`` (default), ``"natural"`` (the sample-image patches only) or
-    ``"faces"`` (the 100 faces of ``lfw_subset`` only, without its 100 non-face crops). A source
-    item keeps its split in every subset.
+    ``subset``: ``"all"`` (default), ``"natural"`` (the sample-image patches only),
+    ``"faces"`` (the 100 faces of ``lfw_subset`` only, without its 100 non-face crops) or
+    ``"nobench"`` (everything except the patches of :data:`BENCHMARK_IMAGE_NAMES`: no region of a
+    benchmark test image in any split). A source item keeps its split in every subset.
 
     Source items (see the module docstring for the split rule):
 
@@ -899,8 +904,8 @@ def open_image_source(spec, size: int, *, split: str = "train", seed: int = 0,
     ``spec``:
 
     * ``"embedded"`` → :func:`embedded_images` (``split``, ``seed`` and ``n`` passed on);
-      ``"embedded:natural"`` / ``"embedded:faces"`` → only its sample-image patches / only the
-      100 ``lfw_subset`` faces;
+      ``"embedded:natural"`` / ``"embedded:faces"`` / ``"embedded:nobench"`` → only its
+      sample-image patches / only the 100 ``lfw_subset`` faces / all but the benchmark images;
     * a directory → :func:`folder_images`;
     * ``*.npy`` / ``*.npz`` → :func:`npy_images` (``key`` picks the ``.npz`` member);
     * ``*.h5`` / ``*.hdf5`` / ``*.he5`` → :func:`h5_images` (``dataset`` picks the dataset);
@@ -919,8 +924,8 @@ def open_image_source(spec, size: int, *, split: str = "train", seed: int = 0,
             return embedded_images(size, split=split, seed=seed, n=n, subset=subset or "all")
         if not Path(spec).expanduser().exists():
             raise ImageSourceError(
-                f"image source {spec!r}: the embedded subsets are 'embedded', 'embedded:natural' "
-                f"and 'embedded:faces'")
+                f"image source {spec!r}: the embedded subsets are 'embedded', 'embedded:natural', "
+                f"'embedded:faces' and 'embedded:nobench'")
     p = Path(spec).expanduser()
     if not p.exists():
         raise ImageSourceError(

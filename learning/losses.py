@@ -286,7 +286,7 @@ class DistillationLoss(nn.Module):
         t = self.teacher
         with torch.no_grad():
             gens = None
-            if self.teacher_noise != "none" and t.physics.sensor is not None:
+            if self.teacher_noise != "none" and t.physics.noisy:
                 if seeds is None:
                     raise LossError("the teacher's noisy measurements need the per-sample seeds "
                                     "of the student's batch (x_net.seeds)")

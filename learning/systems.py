@@ -6,10 +6,12 @@ A system has two parts, the deepinv split (a reconstructor is called as ``model(
   phase masks (:class:`optics.masks.PhaseMask`), optionally shown on an
   :class:`optics.slm.SLM` (pixel pitch an integer multiple of the simulation pitch, quantised
   with a straight-through estimator while training and to the exact LUT levels in eval mode,
-  fill factor, crosstalk) and an optional :class:`optics.sensor.Sensor`. Noise is chosen by an
+  fill factor, crosstalk) and an optional :class:`optics.sensor.Sensor` — or, instead of a
+  camera, a noise model on the intensity (:mod:`optics.noise`, e.g. prDeep's, the standard CDP
+  protocol; measurements then stay in the operator's units). Noise is chosen by an
   argument of :meth:`CodedPhysics.measure`, never by ``train()``/``eval()``:
   ``"differentiable"`` (reparametrised Gaussian, gradients reach the masks), ``"exact"``
-  (Poisson + read noise, rounding) or ``"none"``. Every sample draws its noise from its own
+  (Poisson + read noise, rounding; or the noise model's own draw) or ``"none"``. Every sample draws its noise from its own
   generator, so a batch split across processes sees the same noise as the whole batch.
 * :class:`Reconstructor` — a few unrolled error-reduction (or Wirtinger-flow) iterations
   through the same operator (:mod:`learning.solvers`, ``differentiable=True``, so gradients
@@ -72,11 +74,12 @@ class CodedPhysics(nn.Module):
 
     ``system`` must be built without a sensor (the sensor is held here and called explicitly).
     ``masks``: the :class:`~optics.masks.PhaseMask` the system was built with (default: the
-    system's ``masks`` attribute); its ``theta`` are the phases being designed.
+    system's ``masks`` attribute); its ``theta`` are the phases being designed. ``noise``: an
+    :class:`optics.noise.NoiseModel` on ``|A x|²`` instead of a sensor (not both).
     """
 
     def __init__(self, system: CDPSystem, sensor: Optional[nn.Module] = None, *,
-                 masks: Optional[nn.Module] = None):
+                 masks: Optional[nn.Module] = None, noise=None):
         super().__init__()
         masks = masks if masks is not None else getattr(system, "masks", None)
         self._masks = [masks]  # a list: the module is registered once, inside the system
@@ -87,8 +90,20 @@ class CodedPhysics(nn.Module):
             raise SystemsError(
                 f"the sensor has a camera pitch (binning {getattr(sensor, 'binning', None)}); the unrolled "
                 f"solver needs |A x|² per detector sample — leave sensor.pitch_m unset")
+        if noise is not None and sensor is not None:
+            raise SystemsError("give either a sensor (a camera with its own noise) or a noise model on the "
+                               "intensity (optics.noise), not both")
+        if noise is not None and not callable(getattr(noise, "sample", None)):
+            raise SystemsError(f"noise must be an optics.noise.NoiseModel (e.g. PrDeepNoise(27)), got "
+                               f"{type(noise).__name__}")
         self.system = system
         self.sensor = sensor
+        self.noise = noise
+
+    @property
+    def noisy(self) -> bool:
+        """Whether :meth:`measure` draws noise (a sensor, or a noise model other than ``none``)."""
+        return self.sensor is not None or (self.noise is not None and self.noise.name != "none")
 
     # geometry ---------------------------------------------------------------------------------
     @property
@@ -118,9 +133,12 @@ class CodedPhysics(nn.Module):
         return 1 if self.slm is None else int(self.slm.upsample)
 
     @property
-    def pixel_pitch_m(self) -> float:
-        """Pitch of the grid of :attr:`theta` (the SLM pixel pitch, else the simulation pitch)."""
-        return float(self.slm.pixel_pitch_m) if self.slm is not None else float(self.system.pitch_m)
+    def pixel_pitch_m(self) -> Optional[float]:
+        """Pitch of the grid of :attr:`theta` (the SLM pixel pitch, else the simulation pitch;
+        ``None`` for the unit-free operator without an SLM, which has no pitch)."""
+        if self.slm is not None:
+            return float(self.slm.pixel_pitch_m)
+        return None if self.system.pitch_m is None else float(self.system.pitch_m)
 
     # operator (what the solvers use) ------------------------------------------------------------
     def A(self, x):
@@ -169,15 +187,24 @@ class CodedPhysics(nn.Module):
         ``noise``: ``"differentiable"`` (:meth:`Sensor.sample_differentiable`), ``"exact"``
         (:meth:`Sensor.sample`) or ``"none"`` (:meth:`Sensor.photons`, noiseless); the DN are
         mapped back to photons with :meth:`Sensor.dn_to_photons` and clamped at 0. Sample ``b``
-        draws its noise from ``generators[b]`` (required with noise). Without a sensor the
-        noiseless intensity ``|A x|²`` is returned whatever ``noise`` says.
+        draws its noise from ``generators[b]`` (required with noise). With a noise model instead
+        of a sensor the measurements stay in the operator's units: ``"exact"`` is the model's own
+        draw, ``"differentiable"`` the same for prDeep and Gaussian noise (reparametrised; the
+        intensity clamped at 1e-12 so that √I has a finite gradient) and for Poisson the Gaussian of
+        the same variance. Without either, the noiseless intensity ``|A x|²`` is returned whatever
+        ``noise`` says.
         """
         if noise not in NOISE_MODES:
             raise SystemsError(f"noise = {noise!r} is not one of {NOISE_MODES}")
         inten = self.system.intensity(x)
         s = self.sensor
         if s is None:
-            return inten
+            if not self.noisy or noise == "none":
+                return inten
+            if generators is None or len(generators) != inten.shape[0]:
+                raise SystemsError(f"noise = {noise!r} needs one generator per sample "
+                                   f"({inten.shape[0]}), got {None if generators is None else len(generators)}")
+            return torch.stack([self._model_sample(inten[b], g, noise) for b, g in enumerate(generators)])
         if noise == "none":
             return s.photons(inten)
         if generators is None or len(generators) != inten.shape[0]:
@@ -186,6 +213,17 @@ class CodedPhysics(nn.Module):
         fn = s.sample_differentiable if noise == "differentiable" else s.sample
         dn = torch.stack([fn(inten[b], generator=g) for b, g in enumerate(generators)])
         return s.dn_to_photons(dn).clamp_min(0.0)
+
+
+    def _model_sample(self, inten: torch.Tensor, generator, noise: str) -> torch.Tensor:
+        nm = self.noise
+        if noise == "exact":
+            return nm.sample(inten, generator=generator)
+        inten = inten.clamp_min(1e-12)
+        if nm.name == "poisson":  # the draw has no gradient: the Gaussian of the same variance
+            n = torch.randn(inten.shape, generator=generator, dtype=inten.dtype, device=inten.device)
+            return (inten + torch.sqrt(inten / nm.photons_per_unit) * n).clamp_min(0.0)
+        return nm.sample(inten, generator=generator)
 
 
 def remove_global_phase(x: torch.Tensor) -> torch.Tensor:
@@ -314,7 +352,7 @@ class PhaseRetrievalModel(nn.Module):
     def forward(self, x: torch.Tensor, *, seeds: Optional[Sequence[int]] = None,
                 noise: str = "differentiable"):
         gens = None if seeds is None else sample_generators(seeds, device=x.device)
-        if gens is None and noise != "none" and self.physics.sensor is not None:
+        if gens is None and noise != "none" and self.physics.noisy:
             raise SystemsError("measuring with noise needs per-sample seeds (seeds=[...])")
         y = self.physics.measure(x, noise=noise, generators=gens)
         out = self.reconstructor(y, self.physics)
@@ -324,15 +362,18 @@ class PhaseRetrievalModel(nn.Module):
 
 def build_reconstructor(*, kind: str = "unfolded", encoding: str = "phase", widths: Sequence[int] = (16, 32, 64),
                         norm: str = "batch", solver: str = "er", n_unrolled: int = 5, n_power_iter: int = 0,
-                        n_stages: int = 5, n_warm: int = 50, shared: bool = True) -> nn.Module:
+                        n_stages: int = 5, n_warm: int = 50, shared: bool = True,
+                        normalize: str = "rms") -> nn.Module:
     """The reconstructor of a system by ``kind`` (:data:`MODEL_KINDS`): ``"unfolded"`` →
     :class:`learning.unfolding.UnfoldedReconstructor` (``normalize="rms"``: photon-unit
-    measurements of unknown gain; ``norm``/``solver``/``n_unrolled``/``n_power_iter`` unused),
-    ``"unet"`` → :class:`Reconstructor` (``n_stages``/``n_warm``/``shared`` unused)."""
+    measurements of unknown gain, a camera; ``"none"``: measurements in the operator's own units,
+    a noise model on ``|A x|²`` as in the standard CDP protocol; ``norm``/``solver``/``n_unrolled``/
+    ``n_power_iter`` unused), ``"unet"`` → :class:`Reconstructor` (``n_stages``/``n_warm``/``shared``/
+    ``normalize`` unused: it always rescales its first estimate to unit RMS)."""
     if kind == "unfolded":
         from .unfolding import UnfoldedReconstructor
         return UnfoldedReconstructor(encoding=encoding, n_stages=n_stages, shared=shared, widths=widths,
-                                     n_warm=n_warm, normalize="rms")
+                                     n_warm=n_warm, normalize=normalize)
     if kind == "unet":
         return Reconstructor(encoding=encoding, widths=widths, norm=norm, solver=solver, n_unrolled=n_unrolled,
                              n_power_iter=n_power_iter)

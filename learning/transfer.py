@@ -80,7 +80,7 @@ class UnlabelledDistillation(nn.Module):
             for i in range(0, objects.shape[0], batch_size):
                 xb = objects[i:i + batch_size]
                 gens = None
-                if teacher_noise != "none" and teacher.physics.sensor is not None:
+                if teacher_noise != "none" and teacher.physics.noisy:
                     gens = sample_generators([i + j + cls.TEACHER_SEED_OFFSET for j in range(xb.shape[0])],
                                              device=xb.device)
                 y_t = teacher.physics.measure(xb, noise=teacher_noise, generators=gens)

@@ -180,6 +180,10 @@ class CDPOperator(LinearOperator):
         :func:`check_detector_order` warns when data look stored in the other order.
     slm
         Optional :class:`optics.slm.SLM`; bound to ``pitch_m`` (see :meth:`optics.slm.SLM.bind`).
+        With ``method="fft"`` (no pitch) the SLM keeps its own grid: one object sample is
+        ``1/upsample`` of an SLM pixel, so only the SLM's unit-free properties act (pixels of
+        ``upsample × upsample`` samples, fill factor, phase levels; crosstalk ``σ`` in samples is
+        ``crosstalk_sigma_m / sim_pitch_m`` of the SLM's own pitches).
     fit
         Names from :data:`PHYSICAL_PARAMETERS` to store as ``nn.Parameter``.
     propagation_options
@@ -197,8 +201,9 @@ class CDPOperator(LinearOperator):
     has ``AᴴA = Σ_l |M_l|²``, which is ``L·I`` for phase masks (``‖A x‖² = L‖x‖²``); ``A`` is
     unitary only for ``L = 1``, a phase mask and no oversampling. Use it for the standard
     benchmark protocol (``L = 4`` uniform random phase masks, ``N = 128``, no oversampling,
-    ``detector_order="fft"`` to match stored prDeep data). It has no SLM (an SLM has a pixel
-    pitch) and nothing to ``fit``; :attr:`out_pitch_m` is ``None``.
+    ``detector_order="fft"`` to match stored prDeep data). An SLM shows the masks on its own
+    pixel grid (``slm`` above: e.g. an implementable 4-level mask with one SLM pixel per sample);
+    there is nothing to ``fit``; :attr:`out_pitch_m` is ``None``.
     """
 
     def __init__(self, masks, *, pitch_m=None, wavelength_m=None, z_m=None, method: str = "fraunhofer",
@@ -220,12 +225,13 @@ class CDPOperator(LinearOperator):
         unit_free = method == UNIT_FREE_METHOD
         if unit_free:
             given = [k for k, v in (("pitch_m", pitch_m), ("wavelength_m", wavelength_m), ("z_m", z_m)) if v is not None]
-            bad = given + (["slm"] if slm is not None else []) + [f"fit={list(fit)}"] * bool(fit)
+            bad = given + [f"fit={list(fit)}"] * bool(fit)
             if bad:
                 raise OptionError(f"method 'fft' is unit-free (A x = fft2(pad(M ⊙ x), norm='ortho')) and takes no "
                                   f"{', '.join(bad)}; drop them, or choose a physical method such as 'fraunhofer'")
             self.pitch_m = self.wavelength_m = self.z_m = None
-            self.slm = None
+            # no system pitch to bind to: the SLM's own simulation grid is the object grid
+            self.slm = slm
         else:
             missing = [k for k, v in (("pitch_m", pitch_m), ("wavelength_m", wavelength_m), ("z_m", z_m)) if v is None]
             if missing:

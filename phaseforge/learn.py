@@ -32,11 +32,12 @@ from optics.cdp import CDPSystem
 from learning.errors import LearningError
 from optics.design import write_design
 from optics.fileio import save_figure, write_json, write_text
+from optics.cdp import UNIT_FREE_METHOD
 from optics.propagation import METHOD_OPTIONS
 
 from . import __version__
 from .build import resolved_method, sensor_from_config, slm_from_config
-from .config import Config, ConfigError, dump, from_yaml_text, load, to_dict
+from .config import Config, ConfigError, dump, from_yaml_text, load, noise_model_from_config, to_dict
 
 __all__ = ["build_model", "load_objects", "train_run", "distill_run", "load_run", "evaluate_runs",
            "learning_demo", "RunError", "GEOMETRY_KEYS", "DEFAULT_TEST_OBJECTS", "DEFAULT_TEST_SEED", "CHECKPOINTS",
@@ -79,19 +80,24 @@ def build_model(cfg: Config):
                              role=cfg.model.role, learnable=True)
     o = cfg.optics
     method = resolved_method(cfg)
-    prop = {k: getattr(o.propagation, k) for k in METHOD_OPTIONS[method]}
+    prop = {k: getattr(o.propagation, k) for k in METHOD_OPTIONS.get(method, ())}
+    # the unit-free operator (the standard CDP protocol) takes no pitch, wavelength or distance
+    units = {} if method == UNIT_FREE_METHOD else dict(pitch_m=o.pitch_m, wavelength_m=o.wavelength_m, z_m=o.z_m)
     # the sensor is held by CodedPhysics and called explicitly (noise by argument), not by the system
-    system = CDPSystem(masks, pitch_m=o.pitch_m, wavelength_m=o.wavelength_m, z_m=o.z_m, method=method,
-                       oversampling=o.oversampling, slm=slm, **prop)
+    system = CDPSystem(masks, method=method, oversampling=o.oversampling, detector_order=o.detector_order, slm=slm,
+                       **units, **prop)
     if cfg.sensor.enabled and cfg.sensor.pitch_m is not None:
         raise ConfigError("sensor.pitch_m bins several detector samples per camera pixel, which the unrolled "
                           "solver cannot model; leave sensor.pitch_m unset (null) for training")
     sensor = sensor_from_config(cfg)
-    physics = CodedPhysics(system, sensor, masks=masks)
+    physics = CodedPhysics(system, sensor, masks=masks, noise=noise_model_from_config(cfg))
     m = cfg.model
+    # a camera counts photons (unknown gain: the unfolded model rescales y); without one the
+    # measurements are |A x|² (+ noise.model) in the operator's units, which the model keeps
     rec = build_reconstructor(kind=m.kind, encoding=cfg.data.encoding, widths=m.widths, norm=m.norm,
                               solver=m.solver, n_unrolled=m.n_unrolled, n_power_iter=m.n_power_iter,
-                              n_stages=m.n_stages, n_warm=m.n_warm, shared=m.shared)
+                              n_stages=m.n_stages, n_warm=m.n_warm, shared=m.shared,
+                              normalize="rms" if sensor is not None else "none")
     if getattr(rec, "net", None) is not None:
         try:
             rec.net.check_size(size, size)
@@ -302,7 +308,9 @@ def train_run(cfg: Config, out, *, resume: bool = False, overwrite: bool = False
     _, best, _ = load_run(out, "best", device)
     ph = best.physics
     with torch.no_grad():
-        design = write_design(out / "design.h5", ph.design_phase().cpu(), pixel_pitch_m=ph.pixel_pitch_m,
+        # the unit-free operator without an SLM has no pitch: the design is on the configured (nominal) grid
+        pitch = ph.pixel_pitch_m if ph.pixel_pitch_m is not None else cfg.optics.pitch_m
+        design = write_design(out / "design.h5", ph.design_phase().cpu(), pixel_pitch_m=pitch,
                               wavelength_m=cfg.optics.wavelength_m, levels=ph.design_levels(),
                               z_m=cfg.optics.z_m, method=ph.system.method, source=str(out), overwrite=True,
                               extra={"checkpoint": "checkpoints/best.pt", "role": role,

@@ -284,3 +284,119 @@ def test_runs_pin_the_unet_reconstructor_and_keep_their_folders(bench, tmp_path)
         for (_, variant, _), job in plan.items():
             assert job.folder.name == names[variant], (size_name, variant)
             assert load(bench.CONFIG_DIR / job.config, job.overrides).model.kind == "unet"
+
+
+def test_unfolded_reconstructor_plan_hashes_the_model_keys(bench, tmp_path):
+    """--reconstructor unfolded (issue 17 §5): teacher and student use model.kind unfolded with the
+    benchmark's sizes, the teacher keeps wider widths than the student, the model keys enter the
+    folder hash (another n_stages is another folder; a U-Net run never shares a folder with an
+    unfolded one), and the defaults are its own rows, regimes and folders."""
+    from phaseforge.config import load
+    regimes = bench.select_regimes(["base"], False, "unfolded")
+    unet = bench.build_plan(regimes, ["kd"], [0], bench.SIZES["full"], tmp_path)
+    unf = bench.build_plan(regimes, ["kd"], [0], bench.SIZES["full"], tmp_path, "unfolded")
+    ju, jf = unet[("base", "kd", 0)], unf[("base", "kd", 0)]
+    assert ju.folder != jf.folder and ju.teacher.folder != jf.teacher.folder
+    assert ju.classical == ("er", "wf") and jf.classical == ("er", "wf", "tv", "pnp")
+    ct, cs = (load(bench.CONFIG_DIR / j.config, j.overrides) for j in (jf.teacher, jf))
+    for c in (ct, cs):
+        assert (c.model.kind, c.model.n_stages, c.model.n_warm, c.model.shared) == ("unfolded", 5, 50, True)
+    assert ct.model.widths == [24, 48, 96] and cs.model.widths == [12, 24, 48]
+    old = dict(bench.UNFOLDED_MODEL)
+    try:
+        bench.UNFOLDED_MODEL["model.n_stages"] = 3
+        other = bench.build_plan(regimes, ["kd"], [0], bench.SIZES["full"], tmp_path, "unfolded")
+    finally:
+        bench.UNFOLDED_MODEL.clear()
+        bench.UNFOLDED_MODEL.update(old)
+    assert other[("base", "kd", 0)].folder != jf.folder
+    assert bench.select_variants(None, "unfolded") == ["teacher", "e2e", "kd", "kd_mask", "kd_unlab"]
+    assert [r.name for r in bench.select_regimes(None, False, "unfolded")] == ["base", "cdp-protocol-l1",
+                                                                              "object-amplitude"]
+    with pytest.raises(bench.BenchmarkError, match="not a regime.*those of --reconstructor unet"):
+        bench.select_regimes(["cdp-protocol-l1"], False)
+
+
+def test_protocol_regime_is_the_standard_protocol_at_l1(bench, tmp_path):
+    """cdp-protocol-l1: unit-free FFT without oversampling, prDeep α = 27 on |A x|² (no camera),
+    amplitude objects in [0, 1] from images without any benchmark image; teacher L = 4 continuous
+    masks, student L = 1 on a 4-level SLM with one pixel per sample."""
+    from phaseforge.config import load
+    regimes = bench.select_regimes(["cdp-protocol-l1"], False, "unfolded")
+    plan = bench.build_plan(regimes, ["kd_mask"], [0], bench.SIZES["unfolded"], tmp_path, "unfolded")
+    job = plan[("cdp-protocol-l1", "kd_mask", 0)]
+    for j, L in ((job.teacher, 4), (job, 1)):
+        c = load(bench.CONFIG_DIR / j.config, j.overrides)
+        assert (c.optics.method, c.optics.oversampling, c.optics.detector_order) == ("fft", 1.0, "fft")
+        assert (c.noise.model, c.noise.alpha, c.sensor.enabled) == ("prdeep", 27.0, False)
+        assert (c.data.encoding, c.data.source, c.masks.n_masks) == ("amplitude", "embedded:nobench", L)
+    c = load(bench.CONFIG_DIR / job.config, job.overrides)
+    assert c.slm.enabled and c.slm.bit_depth == 2 and c.slm.pixel_pitch_m == c.optics.pitch_m
+    assert not load(bench.CONFIG_DIR / job.teacher.config, job.teacher.overrides).slm.enabled
+    objs = bench.test_objects(job, bench.SIZES["unfolded"])
+    assert objs.shape == (64, 32, 32) and float(objs.imag.abs().max()) == 0.0
+    assert 0.0 <= float(objs.real.min()) and float(objs.real.max()) <= 1.0
+
+
+def test_margin_over_the_best_classical_row_per_seed(bench):
+    """The student's margin is network − max over every classical row of the SAME seed's run (not
+    the max of the means); the side-by-side table takes the U-Net set's max of ER and WF per seed."""
+    def ev(net, **cl):
+        return {"rows": dict({"network": {"psnr_mean": net}}, **{k: {"psnr_mean": v} for k, v in cl.items()})}
+    evs = {0: ev(30.0, er=25.0, wf=26.0, tv=31.0, pnp=29.0), 1: ev(33.0, er=25.0, wf=26.0, tv=28.0, pnp=29.5)}
+    out = bench.classical_summary(evs, [0, 1], ("er", "wf", "tv", "pnp"))
+    assert out["best_classical_per_seed"] == {0: 31.0, 1: 29.5}
+    assert out["best_classical_solver_per_seed"] == {0: "tv", 1: "pnp"}
+    assert out["margin_vs_best_classical_per_seed"] == {0: -1.0, 1: 3.5}
+    assert out["margin_vs_best_classical_mean"] == pytest.approx(1.25)
+    assert (out["margin_vs_best_classical_min"], out["margin_vs_best_classical_max"]) == (-1.0, 3.5)
+    assert out["tv_psnr_mean"] == pytest.approx(29.5) and out["pnp_psnr_mean"] == pytest.approx(29.25)
+    unet = [{"regime": "base", "variant": "e2e", "seeds_done": 2, "seeds_asked": 2, "psnr_mean": 30.0,
+             "psnr_per_seed": {0: 29.0, 1: 31.0}, "er_psnr_per_seed": {0: 30.0, 1: 28.0},
+             "wf_psnr_per_seed": {0: 29.5, 1: 28.5}}]
+    unf = [dict({"regime": "base", "variant": "e2e", "seeds_done": 2, "seeds_asked": 2, "psnr_mean": 31.5}, **out)]
+    table = bench.side_by_side(unet, unf)
+    assert "| 29.25 (max ER, WF) | +0.75 [-1.00, +2.50] |" in table
+    assert "| 30.25 (max ER, WF, TV, PnP) | +1.25 [-1.00, +3.50] |" in table
+
+
+def test_unfolded_protocol_run_end_to_end(bench, tmp_path):
+    """One tiny protocol-regime E2E run through the benchmark: trained with the unfolded
+    reconstructor, evaluated with the regularised rows, and the report carries the margin."""
+    out = tmp_path / "u"
+    assert bench.main(["--out", str(out), "--reconstructor", "unfolded", "--regimes", "cdp-protocol-l1",
+                       "--variants", "e2e", "--seeds", "0", "--no-progress"], sizes_override=TINY) == 0
+    rep = json.loads((out / "report" / "distillation.json").read_text())
+    row = next(r for r in rep["rows"] if r["regime"] == "cdp-protocol-l1" and r["variant"] == "e2e")
+    assert row["seeds_done"] == 1 and set(row["best_classical_solver_per_seed"].values()) <= {"er", "wf", "tv", "pnp"}
+    assert row["margin_vs_best_classical_mean"] == pytest.approx(row["psnr_mean"] - row["best_classical_mean"])
+    assert rep["meta"]["reconstructor"] == "unfolded" and rep["meta"]["classical"] == ["er", "wf", "tv", "pnp"]
+    assert (out / "report" / "side_by_side.md").is_file()
+    assert "cdp-protocol-l1" in (out / "report" / "distillation_summary.md").read_text()
+
+
+def test_regularised_rows_start_from_the_er_row_at_the_measured_energy(bench, monkeypatch):
+    """TV / PnP start from the ER row's estimate (unit RMS) rescaled to the measured energy: for
+    unit-modulus masks AᴴA = s·I, so ‖x0‖² = Σy/s (noiseless here: float32 rounding, 1e-4)."""
+    import torch
+    from phaseforge.config import load
+    from phaseforge.learn import CONFIG_DIR, build_model
+    import learning.solvers as solvers
+
+    model = build_model(load(CONFIG_DIR / "teacher.yaml", ["data.size=16", "sensor.enabled=false",
+                                                           "data.encoding=amplitude"]))
+    x = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(1)).to(torch.complex64)
+    y = model.physics.measure(x, noise="none")
+    start = bench.classical_estimate(model.physics, y, "er", encoding="amplitude", classical_iters=20)
+    seen = {}
+
+    def fake_solve(op, yy, solver, **kw):
+        seen.update(kw, solver=solver)
+        return type("R", (), {"x": kw["x0"]})()
+    monkeypatch.setattr(solvers, "solve", fake_solve)
+    out = bench.classical_estimate(model.physics, y, "tv", encoding="amplitude", classical_iters=20, start=start)
+    s = solvers.estimate_norm_sq(model.physics.system, (16, 16), dtype=torch.complex64)
+    energy = (out.abs() ** 2).sum(dim=(-2, -1))
+    assert torch.allclose(energy, y.sum(dim=(-3, -2, -1)) / s, rtol=1e-4)
+    assert torch.allclose(out / out.abs().pow(2).mean(dim=(-2, -1), keepdim=True).sqrt(), start, atol=1e-5)
+    assert seen["solver"] == "tv" and seen["real"] and seen["nonnegative"] and seen["n_iter"] == bench.REGULARISED_ITERS

@@ -104,6 +104,26 @@ def test_embedded_subsets_partition_the_sources_and_keep_their_split(embedded_sp
         open_image_source("embedded:nonfaces", SIZE)
 
 
+def test_embedded_nobench_holds_no_region_of_any_benchmark_image(embedded_splits):
+    """``embedded:nobench`` (the training source of the distillation benchmark's standard-protocol
+    regime) is the whole embedded set minus every patch of BENCHMARK_IMAGE_NAMES, in every split,
+    while the plain ``embedded`` set does hold such patches (the cameraman among them)."""
+    from learning.images import BENCHMARK_IMAGE_NAMES
+    bench = set(BENCHMARK_IMAGE_NAMES)
+    seen_bench = set()
+    for split, whole in embedded_splits.items():
+        keys = {whole.source_key(i) for i in range(len(whole))}
+        nb = open_image_source("embedded:nobench", SIZE, split=split)
+        nk = {nb.source_key(i) for i in range(len(nb))}
+        assert nk and not {k.split("/")[0] for k in nk} & bench
+        assert nk == {k for k in keys if k.split("/")[0] not in bench}
+        seen_bench |= {k.split("/")[0] for k in keys} & bench
+        # extra random crops beyond the enumeration stay in the subset too
+        more = open_image_source("embedded:nobench", SIZE, split=split, n=len(nb) + 50)
+        assert not {more.source_key(i).split("/")[0] for i in range(len(nb), len(nb) + 50)} & bench
+    assert "camera" in seen_bench
+
+
 # ---------------------------------------------------------------- normalisation
 def test_to_unit_gray_rules():
     np.testing.assert_array_equal(to_unit_gray(np.array([[0, 255]], np.uint8)), [[0.0, 1.0]])

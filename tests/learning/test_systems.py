@@ -110,3 +110,42 @@ def test_teacher_and_student_masks_come_from_independent_streams():
     # uncorrelated: |⟨e^{iθt}, e^{iθs}⟩|/n ~ 1/√n, far from 1 (a shared stream would give 1)
     ov = (torch.polar(torch.ones_like(t), t) * torch.polar(torch.ones_like(s), -s)).mean().abs()
     assert float(ov) < 0.25
+
+
+def test_protocol_system_unit_free_slm_and_noise_model():
+    """The standard CDP protocol as a learnable system (issue 17 §5, `cdp-protocol-l1`): unit-free
+    FFT without oversampling, one 4-level SLM mask with one pixel per sample, prDeep noise on |A x|²
+    instead of a camera. Checked against physics: Parseval (‖A x‖² = ‖x‖² for one phase mask, the
+    ortho DFT: float32 rounding, 1e-5), the exact draw is prDeep's own (bit for bit, same
+    generator), the differentiable draw has prDeep's variance σ²·I (σ = 27/255; 16 384 samples:
+    ±10 %), gradients reach the mask phases, and the unfolded reconstructor keeps the operator's
+    units (normalize none: no camera gain to remove)."""
+    from optics.noise import PrDeepNoise
+    from phaseforge.config import load
+    from phaseforge.learn import CONFIG_DIR, build_model
+
+    ov = ["optics.method=fft", "optics.oversampling=1", "optics.detector_order=fft", "sensor.enabled=false",
+          "noise.model=prdeep", "noise.alpha=27", "data.encoding=amplitude", "data.size=16",
+          "slm.pixel_pitch_m=8e-6", "model.widths=[4, 8]", "model.n_warm=5", "model.n_stages=1"]
+    model = build_model(load(CONFIG_DIR / "student_e2e.yaml", ov))
+    ph = model.physics
+    assert ph.noisy and ph.sensor is None and model.reconstructor.normalize == "none"
+    assert ph.theta.shape == (1, 16, 16) and ph.design_levels() == 4
+    x = torch.rand(16, 16, 16, generator=torch.Generator().manual_seed(0)).to(torch.complex64)
+    clean = ph.measure(x, noise="none")
+    assert torch.allclose(clean.sum(dim=(-3, -2, -1)), (x.abs() ** 2).sum(dim=(-2, -1)), rtol=1e-5)
+    seeds = list(range(16))
+    with torch.no_grad():
+        exact = ph.measure(x, noise="exact", generators=sample_generators(seeds))
+    want = torch.stack([PrDeepNoise(27).sample(clean[b], generator=g)
+                        for b, g in enumerate(sample_generators(seeds))])
+    assert torch.equal(exact, want)
+    model.train()  # the SLM's straight-through quantisation (eval mode shows the exact levels, no gradient)
+    diff = ph.measure(x, noise="differentiable", generators=sample_generators(seeds))
+    sigma = 27 / 255
+    assert float(((diff - clean) ** 2).mean() / (sigma ** 2 * clean.mean())) == pytest.approx(1.0, rel=0.1)
+    diff.sum().backward()
+    assert ph.theta.grad is not None and bool(torch.isfinite(ph.theta.grad).all())
+    assert float(ph.theta.grad.abs().max()) > 0
+    with pytest.raises(SystemsError, match="one generator per sample"):
+        ph.measure(x, noise="exact")

@@ -91,8 +91,6 @@ def test_bad_combinations_raise_with_the_fix():
         CDPOperator(th, method="asm", pitch_m=DX, wavelength_m=LAM, z_m=2e-3, detector_order="fft")
     with pytest.raises(OptionError, match="detector_order must be one of"):
         CDPOperator(th, method="fft", detector_order="shifted")
-    with pytest.raises(OptionError, match="slm"):
-        CDPOperator(th, method="fft", slm=SLM(pixel_pitch_m=DX, upsample=1))
     with pytest.raises(OptionError, match="fit"):
         CDPOperator(th, method="fft", fit=("z_m",))
     with pytest.raises(GeometryError, match="no detector pitch"):
@@ -283,3 +281,26 @@ def test_check_detector_order_refusals_and_undecidable_data():
         warnings.simplefilter("error")
         r = check_detector_order(y, flat)
     assert math.isnan(r.ratio) and r.looks_like is None
+
+
+@pytest.mark.parametrize("upsample", [1, 2])
+def test_unit_free_operator_with_an_slm_shows_its_quantised_pixels(upsample):
+    """method 'fft' with an SLM (issue 17 §5: an implementable single mask in the standard protocol):
+    the SLM keeps its own grid, so A x = fft2(e^{i q(θ)}↑u ⊙ x, ortho) with q the 4 LUT levels and
+    ↑u each SLM pixel repeated u × u samples — built here by hand from the LUT, compared to 1e-12
+    (complex128 FFTs of 16² samples: rounding only); and Aᴴ is its adjoint (dot-product test, 1e-12)."""
+    h = 16 // upsample
+    th = _phases(1, h, 21)
+    slm = SLM(pixel_pitch_m=upsample * DX, upsample=upsample, bit_depth=2, quantization="exact").eval()
+    op = CDPOperator(th, method="fft", detector_order="fft", slm=slm)
+    q = slm.lut.quantize(th)
+    assert len(torch.unique(torch.remainder(q, 2 * math.pi))) <= 4
+    qu = q.repeat_interleave(upsample, dim=-2).repeat_interleave(upsample, dim=-1)
+    x = _rand((16, 16), 5)
+    want = torch.fft.fft2(torch.polar(torch.ones_like(qu), qu) * x, norm="ortho")
+    got = op.A(x)
+    assert torch.allclose(got, want.to(got.dtype), rtol=0, atol=1e-12 * float(want.abs().max()))
+    z = _rand((1, 16, 16), 6)
+    lhs = torch.vdot(op.A(x).reshape(-1), z.reshape(-1))
+    rhs = torch.vdot(x.reshape(-1), op.A_adjoint(z).reshape(-1))
+    assert abs(lhs - rhs) <= 1e-12 * abs(lhs)
