@@ -238,6 +238,19 @@ def gen_distillation(page: Page) -> None:
         page.add(f"From `{_rel(full)}`.\n")
         page.add(_demote(full.read_text()))
     page.files(folder)
+    unf = RESULTS / "distillation_unfolded"
+    page.add("## With the deep-unfolding reconstructor (issue 17)\n")
+    if not (unf / "distillation_summary.md").is_file():
+        page.not_run("the distillation benchmark with --reconstructor unfolded",
+                     "python benchmarks/distillation.py --reconstructor unfolded --workers 1 --threads 1")
+        return
+    for name in ("side_by_side.md", "distillation_summary.md"):
+        if (unf / name).is_file():
+            page.add(f"From `{_rel(unf / name)}` (written by the benchmark).\n")
+            page.add(_demote(_demote((unf / name).read_text())))
+    for png in sorted(unf.glob("*.png")):
+        page.figure(png, f"distillation (unfolded): {png.stem}")
+    page.files(unf)
 
 
 # ---- calibration coverage --------------------------------------------------------------------------
