@@ -525,8 +525,8 @@ def test_operator_argument_errors_name_the_argument():
     from optics.cdp import CDPOperator
     assert CDPOperator(m, pitch_m=DX, wavelength_m=LAM, z_m=0.1).method == "fraunhofer"    # the operator's default
     with pytest.raises(OptionError, match=re.escape(
-            "method 'fft' is unit-free (A x = fft2(pad(M ⊙ x), norm='ortho')) and takes no pitch_m, wavelength_m, z_m, "
-            "slm; drop them, or choose a physical method such as 'fraunhofer'")):
+            "method 'fft' is unit-free (A x = fft2(pad(M ⊙ x), norm='ortho')) and takes no pitch_m, wavelength_m, z_m; "
+            "drop them, or choose a physical method such as 'fraunhofer'")):  # an SLM it takes, on its own grid
         CDPSystem(m, method="fft", pitch_m=DX, wavelength_m=LAM, z_m=0.1, slm=SLM(pixel_pitch_m=2 * DX, bit_depth=2))
     with pytest.raises(OptionError, match=r"^method 'fft' takes no propagation options; got \['pad'\]$"):
         CDPSystem(m, method="fft", pad=False)
