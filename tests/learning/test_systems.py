@@ -143,7 +143,7 @@ def test_protocol_system_unit_free_slm_and_noise_model():
     model.train()  # the SLM's straight-through quantisation (eval mode shows the exact levels, no gradient)
     diff = ph.measure(x, noise="differentiable", generators=sample_generators(seeds))
     sigma = 27 / 255
-    assert float(((diff - clean) ** 2).mean() / (sigma ** 2 * clean.mean())) == pytest.approx(1.0, rel=0.1)
+    assert float(((diff - clean) ** 2).mean().detach() / (sigma ** 2 * clean.mean().detach())) == pytest.approx(1.0, rel=0.1)
     diff.sum().backward()
     assert ph.theta.grad is not None and bool(torch.isfinite(ph.theta.grad).all())
     assert float(ph.theta.grad.abs().max()) > 0
