@@ -175,6 +175,36 @@ def write_calibration(path, *, camera, lut, fit, quality: Dict[str, float], capt
     return path
 
 
+def write_example_calibration(path, *, capture_path, software: str, quality: Optional[Dict[str, float]] = None,
+                              jackknife: bool = True):
+    """A CALIBRATION.h5 with **made-up** values (4×4 camera maps, a linear 8-bit LUT 0…2π, every fit
+    parameter 1 ± 0.1) written by :func:`write_calibration` — the same writer as ``phaseforge
+    calibrate``, in a second instead of a real fit. For file-format documentation and reader tests
+    only: it describes no instrument (``software`` says where it came from). Returns the LUT it
+    wrote (``gray``, ``phase_rad``, ``phase_std_rad``) so a caller can also write the LUT CSV."""
+    import math
+    import types
+    ns = types.SimpleNamespace
+    m = np.ones((4, 4))
+    camera = ns(gain_dn_per_e=0.5, gain_e_per_dn=2.0, read_noise_e=3.0, dark_current_e_per_s=1.0, offset_dn=10.0,
+                dsnu_e=0.1, prnu=0.01, saturation_capacity_e=1e4, bit_depth=12,
+                std={"gain_dn_per_e": 0.01, "read_noise_e": 0.1}, dark_offset_map_dn=m * 10,
+                dark_slope_map_dn_per_s=m * 0, flat_map=m, bad_pixels=m * 0,
+                ptc=[ns(exposure_s=t, mean_dn=100 * t, var_dn2=50 * t, used=True) for t in (0.001, 0.002)])
+    gray = np.arange(256)
+    lut = ns(gray=gray, phase_rad=gray * 2 * math.pi / 256, phase_std_rad=gray * 0 + 0.01,
+             measured_gray=gray[::32], measured_h=gray[::32] / 256, measured_h_std=gray[::32] * 0 + 0.01,
+             extra={}, chi2_reduced=1.0, degree=6)
+    vals = {k: 1.0 for k in FIT_UNITS}
+    fit = ns(values=vals, bounds={k: (0.0, 2.0) for k in vals}, std={k: 0.1 for k in vals}, nominal=vals,
+             fixed=(), std_jackknife={k: 0.1 for k in vals} if jackknife else {}, residuals=np.zeros((1, 4, 4)))
+    capture = ns(path=str(capture_path), sha256="0" * 64, provenance={"instrument": software},
+                 instrument={"wavelength_m": 633e-9, "camera_pitch_m": 5e-6, "slm_pitch_m": 8e-6, "slm_bit_depth": 8})
+    write_calibration(path, camera=camera, lut=lut, fit=fit, quality=dict(quality or {"r": 0.9}), capture=capture,
+                      software=software)
+    return lut
+
+
 def read_calibration(path) -> Calibration:
     """Read CALIBRATION.h5 (read-only); :class:`CalibrationFileError` lists every problem."""
     import h5py

@@ -23,9 +23,7 @@ import csv
 import fnmatch
 import io
 import json
-import math
 import shutil
-import types
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,30 +66,14 @@ def _quiet_cli(argv):
 
 
 def _synthetic_calibration(d: Path) -> None:
-    """CALIBRATION.h5 and its LUT CSV from :func:`calibration.calibfile.write_calibration` with
-    made-up values (the same writer as ``phaseforge calibrate``, seconds instead of ~20 s)."""
-    from calibration.calibfile import FIT_UNITS, write_calibration
+    """CALIBRATION.h5 and its LUT CSV with made-up values through the real writers
+    (:func:`calibration.calibfile.write_example_calibration`; seconds instead of ~20 s)."""
+    from calibration.calibfile import write_example_calibration
     from optics.lutfile import write_lut_csv
-    ns = types.SimpleNamespace
-    m = np.ones((4, 4))
-    camera = ns(gain_dn_per_e=0.5, gain_e_per_dn=2.0, read_noise_e=3.0, dark_current_e_per_s=1.0, offset_dn=10.0,
-                dsnu_e=0.1, prnu=0.01, saturation_capacity_e=1e4, bit_depth=12,
-                std={"gain_dn_per_e": 0.01, "read_noise_e": 0.1}, dark_offset_map_dn=m * 10,
-                dark_slope_map_dn_per_s=m * 0, flat_map=m, bad_pixels=m * 0,
-                ptc=[ns(exposure_s=t, mean_dn=100 * t, var_dn2=50 * t, used=True) for t in (0.001, 0.002)])
-    gray = np.arange(256)
-    lut = ns(gray=gray, phase_rad=gray * 2 * math.pi / 256, phase_std_rad=gray * 0 + 0.01,
-             measured_gray=gray[::32], measured_h=gray[::32] / 256, measured_h_std=gray[::32] * 0 + 0.01,
-             extra={}, chi2_reduced=1.0, degree=6)
-    vals = {k: 1.0 for k in FIT_UNITS}
-    fit = ns(values=vals, bounds={k: (0.0, 2.0) for k in vals}, std={k: 0.1 for k in vals}, nominal=vals,
-             fixed=(), std_jackknife={k: 0.1 for k in vals}, residuals=np.zeros((1, 4, 4)))
-    capture = ns(path=str(ROOT / "data" / "sample_capture.h5"), sha256="0" * 64, provenance={"instrument": "docs"},
-                 instrument={"wavelength_m": 633e-9, "camera_pitch_m": 5e-6, "slm_pitch_m": 8e-6, "slm_bit_depth": 8})
-    quality = {"r_heldout": 0.9, "rms_residual_heldout": 1.0}
-    write_calibration(d / "CALIBRATION.h5", camera=camera, lut=lut, fit=fit, quality=quality, capture=capture,
-                      software="phaseforge (docs sample)")
-    write_lut_csv(d / "CALIBRATION_lut.csv", gray, lut.phase_rad, phase_std_rad=lut.phase_std_rad, wavelength_m=633e-9,
+    lut = write_example_calibration(d / "CALIBRATION.h5", capture_path=ROOT / "data" / "sample_capture.h5",
+                                    software="phaseforge (docs sample)",
+                                    quality={"r_heldout": 0.9, "rms_residual_heldout": 1.0})
+    write_lut_csv(d / "CALIBRATION_lut.csv", lut.gray, lut.phase_rad, phase_std_rad=lut.phase_std_rad, wavelength_m=633e-9,
                   comments=["SLM gray -> phase LUT (docs sample)"])
 
 
