@@ -102,9 +102,12 @@ def prepare(module: str, tests: list[str], base: dict) -> Path:
     for name in list(base.get("source_paths", [])) + list(LINKED):
         name = name.rstrip("/")
         link, target = wd / name, ROOT / name
-        if target.exists() and not link.is_symlink():
-            if link.exists():
-                shutil.rmtree(link) if link.is_dir() else link.unlink()
+        # (re)link when missing, not a link, or a link to another checkout (a copied folder)
+        if target.exists() and not (link.is_symlink() and os.readlink(link) == str(target)):
+            if link.is_symlink() or link.is_file():
+                link.unlink()
+            elif link.exists():
+                shutil.rmtree(link)
             link.symlink_to(target)
     missing = [t for t in tests if not (ROOT / t.split("::")[0]).exists()]
     if missing:
