@@ -20,6 +20,8 @@ the gradient each term sends to the mask phases).
 """
 from __future__ import annotations
 
+import warnings
+
 from typing import Dict, Sequence
 
 import torch
@@ -260,7 +262,16 @@ class DistillationLoss(nn.Module):
         return self
 
     def _apply(self, fn, *args, **kwargs):
-        out = super()._apply(fn, *args, **kwargs)
+        # Module.to(<real dtype>) casts complex buffers to that real dtype, dropping the imaginary
+        # part: keep the teacher's modulation complex, at the matching precision, on the new device
+        tm = self.teacher_masks
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Casting complex values to real discards")
+            out = super()._apply(fn, *args, **kwargs)
+        if tm is not None and not self.teacher_masks.is_complex():
+            real = self.teacher_masks
+            self.teacher_masks = tm.to(device=real.device, dtype=torch.complex128 if real.dtype == torch.float64
+                                       else torch.complex64)
         self.teacher._apply(fn, *args, **kwargs)
         return out
 
