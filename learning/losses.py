@@ -20,8 +20,6 @@ the gradient each term sends to the mask phases).
 """
 from __future__ import annotations
 
-import warnings
-
 from typing import Dict, Sequence
 
 import torch
@@ -262,16 +260,18 @@ class DistillationLoss(nn.Module):
         return self
 
     def _apply(self, fn, *args, **kwargs):
-        # Module.to(<real dtype>) casts complex buffers to that real dtype, dropping the imaginary
-        # part: keep the teacher's modulation complex, at the matching precision, on the new device
-        tm = self.teacher_masks
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Casting complex values to real discards")
+        # Module.to(<real dtype>) casts complex buffers to that real dtype and drops the imaginary
+        # part; the teacher's modulation is converted as its (…, 2) real view instead, so it stays
+        # complex (complex128 after .to(torch.float64) or .double(), on the new device)
+        tm = self._buffers.pop("teacher_masks", None)
+        try:
             out = super()._apply(fn, *args, **kwargs)
-        if tm is not None and not self.teacher_masks.is_complex():
-            real = self.teacher_masks
-            self.teacher_masks = tm.to(device=real.device, dtype=torch.complex128 if real.dtype == torch.float64
-                                       else torch.complex64)
+        finally:
+            if tm is not None:
+                self._buffers["teacher_masks"] = tm
+        if tm is not None:
+            ri = fn(torch.view_as_real(tm))
+            self._buffers["teacher_masks"] = fn(tm) if ri.is_complex() else torch.view_as_complex(ri.contiguous())
         self.teacher._apply(fn, *args, **kwargs)
         return out
 
