@@ -392,3 +392,27 @@ def test_distillation_loss_to_real_dtype_keeps_the_teacher_modulation_complex(ti
         d.to(torch.complex64)                                           # … which converts the buffer as is
     assert torch.equal(d.teacher_masks, before)
     assert torch.equal(d.state_dict()["teacher_masks"], before)
+
+
+def test_distillation_loss_conversion_without_masks_and_after_a_failed_conversion(tiny_model):
+    """Without a mask term there is no teacher-mask buffer to convert (.to(float64) converts the
+    adapters and the teacher and leaves teacher_masks None); and a conversion that fails half way
+    (here fn raises on the first parameter) leaves the teacher modulation in place, still a buffer,
+    unchanged — not dropped with the exception."""
+    teacher = tiny_model(n_masks=2, widths=(4, 8), role="teacher")
+    student = tiny_model(n_masks=1, widths=(2, 4), role="student")
+    d = DistillationLoss(teacher, student, mask_kind="none", feature_levels=[0])
+    d.to(torch.float64)
+    assert d.teacher_masks is None and "teacher_masks" not in d.state_dict()
+    assert all(p.dtype == torch.float64 for p in list(d.adapters.parameters()) + list(teacher.parameters()))
+    d2 = DistillationLoss(teacher, student, mask_kind="spectrum", feature_levels=[0])
+    assert len(list(d2.adapters.parameters())) > 0                     # super()._apply calls fn on them
+    before = d2.teacher_masks.clone()
+
+    def fail(t):
+        raise RuntimeError("conversion failed")
+
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        d2._apply(fail)
+    assert torch.equal(d2.state_dict()["teacher_masks"], before)
+    assert torch.equal(d2.teacher_masks, before)
