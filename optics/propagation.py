@@ -608,9 +608,9 @@ def padded_shape(shape: Tuple[int, int], *, pitch_m: float, wavelength_m: float,
 def output_pitch(shape: Tuple[int, int], *, pitch_m: float, wavelength_m: float, z_m: float,
                  method: str) -> Tuple[float, float]:
     """Output-plane pitch ``(py, px)`` of ``method`` without propagating (``λz/(N·dx)`` per
-    axis for the Fourier-transform methods, the input pitch otherwise)."""
-    if method == "auto":
-        method = resolve_method(shape, method, pitch_m=pitch_m, wavelength_m=wavelength_m, z_m=z_m)
+    axis for the Fourier-transform methods, the input pitch otherwise). An unknown ``method``
+    raises :class:`~optics.errors.OpticsError` (as :func:`propagate` would)."""
+    method = resolve_method(shape, method, pitch_m=pitch_m, wavelength_m=wavelength_m, z_m=z_m)
     if method in ("fraunhofer", "fresnel-1fft"):
         return _out_pitch(tuple(shape), _key(pitch_m), _key(wavelength_m), _key(z_m))
     return _pair(pitch_m)

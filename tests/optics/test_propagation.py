@@ -416,3 +416,290 @@ def test_aliasing_sampling_errors_name_criterion_and_fix():
     assert torch.isfinite(out).all()
     # the band-limited ASM is valid at any distance
     assert torch.isfinite(optics.asm(u, z_m=5 * zc, **kw).field).all()
+
+
+# ---- every branch pinned by a value (issue 20: mutation score) ------------------------------
+LAM2 = 633e-9  # z/λ is not an integer for the distances below, so e^{ikz} is a real check
+
+
+@pytest.mark.parametrize("fn", [optics.asm, optics.asm_adjoint, optics.fresnel_tf, optics.fresnel_tf_adjoint])
+@pytest.mark.parametrize("pad", [True, False])
+def test_zero_distance_is_the_identity(fn, pad):
+    # H(f; z = 0) = 1 for every propagating wave: only FFT round-off (1e-12) may remain
+    u = _gauss(n=32, dx=2e-6, w=8e-6)
+    out = fn(u, pitch_m=2e-6, wavelength_m=LAM, z_m=0.0, pad=pad)
+    assert float((out.field - u).abs().max()) < 1e-12
+    assert out.pitch_m == (2e-6, 2e-6)
+
+
+@pytest.mark.parametrize("fn", [optics.fresnel_ir, optics.fresnel_ir_adjoint])
+def test_fresnel_ir_refuses_zero_distance_even_when_aliasing_is_allowed(fn):
+    u = _gauss(n=16, dx=2e-6, w=8e-6)
+    for extra in ({}, dict(allow_aliasing=True)):
+        with pytest.raises(optics.UnitsError, match=r"z_m = 0: the Fresnel impulse response is singular.*method='asm'"):
+            fn(u, pitch_m=2e-6, wavelength_m=LAM, z_m=0.0, **extra)
+
+
+def test_fresnel_ir_impulse_response_is_the_windowed_chirp():
+    # A centred point source on a 48 × 64 grid returns the sampled Goodman 4-16 kernel
+    # h = e^{ikz}/(iλz)·exp(iπr²/(λz))·dx², cut where its local frequency |x|/(λz) passes
+    # Nyquist, |x| <= λ|z|/(2dx) = 16.5 samples here (half-way between samples, so no tie).
+    # Exact up to FFT round-off (1e-10 of the peak); the adjoint returns conj(h) (h is even).
+    ny, nx, dx = 48, 64, 4e-6
+    z = 33 * dx * dx / LAM2  # ≈ 0.52 N·dx²/λ: below the IR criterion, hence allow_aliasing
+    u = torch.zeros(ny, nx, dtype=torch.complex128)
+    u[ny // 2, nx // 2] = 1
+    y, x = coords(ny, dx), coords(nx, dx)
+    r2 = y[:, None] ** 2 + x[None, :] ** 2
+    reach = LAM2 * z / (2 * dx)
+    h = torch.exp(1j * (2 * math.pi / LAM2 * z + math.pi * r2 / (LAM2 * z))) * dx * dx / (1j * LAM2 * z)
+    h = h * ((y.abs() <= reach)[:, None] & (x.abs() <= reach)[None, :])
+    assert int((h != 0).sum()) == 33 * 33
+    kw = dict(pitch_m=dx, wavelength_m=LAM2, z_m=z, allow_aliasing=True)
+    U = optics.fresnel_ir(u, **kw).field
+    assert float((U - h).abs().max()) < 1e-10 * float(h.abs().max())
+    V = optics.fresnel_ir_adjoint(u, **kw).field
+    assert float((V - h.conj()).abs().max()) < 1e-10 * float(h.abs().max())
+    # backwards (z < 0) the kernel is the conjugate chirp: h(−z) = conj(h(z))
+    W = optics.fresnel_ir(u, **dict(kw, z_m=-z)).field
+    assert float((W - h.conj()).abs().max()) < 1e-10 * float(h.abs().max())
+
+
+@pytest.mark.parametrize("method", ["fresnel-ir", "fresnel-1fft"])
+def test_far_regime_methods_match_the_complex_gaussian_beam(method):
+    # Siegman's beam (amplitude, e^{ikz}, curvature and Gouy phase) at z = 1.55·N·dx²/λ, where
+    # both methods are well sampled, on each method's output grid. The sampled waist's spectrum
+    # beyond Nyquist is exp(−(πw0/2dx)²) ≈ 3e-10 of its peak: measured 1.2e-9 (1fft) and
+    # 6e-12 (IR), hence 1e-7.
+    n, dx, w0, z = 64, 4e-6, 12e-6, 2.5e-3
+    u0 = P.gaussian_beam((n, n), pitch_m=dx, waist_m=w0)
+    out = optics.propagate(u0, pitch_m=dx, wavelength_m=LAM2, z_m=z, method=method)
+    p = dx if method == "fresnel-ir" else LAM2 * z / (n * dx)
+    assert out.pitch_m == pytest.approx((p, p), rel=1e-12)
+    ref = P.gaussian_beam((n, n), pitch_m=p, waist_m=w0, wavelength_m=LAM2, z_m=z)
+    assert float((out.field - ref).abs().max()) < 1e-7 * float(ref.abs().max())
+
+
+GRAD_CASES = [("fresnel-tf", 2e-4), ("asm", 2e-4), ("fresnel-ir", 0.05), ("fraunhofer", 0.05),
+              ("fresnel-1fft", 0.05)]
+
+
+@pytest.mark.parametrize("which", ["z_m", "wavelength_m", "pitch_m"])
+@pytest.mark.parametrize("method, z", GRAD_CASES)
+def test_learnable_parameters_get_their_gradient_on_every_call(method, z, which):
+    # a parameter that requires grad bypasses the kernel cache: the second call with a fresh
+    # tensor of the same value gets the same (non-zero) gradient, the cache stays empty, and a
+    # complex64 field stays complex64 (the kernel is cast to the field's precision)
+    P.clear_kernel_cache()
+    u = _gauss(n=16, dx=3e-6, w=10e-6, dtype=torch.complex64)
+    vals = dict(pitch_m=3e-6, wavelength_m=LAM, z_m=z)
+    weight = torch.linspace(0, 1, 16)
+    grads = []
+    for _ in range(2):
+        p = torch.tensor(vals[which], dtype=torch.float64, requires_grad=True)
+        out = optics.propagate(u, method=method, **dict(vals, **{which: p})).field
+        assert out.dtype == torch.complex64
+        (out.abs() ** 2 * weight).sum().backward()
+        grads.append(p.grad)
+    assert grads[0] is not None and bool(torch.isfinite(grads[0])) and float(grads[0].abs()) > 0
+    assert grads[1] is not None and torch.equal(grads[1], grads[0])
+    assert P.kernel_cache_info()["size"] == 0
+
+
+def test_kernel_cache_counts_and_clears():
+    P.clear_kernel_cache()
+    assert P.kernel_cache_info() == {"hits": 0, "misses": 0, "size": 0}
+    u = _gauss(n=16, dx=2e-6, w=8e-6)
+    for _ in range(3):
+        optics.asm(u, pitch_m=2e-6, wavelength_m=LAM, z_m=1e-4)
+    optics.fresnel_tf(u, pitch_m=2e-6, wavelength_m=LAM, z_m=1e-4)
+    assert P.kernel_cache_info() == {"hits": 2, "misses": 2, "size": 2}
+    P.clear_kernel_cache()
+    assert P.kernel_cache_info() == {"hits": 0, "misses": 0, "size": 0}
+
+
+def test_fresnel_tf_limit_is_inclusive_symmetric_in_z_and_named():
+    # criterion |z| <= M·dx²/λ (pad=False: M = N = 32); exactly at the limit is allowed, one ulp
+    # beyond raises, backwards as forwards
+    n, dx = 32, 4e-6
+    u = _gauss(n=n, dx=dx, w=20e-6)
+    z_lim = n * dx * dx / LAM
+    kw = dict(pitch_m=dx, wavelength_m=LAM, pad=False)
+    for fn in (optics.fresnel_tf, optics.fresnel_tf_adjoint):
+        for sign in (1, -1):
+            assert torch.isfinite(fn(u, z_m=sign * z_lim, **kw).field).all()
+            z = sign * math.nextafter(z_lim, math.inf)
+            with pytest.raises(optics.SamplingError) as e:
+                fn(u, z_m=z, **kw)
+            msg = str(e.value)
+            for part in (f"|z| = {z_lim:.4g} m > M·pitch²/λ = {z_lim:.4g} m", "M = 32 padded samples",
+                         "pitch 4e-06 m", "λ = 5e-07 m", "method='fresnel-ir'", "band-limited 'asm'",
+                         "allow_aliasing=True"):
+                assert part in msg, part
+            assert torch.isfinite(fn(u, z_m=z, allow_aliasing=True, **kw).field).all()
+
+
+def test_fresnel_ir_and_1fft_limits_are_inclusive_and_named():
+    # criterion z >= N·dx²/λ, N the larger side (48 × 32 → N = 48): exactly at it is allowed,
+    # one ulp short raises; the IR method checks |z|, so it holds backwards too
+    dx = 4e-6
+    u = torch.ones(48, 32, dtype=torch.complex128)
+    z_lim = 48 * dx * dx / LAM
+    kw = dict(pitch_m=dx, wavelength_m=LAM)
+    short = math.nextafter(z_lim, 0.0)
+    cases = [(optics.fresnel_ir, 1, "Fresnel impulse response aliases", "method='fresnel-tf' or 'asm'"),
+             (optics.fresnel_ir_adjoint, 1, "Fresnel impulse response aliases", "method='fresnel-tf' or 'asm'"),
+             (optics.fresnel_ir, -1, "Fresnel impulse response aliases", "increase z"),
+             (optics.fresnel_1fft, 1, "single-FFT Fresnel input chirp aliases", "method='fresnel-tf' or 'asm'"),
+             (optics.fresnel_1fft_adjoint, 1, "single-FFT Fresnel input chirp aliases", "increase z")]
+    for fn, sign, what, fix in cases:
+        assert torch.isfinite(fn(u, z_m=sign * z_lim, **kw).field).all()
+        with pytest.raises(optics.SamplingError) as e:
+            fn(u, z_m=sign * short, **kw)
+        msg = str(e.value)
+        for part in (what, f"{short:.4g} m < N·pitch²/λ = {z_lim:.4g} m", "N = 48", "pitch 4e-06 m",
+                     "λ = 5e-07 m", fix, "decrease the pitch", "allow_aliasing=True"):
+            assert part in msg, (fn.__name__, part)
+        assert torch.isfinite(fn(u, z_m=sign * short, allow_aliasing=True, **kw).field).all()
+
+
+def _z_for_spread(room, lam, dx):
+    """The distance at which the worst sampled plane wave moves exactly ``room`` samples."""
+    s = lam / (2 * dx)
+    z = room * dx * math.sqrt(1 - 2 * s * s) / s
+    for _ in range(8):  # land on the float where the module's spread equals room exactly
+        sp = P._spread_exact(z, lam, dx)
+        if sp == room:
+            return z
+        z = math.nextafter(z, 0.0 if sp > room else math.inf)
+    raise AssertionError("no float distance with spread == room")
+
+
+@pytest.mark.parametrize("pad, room", [(False, 16.0), (None, 16.0), (10, 10.0), ((40, 48), 36.0)])
+def test_asm_without_band_limit_allows_exactly_the_room_the_window_leaves(pad, room):
+    # band_limit=False: the highest sampled angle may move at most D samples, D = M/2 for the
+    # periodic model (pad False/None), min(M/2, M − N) on each padded axis (the smaller over the
+    # axes: pad (40, 48) → min(36, 40, 40, 48) = 36 samples). Exactly D is fine,
+    # one ulp further raises with the numbers and the fixes.
+    n, dx = 32, 4e-6
+    u = _gauss(n=n, dx=dx, w=20e-6)
+    z = _z_for_spread(room, LAM, dx)
+    kw = dict(pitch_m=dx, wavelength_m=LAM, band_limit=False, pad=pad)
+    for fn in (optics.asm, optics.asm_adjoint):
+        for sign in (1, -1):
+            assert torch.isfinite(fn(u, z_m=sign * z, **kw).field).all()
+            z_over = sign * math.nextafter(z, math.inf)
+            with pytest.raises(optics.SamplingError) as e:
+                fn(u, z_m=z_over, **kw)
+            msg = str(e.value)
+            for part in ("angular-spectrum transfer function aliases", f"room for {room:.4g}",
+                         f"|z| = {abs(z_over):.4g} m", "pitch 4e-06 m", "λ = 5e-07 m", "band_limit=True",
+                         "method='fresnel-ir'", "allow_aliasing=True"):
+                assert part in msg, part
+            assert torch.isfinite(fn(u, z_m=z_over, allow_aliasing=True, **kw).field).all()
+
+
+def _band_limit_mask(shape, padded, dx, lam, z, d_px):
+    """Which plane waves the Matsushima–Shimobaba limit keeps (module docstring): the lateral
+    shift |z|·λ|f_i|/sqrt(1 − λ²|f|²) fits in D_i = d_px[i]·dx along each axis."""
+    fy = torch.fft.fftfreq(padded[0], d=dx)[:, None]
+    fx = torch.fft.fftfreq(padded[1], d=dx)[None, :]
+    cos_t = torch.sqrt(1 - lam ** 2 * (fy ** 2 + fx ** 2))
+    return ((abs(z) * lam * fy.abs() <= d_px[0] * dx * cos_t) & (abs(z) * lam * fx.abs() <= d_px[1] * dx * cos_t))
+
+
+@pytest.mark.parametrize("pad, z, padded, d_px", [
+    (False, 3e-3, (24, 40), (12, 20)),     # periodic: D = M/2
+    ((4, 8), 3e-3, (28, 48), (4, 8)),      # D = min(M/2, M − N)
+    ((0, 8), 3e-3, (24, 48), (12, 8)),     # an axis left unpadded keeps the periodic room M/2
+    ((40, 48), 3e-3, (64, 88), (32, 44)),  # padded beyond N: D = M/2
+    (True, 7e-4, (35, 54), (11, 14)),      # automatic: ceil(spread = 10.97) → fast sizes
+])
+def test_asm_band_limit_keeps_the_waves_that_fit_in_each_axis_room(pad, z, padded, d_px):
+    # non-square field, distinct room per axis: the kernel's support is the band limit of each
+    # axis's own D (an axis swap, or the periodic room on a padded axis, changes it)
+    dx = 4e-6
+    u = torch.zeros(24, 40, dtype=torch.complex128)
+    H, m, _ = P._asm_setup(u, dx, LAM, z, True, "drop", pad, False)
+    assert m == padded
+    want = _band_limit_mask((24, 40), padded, dx, LAM, z, d_px)
+    if pad is True:  # automatic padding leaves room for every sampled angle: nothing is cut
+        assert bool(want.all())
+    else:
+        assert 0 < int(want.sum()) < want.numel()  # the limit cuts something here
+    assert torch.equal(H.abs() > 0, want)
+    # on the axes it is the published |f| < 1/(λ sqrt(1 + (z/D)²)), D = d_px·dx
+    for axis, row in ((1, H[0, :]), (0, H[:, 0])):
+        f = torch.fft.fftfreq(padded[axis], d=dx)
+        cut = 1 / (LAM * math.sqrt(1 + (z / (d_px[axis] * dx)) ** 2))
+        assert torch.equal(row.abs() > 0, f.abs() < cut)
+
+
+def test_choose_method_switches_exactly_at_twice_the_critical_distance():
+    # 'auto' = band-limited asm for |z| <= 2·N·dx²/λ (N the larger side), fresnel-ir beyond
+    dx, shape = 4e-6, (24, 40)
+    zc = 40 * dx * dx / LAM
+    kw = dict(pitch_m=dx, wavelength_m=LAM)
+    assert optics.choose_method(shape, z_m=2 * zc, **kw) == "asm"
+    assert optics.choose_method(shape, z_m=-2 * zc, **kw) == "asm"
+    assert optics.choose_method(shape, z_m=math.nextafter(2 * zc, math.inf), **kw) == "fresnel-ir"
+    assert optics.choose_method(shape, z_m=-2.5 * zc, **kw) == "fresnel-ir"
+    with pytest.raises(optics.UnitsError, match="pitch_m must be a finite positive"):
+        optics.choose_method(shape, pitch_m=-dx, wavelength_m=LAM, z_m=zc)
+    with pytest.raises(optics.UnitsError, match="z_m must be finite"):
+        optics.choose_method(shape, z_m=float("inf"), **kw)
+    with pytest.raises(optics.UnitsError, match="wavelength_m must be a finite positive"):
+        optics.choose_method(shape, pitch_m=dx, wavelength_m=0.0, z_m=zc)
+
+
+def test_output_pitch_per_method_and_auto():
+    dx, shape, z = 4e-6, (24, 40), 0.05
+    kw = dict(pitch_m=dx, wavelength_m=LAM)
+    for method in ("fraunhofer", "fresnel-1fft"):
+        assert P.output_pitch(shape, z_m=z, method=method, **kw) == pytest.approx(
+            (LAM * z / (24 * dx), LAM * z / (40 * dx)), rel=1e-12)
+    for method in ("asm", "fresnel-tf", "fresnel-ir"):
+        assert P.output_pitch(shape, z_m=z, method=method, **kw) == (dx, dx)
+    zc = 40 * dx * dx / LAM
+    for zz in (0.5 * zc, 5 * zc):  # auto picks asm, then fresnel-ir: both keep the pitch
+        assert P.output_pitch(shape, z_m=zz, method="auto", **kw) == (dx, dx)
+    with pytest.raises(optics.OpticsError, match=r"method must be one of .*got 'rayleigh'"):
+        P.output_pitch(shape, z_m=z, method="rayleigh", **kw)
+
+
+def test_gaussian_beam_grid_dtype_and_errors():
+    dx, w0 = 2e-6, 5e-6
+    y, x = coords(6, dx), coords(10, dx)
+    g = P.gaussian_beam((6, 10), pitch_m=dx, waist_m=w0)
+    assert g.dtype == torch.complex128
+    assert torch.allclose(g, torch.exp(-(y[:, None] ** 2 + x[None, :] ** 2) / w0 ** 2).to(torch.complex128),
+                          rtol=0, atol=1e-15)
+    g64 = P.gaussian_beam((6, 10), pitch_m=dx, waist_m=w0, wavelength_m=LAM, z_m=1e-4, dtype=torch.complex64)
+    assert g64.dtype == torch.complex64 and g64.shape == (6, 10)
+    with pytest.raises(optics.UnitsError, match="pitch_m must be a finite positive"):
+        P.gaussian_beam((6, 10), pitch_m=0.0, waist_m=w0)
+    with pytest.raises(optics.UnitsError, match="waist_m must be a finite positive"):
+        P.gaussian_beam((6, 10), pitch_m=dx, waist_m=-w0)
+
+
+@pytest.mark.parametrize("method, z", [("fraunhofer", 0.05), ("fresnel-1fft", 0.05), ("fresnel-tf", 2e-4),
+                                       ("fresnel-ir", 0.05), ("asm", 2e-4)])
+def test_adjoint_names_its_method_and_returns_the_input_grid(method, z):
+    v = torch.ones(2, 16, 24, dtype=torch.complex128)
+    out = optics.propagate_adjoint(v, pitch_m=3e-6, wavelength_m=LAM, z_m=z, method=method)
+    assert out.method == method and out.pitch_m == (3e-6, 3e-6) and out.field.shape == v.shape
+
+
+def test_adjoint_defaults_match_the_forward_ones():
+    n, dx = 32, 4e-6
+    zc = n * dx * dx / LAM
+    v = _gauss(n=n, dx=dx, w=20e-6)
+    kw = dict(pitch_m=dx, wavelength_m=LAM)
+    # method='auto' resolves from the shape like the forward call
+    near = optics.propagate_adjoint(v, z_m=0.5 * zc, **kw)
+    assert near.method == "asm" and torch.equal(near.field, optics.asm_adjoint(v, z_m=0.5 * zc, **kw).field)
+    # asm_adjoint is band-limited by default: valid far away, where band_limit=False refuses
+    assert torch.isfinite(optics.asm_adjoint(v, z_m=5 * zc, **kw).field).all()
+    with pytest.raises(optics.SamplingError, match="band_limit=True"):
+        optics.asm_adjoint(v, z_m=5 * zc, band_limit=False, **kw)
+    assert torch.isfinite(optics.asm_adjoint(v, z_m=5 * zc, band_limit=False, allow_aliasing=True, **kw).field).all()
