@@ -703,3 +703,87 @@ def test_adjoint_defaults_match_the_forward_ones():
     with pytest.raises(optics.SamplingError, match="band_limit=True"):
         optics.asm_adjoint(v, z_m=5 * zc, band_limit=False, **kw)
     assert torch.isfinite(optics.asm_adjoint(v, z_m=5 * zc, band_limit=False, allow_aliasing=True, **kw).field).all()
+
+
+@pytest.mark.parametrize("z", [50e-9, -50e-9])
+def test_asm_plane_waves_are_eigenfunctions_propagating_and_evanescent(z):
+    # On the periodic grid (pad=False) a sampled plane wave e^{i2π f x} is an eigenfunction:
+    # propagating (f < 1/λ) it gains e^{i2π z sqrt(1/λ² − f²)}; evanescent (f > 1/λ) it decays
+    # by exp(−2π|z| sqrt(f² − 1/λ²)) ("decay", both directions) or is removed ("drop").
+    # Exact up to FFT round-off (1e-12). pitch 100 nm < λ/2, so the grid carries both kinds.
+    n, dx = 32, 100e-9
+    x = coords(n, dx)
+    kw = dict(pitch_m=dx, wavelength_m=LAM, z_m=z, pad=False)
+    for k, kind in ((4, "propagating"), (8, "evanescent")):
+        f = k / (n * dx)  # 1.25e6 and 2.5e6 cycles/m; 1/λ = 2e6
+        u = torch.exp(1j * 2 * math.pi * f * x)[None, :].expand(n, n).to(torch.complex128)
+        if kind == "propagating":
+            g = complex(np.exp(1j * 2 * math.pi * z * math.sqrt(1 / LAM ** 2 - f ** 2)))
+            for ev in ("drop", "decay"):
+                out = optics.asm(u, evanescent=ev, **kw).field
+                assert float((out - g * u).abs().max()) < 1e-12
+        else:
+            decay = math.exp(-2 * math.pi * abs(z) * math.sqrt(f ** 2 - 1 / LAM ** 2))
+            assert 0.1 < decay < 0.9  # a real check of the rate, neither 0 nor 1
+            out = optics.asm(u, evanescent="decay", **kw).field
+            assert float((out - decay * u).abs().max()) < 1e-12
+            assert float(optics.asm(u, evanescent="drop", **kw).field.abs().max()) < 1e-12
+    with pytest.raises(optics.OpticsError, match=r"evanescent must be one of \('drop', 'decay'\), got 'grow'"):
+        optics.asm(u, evanescent="grow", **kw)
+
+
+def test_far_field_methods_refuse_zero_and_negative_distances():
+    u = torch.ones(8, 8, dtype=torch.complex128)
+    for fn in (optics.fraunhofer, optics.fraunhofer_adjoint, optics.fresnel_1fft, optics.fresnel_1fft_adjoint):
+        for z in (0.0, -0.1):
+            with pytest.raises(optics.UnitsError) as e:
+                fn(u, pitch_m=1e-6, wavelength_m=LAM, z_m=z)
+            msg = str(e.value)
+            assert f"z_m must be a positive distance in metres for this method, got {z!r}" in msg
+            assert "use the adjoint to go back" in msg
+
+
+def test_padding_rules_by_hand():
+    n, dx = 32, 4e-6
+    kw = dict(pitch_m=dx, wavelength_m=LAM)
+    # fresnel-tf pads by the paraxial spread |z|·λ/(2dx²) = 10.9 → 11 samples → fast_size(43) = 45
+    z = 7e-4
+    assert P.padded_shape((n, 24), z_m=z, method="fresnel-tf", **kw) == (45, 35)
+    assert P.padded_shape((n, 24), z_m=-z, method="fresnel-tf", **kw) == (45, 35)
+    # the IR method convolves linearly: fast_size(2N − 1) per axis, or what it is told
+    assert P.padded_shape((n, 24), z_m=0.05, method="fresnel-ir", **kw) == (63, 48)
+    assert P.padded_shape((n, 24), z_m=0.05, method="fresnel-ir", pad=(3, 5), **kw) == (35, 29)
+    assert P.padded_shape((n, 24), z_m=0.05, method="fresnel-ir", pad=False, **kw) == (n, 24)
+    # the Fourier-transform methods use the field's own grid
+    assert P.padded_shape((n, 24), z_m=0.05, method="fraunhofer", **kw) == (n, 24)
+    # pitch <= λ/√2: the worst sampled wave is evanescent or grazing, the spread unbounded → pad N
+    assert P.padded_shape((n, 24), pitch_m=300e-9, wavelength_m=LAM, z_m=1e-6, method="asm") == (64, 48)
+    assert P.padded_shape((n, 24), pitch_m=300e-9, wavelength_m=LAM, z_m=1e-6, method="asm", pad=None) == (n, 24)
+    for bad in (-1, (2, -3)):
+        with pytest.raises(optics.OpticsError, match=r"pad must be True, False or non-negative sample counts, got"):
+            P.padded_shape((n, 24), z_m=z, method="asm", pad=bad, **kw)
+
+
+def test_kernel_cache_evicts_the_least_recently_used_beyond_64():
+    P.clear_kernel_cache()
+    u = torch.ones(8, 8, dtype=torch.complex128)
+    zs = [1e-5 * (i + 1) for i in range(65)]
+    for i, z in enumerate(zs[:64]):
+        optics.asm(u, pitch_m=2e-6, wavelength_m=LAM, z_m=z)
+        if i == 10:
+            optics.asm(u, pitch_m=2e-6, wavelength_m=LAM, z_m=zs[0])  # touch the first: recently used
+    assert P.kernel_cache_info() == {"hits": 1, "misses": 64, "size": 64}
+    optics.asm(u, pitch_m=2e-6, wavelength_m=LAM, z_m=zs[64])  # the 65th evicts the LRU: zs[1]
+    assert P.kernel_cache_info()["size"] == 64
+    optics.asm(u, pitch_m=2e-6, wavelength_m=LAM, z_m=zs[0])
+    assert P.kernel_cache_info()["hits"] == 2
+    optics.asm(u, pitch_m=2e-6, wavelength_m=LAM, z_m=zs[1])
+    assert P.kernel_cache_info()["misses"] == 66
+
+
+def test_auto_logs_the_distance_and_the_critical_distance(caplog):
+    n, dx = 40, 4e-6
+    zc = n * dx * dx / LAM
+    with caplog.at_level(logging.INFO, logger="optics.propagation"):
+        optics.resolve_method((24, n), "auto", pitch_m=dx, wavelength_m=LAM, z_m=3 * zc)
+    assert f"z = {3 * zc:.4g} m, critical distance N·dx²/λ = {zc:.4g} m → fresnel-ir" in caplog.text
