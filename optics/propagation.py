@@ -226,7 +226,7 @@ def _asm_kernel(shape, padded, dx, lam, z, band_limit, evanescent, periodic, dty
         fx = freqs(padded[1], dxt, device=device)
         zt, lt = _f64(z, device), _f64(lam, device)
         arg = 1.0 / lt ** 2 - fy[:, None] ** 2 - fx[None, :] ** 2
-        prop = arg > 0
+        prop = arg >= 0  # a grazing wave (f² = 1/λ², k_z = 0) is not evanescent: H = 1
         kz = 2 * math.pi * torch.sqrt(torch.clamp(arg, min=0.0))
         H = torch.polar(torch.ones_like(kz), kz * zt)
         if evanescent == "decay":
@@ -243,9 +243,8 @@ def _asm_kernel(shape, padded, dx, lam, z, band_limit, evanescent, periodic, dty
             cos_t = torch.sqrt(torch.clamp(arg, min=0.0)) * lt
             keep = torch.ones_like(prop)
             for n_i, m_i, f in zip(shape, padded, (fy[:, None], fx[None, :])):
-                d = (m_i / 2 if periodic else min(m_i / 2, m_i - n_i)) * dxt
-                if m_i / 2 <= 0 or (not periodic and m_i - n_i <= 0):
-                    d = m_i * dxt / 2
+                # room D_i: M/2 on a periodic (or unpadded) axis, else min(M/2, M − N)
+                d = (m_i / 2 if periodic or m_i <= n_i else min(m_i / 2, m_i - n_i)) * dxt
                 keep = keep & ((zt.abs() * lt * f.abs() <= d * cos_t) | ~prop)
             H = H * keep.to(H.dtype)
         return H.to(dtype)

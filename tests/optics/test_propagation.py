@@ -613,6 +613,8 @@ def _band_limit_mask(shape, padded, dx, lam, z, d_px):
     ((4, 8), 3e-3, (28, 48), (4, 8)),      # D = min(M/2, M − N)
     ((0, 8), 3e-3, (24, 48), (12, 8)),     # an axis left unpadded keeps the periodic room M/2
     ((40, 48), 3e-3, (64, 88), (32, 44)),  # padded beyond N: D = M/2
+    ((1, 8), 3e-3, (25, 48), (1, 8)),      # one sample of room
+    (False, 1.0, (24, 40), (12, 20)),      # 1 m: the limit applies at any z != 0
     (True, 7e-4, (35, 54), (11, 14)),      # automatic: ceil(spread = 10.97) → fast sizes
 ])
 def test_asm_band_limit_keeps_the_waves_that_fit_in_each_axis_room(pad, z, padded, d_px):
@@ -756,6 +758,12 @@ def test_padding_rules_by_hand():
     assert P.padded_shape((n, 24), z_m=0.05, method="fresnel-ir", pad=False, **kw) == (n, 24)
     # the Fourier-transform methods use the field's own grid
     assert P.padded_shape((n, 24), z_m=0.05, method="fraunhofer", **kw) == (n, 24)
+    # asm pads by the exact spread |z|·s/sqrt(1 − 2s²)/dx, s = λ/(2dx): 10.99 → 11 samples
+    s = LAM / (2 * dx)
+    z = 10.99 * dx * math.sqrt(1 - 2 * s * s) / s
+    assert P.padded_shape((24, 40), z_m=z, method="asm", **kw) == (35, 54)  # fast sizes of 35, 51
+    # s = 0.6 (pitch λ/1.2): 2s² = 0.72 < 1, a finite spread of 2.72 → 3 samples
+    assert P.padded_shape((n, 24), pitch_m=LAM / 1.2, wavelength_m=LAM, z_m=1e-6, method="asm") == (35, 27)
     # pitch <= λ/√2: the worst sampled wave is evanescent or grazing, the spread unbounded → pad N
     assert P.padded_shape((n, 24), pitch_m=300e-9, wavelength_m=LAM, z_m=1e-6, method="asm") == (64, 48)
     assert P.padded_shape((n, 24), pitch_m=300e-9, wavelength_m=LAM, z_m=1e-6, method="asm", pad=None) == (n, 24)
@@ -787,3 +795,18 @@ def test_auto_logs_the_distance_and_the_critical_distance(caplog):
     with caplog.at_level(logging.INFO, logger="optics.propagation"):
         optics.resolve_method((24, n), "auto", pitch_m=dx, wavelength_m=LAM, z_m=3 * zc)
     assert f"z = {3 * zc:.4g} m, critical distance N·dx²/λ = {zc:.4g} m → fresnel-ir" in caplog.text
+
+
+def test_asm_grazing_wave_has_unit_gain_unless_the_band_limit_removes_it():
+    # f = 1/λ exactly (λ = 2⁻²¹ m, pitch 2⁻²⁴ m, f = 2/(16·pitch) = 2²¹ /m, all exact in binary):
+    # k_z = 0, the wave is neither evanescent (f² > 1/λ², module docstring) nor moving forward,
+    # so H = e^{i·0·z} = 1 with either evanescent mode; the band limit removes it (it moves
+    # sideways without bound). Exact up to FFT round-off (1e-12).
+    lam, dx, n = 2.0 ** -21, 2.0 ** -24, 16
+    x = coords(n, dx)
+    u = torch.exp(1j * 2 * math.pi / lam * x)[None, :].expand(n, n).to(torch.complex128)
+    kw = dict(pitch_m=dx, wavelength_m=lam, z_m=1e-6, pad=False)
+    for ev in ("drop", "decay"):
+        out = optics.asm(u, evanescent=ev, band_limit=False, allow_aliasing=True, **kw).field
+        assert float((out - u).abs().max()) < 1e-12
+    assert float(optics.asm(u, **kw).field.abs().max()) < 1e-12
