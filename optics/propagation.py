@@ -403,9 +403,10 @@ def _out_pitch(n: Tuple[int, int], dx: float, lam: float, z: float) -> Tuple[flo
     return (lam * z / (n[0] * dx), lam * z / (n[1] * dx))
 
 
-def _quadratic(n, pitch_yx, lam, z, device):
-    y = coords(n[0], 1.0, device=device) * pitch_yx[0]
-    x = coords(n[1], 1.0, device=device) * pitch_yx[1]
+def _quadratic(n, pitch, lam, z, device):
+    """``π|x|²/(λz)`` on the centred ``n`` grid of (square) ``pitch``."""
+    y = coords(n[0], 1.0, device=device) * pitch
+    x = coords(n[1], 1.0, device=device) * pitch
     r2 = y[:, None] ** 2 + x[None, :] ** 2
     return math.pi * r2 / (_f64(lam, device) * _f64(z, device))
 
@@ -433,7 +434,7 @@ def _ft_factors(n, dx_in, lam, z, with_input_chirp: bool, dtype, device):
         out = out * (cy[:, None] * cx[None, :]) * complex(math.cos(c_ph), math.sin(c_ph))
         inp = cy[:, None] * cx[None, :]
         if with_input_chirp:
-            ph_in = _quadratic(n, (dx, dx), lt, zt, device)
+            ph_in = _quadratic(n, dx, lt, zt, device)
             inp = inp * torch.polar(torch.ones_like(ph_in), ph_in)
         return out.to(dtype), inp.to(dtype)
 
