@@ -815,3 +815,22 @@ def test_asm_grazing_wave_has_unit_gain_unless_the_band_limit_removes_it():
         out = optics.asm(u, evanescent=ev, band_limit=False, allow_aliasing=True, **kw).field
         assert float((out - u).abs().max()) < 1e-12
     assert float(optics.asm(u, **kw).field.abs().max()) < 1e-12
+
+
+def test_asm_barely_evanescent_wave_decays_at_its_own_rate():
+    # λ set so that f² − 1/λ² ≈ 0.5 m⁻² for the grid frequency f = 2²¹ /m: the decay rate
+    # κ = 2π sqrt(f² − 1/λ²) ≈ 4.4 /m is tiny but exact (no floor); over 0.1 m the gain is
+    # e^{−0.44} ≈ 0.64. Tolerance 1e-3: one ulp of 1/λ² (2⁻¹⁰ m⁻²) moves the gain by < 1e-4.
+    dx, n = 2.0 ** -24, 16
+    f = 2.0 ** 21
+    lam = 1 / math.sqrt(f ** 2 - 0.5)
+    rate = 2 * math.pi * math.sqrt(f ** 2 - 1 / lam ** 2)
+    assert 4.0 < rate < 4.9
+    x = coords(n, dx)
+    u = torch.exp(1j * 2 * math.pi * f * x)[None, :].expand(n, n).to(torch.complex128)
+    out = optics.asm(u, pitch_m=dx, wavelength_m=lam, z_m=0.1, pad=False, evanescent="decay").field
+    assert float((out - math.exp(-rate * 0.1) * u).abs().max()) < 1e-3
+    # and the band limit removes a grazing wave at any z != 0, however small
+    lam_g = 2.0 ** -21
+    out = optics.asm(u, pitch_m=dx, wavelength_m=lam_g, z_m=1e-13, pad=False).field
+    assert float(out.abs().max()) < 1e-12
