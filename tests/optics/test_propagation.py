@@ -863,3 +863,30 @@ def test_far_field_of_an_off_axis_point_on_odd_and_even_grids(method, shape):
     # the adjoint maps that far field back onto the point, scaled by the energy ratio
     back = optics.propagate_adjoint(ref, pitch_m=dx, wavelength_m=LAM2, z_m=z, method=method).field
     assert float((back - u * (dx * dx / (LAM2 * z)) ** 2 * ny * nx).abs().max()) < 1e-9 * float(back.abs().max())
+
+
+def test_option_errors_list_what_the_method_takes():
+    def msg(method, **opts):
+        with pytest.raises(optics.OptionError) as e:
+            P.check_options(method, opts)
+        return str(e.value)
+
+    hint = " (zero-pad the field yourself, e.g. CDPSystem(oversampling=2), for a finer far-field grid)"
+    assert msg("fraunhofer", pad=True) == f"method 'fraunhofer' does not take option(s) pad; it takes no options{hint}"
+    assert msg("fresnel-1fft", pad=2, band_limit=True) == (
+        f"method 'fresnel-1fft' does not take option(s) band_limit, pad; it takes allow_aliasing{hint}")
+    assert msg("fresnel-1fft", band_limit=True) == (
+        "method 'fresnel-1fft' does not take option(s) band_limit; it takes allow_aliasing")
+    assert msg("fresnel-ir", evanescent="decay", band_limit=False) == (
+        "method 'fresnel-ir' does not take option(s) band_limit, evanescent; it takes pad, allow_aliasing")
+    assert msg("asm", band_limt=True) == (
+        "method 'asm' does not take option(s) band_limt; it takes pad, band_limit, evanescent, allow_aliasing")
+    opts = dict(pad=False, allow_aliasing=True)
+    assert P.check_options("fresnel-tf", opts) == opts and P.check_options("fraunhofer", {}) == {}
+    # propagate and its adjoint forward the accepted options to the method
+    u = _gauss(n=32, dx=2e-6, w=8e-6)
+    kw = dict(pitch_m=2e-6, wavelength_m=LAM, z_m=1e-4, method="asm", pad=False, evanescent="decay")
+    assert torch.equal(optics.propagate(u, **kw).field,
+                       optics.asm(u, pitch_m=2e-6, wavelength_m=LAM, z_m=1e-4, pad=False, evanescent="decay").field)
+    assert torch.equal(optics.propagate_adjoint(u, **kw).field,
+                       optics.asm_adjoint(u, pitch_m=2e-6, wavelength_m=LAM, z_m=1e-4, pad=False, evanescent="decay").field)
