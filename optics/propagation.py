@@ -598,10 +598,8 @@ def padded_shape(shape: Tuple[int, int], *, pitch_m: float, wavelength_m: float,
     if method == "asm":
         s = _spread_exact(z, lam, dx)
         return _padded_sizes(shape, pad, (s, s))
-    if method == "fresnel-ir":
-        if pad is True:
-            return (fast_size(2 * shape[0] - 1), fast_size(2 * shape[1] - 1))
-        return _padded_sizes(shape, pad, (0.0, 0.0))
+    if method == "fresnel-ir":  # linear convolution with the kernel's 2N − 1 samples: pad N − 1
+        return _padded_sizes(shape, pad, (shape[0] - 1, shape[1] - 1))
     return shape
 
 

@@ -851,6 +851,7 @@ def test_far_field_of_an_off_axis_point_on_odd_and_even_grids(method, shape):
     u = torch.zeros(ny, nx, dtype=torch.complex128)
     u[jy, jx] = 1
     out = optics.propagate(u, pitch_m=dx, wavelength_m=LAM2, z_m=z, method=method)
+    assert out.method == method
     py, px = LAM2 * z / (ny * dx), LAM2 * z / (nx * dx)
     assert out.pitch_m == pytest.approx((py, px), rel=1e-12)
     yo, xo = coords(ny, py), coords(nx, px)
@@ -890,3 +891,20 @@ def test_option_errors_list_what_the_method_takes():
                        optics.asm(u, pitch_m=2e-6, wavelength_m=LAM, z_m=1e-4, pad=False, evanescent="decay").field)
     assert torch.equal(optics.propagate_adjoint(u, **kw).field,
                        optics.asm_adjoint(u, pitch_m=2e-6, wavelength_m=LAM, z_m=1e-4, pad=False, evanescent="decay").field)
+
+
+def test_dispatch_names_the_field_and_resolves_auto_from_the_last_two_axes():
+    kw = dict(pitch_m=4e-6, wavelength_m=LAM, z_m=1e-3)
+    for fn in (optics.propagate, optics.propagate_adjoint):
+        with pytest.raises(optics.ShapeError, match=r"^field must have shape \(\.\.\., H, W\); got \(16,\)$"):
+            fn(torch.ones(16, dtype=torch.complex128), **kw)
+        bad = torch.ones(8, 8, dtype=torch.complex128)
+        bad[2, 3] = float("inf")
+        with pytest.raises(optics.NonFiniteError, match=r"^field contains 1 NaN/inf value\(s\)"):
+            fn(bad, **kw)
+    # a batch of 40 fields of 8 × 8: N = 8 (not the batch size) sets the critical distance,
+    # z = 4·N·dx²/λ is beyond 2 z_c, so auto picks the impulse response
+    zc = 8 * 4e-6 ** 2 / LAM
+    u = torch.ones(40, 8, 8, dtype=torch.complex128)
+    assert optics.propagate(u, pitch_m=4e-6, wavelength_m=LAM, z_m=4 * zc).method == "fresnel-ir"
+    assert optics.propagate_adjoint(u, pitch_m=4e-6, wavelength_m=LAM, z_m=4 * zc).method == "fresnel-ir"
