@@ -2,6 +2,7 @@
 Parseval, reversibility, sign conventions, adjointness, gradients and every promised error."""
 import logging
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -499,7 +500,9 @@ def test_learnable_parameters_get_their_gradient_on_every_call(method, z, which)
     grads = []
     for _ in range(2):
         p = torch.tensor(vals[which], dtype=torch.float64, requires_grad=True)
-        out = optics.propagate(u, method=method, **dict(vals, **{which: p})).field
+        with warnings.catch_warnings():  # a learnable value is read without a grad warning
+            warnings.simplefilter("error")
+            out = optics.propagate(u, method=method, **dict(vals, **{which: p})).field
         assert out.dtype == torch.complex64
         # the differentiable path computes the same field (complex64 round-off: 1e-5 of the peak)
         assert float((out.detach() - plain).abs().max()) < 1e-5 * float(plain.abs().max())
@@ -908,3 +911,27 @@ def test_dispatch_names_the_field_and_resolves_auto_from_the_last_two_axes():
     u = torch.ones(40, 8, 8, dtype=torch.complex128)
     assert optics.propagate(u, pitch_m=4e-6, wavelength_m=LAM, z_m=4 * zc).method == "fresnel-ir"
     assert optics.propagate_adjoint(u, pitch_m=4e-6, wavelength_m=LAM, z_m=4 * zc).method == "fresnel-ir"
+
+
+@pytest.mark.parametrize("method, z", GRAD_CASES)
+def test_float32_tensor_parameters_are_used_in_float64(method, z):
+    # the kernels are computed in float64 from the parameters' values: a float32 (or shape-(1,))
+    # tensor gives exactly what the same value as a Python float gives (round-off 1e-12)
+    u = _gauss(n=32, dx=2e-6, w=8e-6)
+    vals = dict(pitch_m=2e-6, wavelength_m=LAM, z_m=z)
+    for which in vals:
+        t = torch.tensor([vals[which]], dtype=torch.float32)
+        as_float = dict(vals, **{which: float(t)})
+        P.clear_kernel_cache()
+        ref = optics.propagate(u, method=method, **as_float).field
+        P.clear_kernel_cache()
+        out = optics.propagate(u, method=method, **dict(vals, **{which: t})).field
+        assert float((out - ref).abs().max()) < 1e-12 * float(ref.abs().max()), which
+
+
+def test_same_grid_methods_name_the_field_and_the_distance():
+    for fn in (optics.asm, optics.fresnel_tf, optics.fresnel_ir, optics.fraunhofer):
+        with pytest.raises(optics.ShapeError, match=r"^field must have shape \(\.\.\., H, W\); got \(16,\)$"):
+            fn(torch.ones(16, dtype=torch.complex128), pitch_m=1e-6, wavelength_m=LAM, z_m=1e-3)
+        with pytest.raises(optics.UnitsError, match=r"^z_m must be finite \(in m\), got nan$"):
+            fn(torch.ones(8, 8, dtype=torch.complex128), pitch_m=1e-6, wavelength_m=LAM, z_m=float("nan"))
