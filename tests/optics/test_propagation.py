@@ -802,7 +802,8 @@ def test_auto_logs_the_distance_and_the_critical_distance(caplog):
     zc = n * dx * dx / LAM
     with caplog.at_level(logging.INFO, logger="optics.propagation"):
         optics.resolve_method((24, n), "auto", pitch_m=dx, wavelength_m=LAM, z_m=3 * zc)
-    assert f"z = {3 * zc:.4g} m, critical distance N·dx²/λ = {zc:.4g} m → fresnel-ir" in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.name == "optics.propagation"] == [
+        f"propagate(method='auto'): z = {3 * zc:.4g} m, critical distance N·dx²/λ = {zc:.4g} m → fresnel-ir"]
 
 
 def test_asm_grazing_wave_has_unit_gain_unless_the_band_limit_removes_it():
