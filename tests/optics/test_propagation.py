@@ -936,3 +936,13 @@ def test_same_grid_methods_name_the_field_and_the_distance():
             fn(torch.ones(16, dtype=torch.complex128), pitch_m=1e-6, wavelength_m=LAM, z_m=1e-3)
         with pytest.raises(optics.UnitsError, match=r"^z_m must be finite \(in m\), got nan$"):
             fn(torch.ones(8, 8, dtype=torch.complex128), pitch_m=1e-6, wavelength_m=LAM, z_m=float("nan"))
+
+
+@pytest.mark.parametrize("method, z", GRAD_CASES)
+def test_forward_and_adjoint_share_one_cached_kernel(method, z):
+    P.clear_kernel_cache()
+    u = _gauss(n=16, dx=3e-6, w=10e-6)
+    kw = dict(pitch_m=3e-6, wavelength_m=LAM, z_m=z, method=method)
+    optics.propagate(u, **kw)
+    optics.propagate_adjoint(u, **kw)
+    assert P.kernel_cache_info() == {"hits": 1, "misses": 1, "size": 1}
