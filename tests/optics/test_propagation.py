@@ -946,3 +946,28 @@ def test_forward_and_adjoint_share_one_cached_kernel(method, z):
     optics.propagate(u, **kw)
     optics.propagate_adjoint(u, **kw)
     assert P.kernel_cache_info() == {"hits": 1, "misses": 1, "size": 1}
+
+
+def test_asm_band_limit_is_inclusive_at_the_room():
+    # the plane wave f_x = 8/(N·dx) on the periodic 24 × 40 grid (room D = 20·dx along x) is kept
+    # up to the distance where its shift |z|·λ|f_x|/cosθ equals D exactly, and removed one ulp
+    # further (cosθ = λ·sqrt(1/λ² − f²), evaluated in float64 as the criterion states it)
+    dx, lam, k = 4e-6, 5e-7, 8
+    dxt, lt = torch.tensor(dx, dtype=torch.float64), torch.tensor(lam, dtype=torch.float64)
+    f = (torch.fft.fftfreq(40, dtype=torch.float64) / dxt)[k]
+    room_cos = 20.0 * dxt * (torch.sqrt(1.0 / lt ** 2 - 0.0 - f ** 2) * lt)
+    z = float(room_cos / (lt * f))
+    for _ in range(60):  # the float distance where the shift equals the room exactly
+        shift = torch.tensor(z, dtype=torch.float64) * lt * f
+        if shift == room_cos:
+            break
+        z = math.nextafter(z, 0.0 if shift > room_cos else math.inf)
+    else:
+        raise AssertionError("no float distance at the room")
+
+    def kept(zz):
+        H = P._asm_kernel((24, 40), (24, 40), dx, lam, zz, True, "drop", True, torch.complex128, "cpu")
+        return bool(H[0, k] != 0)
+
+    assert kept(z) and kept(-z)
+    assert not kept(math.nextafter(z, math.inf)) and not kept(-math.nextafter(z, math.inf))
