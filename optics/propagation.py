@@ -226,7 +226,7 @@ def _asm_kernel(shape, padded, dx, lam, z, band_limit, evanescent, periodic, dty
         fx = freqs(padded[1], dxt, device=device)
         zt, lt = _f64(z, device), _f64(lam, device)
         arg = 1.0 / lt ** 2 - fy[:, None] ** 2 - fx[None, :] ** 2
-        prop = arg > 0
+        prop = arg >= 0  # a grazing wave (f² = 1/λ², k_z = 0) is not evanescent: H = 1
         kz = 2 * math.pi * torch.sqrt(torch.clamp(arg, min=0.0))
         H = torch.polar(torch.ones_like(kz), kz * zt)
         if evanescent == "decay":
@@ -243,9 +243,8 @@ def _asm_kernel(shape, padded, dx, lam, z, band_limit, evanescent, periodic, dty
             cos_t = torch.sqrt(torch.clamp(arg, min=0.0)) * lt
             keep = torch.ones_like(prop)
             for n_i, m_i, f in zip(shape, padded, (fy[:, None], fx[None, :])):
-                d = (m_i / 2 if periodic else min(m_i / 2, m_i - n_i)) * dxt
-                if m_i / 2 <= 0 or (not periodic and m_i - n_i <= 0):
-                    d = m_i * dxt / 2
+                # room D_i: M/2 on a periodic (or unpadded) axis, else min(M/2, M − N)
+                d = (m_i / 2 if periodic or m_i <= n_i else min(m_i / 2, m_i - n_i)) * dxt
                 keep = keep & ((zt.abs() * lt * f.abs() <= d * cos_t) | ~prop)
             H = H * keep.to(H.dtype)
         return H.to(dtype)
@@ -404,9 +403,10 @@ def _out_pitch(n: Tuple[int, int], dx: float, lam: float, z: float) -> Tuple[flo
     return (lam * z / (n[0] * dx), lam * z / (n[1] * dx))
 
 
-def _quadratic(n, pitch_yx, lam, z, device):
-    y = coords(n[0], 1.0, device=device) * pitch_yx[0]
-    x = coords(n[1], 1.0, device=device) * pitch_yx[1]
+def _quadratic(n, pitch, lam, z, device):
+    """``π|x|²/(λz)`` on the centred ``n`` grid of (square) ``pitch``."""
+    y = coords(n[0], 1.0, device=device) * pitch
+    x = coords(n[1], 1.0, device=device) * pitch
     r2 = y[:, None] ** 2 + x[None, :] ** 2
     return math.pi * r2 / (_f64(lam, device) * _f64(z, device))
 
@@ -434,7 +434,7 @@ def _ft_factors(n, dx_in, lam, z, with_input_chirp: bool, dtype, device):
         out = out * (cy[:, None] * cx[None, :]) * complex(math.cos(c_ph), math.sin(c_ph))
         inp = cy[:, None] * cx[None, :]
         if with_input_chirp:
-            ph_in = _quadratic(n, (dx, dx), lt, zt, device)
+            ph_in = _quadratic(n, dx, lt, zt, device)
             inp = inp * torch.polar(torch.ones_like(ph_in), ph_in)
         return out.to(dtype), inp.to(dtype)
 
@@ -598,19 +598,17 @@ def padded_shape(shape: Tuple[int, int], *, pitch_m: float, wavelength_m: float,
     if method == "asm":
         s = _spread_exact(z, lam, dx)
         return _padded_sizes(shape, pad, (s, s))
-    if method == "fresnel-ir":
-        if pad is True:
-            return (fast_size(2 * shape[0] - 1), fast_size(2 * shape[1] - 1))
-        return _padded_sizes(shape, pad, (0.0, 0.0))
+    if method == "fresnel-ir":  # linear convolution with the kernel's 2N − 1 samples: pad N − 1
+        return _padded_sizes(shape, pad, (shape[0] - 1, shape[1] - 1))
     return shape
 
 
 def output_pitch(shape: Tuple[int, int], *, pitch_m: float, wavelength_m: float, z_m: float,
                  method: str) -> Tuple[float, float]:
     """Output-plane pitch ``(py, px)`` of ``method`` without propagating (``λz/(N·dx)`` per
-    axis for the Fourier-transform methods, the input pitch otherwise)."""
-    if method == "auto":
-        method = resolve_method(shape, method, pitch_m=pitch_m, wavelength_m=wavelength_m, z_m=z_m)
+    axis for the Fourier-transform methods, the input pitch otherwise). An unknown ``method``
+    raises :class:`~optics.errors.OpticsError` (as :func:`propagate` would)."""
+    method = resolve_method(shape, method, pitch_m=pitch_m, wavelength_m=wavelength_m, z_m=z_m)
     if method in ("fraunhofer", "fresnel-1fft"):
         return _out_pitch(tuple(shape), _key(pitch_m), _key(wavelength_m), _key(z_m))
     return _pair(pitch_m)
