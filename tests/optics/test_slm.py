@@ -531,8 +531,10 @@ def test_slm_constructor_messages():
         SLM(pixel_pitch_m=8e-6, sim_pitch_m=3e-6)
     with pytest.raises(PitchRatioError, match=r"\(e.g. 1e-06 m\)$"):  # n rounds to 0: suggest n = 1
         SLM(pixel_pitch_m=1e-6, sim_pitch_m=3e-6)
-    with pytest.raises(UnitsError, match="sim_pitch_m must be a finite positive number in m"):
+    with pytest.raises(UnitsError, match="^sim_pitch_m must be a finite positive number in m"):
         SLM(pixel_pitch_m=8e-6, sim_pitch_m=0.0)
+    with pytest.raises(UnitsError, match="^pixel_pitch_m = 8.0 m is over 10 cm"):
+        SLM(pixel_pitch_m=8.0)
     for bad in (True, 0, 2.0, -1):
         with pytest.raises(ShapeError, match=r"^upsample must be an int >= 1 \(simulation samples per SLM pixel\), "
                                              rf"got {bad!r}$"):
@@ -564,6 +566,7 @@ def test_slm_constructor_messages():
 def test_slm_defaults_buffers_and_fit_parameters():
     slm = SLM(pixel_pitch_m=8e-6)
     assert slm.upsample == 1 and slm.sim_pitch_m == 8e-6 and slm.bit_depth == 8
+    assert float(slm.dead_phase_rad) == 0.0 and float(slm.crosstalk_sigma_m) == 0.0
     assert slm.quantization == "ste" and slm.soft_temperature_rad == 0.1 and slm.fill_factor == 1.0
     assert slm.lut.levels_rad.tolist() == PhaseLUT.linear(8).levels_rad.tolist()
     s3 = SLM(pixel_pitch_m=9e-6, upsample=np.int64(3), crosstalk_sigma_m=0.0, dead_phase_rad=0.5, bit_depth=4)
@@ -576,7 +579,7 @@ def test_slm_defaults_buffers_and_fit_parameters():
     params = dict(fit.named_parameters())
     assert set(params) == {"crosstalk_sigma_m", "dead_phase_rad", "lut.levels_rad"}
     assert float(params["dead_phase_rad"].detach()) == 0.25 and params["crosstalk_sigma_m"].dtype == torch.float64
-    assert float(fit.crosstalk_sigma_samples) == pytest.approx(1.5, rel=1e-12)  # σ / sim pitch
+    assert float(fit.crosstalk_sigma_samples.detach()) == pytest.approx(1.5, rel=1e-12)  # σ / sim pitch
     learn = PhaseLUT(PhaseLUT.linear(3).levels_rad, learnable=True)
     assert SLM(pixel_pitch_m=8e-6, lut=learn, fit=("lut",)).lut is learn  # already learnable: kept
     assert SLM(pixel_pitch_m=8e-6, lut=learn).bit_depth == 3  # the LUT's depth, not bit_depth=8
@@ -587,6 +590,7 @@ def test_fill_factor_warning_and_odd_upsample_cell(caplog):
 
     with caplog.at_level(logging.WARNING, logger="optics.slm"):
         SLM(pixel_pitch_m=8e-6, upsample=4, fill_factor=0.55)  # 3²/4² = 0.5625: within 0.02, quiet
+        SLM(pixel_pitch_m=8e-6, upsample=5, fill_factor=0.02)  # 1²/5² = 0.04: exactly 0.02 off (float64), quiet
     assert not caplog.records
     with caplog.at_level(logging.WARNING, logger="optics.slm"):
         SLM(pixel_pitch_m=8e-6, upsample=4, fill_factor=0.5)  # 0.5625 is 0.0625 off: warned
