@@ -70,8 +70,8 @@ def test_phase_to_gray_is_nearest_wrap_aware():
 
 def test_phase_to_gray_plain_nearest_for_short_lut():
     lut = PhaseLUT.linear(2, max_phase_rad=math.pi)  # levels 0, π/3, 2π/3, π: not circular
-    g = lut.phase_to_gray(torch.tensor([3.0, 6.0, -0.4, 1.1]))
-    assert g.tolist() == [3, 3, 0, 1]
+    g = lut.phase_to_gray(torch.tensor([3.0, 6.0, -0.4, 1.1, 0.2, 0.0]))
+    assert g.tolist() == [3, 3, 0, 1, 0, 0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,8 +285,10 @@ def test_integer_pitch_ratio_values_and_message():
     with pytest.raises(PitchRatioError, match=r"^a = 1e-06 m is not an integer multiple of b = 3e-06 m "
                                               r"\(ratio 0.333333333, allowed deviation 1e-06 relative\); fix it$"):
         integer_pitch_ratio("a", 1e-6, "b", 3e-6, fix="fix it")
-    with pytest.raises(UnitsError, match="b must be a finite positive number in m, got -1.0"):
+    with pytest.raises(UnitsError, match="^b must be a finite positive number in m, got -1.0"):
         integer_pitch_ratio("a", 1e-6, "b", -1.0)
+    with pytest.raises(UnitsError, match="^a must be a finite positive number in m, got -1.0"):
+        integer_pitch_ratio("a", -1.0, "b", 1e-6)
 
 
 def test_wrap_phase_values():
@@ -336,6 +338,11 @@ def test_lut_wraps_threshold():
     assert lut(TWO_PI / 4 * (1 - 0.5e-6)).wraps
     assert not lut(TWO_PI / 4 * (1 - 2e-6)).wraps
     assert not lut(TWO_PI / 8).wraps
+    # exactly on the threshold (2 levels: N·span/(N − 1) = 2·span, exact in float64) is circular
+    edge = TWO_PI * (1.0 - 1e-6)
+    assert PhaseLUT([0.0, edge / 2]).wraps and not PhaseLUT([0.0, np.nextafter(edge / 2, 0)]).wraps
+    # the span is last − first: 2 … 3.5 spans 1.5 rad (not circular) wherever it starts
+    assert not PhaseLUT([2.0, 2.5, 3.0, 3.5]).wraps
 
 
 def test_linear_lut_with_other_ranges():
@@ -366,6 +373,8 @@ def test_tabulated_lut_checks():
         PhaseLUT.tabulated([1, 3], [0.0, 1.0])
     with pytest.raises(LUTError, match="bit_depth must be an int"):
         PhaseLUT.tabulated([0, 1], [0.0, 1.0], bit_depth=0)
+    with pytest.raises(LUTError, match=r"^tabulated LUT covers gray levels 1 … 3 but a 3-bit SLM has 0 … 7"):
+        PhaseLUT.tabulated([2, 1, 3], [0.5, 0.0, 1.0], bit_depth=3)
 
 
 def test_tabulated_lut_values():
@@ -379,6 +388,15 @@ def test_tabulated_lut_values():
     # a given bit depth: linear interpolation between the given points
     lut = PhaseLUT.tabulated([0, 2, 3], [0.0, 1.0, 4.0], bit_depth=2)
     assert lut.levels_rad.tolist() == [0.0, 0.5, 1.0, 4.0]
+
+
+def test_lut_accepts_any_real_numeric_dtype():
+    # integers, float32 and extended precision (numpy longdouble, which torch cannot hold) all give the
+    # same float64 table
+    want = [0.0, 1.0, 2.0, 3.0]
+    for lv in (np.arange(4), np.arange(4, dtype=np.float32), np.arange(4, dtype=np.longdouble)):
+        assert PhaseLUT(lv).levels_rad.tolist() == want
+        assert PhaseLUT.tabulated([0, 3], lv[[0, 3]]).levels_rad.tolist() == want
 
 
 def test_min_step_rad_includes_the_wrap_gap():
@@ -407,6 +425,8 @@ def test_gray_to_phase_inputs():
     assert out.dtype == torch.float32 and out.shape == (1, 2)
     assert lut.gray_to_phase(torch.zeros(0, dtype=torch.int64)).numel() == 0
     lut.gray_to_phase(3)  # the top level is in range
+    # gray maps read from 8-bit bitmaps are uint8: indices, not a boolean mask
+    assert lut.gray_to_phase(torch.tensor([1, 3], dtype=torch.uint8)).tolist() == [0.5 * math.pi, 1.5 * math.pi]
 
 
 def test_reduce_moves_into_the_gray0_period():
@@ -436,6 +456,9 @@ def test_phase_to_gray_ties_overrides_and_errors():
     turned = PhaseLUT([1.0, 3.0, 5.0, 8.0])
     assert turned.phase_to_gray(th + 1.0).tolist() == [[3, 3, 1, 0, 0, 2, 0]]
     assert turned.min_step_rad == pytest.approx(7.0 - TWO_PI, rel=1e-12)
+    # float32 phases are searched in float64: −π/256 in float32 lies just below the gray-255/gray-0 midpoint
+    # 2π − π/256 once wrapped in float64 (wrapped in float32 it would land above it, on gray 0)
+    assert int(PhaseLUT.linear(8).phase_to_gray(torch.tensor(-math.pi / 256, dtype=torch.float32))) == 255
     with pytest.raises(LUTError, match=r"^phase_to_gray expects real phases in radians, got a complex tensor$"):
         lut.phase_to_gray(torch.tensor([1j]))
     with pytest.raises(NonFiniteError, match="theta contains 1 NaN"):
@@ -688,6 +711,16 @@ def test_soft_window_of_a_circular_lut_near_the_cut(bits, T):
     assert float(wrap_phase(got - want).abs().max()) < 1e-12
 
 
+@pytest.mark.parametrize("bits, T", [(3, 0.3), (8, 0.02)])
+def test_soft_quantisation_keeps_float32(bits, T):
+    lut = PhaseLUT.linear(bits)
+    th = torch.tensor([[0.1, 1.0, 3.3, 6.2]], dtype=torch.float32)
+    got = SLM(pixel_pitch_m=8e-6, lut=lut, quantization="soft", soft_temperature_rad=T).train().quantize(th)
+    assert got.dtype == torch.float32
+    want = _soft_reference(lut.reduce(th.double()), lut.levels_rad, T, wrap=True)
+    assert float(wrap_phase(got.double() - want).abs().max()) < 1e-5  # float32 arithmetic
+
+
 def test_dead_phase_dtype_and_extra_repr():
     slm = SLM(pixel_pitch_m=8e-6, upsample=2, fill_factor=0.25, dead_phase_rad=-0.5, crosstalk_sigma_m=1e-6,
               quantization="none")
@@ -720,4 +753,4 @@ def test_blur_with_a_tensor_sigma_warns_nothing_and_passes_truncate():
     j = torch.arange(-2, 3, dtype=torch.float64)
     want = torch.exp(-0.5 * j ** 2)
     assert torch.allclose(y[0, 2:7].detach(), want / want.sum(), rtol=0, atol=1e-15)
-    assert float(y[0, 1]) == 0.0  # nothing beyond the truncated radius
+    assert float(y[0, 1].detach()) == 0.0  # nothing beyond the truncated radius
