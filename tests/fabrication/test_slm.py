@@ -449,6 +449,8 @@ def test_carrier_phase_values():
     np.testing.assert_allclose(c, want, rtol=0, atol=1e-15)
     c = carrier_phase((5, 2), (-8.0, 0.0))
     np.testing.assert_allclose(c, TWO_PI * (np.arange(5) - 2)[:, None] / -8.0 + np.zeros((1, 2)), rtol=0, atol=1e-15)
+    c = carrier_phase((3, 5), (0, 4.0))  # odd width: origin at column 5//2 = 2
+    np.testing.assert_allclose(c[0], TWO_PI * (np.arange(5) - 2) / 4.0, rtol=0, atol=1e-15)
     c = carrier_phase((4, 6), (8.0, 4.0))
     assert c[2, 3] == 0.0 and c[3, 4] == pytest.approx(TWO_PI * (1 / 8 + 1 / 4), abs=1e-15)
 
@@ -534,6 +536,12 @@ cal-panel:
     assert float(m2.lut_eff.levels_rad[1]) == pytest.approx(TWO_PI / 256 * 633 / 532, rel=1e-14)
     plain = get_device("test-panel", device_file)
     assert map_to_panel(d, plain, SLMOptions(), 8).lut_wavelength_m == 5.32e-7
+    # a design for 633 nm on the panel calibrated at 532 nm: the LUT's phases shrink by 532/633
+    d633 = PhaseDesign(d.phase_rad, 8e-6, 633e-9)
+    m4 = map_to_panel(d633, cal, SLMOptions(), 8)
+    assert m4.lut_wavelength_m == 5.32e-7 and not m4.lut_eff.wraps
+    assert float(m4.lut_eff.levels_rad[1]) == pytest.approx(TWO_PI / 256 * 532 / 633, rel=1e-14)
+    assert map_to_panel(d633, plain, SLMOptions(), 8).lut_wavelength_m == 633e-9  # no calibration: the design's
     # sign, carrier, target and the read-back to the design grid
     opt = SLMOptions(sign=-1, carrier_period_px=(0, 4.0), resample="nearest")
     m3 = map_to_panel(d, cal, opt, 8)
@@ -679,7 +687,7 @@ def test_options_from_sidecar_reproduce_the_export(tmp_path, device_file):
     lut = PhaseLUT.tabulated([0, 100, 255], [0.0, 2.0, 6.2])
     d = PhaseDesign(np.random.default_rng(2).uniform(0, TWO_PI, (3, 5)), 8e-6, 633e-9)
     opt = SLMOptions(bit_depth=8, lut=lut, lut_source="meas.csv", lut_wavelength_m=600e-9, resample="exact",
-                     offset_px=(2, -3), fill_phase_rad=1.0, carrier_period_px=(0, -6.0), sign=-1, justify="lsb",
+                     offset_px=(2, -3), fill_phase_rad=1.0, carrier_period_px=(0, -6.0), sign=-1, justify="msb",
                      lut_rms_tol_rad=0.5)
     res = export_slm(d, "test-panel", tmp_path / "a.png", device_file=device_file, options=opt)
     o2, dev = options_from_sidecar(res.sidecar)
@@ -782,3 +790,12 @@ def test_sidecar_description_fields(tmp_path, device_file):
                                      "column: zero at panel pixel (H//2, W//2), the design centre")
     assert s["lut"]["hashed_as"] == "float64 little-endian levels_rad"
     assert s["resampling"]["ratio"] == 1.0 and s["lut"]["range_check"]["pixels"] == 1
+
+
+def test_resample_linear_single_column():
+    from fabrication.slm import resample_phase
+
+    col = resample_phase(np.array([[0.0], [1.0]]), 2.0, "linear")  # one column: no neighbour to the right
+    assert col.shape == (4, 2)
+    np.testing.assert_allclose(col[:, 0], col[:, 1], rtol=0, atol=0)
+    assert col[2, 0] == pytest.approx(_bilinear(np.array([[0.0, 0.0], [1.0, 1.0]]), 0.75, 0), abs=1e-14)
