@@ -164,7 +164,7 @@ class PhaseLUT(nn.Module):
             )
         if not np.all(np.isfinite(p)):
             i = int(np.flatnonzero(~np.isfinite(p))[0])
-            raise LUTError(f"phase_rad at gray level {g[i]!r} is {p[i]!r}; every phase must be finite")
+            raise LUTError(f"phase_rad at gray level {g[i].item()!r} is {float(p[i])!r}; every phase must be finite")
         gf = g.astype(np.float64)
         if not np.all(np.isfinite(gf)) or np.any(gf != np.round(gf)) or np.any(gf < 0):
             raise LUTError(f"gray levels must be non-negative integers, got {g.tolist()!r}")
