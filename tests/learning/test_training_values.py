@@ -12,6 +12,7 @@ Adam's ε enters.
 import csv
 import math
 import re
+import time
 from collections import OrderedDict
 from pathlib import Path
 from types import SimpleNamespace
@@ -139,15 +140,17 @@ def test_step_seeds_follow_the_documented_formula():
     base = 3 * 1_000_003 + 5 * 65_537
     assert step_seeds(3, 5, 3) == [base * 31 + 1, base * 31 + 2_654_435_762, base * 31 + 2 * 2_654_435_761 + 1]
     # both moduli are reached by large seeds / steps
-    big = step_seeds(2 ** 70, 2 ** 66, 4)
-    assert big == _seeds(2 ** 70, 2 ** 66, 4) and all(0 <= s < 2 ** 62 for s in big)
+    for seed in (123_456_789_012_345, 2 ** 61 - 1):
+        big = step_seeds(seed, 0, 4)
+        assert big == _seeds(seed, 0, 4) and all(0 <= s < 2 ** 62 for s in big)
+        assert max(big) >= 2 ** 58 and (seed * 1_000_003 % 2 ** 61) * 31 >= 2 ** 62  # the reduction acts
     assert step_seeds(0, 2 ** 61, 1) == [1]          # step·65537 ≡ 0 mod 2^61
     assert step_seeds("7", 2.0, 1) == step_seeds(7, 2, 1)  # int() of each
     assert len(set(step_seeds(1, 2, 64))) == 64
 
 
 def test_epoch_perm_is_randperm_of_the_seeded_generator():
-    for seed, epoch in ((0, 0), (3, 2), (2 ** 62, 2 ** 62)):
+    for seed, epoch in ((0, 0), (3, 2), (2 ** 62, 2 ** 62), (2 ** 63 - 1, 1)):  # the last: ≥ 2^63 before the modulus
         assert torch.equal(T._epoch_perm(seed, epoch, 9), _perm(seed, epoch, 9))
     assert torch.equal(T._epoch_perm("3", 2.0, 9), _perm(3, 2, 9))
     assert not torch.equal(T._epoch_perm(0, 0, 9), T._epoch_perm(0, 1, 9))
@@ -168,12 +171,20 @@ def test_dist_info(monkeypatch):
 # encoded_psnr, validate
 # ----------------------------------------------------------------------------------------------
 def test_encoded_psnr_amplitude_and_complex_values():
-    """Amplitude: |x̂| = 1.1·|x| → error 0.1, range 1 → 20 dB (1e-9). Complex: a global phase
-    alone is aligned away; the float64 reference keeps complex128 (error ≈ 1e-16, the 200 dB
-    cap) where a complex64 cast would leave ≈ 1e-8 (< 170 dB); x̂ = 1.1·x → 20 dB."""
+    """Amplitude: |x̂| = 1.1·|x| with a ±0.3 rad phase pattern → error 0.1, range 1 → 20 dB
+    (1e-9; the complex PSNR of that x̂ is lower: |1.1·e^{±0.3i} − 1| > 0.1). Complex: a global
+    phase alone is aligned away; the float64 reference keeps complex128 (error ≈ 1e-16, the
+    200 dB cap) where a complex64 cast would leave ≈ 1e-8 (< 170 dB); x̂ = 1.1·x → 20 dB; a
+    complex64 estimate is scored against the reference at its own precision (its own rounding
+    of x is no error: 200 dB)."""
     x = objs(3)
-    amp = encoded_psnr(x * 1.1 * complex(math.cos(0.7), math.sin(0.7)), x, "amplitude")
+    pm = torch.ones(2, 2, dtype=C128)
+    pm[0], pm[1] = complex(math.cos(0.3), math.sin(0.3)), complex(math.cos(0.3), -math.sin(0.3))
+    amp = encoded_psnr(x * 1.1 * pm, x, "amplitude")
     assert torch.allclose(amp, torch.full((3,), 20.0, dtype=torch.float64), atol=1e-9, rtol=0)
+    assert torch.all(encoded_psnr(x * 1.1 * pm, x, "complex") < 12.0)
+    ref = torch.full((2, 2, 2), 0.1, dtype=C128)  # 0.1 is not a float32: its rounding is ≈ 1.5e-9
+    assert torch.all(encoded_psnr(ref.to(torch.complex64), ref, "complex") == 200.0)
     rot = x * complex(math.cos(0.7), math.sin(0.7))
     assert torch.all(encoded_psnr(rot, x, "complex") > 199.9)
     x64 = x.to(torch.complex64)
@@ -315,6 +326,11 @@ def test_load_checkpoint_messages(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(p)
     assert f"(ValueError: {'y' * 200}); delete" in str(e.value)
+    # the reason after the FIRST marker (torch's text may quote the marker again further down)
+    monkeypatch.setattr(torch, "load", raising("A\nWeightsUnpickler error: first\nWeightsUnpickler error: second"))
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(p)
+    assert "(RuntimeError: first); delete" in str(e.value)
     monkeypatch.setattr(torch, "load", raising("\n\n"))
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(p)
@@ -364,9 +380,9 @@ def test_plot_history_draws_the_logged_values(tmp_path, monkeypatch):
         saved.append((fig, Path(path), kw))
 
     monkeypatch.setattr(T, "save_figure", capture)
-    hist = [{"step": 0, "loss": 2.0, "term_recon": 0.0, "lr_mask": 0.1, "grad_mask_recon": 0.5, "grad_mask_mask": None},
-            {"step": 1, "loss": 1.0, "term_recon": 1e-3, "lr_mask": 0.1, "grad_mask_recon": "", "grad_mask_mask": 0.0},
-            {"step": 2, "loss": 0.5, "term_recon": 2e-3, "lr_mask": 0.1, "grad_mask_recon": 0.25, "grad_mask_mask": None}]
+    hist = [{"step": 5, "loss": 2.0, "term_recon": 0.0, "lr_mask": 0.1, "grad_mask_recon": 0.5, "grad_mask_mask": None},
+            {"step": 6, "loss": 1.0, "term_recon": 1e-3, "lr_mask": 0.1, "grad_mask_recon": "", "grad_mask_mask": 0.0},
+            {"step": 8, "loss": 0.5, "term_recon": 2e-3, "lr_mask": 0.1, "grad_mask_recon": 0.25, "grad_mask_mask": None}]
     val = [{"step": 1, "val_psnr": 10.0}, {"step": 3, "val_psnr": 12.5}]
     T.plot_history(str(tmp_path), hist, val, title="run A")
     assert [(p, kw) for _, p, kw in saved] == [(tmp_path / "curves.png", {"dpi": 100}),
@@ -374,11 +390,13 @@ def test_plot_history_draws_the_logged_values(tmp_path, monkeypatch):
     fig, _, _ = saved[0]
     a0, a1 = fig.axes
     assert tuple(fig.get_size_inches()) == pytest.approx((10, 3.6))
+    p0, p1 = a0.get_position(), a1.get_position()
+    assert p0.x1 < p1.x0 and p0.y0 == pytest.approx(p1.y0)  # side by side
     assert fig._suptitle.get_text() == "run A"
     assert a0.get_yscale() == "log" and a0.get_xlabel() == "step" and a0.get_ylabel() == "weighted loss"
     lines = {ln.get_label(): ln for ln in a0.get_lines()}
     assert list(lines) == ["loss", "recon"]
-    assert list(lines["loss"].get_xdata()) == [0, 1, 2] and list(lines["loss"].get_ydata()) == [2.0, 1.0, 0.5]
+    assert list(lines["loss"].get_xdata()) == [5, 6, 8] and list(lines["loss"].get_ydata()) == [2.0, 1.0, 0.5]
     assert list(lines["recon"].get_ydata()) == [1e-12, 1e-3, 2e-3]
     assert all(ln.get_linewidth() == 1 for ln in lines.values())
     leg = a0.get_legend()
@@ -394,8 +412,8 @@ def test_plot_history_draws_the_logged_values(tmp_path, monkeypatch):
     assert ax.get_title() == "gradient reaching the mask phases"
     g = {ln.get_label(): ln for ln in ax.get_lines()}
     assert list(g) == ["recon", "mask"]
-    assert list(g["recon"].get_xdata()) == [0, 2] and list(g["recon"].get_ydata()) == [0.5, 0.25]
-    assert list(g["mask"].get_xdata()) == [1] and list(g["mask"].get_ydata()) == [1e-16]
+    assert list(g["recon"].get_xdata()) == [5, 8] and list(g["recon"].get_ydata()) == [0.5, 0.25]
+    assert list(g["mask"].get_xdata()) == [6] and list(g["mask"].get_ydata()) == [1e-16]
     assert all(ln.get_linewidth() == 1 for ln in g.values())
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["recon", "mask"]
     assert ax.get_legend().get_texts()[0].get_fontsize() == 8
@@ -412,13 +430,15 @@ def test_plot_history_writes_png_files(tmp_path):
     import matplotlib
     import matplotlib.pyplot as plt
     plt.close("all")
+    keep = plt.figure()  # the caller's figure stays open
     matplotlib.use("pdf")
     T.plot_history(tmp_path, [{"step": 0, "loss": 1.0, "grad_mask_recon": 0.1}], [{"step": 1, "val_psnr": 3.0}])
     assert matplotlib.get_backend().lower() == "agg"
     from PIL import Image
     assert Image.open(tmp_path / "curves.png").size == (1000, 360)
     assert Image.open(tmp_path / "mask_grad_norms.png").size == (550, 360)
-    assert plt.get_fignums() == []  # both figures closed
+    assert plt.get_fignums() == [keep.number]  # both figures closed, only those
+    plt.close(keep)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -506,8 +526,10 @@ def test_first_step_is_adamw_with_per_group_rates_and_decay(tmp_path, plots):
     m = Toy(theta0=1.0, w0=0.5)
     loss = lambda out, x, y, physics, model: {"recon": 3.0 * physics.theta.sum() - 2.0 * model.w}  # noqa: E731
     s = st(epochs=1, batch_size=2, lr_mask=0.1, lr_net=0.01, weight_decay=0.5)
+    t0 = time.perf_counter()
     res = train(m, [loss], {"recon": 2.0, "unused": 9.0}, objs(2), objs(3), s, tmp_path, encoding="amplitude",
                 config={"model": {"a": 1}}, title="t1")
+    wall = time.perf_counter() - t0
     assert torch.allclose(m.theta.detach(), torch.full((2, 2), 0.9, dtype=torch.float64), atol=1e-8, rtol=0)
     w1 = 0.5 * (1 - 0.01 * 0.5) + 0.01
     assert m.w.item() == pytest.approx(w1, abs=1e-9)
@@ -520,7 +542,7 @@ def test_first_step_is_adamw_with_per_group_rates_and_decay(tmp_path, plots):
     (v,) = res["val_history"]
     assert v["val_psnr"] == pytest.approx(-20 * math.log10(w1), abs=1e-6)
     assert v["val_loss"] == pytest.approx(w1 ** 2, abs=1e-9)
-    assert v["epoch"] == 0 and v["step"] == 1 and 0 < v["seconds"] <= res["seconds"]
+    assert v["epoch"] == 0 and v["step"] == 1 and 0 < v["seconds"] <= res["seconds"] <= wall
     assert res["epochs_done"] == 1 and res["steps"] == 1 and res["final"] == v and not res["stopped_early"]
     assert res["best_val_psnr"] == v["val_psnr"]
     assert set(res) == {"epochs_done", "steps", "final", "best_val_psnr", "seconds", "stopped_early", "history",
@@ -564,7 +586,16 @@ def test_schedule_order_seeds_and_noise_over_two_epochs(tmp_path, plots):
     loss = lambda out, x, y, physics, model: {"recon": zgrad(physics.theta) + zgrad(model.w)}  # noqa: E731
     s = st(epochs=2, batch_size=2, lr_mask=0.2, lr_net=0.02, schedule="cosine", warmup_steps=1, seed=11,
            noise="exact", val_seed=4)
-    res = train(m, [loss], {}, tr, va, s, tmp_path)
+    seen = []
+
+    def record(out, x, y, physics, model):
+        seen.append((x, y, physics, model))
+        return {}
+
+    res = train(m, [loss, record], {}, tr, va, s, tmp_path)
+    for (x, y, physics, model), c in zip(seen, [c for c in m.calls if c["training"]]):
+        assert torch.equal(x, c["x"]) and torch.equal(y, c["x"].abs() ** 2) and physics is m.physics and model is m
+    assert len(seen) == 4
     f = [1.0, 1.0, 0.5 * (1 + math.cos(math.pi / 3)), 0.5 * (1 + math.cos(2 * math.pi / 3))]
     assert [r["lr_mask"] for r in res["history"]] == pytest.approx([0.2 * x for x in f], abs=1e-15)
     assert [r["lr_net"] for r in res["history"]] == pytest.approx([0.02 * x for x in f], abs=1e-15)
@@ -591,7 +622,8 @@ def test_grad_norm_logging_every_k_steps_and_per_term(tmp_path, plots):
     m = Toy()
     loss = lambda out, x, y, physics, model: {  # noqa: E731
         "a": 3.0 * physics.theta.sum(), "b": torch.tensor(5.0, dtype=torch.float64), "c": 2.0 * model.w}
-    res = train(m, [loss], {"a": 2.0}, objs(6), objs(1), st(epochs=1, batch_size=1, grad_norm_every=2), tmp_path)
+    res = train(m, [loss], {"a": 2.0}, objs(6), objs(3), st(epochs=1, batch_size=1, grad_norm_every=2), tmp_path)
+    assert [c["x"].shape[0] for c in m.calls if not c["training"]] == [1, 1, 1]  # validation batch = the batch
     h = res["history"]
     for r in h[::2]:
         assert (r["grad_mask_a"], r["grad_mask_b"], r["grad_mask_c"]) == (pytest.approx(12.0, abs=1e-12), 0.0, 0.0)
@@ -641,7 +673,14 @@ def test_balancing_ema_and_scale_values(tmp_path, plots):
               tmp_path / f"w{warm}")
         ck = load_checkpoint(tmp_path / f"w{warm}" / "checkpoints" / "last.pt")
         assert ck["balance"]["scale"] == {} and set(ck["balance"]["ema"]) == set(val)
-    # one term: its EMA is kept as well
+    # small gradients (EMA < 1) are balanced too
+    loss = Scripted({"recon": [1.0] * 2, "m": [1.0] * 2}, gth={"recon": [1.0, 1.0], "m": [0.1, 0.1]})
+    train(Toy(), [loss], {}, objs(2), objs(1), st(epochs=1, batch_size=1, balance=True, balance_warmup=0),
+          tmp_path / "small")
+    ck = load_checkpoint(tmp_path / "small" / "checkpoints" / "last.pt")
+    assert ck["balance"]["ema"]["m"] == pytest.approx(0.2, abs=1e-12)
+    assert ck["balance"]["scale"] == pytest.approx({"m": 2.0 / 0.2}, abs=1e-9)
+    # one term: no EMA (nothing to balance against)
     loss = Scripted({"recon": [1.0] * 2}, gth={"recon": [1.0, 3.0]})
     train(Toy(), [loss], {}, objs(2), objs(1), st(epochs=1, batch_size=1, balance=True, balance_warmup=0),
           tmp_path / "one")
@@ -769,6 +808,30 @@ def test_resume_restores_everything_exactly(tmp_path, plots):
     assert r4["best_val_psnr"] == r1["best_val_psnr"] and r4["final"] == r3["final"]
 
 
+def test_default_encoding_is_phase_over_0_to_pi(tmp_path, plots):
+    """Validation PSNR of a ±ε phase error with train's defaults: phase, range (0, π) →
+    20·log10(π/ε) (amplitude would read the 200 dB cap, range 2π 6.02 dB more)."""
+    res = train(Toy(w0=0.0, eps=0.05), [lambda *a: {"r": zgrad(a[4].w)}], {}, objs(2), objs(2),
+                st(lr_net=0.0, lr_mask=0.0), tmp_path)
+    assert res["final"]["val_psnr"] == pytest.approx(20 * math.log10(math.pi / 0.05), abs=1e-9)
+    res = train(Toy(w0=0.0, eps=0.05), [lambda *a: {"r": zgrad(a[4].w)}], {}, objs(2), objs(2),
+                st(lr_net=0.0, lr_mask=0.0), tmp_path / "b", phase_range_rad=(0.0, 2 * math.pi))
+    assert res["final"]["val_psnr"] == pytest.approx(20 * math.log10(2 * math.pi / 0.05), abs=1e-9)
+
+
+def test_resume_of_a_checkpoint_without_validation_reports_none(tmp_path, plots):
+    """A finished checkpoint whose validation list is empty (written by hand, or by a converter):
+    nothing left to train, 0 epochs of validation reported, an empty final entry."""
+    loss = lambda *a: {"r": zgrad(a[4].w)}  # noqa: E731
+    train(Toy(), [loss], {}, objs(2), objs(1), st(), tmp_path)
+    path = tmp_path / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    state["val_history"] = []
+    save_checkpoint(path, state)
+    res = train(Toy(), [loss], {}, objs(2), objs(1), st(), tmp_path, resume=True)
+    assert res["epochs_done"] == 0 and res["final"] == {} and res["steps"] == 1
+
+
 def test_stop_after_epoch_boundaries(tmp_path, plots):
     loss = lambda *a: {"recon": zgrad(a[4].w)}  # noqa: E731
     for stop, epochs, done, early in ((2, 3, 2, True), (3, 3, 3, False), (5, 3, 3, False), (None, 2, 2, False)):
@@ -823,7 +886,7 @@ def test_progress_bar(tmp_path, plots, capsys):
     loss = Scripted({"recon": list(range(12))}, gth={"recon": [1.0] * 12})
     train(Toy(), [loss], {}, objs(6), objs(1), st(epochs=2, batch_size=1, progress=True), tmp_path, title="toy")
     err = capsys.readouterr().err
-    assert "toy" in err and "12/12" in err and "step" in err
+    assert re.search(r"(^|\r)toy: ", err) and "12/12" in err and re.search(r"(step/s|s/step)\]", err)
     assert "loss=9" in err and "loss=8" not in err and "loss=10" not in err
     capsys.readouterr()
     loss = Scripted({"recon": [1.0] * 12}, gth={"recon": [1.0] * 12})
@@ -833,7 +896,7 @@ def test_progress_bar(tmp_path, plots, capsys):
     train(Toy(), [loss], {}, objs(6), objs(1), st(epochs=2, batch_size=1, progress=True), tmp_path / "r",
           resume=True)
     err = capsys.readouterr().err
-    assert "train" in err and re.search(r"\b6/12\b", err) and "12/12" in err and " 0/12" not in err
+    assert re.search(r"(^|\r)train: ", err) and re.search(r"\b6/12\b", err) and "12/12" in err and " 0/12" not in err
     train(Toy(), [lambda *a: {"r": zgrad(a[4].w)}], {}, objs(2), objs(1), st(epochs=1, batch_size=1), tmp_path / "q")
     assert capsys.readouterr().err == ""
 
