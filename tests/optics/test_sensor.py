@@ -357,6 +357,8 @@ def test_full_well_as_fitted_parameter_saturates_with_its_gradient():
     dn.sum().backward()
     assert float(s.full_well_e.grad) == pytest.approx(0.5, rel=1e-15)
     assert torch.equal(I.grad, torch.tensor([[0.5, 0.0]], dtype=torch.float64))
+    # float32 intensities stay float32 through the fitted clip
+    assert s.expected_dn(torch.tensor([[50.0, 300.0]])).dtype == torch.float32
     # the exact path clips the same way
     assert torch.equal(s.sample(torch.full((2, 2), 1e6, dtype=torch.float64),
                                 generator=torch.Generator().manual_seed(0)),
@@ -506,7 +508,7 @@ def test_dn_to_photons_inverts_offset_gain_dark_and_qe():
     got = s.dn_to_photons(torch.tensor([20.0, 12.0], dtype=torch.float64))
     assert torch.allclose(got, torch.tensor([48.0, 0.0], dtype=torch.float64), rtol=1e-14, atol=1e-12)
     # integer DN (as a camera returns) are accepted and made float; lists too
-    assert s.dn_to_photons(torch.tensor([20, 12])).dtype.is_floating_point
+    assert s.dn_to_photons(torch.tensor([20, 12])).dtype == torch.float32  # int DN → float32 first
     assert torch.allclose(s.dn_to_photons([20.0, 12.0]).double(), got, rtol=1e-6)
     with pytest.raises(NonFiniteError, match="dn contains 1 NaN/inf"):
         s.dn_to_photons(torch.tensor([1.0, float("inf")]))
@@ -522,3 +524,14 @@ def test_extra_repr_lists_every_parameter():
     assert Sensor().extra_repr() == ("binning=1, QE=1.0, mean_photons=None, read_noise_e=0.0, dark_e=0, "
                                      "gain_e_per_dn=1.0, offset_dn=0.0, bit_depth=None, full_well_e=None, "
                                      "noise='poisson', budget_dims=2")
+
+
+def test_exact_path_accepts_array_likes():
+    """A numpy array or nested list of photons is converted like a tensor (float64 array →
+    float64; list → float32) and sampled with the same draws."""
+    s = Sensor(read_noise_e=1.5, gain_e_per_dn=2.0)
+    arr = np.full((3, 4), 25.0)
+    ref = s.sample(torch.from_numpy(arr), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(s.sample(arr, generator=torch.Generator().manual_seed(5)), ref)
+    lst = s.sample([[25.0, 25.0], [25.0, 25.0]], generator=torch.Generator().manual_seed(5))
+    assert lst.dtype == torch.float32 and lst.shape == (2, 2)
