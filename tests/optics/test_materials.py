@@ -150,9 +150,9 @@ def test_tensor_dtypes_and_shapes():
 
 
 def test_tensor_wavelength_errors():
-    with pytest.raises(UnitsError, match="wavelength_m must be real"):
+    with pytest.raises(UnitsError, match="^wavelength_m must be real$"):
         FUSED_SILICA.n(torch.tensor([500e-9, 600e-9], dtype=torch.complex128))
-    with pytest.raises(UnitsError, match="wavelength_m is empty"):
+    with pytest.raises(UnitsError, match="^wavelength_m is empty$"):
         FUSED_SILICA.n(torch.zeros(0, dtype=torch.float64))
     with pytest.raises(NonFiniteError, match="wavelength_m contains 1 NaN/inf"):
         FUSED_SILICA.n(torch.tensor([500e-9, float("nan")], dtype=torch.float64))
@@ -291,9 +291,9 @@ def test_phase_height_input_errors():
         height_to_phase(float("inf"), wavelength_m=500e-9, material=1.5)
     with pytest.raises(UnitsError, match=r"phase_rad must be finite \(in rad\), got nan"):
         phase_to_height(float("nan"), wavelength_m=500e-9, material=1.5)
-    with pytest.raises(UnitsError, match="height_m must be real"):
+    with pytest.raises(UnitsError, match="^height_m must be real$"):
         height_to_phase(torch.ones(2, dtype=torch.complex64), wavelength_m=500e-9, material=1.5)
-    with pytest.raises(UnitsError, match="phase_rad must be real"):
+    with pytest.raises(UnitsError, match="^phase_rad must be real$"):
         phase_to_height(torch.ones(2, dtype=torch.complex64), wavelength_m=500e-9, material=1.5)
     with pytest.raises(NonFiniteError, match="phase_rad contains 1 NaN/inf"):
         phase_to_height(torch.tensor([0.0, float("inf")]), wavelength_m=500e-9, material=1.5)

@@ -403,7 +403,7 @@ def test_constructor_errors_name_the_value_and_fix():
         Sensor(mean_photons=-1.0)
     with pytest.raises(UnitsError, match=r"dark_current_e_per_s = -2.0 e⁻/s must be >= 0"):
         Sensor(dark_current_e_per_s=-2.0)
-    with pytest.raises(UnitsError, match="dark_current_e_per_s must be finite"):
+    with pytest.raises(UnitsError, match=r"^dark_current_e_per_s must be finite \(in e⁻/s\), got inf$"):
         Sensor(dark_current_e_per_s=float("inf"))
     with pytest.raises(UnitsError, match="gain_e_per_dn must be a finite positive number in e⁻/DN, got -1.0"):
         Sensor(gain_e_per_dn=-1.0)
@@ -442,9 +442,17 @@ def test_bind_to_system_pitch():
         Sensor(pitch_m=4e-6, grid_pitch_m=1e-6).bind(2e-6)
     with pytest.raises(GeometryError, match=r"detector pitch is 1.00001e-06 m"):
         Sensor(pitch_m=4e-6, grid_pitch_m=1e-6).bind(1.00001e-6)
-    with pytest.raises(PitchRatioError, match=r"pitch_m = 6e-06 m is not an integer multiple of grid_pitch_m = "
-                                              r"4e-06 m .*change the system's z_m / oversampling / pitch_m"):
+    with pytest.raises(PitchRatioError) as ei:
         Sensor(pitch_m=6e-6).bind(4e-6)
+    assert str(ei.value) == ("pitch_m = 6e-06 m is not an integer multiple of grid_pitch_m = 4e-06 m (ratio 1.5, "
+                             "allowed deviation 1e-06 relative); choose grid_pitch_m (the detector-plane sample "
+                             "pitch) = pitch_m / n for an integer n: change the system's z_m / oversampling / "
+                             "pitch_m, or the camera pitch_m")
+    # the 1e-6 relative tolerances are inclusive: p = 15625·2⁻³⁴ m, 1e-6·p = 2⁻⁴⁰ m exactly in floats
+    p = 15625 * 2.0 ** -34
+    assert 1e-6 * p == 2.0 ** -40
+    assert Sensor(pitch_m=4 * p).bind((p - 2.0 ** -40, p)).binning == 4      # |py − px| = 1e-6·max
+    assert Sensor(grid_pitch_m=p + 2.0 ** -40).bind(p).grid_pitch_m == p    # |grid − px| = 1e-6·px
 
 
 def test_unbound_binning_error_names_the_pitch_and_fix():
