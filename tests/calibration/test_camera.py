@@ -113,14 +113,16 @@ FLAT_FRACS = (2e-4, 0.1, 0.25, 0.4, 0.55, 0.7, 0.9, 1.2)
 
 def _capture(seed, *, shape=(64, 64), bits=12, prnu=0.01, dsnu_e=4.0, dark_t=(0.002, 0.01, 0.02, 0.04),
              dark_reps=(2, 2, 2, 2), flat_fracs=FLAT_FRACS, hot=(), dead=(), warm=(),
-             bright=(), full_in_flat=(), rn=None, dc=None):
+             bright=(), full_in_flat=(), bright_not_full=(), rn=None, dc=None, envelope=None):
     """Frames of the EMVA linear camera (K = 0.25 DN/e⁻, offset 100 DN, σ_r = 6 e⁻, D = 300 e⁻/s,
     13000 e⁻ full well) under uniform light: dark frames at ``dark_t`` (``dark_reps`` each), flat
     pairs at ``flat_fracs`` of the full well (exposure 0.01 s × fraction). Per-pixel gain map
     (PRNU) and dark-offset map (DSNU, e⁻). Defects by pixel index (row, col): ``hot`` at full scale,
     ``dead`` at the offset, ``warm`` with +60 DN dark offset, ``bright`` with 2.5× conversion gain
-    (DN above the offset × 2.5) and at full scale in the brightest flat, ``full_in_flat`` normal pixels at full scale in the brightest flat.
-    Returns (capture, gain map, DSNU map in e⁻)."""
+    (DN above the offset × 2.5) and at full scale in the brightest flat, ``full_in_flat`` normal
+    pixels at full scale in the brightest flat, ``bright_not_full`` 2.2× conversion gain but never
+    at full scale (capped at full − 1). ``envelope``: an illumination map multiplying the light
+    (vignetting). Returns (capture, gain map, DSNU map in e⁻)."""
     rng = np.random.default_rng(seed)
     K, off, fw = TRUE["K"], TRUE["off"], TRUE["fw"]
     rn = TRUE["rn"] if rn is None else rn
@@ -128,14 +130,18 @@ def _capture(seed, *, shape=(64, 64), bits=12, prnu=0.01, dsnu_e=4.0, dark_t=(0.
     full = 2 ** bits - 1
     gain_map = 1 + prnu * rng.standard_normal(shape)
     dsnu_map = dsnu_e * rng.standard_normal(shape)
+    light = gain_map if envelope is None else gain_map * envelope
+
     def frame(e_mean, t, last):
-        e = rng.poisson(np.clip(e_mean * gain_map + dc * t, 0, None)).astype(float)
+        e = rng.poisson(np.clip(e_mean * light + dc * t, 0, None)).astype(float)
         e = np.minimum(e + dsnu_map + rn * rng.standard_normal(shape), fw)
         dn = np.round(e * K + off)
         for p in warm:
             dn[p] += 60
         for p in bright:
             dn[p] = off + 2.5 * (dn[p] - off)
+        for p in bright_not_full:
+            dn[p] = min(off + 2.2 * (dn[p] - off), full - 1)
         for p in dead:
             dn[p] = np.round(off + rng.standard_normal())
         for p in hot:
@@ -162,7 +168,7 @@ def _capture(seed, *, shape=(64, 64), bits=12, prnu=0.01, dsnu_e=4.0, dark_t=(0.
     return cap, gain_map, dsnu_map
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test (≈ 30 ms): each test that uses it runs the analysis itself
 def simulated():
     cap, gain_map, dsnu_map = _capture(0)
     return characterize_camera(cap), cap, gain_map, dsnu_map
@@ -284,6 +290,19 @@ def test_estimates_follow_the_documented_formulas(seed):
     assert cm.std["read_noise_e"] == pytest.approx(
         math.sqrt(cov_v[0, 0]) / (2 * math.sqrt(rn2)) / K + math.sqrt(rn2) / K * k_std / K, rel=1e-9)
     assert QUANT_VAR_DN2 == 1 / 12
+    # the points themselves: dark (t, spatial mean of the pair mean, var(y_A − y_B)/2) and flat
+    # (mean of (y_A + y_B)/2 minus the dark line, var(y_A − y_B)/2 minus the dark-variance line)
+    dark = cap.indices(2)
+    for (tt, m, v), i in zip(cm.dark_ptc, range(0, len(dark), 2)):
+        a, b = cap.frames[dark[i]], cap.frames[dark[i + 1]]
+        assert cap.exposure_s[dark[i]] == tt
+        assert m == pytest.approx(((a + b) / 2).mean(), rel=1e-14)
+        assert v == pytest.approx((a - b).var(ddof=1) / 2, rel=1e-12)
+    flats = cap.indices(1)
+    for p, i in zip(cm.ptc, range(0, len(flats), 2)):
+        a, b = cap.frames[flats[i]], cap.frames[flats[i + 1]]
+        assert p.mean_dn == pytest.approx((a + b).mean() / 2 - off - kd * p.exposure_s, rel=1e-9, abs=1e-9)
+        assert p.var_dn2 == pytest.approx((a - b).var(ddof=1) / 2 - v0 - vs * p.exposure_s, rel=1e-9, abs=1e-9)
 
 
 def test_dark_and_flat_maps(simulated):
@@ -396,11 +415,13 @@ def test_sensor_and_summary_of_the_model():
 def test_defect_pixels_are_found_and_left_out():
     """Hot (full scale in the darks), warm (+60 DN dark offset ≫ 8 MAD + 5), dead (no flat
     response) and bright (2.5× gain, at full scale in a flat) pixels are flagged; a normal pixel
-    that reads full scale once in a flat is not. Flagged pixels leave every statistic: the PTC
+    that reads full scale once in a flat is not, nor is a 2.5× pixel that never reaches full scale
+    (the bright rule needs both, per pixel). Flagged pixels leave every statistic: the PTC
     counts the others, and K stays within 4σ."""
     hot, warm, dead, bright, normal_full = [(3, 4), (60, 1)], [(10, 10), (20, 50)], [(30, 30), (5, 60)], \
         [(40, 40)], [(50, 20)]
-    cap, _, _ = _capture(1, hot=hot, warm=warm, dead=dead, bright=bright, full_in_flat=normal_full)
+    cap, _, _ = _capture(1, hot=hot, warm=warm, dead=dead, bright=bright, full_in_flat=normal_full,
+                         bright_not_full=[(45, 8)])
     cm = characterize_camera(cap)
     expected = np.zeros((64, 64), bool)
     for p in hot + warm + dead + bright:
@@ -433,6 +454,10 @@ def test_single_dark_pair_and_two_dark_exposures():
     # the PTC subtracts that constant dark variance at every exposure
     mu = cm.ptc[2].mean_dn
     assert cm.ptc[2].var_dn2 == pytest.approx(K * mu, rel=0.1)
+    fl = cap.indices(1)
+    for p, i in zip(cm.ptc, range(0, len(fl), 2)):
+        d = cap.frames[fl[i]] - cap.frames[fl[i + 1]]
+        assert p.var_dn2 == pytest.approx(d.var(ddof=1) / 2 - v0, rel=1e-9, abs=1e-9)
 
 
 def test_linear_fraction_selects_the_points():
@@ -444,6 +469,11 @@ def test_linear_fraction_selects_the_points():
     # three points (faint, 0.1, 0.25 ≤ 0.27 full well) are enough …
     three = characterize_camera(cap, linear_fraction=0.3)
     assert sum(p.used for p in three.ptc) == 3
+    # the limit is inclusive: with linear_fraction = 1 the saturation pair itself is used
+    assert [p.used for p in characterize_camera(cap, linear_fraction=1.0).ptc] == [True] * 7 + [False]
+    # the message rounds the percentage: 1.49 % → "1 %"
+    with pytest.raises(CameraError, match=r"^only 1 photon-transfer point\(s\) between 0 and 1 % of the"):
+        characterize_camera(cap, linear_fraction=0.0149)
     # … two are not
     with pytest.raises(CameraError, match=r"only 2 photon-transfer point\(s\) between 0 and 20 % of the saturation "
                                           r"mean \(2925 DN\); record flats at more exposures below saturation"):
@@ -522,6 +552,11 @@ def test_exposure_grouping_and_helpers():
     a3, b3, cov3 = _linfit(x[:3], y[:3])            # one degree of freedom: scaled by χ²
     r3 = y[:3] - a3 - b3 * x[:3]
     assert np.allclose(cov3, np.linalg.inv(A[:3].T @ A[:3]) * (r3 @ r3), rtol=1e-12)
+    # the fit runs in float64 whatever the input dtype: float32 data (exact small integers here,
+    # whose float32 normal-equation inverse would round differently) give the float64 result
+    a32, b32, cov32 = _linfit(x.astype(np.float32), y.astype(np.float32))
+    a64, b64, cov64 = _linfit(x, y)
+    assert (a32, b32) == (a64, b64) and np.array_equal(cov32, cov64)
     a2, b2, cov2 = _linfit(x[:2], y[:2])            # no degrees of freedom: unscaled
     assert (a2, b2) == pytest.approx((0.0, 2.0), abs=1e-12)
     assert np.allclose(cov2, np.linalg.inv(A[:2].T @ A[:2]), rtol=1e-12)
@@ -628,3 +663,60 @@ def test_dsnu_prnu_and_flat_map_follow_the_documented_formulas(simulated):
     sel = [m / np.median(m[good]) for m, lv in zip(fmeans, levels) if 0.2 * mu_sat <= lv <= 0.7 * mu_sat]
     assert len(sel) == 3  # the 0.25, 0.4, 0.55 pairs
     assert np.allclose(cm.flat_map, np.mean(sel, axis=0), rtol=1e-12)
+
+
+def test_noiseless_uniform_darks_hot_threshold():
+    """Identical dark frames (no read noise, dark current or DSNU: every dark pixel 100 DN):
+    MAD = 0, so the hot threshold is the median + 5 DN (+ 8e-9): a pixel at 105 DN is not hot, one
+    at 106 DN is."""
+    cap, _, _ = _capture(11, rn=0.0, dc=0.0, dsnu_e=0.0)
+    dark = cap.indices(2)
+    assert np.all(cap.frames[dark] == 100.0)
+    last = dark[-2:]
+    cap.frames[last, 5, 5] = 105.0
+    cap.frames[last, 6, 6] = 106.0
+    cm = characterize_camera(cap)
+    assert np.argwhere(cm.bad_pixels).tolist() == [[6, 6]]
+
+
+def test_flat_exactly_ten_dn_above_dark_is_refused():
+    """Noise-free frames: darks 100 DN, flats 110 DN: the brightest median is exactly 10 DN above
+    the dark line, which the check refuses (<= 10)."""
+    n_d, n_f = 4, 8
+    frames = np.concatenate([np.full((n_d, 16, 16), 100.0), np.full((n_f, 16, 16), 110.0)])
+    exps = [0.001, 0.001, 0.002, 0.002] + [0.001, 0.001, 0.002, 0.002, 0.003, 0.003, 0.004, 0.004]
+    cap = Capture(path="synthetic", frames=frames, bit_depth=12, image_key=np.array([2] * n_d + [1] * n_f),
+                  exposure_s=np.array(exps), pattern_id=[""] * 12, patterns={}, instrument={}, provenance={})
+    with pytest.raises(CameraError, match=r"^flat frames are no brighter than the dark frames \(median 10 DN "):
+        characterize_camera(cap)
+
+
+def test_vignetted_flats_flag_no_pixel_dead():
+    """Illumination falling from 100 % to 30 % across the frame (vignetting): the dead-pixel rule
+    compares each pixel with its 7 × 7 neighbourhood, not with the frame median, so no pixel of
+    the dim side is flagged; pair differences keep K within 4σ."""
+    env = np.tile(np.linspace(1.0, 0.3, 64), (64, 1))
+    cap, _, _ = _capture(12, envelope=env)
+    cm = characterize_camera(cap)
+    assert not cm.bad_pixels.any()
+    assert abs(cm.gain_dn_per_e - TRUE["K"]) < 4 * cm.std["gain_dn_per_e"]
+
+
+def test_bright_pixel_rule_uses_the_7x7_neighbourhood():
+    """A pixel with 2.035× the mean signal of its 48 neighbours in the mid-level flat and full
+    scale in the brightest flat is not 'bright': the rule is signal > 2 × the 7 × 7 mean
+    *including the pixel*, 2 × (48 + 2.035)/49 = 2.042 × (a 9 × 9 box would give 2.026 ×, and flag
+    it); at 2.5× it is."""
+    cap, _, _ = _capture(13, prnu=0.0)
+    cm0 = characterize_camera(cap)
+    flats = cap.indices(1)
+    levels = [float(np.median(cap.frames[flats[i:i + 2]].mean(0) - cm0.dark_dn(cap.exposure_s[flats[i]])[0]))
+              for i in range(0, len(flats), 2)]
+    i_mid = 2 * int(np.argmin(np.abs(np.array(levels) - 0.5 * max(levels))))
+    for (r, c), ratio in (((20, 20), 2.035), ((40, 40), 2.5)):
+        nb = cap.frames[flats[i_mid:i_mid + 2], r - 3:r + 4, c - 3:c + 4].mean(0) - 100.0
+        local = (nb.sum() - nb[3, 3]) / 48
+        cap.frames[flats[i_mid:i_mid + 2], r, c] = 100.0 + ratio * local
+        cap.frames[flats[-2:], r, c] = 4095.0
+    cm = characterize_camera(cap)
+    assert np.argwhere(cm.bad_pixels).tolist() == [[40, 40]]
