@@ -438,8 +438,9 @@ def test_defect_pixels_are_found_and_left_out():
 
 def test_single_dark_pair_and_two_dark_exposures():
     """Dark pairs at one exposure only (the other exposure one frame): the dark variance is that
-    pair's, constant in t, with σ² of a variance 2σ⁴/(n−1); the read noise still within 4σ."""
-    cap, _, _ = _capture(2, dark_t=(0.002, 0.02), dark_reps=(2, 1))
+    pair's, constant in t, with σ² of a variance 2σ⁴/(n−1); the read noise (2 e⁻ here: σ_r²K² =
+    0.25 DN², below 1 DN²) still within 4σ."""
+    cap, _, _ = _capture(2, dark_t=(0.002, 0.02), dark_reps=(2, 1), rn=2.0)
     cm = characterize_camera(cap)
     assert len(cm.dark_ptc) == 1 and cm.dark_ptc[0][0] == 0.002
     v0 = cm.dark_ptc[0][2]
@@ -450,7 +451,9 @@ def test_single_dark_pair_and_two_dark_exposures():
     assert cm.std["read_noise_e"] == pytest.approx(
         math.sqrt(2 * v0 ** 2 / (n - 1)) / (2 * math.sqrt(rn2)) / K
         + cm.read_noise_e * cm.std["gain_dn_per_e"] / K, rel=1e-10)
-    assert abs(cm.read_noise_e - TRUE["rn"]) < 4 * cm.std["read_noise_e"] + 0.15  # + the D·t = 0.6 e⁻ ignored
+    assert 0 < rn2 < 1
+    # + the D·t = 0.6 e⁻ of the 2 ms pair read as read noise: sqrt(4 + 0.6) − 2 = 0.14 e⁻
+    assert abs(cm.read_noise_e - 2.0) < 4 * cm.std["read_noise_e"] + 0.15
     # the PTC subtracts that constant dark variance at every exposure
     mu = cm.ptc[2].mean_dn
     assert cm.ptc[2].var_dn2 == pytest.approx(K * mu, rel=0.1)
@@ -532,6 +535,8 @@ def test_exposure_grouping_and_helpers():
     assert _pairs(np.array([1, 2]), exp, rel_tol=1e-5) == {0.01: [1, 2]}
     # the tolerance is relative to the larger of the two: 1.9 − 1 = 0.9 <= 0.5·1.9
     assert _pairs(np.array([0, 1, 2]), np.array([1.0, 1.9, 2.9]), rel_tol=0.5) == {1.0: [0, 1], 2.9: [2]}
+    # … and inclusive: |1 − 2| = 0.5·2 exactly
+    assert _pairs(np.array([0, 1]), np.array([1.0, 2.0]), rel_tol=0.5) == {1.0: [0, 1]}
     # _linfit: exact line → a, b exact; unweighted covariance scaled by χ²_red (0 here),
     # weighted covariance (AᵀWA)⁻¹ scaled by max(χ²_red, 1)
     x = np.array([0.0, 1.0, 2.0, 3.0])
@@ -720,3 +725,30 @@ def test_bright_pixel_rule_uses_the_7x7_neighbourhood():
         cap.frames[flats[-2:], r, c] = 4095.0
     cm = characterize_camera(cap)
     assert np.argwhere(cm.bad_pixels).tolist() == [[40, 40]]
+
+
+def test_dark_variance_exactly_the_quantisation_noise():
+    """A dark pair whose difference is ±1 DN on 28 of 169 pixels (0 elsewhere): var(y_A − y_B)/2 =
+    28/168/2 = 1/12 exactly (in floats too), the quantisation variance: σ_r = 0 and its σ is
+    undefined (NaN), not the formula with a clipped square root."""
+    cap, _, _ = _capture(14, shape=(13, 13), rn=0.0, dc=0.0, dsnu_e=0.0, dark_t=(0.002, 0.02), dark_reps=(2, 1))
+    dark = cap.indices(2)
+    d = np.zeros(169)
+    d[:14], d[14:28] = 1.0, -1.0
+    cap.frames[dark[1]] = cap.frames[dark[0]] + np.random.default_rng(0).permutation(d).reshape(13, 13)
+    cm = characterize_camera(cap)
+    assert cm.dark_ptc[0][2] == 1 / 12
+    assert cm.read_noise_e == 0.0 and math.isnan(cm.std["read_noise_e"])
+
+
+def test_flat_variance_equal_to_the_dark_variance_gives_zero_gain_refused():
+    """Flat pairs whose frame-to-frame difference is the dark pair's (no shot noise at all): every
+    var − σ²_dark is exactly 0 below the (noisier) top pair, so K = 0.0 — refused, not divided by."""
+    cap, _, _ = _capture(15, shape=(16, 16), dark_t=(0.002, 0.02), dark_reps=(2, 1))
+    dark, flats = cap.indices(2), cap.indices(1)
+    diff = cap.frames[dark[1]] - cap.frames[dark[0]]
+    for i in range(0, len(flats) - 2, 2):
+        cap.frames[flats[i + 1]] = cap.frames[flats[i]] + diff
+    cap.frames[flats[-1]] = cap.frames[flats[-2]] + 3 * diff
+    with pytest.raises(CameraError, match=r"^photon-transfer slope K = 0.0 DN/e⁻ is not positive"):
+        characterize_camera(cap)
