@@ -123,7 +123,9 @@ class Material:
         (same shape, float64 unless the input is float32) for a tensor input."""
         self.check_wavelength(wavelength_m)
         if isinstance(wavelength_m, torch.Tensor):
-            lam = wavelength_m if wavelength_m.is_floating_point() else wavelength_m.to(torch.float64)
+            # a floating tensor here: the units check refuses complex values, and an integer
+            # tensor cannot hold a wavelength in metres inside 1 nm … 1 mm
+            lam = wavelength_m
             if self.constant_n is not None:
                 return torch.full_like(lam, self.constant_n)
             l2 = (lam.to(torch.float64) * 1e6) ** 2
