@@ -19,7 +19,10 @@ variance ``σ_y² = K²(σ_d² + μ_e) + σ_q²``, with overall system gain ``K`
 * **saturation capacity** ``μ_e.sat = μ_y.sat/K`` at the maximum of the variance (EMVA §3.4;
   its resolution is the spacing of the exposure series);
 * **read noise** ``σ_r = sqrt(σ²_y.dark(0) − 1/12)/K`` and **dark current**
-  ``D = (K·D)/K`` (e⁻/s), each with a propagated standard error;
+  ``D = (K·D)/K`` (e⁻/s), each with a propagated standard error (the dark lines' covariance
+  from their residuals; with dark frames at only two exposures a line has no residuals, and the
+  covariance comes from the points' own variances: ``2σ⁴/(n−1)`` for a pair-difference variance,
+  ``σ²_y.dark(t)/(frames · n)`` for a dark mean);
 * **DSNU** (e⁻) and **PRNU** (fraction): spatial standard deviations of the averaged dark and
   (dark-subtracted, high-pass filtered, EMVA §8.3: each pixel divided by the 7 × 7 local mean
   of the *non-defect* pixels around it — a hot pixel at full scale would otherwise pull its 48
@@ -154,6 +157,16 @@ def _linfit(x, y, w=None):
     return float(a), float(b), cov
 
 
+def _exact_line_cov(x, var):
+    """Covariance of (a, b) of the line ``y = a + b·x`` through two points whose ``y`` have the
+    known variances ``var``: a fit with no degrees of freedom has no residuals to scale
+    (``_linfit``'s covariance would be (AᵀA)⁻¹, in the wrong units), so propagate them:
+    ``A⁻¹ diag(var) A⁻ᵀ``."""
+    A = np.stack([np.ones(2), np.asarray(x, float)], 1)
+    Ai = np.linalg.inv(A)
+    return Ai @ np.diag(np.asarray(var, float)) @ Ai.T
+
+
 def _box_mean(a: np.ndarray, r: int) -> np.ndarray:
     from scipy.ndimage import uniform_filter
     return uniform_filter(a, size=2 * r + 1, mode="reflect")
@@ -226,11 +239,17 @@ def characterize_camera(cap: Capture, *, linear_fraction: float = 0.7) -> Camera
     off, kd, cov_mean = _linfit(ts, dmean_t)
     if len(dark_pts) >= 2:
         v0, vslope, cov_var = _linfit(dt, dvar)
+        if len(dark_pts) == 2:  # a line through 2 points has no residuals: the points' own variances
+            cov_var = _exact_line_cov(dt, 2 * dvar ** 2 / (good.sum() - 1))
     else:
         v0, vslope, cov_var = float(dvar[0]), 0.0, np.diag([2 * dvar[0] ** 2 / (good.sum() - 1), 0.0])
 
     def dark_var(t):
         return v0 + vslope * t
+
+    if len(ts) == 2:  # the dark means' temporal noise: var(t) over the frames × pixels averaged
+        reps = np.array([len(v) for v in dgroups.values()], dtype=float)
+        cov_mean = _exact_line_cov(ts, dark_var(ts) / (reps * good.sum()))
 
     def dark_mean(t):
         return off + kd * t
