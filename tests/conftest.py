@@ -35,3 +35,15 @@ def rand_field(cdtype, device):
         im = torch.randn(shape, generator=g, dtype=torch.float64)
         return torch.complex(re, im).to(device=device, dtype=cdtype)
     return make
+
+
+@pytest.fixture(autouse=True)
+def _tqdm_lock_of_this_process(monkeypatch):
+    """tqdm's default write lock holds a multiprocessing semaphore shared by every process forked
+    after it was made, and its monitor thread takes it every 10 s: a forked test process (mutmut
+    forks one per mutant) that exits while holding it blocks every later one at the next bar.
+    A thread lock of this process and no monitor thread keep each test run independent."""
+    import threading
+    from tqdm.auto import tqdm
+    monkeypatch.setattr(tqdm, "monitor_interval", 0)
+    monkeypatch.setattr(tqdm, "_lock", threading.RLock(), raising=False)

@@ -99,18 +99,6 @@ class Scripted:
         return res
 
 
-@pytest.fixture(autouse=True)
-def _tqdm_lock_of_this_process(monkeypatch):
-    """tqdm's default write lock holds a multiprocessing semaphore shared by every process forked
-    after it was made, and its monitor thread takes it every 10 s: a forked test process (mutmut
-    forks one per mutant) that exits while holding it blocks every later one at the next bar.
-    A thread lock of this process and no monitor thread keep each test run independent."""
-    import threading
-    from tqdm.auto import tqdm
-    monkeypatch.setattr(tqdm, "monitor_interval", 0)
-    monkeypatch.setattr(tqdm, "_lock", threading.RLock(), raising=False)
-
-
 @pytest.fixture
 def plots(monkeypatch):
     """Replace plot_history in the loop by a recorder (the figures are tested on their own)."""
