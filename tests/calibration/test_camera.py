@@ -776,3 +776,30 @@ def test_two_dark_exposures_state_uncertainties_that_cover_the_truth():
         assert np.all(np.abs(err) < 4 * sd), (k, err, sd)
         spread = float(np.sqrt(np.mean(err ** 2)))
         assert 0.5 < float(np.median(sd)) / spread < 2.5, (k, np.median(sd), spread)
+
+
+def test_two_dark_exposures_covariance_follows_the_documented_formula():
+    """The line through two points (t₁, y₁), (t₂, y₂) with known variances v₁, v₂ has
+    var(a) = (t₂²v₁ + t₁²v₂)/(t₂ − t₁)² and var(b) = (v₁ + v₂)/(t₂ − t₁)², written out here
+    (not through the module's matrix code): v = 2σ̂⁴/(n−1) for the pair-difference variances,
+    v = σ²_y.dark(t)/(frames·n) for the dark means (here 2 and 3 frames). Float64 round-off: 1e-9."""
+    cap, _, _ = _capture(5, shape=(32, 32), dark_t=(0.002, 0.04), dark_reps=(2, 3))
+    cm = characterize_camera(cap)
+    n = cm.ptc[0].n_pixels
+    (t1, _, s1), (t2, _, s2) = cm.dark_ptc
+
+    def line_var(v1, v2):
+        return (t2 ** 2 * v1 + t1 ** 2 * v2) / (t2 - t1) ** 2, (v1 + v2) / (t2 - t1) ** 2
+
+    va, _ = line_var(2 * s1 ** 2 / (n - 1), 2 * s2 ** 2 / (n - 1))
+    v0 = s1 - (s2 - s1) / (t2 - t1) * t1                      # the variance line's intercept
+    vs = (s2 - s1) / (t2 - t1)
+    K, k_std = cm.gain_dn_per_e, cm.std["gain_dn_per_e"]
+    rn2 = v0 - 1 / 12
+    assert cm.read_noise_e == pytest.approx(math.sqrt(rn2) / K, rel=1e-9)
+    assert cm.std["read_noise_e"] == pytest.approx(
+        math.sqrt(va) / (2 * math.sqrt(rn2)) / K + cm.read_noise_e * k_std / K, rel=1e-9)
+    vm_a, vm_b = line_var((v0 + vs * t1) / (2 * n), (v0 + vs * t2) / (3 * n))
+    assert cm.std["offset_dn"] == pytest.approx(math.sqrt(vm_a), rel=1e-9)
+    assert cm.std["dark_current_e_per_s"] == pytest.approx(
+        math.sqrt(vm_b) / K + abs(cm.dark_current_e_per_s) * k_std / K, rel=1e-9)
