@@ -1,0 +1,1053 @@
+"""Value tests of learning.solvers on tiny problems: every update formula against an independent
+reference written out here from the documented equations (not from the solver code), the
+spectral start against the eigenvector of the explicitly built matrix, the Wirtinger gradient
+against autograd, the stopping rules and iteration counts, and the error messages.
+
+Set-up: a local masked unitary-FFT operator ``A_l x = c·FFT_ortho(M_l ⊙ x)`` with
+non-uniform mask moduli, so ``AᴴA = c² Σ_l diag(|M_l|²)`` is diagonal but not a multiple of I
+(the pseudo-inverse's diagonal then matters), or an explicit dense matrix. Everything in
+float64/complex128, 2-3 samples of 4×4 objects, a few iterations: the references agree with
+the solvers to round-off (≈ 1e-15 relative); tolerances are 1e-10 unless stated.
+"""
+import inspect
+import math
+
+import pytest
+import torch
+
+from learning.denoisers import Denoiser
+from learning.solvers import (AF_WEIGHTINGS, SOLVER_NAMES, SOLVERS, SPECTRAL_METHODS, STOP_RULES,
+                              SolverError, SolverResult, amplitude_flow, error_reduction,
+                              gerchberg_saxton, hio, pnp, solve, spectral_init, tv,
+                              wirtinger_flow)
+from learning.solvers import _core, spectral
+
+TOL = dict(rtol=1e-10, atol=1e-12)
+C128 = torch.complex128
+
+
+class MaskFFT:
+    """``A_l x = c·FFT_ortho(M_l ⊙ x)``: ``AᴴA = c² Σ_l diag(|M_l|²)`` (diagonal)."""
+
+    def __init__(self, masks, scale=1.0):
+        self.masks, self.scale = masks, scale
+        self.n_masks = masks.shape[0]
+        self.in_shape = self.out_shape = tuple(masks.shape[-2:])
+
+    def A(self, x):
+        return self.scale * torch.fft.fft2(x.unsqueeze(-3) * self.masks.to(x.dtype), norm="ortho")
+
+    def A_adjoint(self, z):
+        u = torch.fft.ifft2(z, norm="ortho")
+        return self.scale * (u * self.masks.to(u.dtype).conj()).sum(dim=-3)
+
+    def diag(self):  # the diagonal of AᴴA
+        return self.scale ** 2 * (self.masks.abs() ** 2).sum(0)
+
+    def s(self):     # tr(AᴴA)/n
+        return float(self.diag().mean())
+
+
+class Dense:
+    """``A x = M vec(x)`` for an explicit ``(L·Mh·Mw) × (H·W)`` matrix; no shape attributes."""
+
+    def __init__(self, mat, meas, shape):
+        self.mat, self.meas, self.shape = mat, tuple(meas), tuple(shape)
+
+    def A(self, x):
+        v = x.reshape(x.shape[:-2] + (-1,)).to(self.mat.dtype)
+        return (v @ self.mat.T).reshape(x.shape[:-2] + self.meas)
+
+    def A_adjoint(self, z):
+        v = z.reshape(z.shape[:-3] + (-1,)).to(self.mat.dtype)
+        return (v @ self.mat.conj()).reshape(z.shape[:-3] + self.shape)
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _masks(L=3, n=4, seed=0):
+    """Complex masks with moduli in [0.5, 1.5]: AᴴA is diagonal, not a multiple of I."""
+    g = _gen(seed)
+    mod = 0.5 + torch.rand(L, n, n, dtype=torch.float64, generator=g)
+    return torch.polar(mod, 2 * math.pi * torch.rand(L, n, n, dtype=torch.float64, generator=g))
+
+
+def _x(b=2, n=4, seed=1):
+    return torch.randn(b, n, n, dtype=C128, generator=_gen(seed))
+
+
+@pytest.fixture(scope="module")
+def prob():
+    op = MaskFFT(_masks(), scale=0.7)
+    x = _x()
+    y = op.A(x).abs() ** 2
+    x0 = x + 0.4 * _x(seed=2)  # a start near, but not at, the truth
+    return op, x, y, x0
+
+
+# ------------------------------------------------------------------------------------------
+# reference formulas (from the docstrings)
+# ------------------------------------------------------------------------------------------
+def ref_project(x, support=None, nonnegative=False, real=False):
+    if nonnegative:
+        x = torch.complex(x.real.clamp(min=0), torch.zeros_like(x.real))
+    elif real:
+        x = torch.complex(x.real, torch.zeros_like(x.real))
+    if support is not None:
+        x = x * support
+    return x
+
+
+def ref_pm(op, y, x):
+    """``A⁺(√y ⊙ sgn(Ax))`` with ``A⁺ = (AᴴA)⁻¹Aᴴ`` (AᴴA diagonal)."""
+    z = op.A(x)
+    return op.A_adjoint(y.sqrt() * z / z.abs()) / op.diag()
+
+
+def ref_residual(op, y, x):
+    return ((op.A(x).abs() - y.sqrt()) ** 2).sum((-3, -2, -1)).sqrt() / y.sum((-3, -2, -1)).sqrt()
+
+
+def ref_hio_update(x, xp, beta, inside, nonnegative, real):
+    out = torch.empty_like(x)
+    for idx in torch.cartesian_prod(*[torch.arange(d) for d in x.shape]):
+        i = tuple(idx.tolist())
+        ins = bool(inside[i[-2:]])
+        ok_re = ins and (not nonnegative or xp[i].real >= 0)
+        re = xp[i].real if ok_re else x[i].real - beta * xp[i].real
+        ok_im = ins and not (real or nonnegative)
+        im = xp[i].imag if ok_im else x[i].imag - beta * xp[i].imag
+        out[i] = complex(re, im)
+    return out
+
+
+def ref_wf(op, y, x0, n_iter, *, s, mu_max=0.3, tau0=330.0, safeguard=True, proj=lambda x: x):
+    """Wirtinger flow, Algorithm 1 with the documented safeguard, one sample at a time."""
+    m = y[0].numel()
+    out = []
+    for b in range(x0.shape[0]):
+        x, yb = x0[b], y[b]
+        nx0 = float((x0[b].abs() ** 2).sum())
+        eta = 1.0
+
+        def loss(v, yb=yb):
+            return float(((op.A(v).abs() ** 2 - yb) ** 2).sum())
+
+        for t in range(n_iter):
+            mu = min(1 - math.exp(-(t + 1) / tau0), mu_max)
+            z = op.A(x)
+            grad = (m / s ** 2) * op.A_adjoint((z.abs() ** 2 - yb) * z)
+            xn = proj(x - mu * eta / nx0 * grad)
+            if not safeguard:
+                x = xn
+            elif loss(xn) <= loss(x):
+                x, eta = xn, min(1.25 * eta, 1.0)
+            else:
+                eta *= 0.5
+        out.append(x)
+    return torch.stack(out)
+
+
+def ref_af(op, y, x0, n_iter, *, s, mu=0.6, gamma=0.7, truncated=False, proj=lambda x: x):
+    x = x0
+    for _ in range(n_iter):
+        z = op.A(x)
+        r = z - y.sqrt() * z / z.abs()
+        if truncated:
+            r = r * (z.abs() >= y.sqrt() / (1 + gamma))
+        x = proj(x - mu / s * op.A_adjoint(r))
+    return x
+
+
+# ------------------------------------------------------------------------------------------
+# projections: ER / GS / HIO
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kw", [{}, {"real": True}, {"nonnegative": True}, {"support": "half"},
+                                {"support": "half", "nonnegative": True}])
+def test_error_reduction_steps_match_the_formula(prob, kw):
+    """``x_{k+1} = P_C(A⁺(√y ⊙ sgn(A x_k)))`` with the diagonal pseudo-inverse, three steps;
+    history entry t is the residual of x_t, the last that of the returned x."""
+    op, x, y, x0 = prob
+    kw = dict(kw)
+    if kw.get("support") == "half":
+        kw["support"] = torch.ones(4, 4, dtype=torch.bool)
+        kw["support"][:, 2:] = False
+    sup = kw.get("support")
+    res = error_reduction(op, y, x0=x0, n_iter=3, tol=None, residual_tol=None, norm_sq=op.s(), **kw)
+    xs = [x0]
+    for _ in range(3):
+        xs.append(ref_project(ref_pm(op, y, xs[-1]), sup, kw.get("nonnegative", False),
+                              kw.get("real", False)))
+    assert torch.allclose(res.x, xs[-1], **TOL)
+    assert res.n_iter == 3 and res.converged is False and res.solver == "error_reduction"
+    want = torch.stack([ref_residual(op, y, v) for v in xs])
+    assert torch.allclose(res.history["residual"], want, **TOL)
+    assert torch.allclose(res.residual, want[-1], **TOL)
+    if sup is not None:
+        assert bool((res.x[..., ~sup] == 0).all())
+
+
+def test_gerchberg_saxton_is_error_reduction(prob):
+    op, x, y, x0 = prob
+    a = gerchberg_saxton(op, y, x0=x0, n_iter=2, tol=None, history=False)
+    b = error_reduction(op, y, x0=x0, n_iter=2, tol=None, history=False)
+    assert a.solver == "gerchberg_saxton" and torch.equal(a.x, b.x) and a.history == {}
+
+
+@pytest.mark.parametrize("kw", [{}, {"real": True}, {"nonnegative": True},
+                                {"support": "half", "nonnegative": True}, {"support": "half"}])
+def test_hio_steps_match_the_formula(prob, kw):
+    """HIO (Fienup 1982) per real/imaginary part, β = 0.4; the returned x is ``P_C(x'_n)`` and
+    history entry t the residual of ``P_C(x'_t)``."""
+    op, x, y, x0 = prob
+    kw = dict(kw)
+    inside = torch.ones(4, 4, dtype=torch.bool)
+    if kw.get("support") == "half":
+        inside[1:3, 1:] = False
+        kw["support"] = inside
+    nonneg, real = kw.get("nonnegative", False), kw.get("real", False)
+    sup = kw.get("support")
+    res = hio(op, y, x0=x0, n_iter=3, beta=0.4, tol=None, residual_tol=None, **kw)
+    xk, est = x0, []
+    for _ in range(3):
+        xp = ref_pm(op, y, xk)
+        est.append(ref_project(xp, sup, nonneg, real))
+        xk = ref_hio_update(xk, xp, 0.4, inside, nonneg, real)
+    final = ref_project(ref_pm(op, y, xk), sup, nonneg, real)
+    assert torch.allclose(res.x, final, **TOL)
+    assert res.solver == "hio" and res.n_iter == 3
+    want = torch.stack([ref_residual(op, y, v) for v in est + [final]])
+    assert torch.allclose(res.history["residual"], want, **TOL)
+
+
+def test_hio_history_relative_error_and_default_beta(prob):
+    """Default β = 0.9; ``relative_error`` history scores ``P_C(x'_t)`` against x_true."""
+    op, x, y, x0 = prob
+    res = hio(op, y, x0=x0, n_iter=2, tol=None, x_true=x)
+    xk, est = x0, []
+    for _ in range(2):
+        xp = ref_pm(op, y, xk)
+        est.append(xp)
+        xk = ref_hio_update(xk, xp, 0.9, torch.ones(4, 4, dtype=torch.bool), False, False)
+    final = ref_pm(op, y, xk)
+    assert torch.allclose(res.x, final, **TOL)
+    from learning.metrics import relative_error
+    want = torch.stack([relative_error(v, x) for v in est + [final]])
+    assert torch.allclose(res.history["relative_error"], want, **TOL)
+
+
+def test_random_starts_are_back_projected_random_phases(prob):
+    """``init="random"`` for ER/HIO: ``P_C(A⁺(√y ⊙ e^{2πiθ}))``, θ ~ U[0, 1) from the generator
+    (drawn as one (batch, L, Mh, Mw) float64 block); with n_iter = 0 ER returns the start, HIO
+    its estimate ``P_C(x'_0)``."""
+    op, x, y, _ = prob
+    th = torch.rand((2, 3, 4, 4), dtype=torch.float64, generator=_gen(7))
+    u = y.sqrt() * torch.polar(torch.ones_like(th), 2 * math.pi * th)
+    want = op.A_adjoint(u) / op.diag()
+    start = ref_project(want, real=True)
+    res = error_reduction(op, y, init="random", generator=7, n_iter=0, real=True)
+    assert torch.allclose(res.x, start, **TOL)
+    assert res.n_iter == 0 and res.history["residual"].shape == (1, 2)
+    res = hio(op, y, init="random", generator=7, n_iter=0, real=True)
+    assert torch.allclose(res.x, ref_project(ref_pm(op, y, start), real=True), **TOL)
+    # hio defaults to the random start
+    assert torch.allclose(hio(op, y, generator=7, n_iter=0).x, ref_pm(op, y, want), **TOL)
+
+
+def test_cg_pseudo_inverse_is_warm_started_at_the_iterate(prob):
+    """``pinv="cg"``: one CG step on ``AᴴA v = Aᴴu`` from ``v0 = x_k`` (hand-written: r = b −
+    AᴴA v0, v = v0 + (rᴴr / rᴴAᴴA r) r); also chosen by ``"auto"`` when the operator reports
+    ``normal_is_diagonal() is False``."""
+    op, x, y, x0 = prob
+    z = op.A(x0)
+    b = op.A_adjoint(y.sqrt() * z / z.abs())
+    d = op.diag()
+    r = b - d * x0
+    alpha = (r.abs() ** 2).sum((-2, -1), keepdim=True) / (d * r.abs() ** 2).sum((-2, -1), keepdim=True)
+    want = x0 + alpha * r
+    res = error_reduction(op, y, x0=x0, n_iter=1, pinv="cg", cg_iter=1, tol=None)
+    assert torch.allclose(res.x, want, **TOL)
+
+    class Flagged(MaskFFT):
+        def normal_is_diagonal(self):
+            return False
+
+    res = error_reduction(Flagged(op.masks, op.scale), y, x0=x0, n_iter=1, cg_iter=1, tol=None)
+    assert torch.allclose(res.x, want, **TOL)
+    # diagonal explicitly: the exact pseudo-inverse, not the one CG step
+    res = error_reduction(op, y, x0=x0, n_iter=1, pinv="diagonal", tol=None)
+    assert torch.allclose(res.x, ref_pm(op, y, x0), **TOL)
+
+
+def test_pinv_check_tol_is_passed_on():
+    """A dense operator's AᴴA is not diagonal: refused with ``pinv="diagonal"`` unless the
+    check tolerance is loosened past its deviation."""
+    mat = torch.randn(24, 4, dtype=C128, generator=_gen(3))
+    op = Dense(mat, (2, 3, 4), (2, 2))
+    y = op.A(torch.randn(1, 2, 2, dtype=C128, generator=_gen(4))).abs() ** 2
+    with pytest.raises(SolverError, match="not diagonal"):
+        error_reduction(op, y, pinv="diagonal", n_iter=1)
+    error_reduction(op, y, pinv="diagonal", pinv_check_tol=10.0, n_iter=1)
+    with pytest.raises(SolverError, match="unknown pinv mode 'lsqr'"):
+        error_reduction(op, y, pinv="lsqr")
+    with pytest.raises(SolverError, match="unknown pinv mode 'lsqr'"):
+        hio(op, y, pinv="lsqr")
+
+
+# ------------------------------------------------------------------------------------------
+# gradient flows
+# ------------------------------------------------------------------------------------------
+def test_wirtinger_gradient_is_half_the_autograd_gradient_of_the_normalised_loss(prob):
+    """``∇f = (m/s²) Aᴴ((|Ax|² − y) ⊙ Ax)`` for ``f = (1/2m) Σ (κ²|Ax|² − κ²y)²``, κ² = m/s; torch's
+    gradient of a real loss w.r.t. complex x is ``2 ∂f/∂x̄``. One unsafeguarded step with
+    τ0 → 0 (μ = μ_max) is ``x0 − μ/‖x0‖² ∇f``."""
+    op, x, y, x0 = prob
+    s, m = op.s(), y[0].numel()
+    xv = x0.clone().requires_grad_(True)
+    k2 = m / s
+    f = ((k2 * op.A(xv).abs() ** 2 - k2 * y) ** 2).sum() / (2 * m)
+    (g,) = torch.autograd.grad(f, xv)
+    mu = 0.05
+    want = x0 - mu / (x0.abs() ** 2).sum((-2, -1), keepdim=True) * (g / 2)
+    res = wirtinger_flow(op, y, x0=x0, n_iter=1, mu_max=mu, tau0=1e-9, safeguard=False, tol=None,
+                         norm_sq=s)
+    assert torch.allclose(res.x, want, **TOL)
+    # the scale estimate is exact for a diagonal AᴴA: the same step without norm_sq
+    res2 = wirtinger_flow(op, y, x0=x0, n_iter=1, mu_max=mu, tau0=1e-9, safeguard=False, tol=None)
+    assert torch.allclose(res2.x, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("safeguard", [False, True])
+def test_wirtinger_flow_matches_algorithm_1(prob, safeguard):
+    """Six steps with the μ_t = min(1 − e^{−(t+1)/τ0}, μ_max) schedule (τ0 = 3 so that it
+    moves), then steps so long (μ_max = 2) that the safeguard rejects some and halves η."""
+    op, x, y, x0 = prob
+    s = op.s()
+    for mu_max, tau0 in ((0.3, 3.0), (2.0, 0.5)):
+        res = wirtinger_flow(op, y, x0=x0, n_iter=6, mu_max=mu_max, tau0=tau0, safeguard=safeguard,
+                             tol=None, residual_tol=None, norm_sq=s)
+        want = ref_wf(op, y, x0, 6, s=s, mu_max=mu_max, tau0=tau0, safeguard=safeguard)
+        assert torch.allclose(res.x, want, **TOL), (mu_max, tau0)
+
+
+def test_wirtinger_safeguard_rejects_per_sample(prob):
+    """One sample starts at the truth (zero gradient: every step accepted and x unchanged), the
+    other far off with a step that overshoots: only that one is rejected, η halves, and the
+    loss never increases; the rejected iterate repeats, which is not stagnation."""
+    op, x, y, _ = prob
+    s = op.s()
+    x0 = torch.stack([x[0], 3.0 * _x(1, seed=5)[0]])
+    for n in (1, 2, 3, 5):
+        res = wirtinger_flow(op, y, x0=x0, n_iter=n, mu_max=3.0, tau0=1e-9, tol=None,
+                             residual_tol=None, norm_sq=s)
+        want = ref_wf(op, y, x0, n, s=s, mu_max=3.0, tau0=1e-9)
+        assert torch.allclose(res.x, want, **TOL), n
+    assert torch.allclose(res.x[0], x[0], **TOL)
+    # a rejected step repeats the residual; with the stagnation test on it must not stop there
+    r = wirtinger_flow(op, y, x0=x0[1:], n_iter=4, mu_max=3.0, tau0=1e-9, tol=1e-12,
+                       residual_tol=None, norm_sq=s)
+    h = r.history["residual"][:, 0]
+    assert float(h[1]) == float(h[0])  # step 0 rejected
+    assert r.n_iter == 4 and r.converged is False
+
+
+@pytest.mark.parametrize("weighting", AF_WEIGHTINGS)
+def test_amplitude_flow_matches_the_formula(prob, weighting):
+    """``x ← x − (μ/s) Aᴴ(w ⊙ (Ax − √y ⊙ sgn(Ax)))``, w = 1 or TAF's truncation
+    ``1{|Ax| ≥ √y/(1+γ)}`` (γ = 0.2 so that it drops terms from this start)."""
+    op, x, y, x0 = prob
+    s = op.s()
+    tr = weighting == "truncated"
+    start = x + 1.5 * _x(seed=2)
+    z = op.A(start)
+    assert 0 < int((z.abs() < y.sqrt() / 1.2).sum()) < z.numel()  # the truncation bites
+    res = amplitude_flow(op, y, x0=start, n_iter=3, mu=0.8, gamma=0.2, weighting=weighting, tol=None,
+                         norm_sq=s)
+    assert torch.allclose(res.x, ref_af(op, y, start, 3, s=s, mu=0.8, gamma=0.2, truncated=tr), **TOL)
+    # defaults: μ = 0.6, γ = 0.7
+    res = amplitude_flow(op, y, x0=start, n_iter=2, weighting=weighting, tol=None, norm_sq=s)
+    assert torch.allclose(res.x, ref_af(op, y, start, 2, s=s, truncated=tr), **TOL)
+    assert res.solver == "amplitude_flow"
+
+
+@pytest.mark.parametrize("fn", [wirtinger_flow, amplitude_flow])
+def test_flows_project_every_iterate(prob, fn):
+    """Projected gradient: ``x_{t+1} = P_C(x_t − step)``, and the given start is projected."""
+    op, x, y, x0 = prob
+    s = op.s()
+    sup = torch.ones(4, 4, dtype=torch.bool)
+    sup[0] = False
+    for kw in ({"nonnegative": True}, {"real": True}, {"support": sup}):
+        proj = lambda v, kw=kw: ref_project(v, kw.get("support"), kw.get("nonnegative", False),  # noqa: E731
+                                            kw.get("real", False))
+        res = fn(op, y, x0=x0, n_iter=2, tol=None, norm_sq=s, **kw)
+        if fn is wirtinger_flow:
+            want = ref_wf(op, y, proj(x0), 2, s=s, proj=proj)
+        else:
+            want = ref_af(op, y, proj(x0), 2, s=s, proj=proj)
+        assert torch.allclose(res.x, want, **TOL), kw
+
+
+def test_wirtinger_zero_start_is_refused(prob):
+    op, x, y, _ = prob
+    x0 = torch.stack([x[0], torch.zeros_like(x[0])])
+    with pytest.raises(SolverError, match=r"x0 is zero.*‖x0‖²"):
+        wirtinger_flow(op, y, x0=x0)
+    with pytest.raises(SolverError, match="tau0 must be positive, got 0"):
+        wirtinger_flow(op, y, tau0=0)
+    with pytest.raises(SolverError, match=r"unknown weighting 'huber'.*'none', 'truncated'"):
+        amplitude_flow(op, y, weighting="huber")
+
+
+# ------------------------------------------------------------------------------------------
+# spectral initialisation
+# ------------------------------------------------------------------------------------------
+def _explicit_Y(op, w, s, n_shape):
+    """``Y = (1/s) Aᴴ diag(w) A`` as an n×n matrix (columns = Y applied to the unit vectors)."""
+    n = n_shape[0] * n_shape[1]
+    eye = torch.eye(n, dtype=C128).reshape(n, *n_shape)
+    cols = op.A_adjoint(w * op.A(eye)) / s
+    return cols.reshape(n, n).T
+
+
+@pytest.fixture(scope="module")
+def dense():
+    """2×2 objects, L·Mh·Mw = 12 measurements through a random dense matrix (δ = 3)."""
+    mat = torch.randn(12, 4, dtype=C128, generator=_gen(11))
+    op = Dense(mat, (3, 2, 2), (2, 2))
+    x = torch.randn(1, 2, 2, dtype=C128, generator=_gen(12))
+    return op, x, op.A(x).abs() ** 2, float((mat.abs() ** 2).sum()) / 4
+
+
+@pytest.mark.parametrize("method", SPECTRAL_METHODS)
+def test_spectral_init_is_the_top_eigenvector_scaled(dense, method):
+    """Power iterations converge to the eigenvector of the algebraically largest eigenvalue of
+    the explicitly built Y (weights from the docstring; truncation α_y = 1.2 drops the
+    brightest samples), scaled to ‖x0‖² = Σy/s."""
+    op, x, y, s = dense
+    t = y / y.mean()
+    alpha = 1.2
+    if method == "plain":
+        w = t
+    elif method == "truncated":
+        w = t * (t <= alpha ** 2)
+        assert 0 < int((t > alpha ** 2).sum()) < t.numel()
+    else:
+        w = (t - 1) / torch.clamp(t + math.sqrt(12 / 4) - 1, min=0.1)
+    Y = _explicit_Y(op, w[0], s, (2, 2))
+    evals, evecs = torch.linalg.eigh(Y)
+    if method == "optimal":  # the negative end dominates in magnitude: the shift is needed
+        assert abs(float(evals[0])) > float(evals[-1])
+    u = evecs[:, -1]
+    v = spectral_init(op, y, method=method, n_iter=300, generator=0, alpha_y=alpha, norm_sq=s)
+    assert v.shape == (1, 2, 2)
+    vv = v.reshape(-1)
+    assert float((vv.conj() @ u).abs() / vv.norm()) == pytest.approx(1.0, abs=1e-9)
+    assert float(vv.norm() ** 2) == pytest.approx(float(y.sum()) / s, rel=1e-12)
+
+
+def test_spectral_weights_by_hand():
+    """``t = y/mean(y)``; plain ``w = t``; truncated ``t·1{t ≤ α²}`` (t = α² kept); optimal
+    ``(t − 1)/max(t + √δ − 1, 0.1)`` with δ = m/n."""
+    y = torch.tensor([[[[0.05, 0.5], [1.0, 2.45]]]], dtype=torch.float64)  # mean 1
+    P = _core._Problem(op=None, y=y, batch=(1,), in_shape=(2, 2), meas_shape=(1, 2, 2),
+                       cdtype=C128, m=4, n=4, s=1.0, sqrt_y=y.sqrt(), y_sum=y.sum((-3, -2, -1), keepdim=True))
+    t = y / 1.0
+    assert torch.allclose(spectral._spectral_weights(P, "plain", 3.0), t, **TOL)
+    trunc = spectral._spectral_weights(P, "truncated", 0.5 ** 0.5)  # α² = 0.5 = one sample
+    assert torch.allclose(trunc, torch.tensor([[[[0.05, 0.5], [0.0, 0.0]]]], dtype=torch.float64), **TOL)
+    opt = spectral._spectral_weights(P, "optimal", 3.0)  # δ = 1: den = max(t, 0.1)
+    want = torch.tensor([[[[(0.05 - 1) / 0.1, (0.5 - 1) / 0.5], [0.0, 1.45 / 2.45]]]], dtype=torch.float64)
+    assert torch.allclose(opt, want, **TOL)
+    P.m = 16  # δ = 4: den = t + 1
+    assert torch.allclose(spectral._spectral_weights(P, "optimal", 3.0), (t * 4 - 1) / (t * 4 + 1), **TOL)
+    with pytest.raises(SolverError, match=r"unknown spectral method 'x'.*'plain', 'truncated', 'optimal'"):
+        spectral._spectral_weights(P, "x", 3.0)
+
+
+def test_negative_shift_is_one_and_a_half_times_the_dominant_negative_eigenvalue():
+    """Rayleigh quotient after 20 power iterations on a diagonal Y: the dominant eigenvalue −2
+    (ratio 1/2 to the next: converged to ≈ 1e-12) gives σ = 3; a positive dominant one σ = 0."""
+    P = _core._Problem(op=None, y=torch.ones(2, 1, 2, 2, dtype=torch.float64), batch=(2,),
+                       in_shape=(2, 2), meas_shape=(1, 2, 2), cdtype=C128, m=4, n=4, s=1.0,
+                       sqrt_y=None, y_sum=None)
+    d = torch.tensor([[[-2.0, 1.0], [0.5, 0.1]], [[2.0, -1.0], [0.5, 0.1]]], dtype=torch.float64)
+    shift = spectral._negative_shift(P, lambda v: d * v)
+    assert shift.shape == (2, 1, 1)
+    assert float(shift[0]) == pytest.approx(3.0, rel=1e-9) and float(shift[1]) == 0.0
+    # an all-zero Y: the normalisation is guarded (0, not NaN)
+    assert float(spectral._negative_shift(P, lambda v: 0 * v).abs().max()) == 0.0
+
+
+def test_zero_weights_give_a_zero_start_not_nan(dense):
+    """Truncation that drops every sample leaves Y = 0; the guarded normalisation returns 0."""
+    op, x, y, s = dense
+    v = spectral_init(op, y, method="truncated", alpha_y=0.01, n_iter=3, generator=0, norm_sq=s)
+    assert torch.equal(v, torch.zeros_like(v))
+
+
+def test_random_init_of_the_flows_is_scaled_randn(prob):
+    """``init="random"`` (WF/AF): complex randn from the generator times √(Σy/(s n))."""
+    op, x, y, _ = prob
+    s = op.s()
+    want = torch.randn(2, 4, 4, dtype=C128, generator=_gen(3)) * (y.sum((-3, -2, -1)) / s / 16).sqrt()[:, None, None]
+    res = amplitude_flow(op, y, init="random", generator=3, n_iter=0, norm_sq=s)
+    assert torch.allclose(res.x, want, **TOL)
+    with pytest.raises(SolverError, match=r"unknown init 'zeros'; choose 'spectral' or 'random'"):
+        amplitude_flow(op, y, init="zeros")
+
+
+def test_flows_start_from_the_rotated_spectral_estimate(prob):
+    """Default start of WF/AF: the "optimal" spectral estimate with 150 power iterations; for
+    non-negative objects rotated by ``e^{−i∠Σx0}`` and projected (n_iter = 0 returns it)."""
+    op, x, y, _ = prob
+    s = op.s()
+    v = spectral_init(op, y, method="optimal", n_iter=150, generator=4, norm_sq=s)
+    res = wirtinger_flow(op, y, generator=4, n_iter=0, norm_sq=s)
+    assert torch.allclose(res.x, v, **TOL)
+    rot = v * torch.sgn(v.sum((-2, -1), keepdim=True)).conj()
+    res = amplitude_flow(op, y, generator=4, n_iter=0, norm_sq=s, nonnegative=True)
+    assert torch.allclose(res.x, ref_project(rot, nonnegative=True), **TOL)
+    # real: rotated by half the angle of Σx², then the real part kept
+    ph = torch.angle((v * v).sum((-2, -1), keepdim=True)) / 2
+    res = amplitude_flow(op, y, generator=4, n_iter=0, norm_sq=s, real=True, alpha_y=3.0)
+    assert torch.allclose(res.x, ref_project(v * torch.exp(-1j * ph), real=True), **TOL)
+    # ER/HIO with init="spectral": the "plain" estimate, 50 iterations, not rotated
+    v = spectral_init(op, y, method="plain", n_iter=50, generator=4, norm_sq=s)
+    assert torch.allclose(error_reduction(op, y, generator=4, n_iter=0, norm_sq=s).x, v, **TOL)
+    res = hio(op, y, init="spectral", generator=4, n_iter=0, norm_sq=s)
+    assert torch.allclose(res.x, ref_pm(op, y, v), **TOL)
+
+
+def test_align_real_start_leaves_complex_objects_alone():
+    x = _x(seed=9)
+    assert torch.equal(_core._align_real_start(x, False, False), x)
+
+
+# ------------------------------------------------------------------------------------------
+# stopping rules, history, iteration counts
+# ------------------------------------------------------------------------------------------
+def test_stopping_rules_and_iteration_counts(prob):
+    """Checks start after the first iteration (they compare with the previous residual):
+    from the truth ER stops at t = 1 on the round-off floor (n_iter = 2); a loose stagnation
+    tolerance stops it there too; with both off all n_iter run and ``converged`` is False."""
+    op, x, y, x0 = prob
+    res = error_reduction(op, y, x0=x, n_iter=10)
+    assert res.n_iter == 2 and res.converged is True
+    assert res.history["residual"].shape == (3, 2)
+    res = error_reduction(op, y, x0=x0, n_iter=10, tol=1.0, residual_tol=None)
+    assert res.n_iter == 2 and res.converged is True
+    res = error_reduction(op, y, x0=x0, n_iter=10, tol=None, residual_tol=1.0)
+    assert res.n_iter == 2 and res.converged is True
+    res = error_reduction(op, y, x0=x0, n_iter=4, tol=None, residual_tol=None)
+    assert res.n_iter == 4 and res.converged is False
+    # a per-sample rule: all samples must satisfy it (sample 0 starts at the truth)
+    both = torch.stack([x[0], x0[1]])
+    res = error_reduction(op, y, x0=both, n_iter=5, tol=None)
+    assert res.n_iter == 5 and res.converged is False
+    # stagnation at relative change ≤ tol·r_{t−1}: ER from x0 changes by > 1e-3 early on
+    r = error_reduction(op, y, x0=x0, n_iter=6, tol=None, residual_tol=None).history["residual"]
+    rel = ((r[1:] - r[:-1]).abs() / r[:-1]).max(dim=1).values
+    tol = float(rel[2]) * 1.0001  # just above the third change
+    first = next(i for i in range(1, 6) if float(rel[i - 1]) <= tol) + 1
+    res = error_reduction(op, y, x0=x0, n_iter=6, tol=tol, residual_tol=None)
+    assert res.n_iter == first
+    # residual_tol="auto" is 10·eps of y's dtype
+    P = _core._setup(op, y, None)
+    assert _core._default_residual_tol(P, "auto") == 10 * torch.finfo(torch.float64).eps
+    assert _core._default_residual_tol(P, 0.5) == 0.5
+    P32 = _core._setup(op, y.float(), None)
+    assert _core._default_residual_tol(P32, "auto") == pytest.approx(10 * 1.1920929e-07)
+
+
+def test_differentiable_mode_runs_every_iteration(prob):
+    op, x, y, x0 = prob
+    res = error_reduction(op, y, x0=x, n_iter=4, differentiable=True)
+    assert res.n_iter == 4 and res.converged is None
+    assert res.history["residual"].shape == (5, 2)
+
+
+def test_history_residual_and_relative_error_by_hand(prob):
+    """History entry t of ER = residual / relative error of x_t; x_true is detached."""
+    op, x, y, x0 = prob
+    xt = x.clone().requires_grad_(True)
+    res = error_reduction(op, y, x0=x0, n_iter=2, tol=None, x_true=xt)
+    from learning.metrics import relative_error
+    xs = [x0, ref_pm(op, y, x0)]
+    xs.append(ref_pm(op, y, xs[-1]))
+    want = torch.stack([relative_error(v, x) for v in xs])
+    h = res.history["relative_error"]
+    assert torch.allclose(h, want, **TOL) and not h.requires_grad
+    assert h.dtype == res.history["residual"].dtype == torch.float64
+    # no history: only the final residual
+    res = error_reduction(op, y, x0=x0, n_iter=2, tol=None, history=False, x_true=x)
+    assert res.history == {} and torch.allclose(res.residual, ref_residual(op, y, xs[-1]), **TOL)
+
+
+def test_progress_bar_shows_the_residual(prob, capsys):
+    """``progress=True``: a tqdm bar named after the solver, the residual set at t = 0."""
+    op, x, y, x0 = prob
+    error_reduction(op, y, x0=x0, n_iter=1, tol=None, progress=True)
+    err = capsys.readouterr().err
+    assert "error_reduction" in err
+    assert "residual=" in err and f"{float(ref_residual(op, y, x0).max()):.3e}" in err
+    error_reduction(op, y, x0=x0, n_iter=1, tol=None)
+    assert capsys.readouterr().err == ""
+
+
+def test_discrepancy_target_value(prob):
+    """``τ σ_b √m / ‖√y‖`` per sample; factor and noise broadcast per sample."""
+    op, x, y, _ = prob
+    P = _core._setup(op, y, None)
+    sd = torch.tensor([0.1, 0.2], dtype=torch.float64)
+    got = _core._discrepancy_target(P, "discrepancy", sd, 1.5, False)
+    want = 1.5 * sd * math.sqrt(48) / y.sum((-3, -2, -1)).sqrt()
+    assert torch.allclose(got, want, **TOL)
+    assert _core._discrepancy_target(P, "tol", None, 1.0, False) is None
+    got = _core._discrepancy_target(P, "discrepancy", 0.1, 2, False)  # an int factor is fine
+    assert torch.allclose(got, 2 * 0.1 * math.sqrt(48) / y.sum((-3, -2, -1)).sqrt(), **TOL)
+    for bad in (float("inf"), -1.0, "1"):
+        with pytest.raises(SolverError, match=r"discrepancy_factor must be a positive number \(τ ≈ 1\)"):
+            _core._discrepancy_target(P, "discrepancy", 0.1, bad, False)
+    with pytest.raises(SolverError, match=r"unknown stop rule 'early'; choose one of \('tol', 'discrepancy'\)"):
+        _core._discrepancy_target(P, "early", None, 1.0, False)
+    with pytest.raises(SolverError, match="differentiable=True does not make"):
+        _core._discrepancy_target(P, "discrepancy", 0.1, 1.0, True)
+    with pytest.raises(SolverError, match=r"needs the noise level: pass amplitude_noise_std= .*α/510"):
+        _core._discrepancy_target(P, "discrepancy", None, 1.0, False)
+
+
+def test_discrepancy_stop_freezes_a_sample_at_its_first_iterate_below_target(prob):
+    """Sample 0 starts at the truth (residual 0 ≤ target at t = 0: kept, never stepped), sample 1
+    goes on for all n_iter; the run converges once both are below target."""
+    op, x, y, x0 = prob
+    both = torch.stack([x[0], x0[1]])
+    res = error_reduction(op, y, x0=both, n_iter=3, tol=None, residual_tol=None, stop="discrepancy",
+                          amplitude_noise_std=torch.tensor([1e-9, 1e-9]))
+    assert torch.equal(res.x[0], x[0]) and res.n_iter == 3 and res.converged is False
+    ref = error_reduction(op, y[1:], x0=x0[1:], n_iter=3, tol=None, residual_tol=None)
+    assert torch.allclose(res.x[1], ref.x[0], **TOL)
+    # a target every iterate meets: stop at t = 0 with the start returned
+    res = error_reduction(op, y, x0=x0, n_iter=5, tol=None, residual_tol=None, stop="discrepancy",
+                          amplitude_noise_std=1e3)
+    assert res.n_iter == 1 and res.converged is True and torch.equal(res.x, x0)
+
+
+def test_noise_std_validation(prob):
+    op, x, y, _ = prob
+    P = _core._setup(op, y, None)
+    assert _core._noise_std(P, None) is None
+    got = _core._noise_std(P, 0.25)
+    assert got.shape == (2,) and torch.equal(got, torch.full((2,), 0.25, dtype=torch.float64))
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(SolverError, match=r"amplitude_noise_std must be finite and ≥ 0 .*α/510"):
+            _core._noise_std(P, bad)
+    with pytest.raises(SolverError, match=r"amplitude_noise_std has shape \(3,\); .*batch shape \(2,\)"):
+        _core._noise_std(P, [0.1, 0.2, 0.3])
+
+
+# ------------------------------------------------------------------------------------------
+# helpers of the core
+# ------------------------------------------------------------------------------------------
+def test_elementwise_helpers():
+    z = torch.tensor([3 + 4j, -1j, 0j], dtype=C128)
+    assert torch.equal(_core._abs2(z), torch.tensor([25.0, 1.0, 0.0], dtype=torch.float64))
+    r = torch.tensor([2.0, -1.0, 5.0], dtype=torch.float64)
+    assert torch.equal(_core._times_real(z, r), torch.tensor([6 + 8j, 1j, 0j], dtype=C128))
+    img = torch.tensor([[[1 + 1j, 2], [0, -3j]]], dtype=C128)
+    assert torch.equal(_core._image_norm2(img), torch.tensor([[[2.0 + 4 + 9]]], dtype=torch.float64))
+    y = torch.tensor([4.0, 0.0, 2.25], dtype=torch.float64, requires_grad=True)
+    sq = _core._safe_sqrt(y)
+    assert torch.equal(sq.detach(), torch.tensor([2.0, 0.0, 1.5], dtype=torch.float64))
+    (g,) = torch.autograd.grad(sq.sum(), y)
+    assert torch.allclose(g, torch.tensor([0.25, 0.0, 1 / 3], dtype=torch.float64), **TOL)
+
+
+def test_project_object_by_hand():
+    x = torch.tensor([[1 + 2j, -3 + 1j], [-0.5j, 4 - 4j]], dtype=C128)
+    sup = torch.tensor([[True, True], [False, True]])
+    P = _core._project_object
+    assert torch.equal(P(x, None, False, False), x)
+    assert torch.equal(P(x, None, False, True), torch.tensor([[1, -3], [0, 4]], dtype=C128))
+    assert torch.equal(P(x, None, True, False), torch.tensor([[1, 0], [0, 4]], dtype=C128))
+    assert torch.equal(P(x, None, True, True), torch.tensor([[1, 0], [0, 4]], dtype=C128))
+    assert torch.equal(P(x, sup, False, False), torch.tensor([[1 + 2j, -3 + 1j], [0, 4 - 4j]], dtype=C128))
+    assert torch.equal(P(x, sup, False, True), torch.tensor([[1, -3], [0, 4]], dtype=C128))
+
+
+def test_generator_argument():
+    assert _core._generator(None) is None
+    g = torch.Generator()
+    assert _core._generator(g) is g
+    a = _core._generator(5)
+    assert torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=_gen(5)))
+    for bad in ("5", True, 1.5):
+        with pytest.raises(SolverError, match=f"generator must be a torch.Generator, an int seed or None, got {type(bad).__name__}"):
+            _core._generator(bad)
+
+
+def test_rand_helpers_draw_from_the_generator():
+    ph = _core._rand_phase((2, 3), _gen(1), torch.complex64, None)
+    th = torch.rand(2, 3, dtype=torch.float32, generator=_gen(1))
+    assert ph.dtype == torch.complex64
+    assert torch.allclose(ph, torch.polar(torch.ones_like(th), 2 * math.pi * th), atol=1e-6)
+    ph = _core._rand_phase((2, 3), _gen(1), C128, None)
+    th = torch.rand(2, 3, dtype=torch.float64, generator=_gen(1))
+    assert ph.dtype == C128 and torch.allclose(ph, torch.polar(torch.ones_like(th), 2 * math.pi * th), **TOL)
+    r = _core._randn_complex((2,), _gen(2), C128, "cpu")
+    assert torch.equal(r, torch.randn(2, dtype=C128, generator=_gen(2)))
+
+
+def test_check_options_messages():
+    """Iteration counts must be ints (n_power_iter = 2.5 used to pass the check and fail later
+    in ``range``; n_init_iter = 2.5 was reported as ER's ``n_iter``), the rest finite numbers."""
+    _core._check_options(n_iter=0, tol=None, mu=0, x=2.5, cg_iter=3)
+    for k in ("n_iter", "n_init_iter", "n_power_iter", "cg_iter"):
+        for v in (-1, 2.5, "3"):
+            with pytest.raises(SolverError, match=f"{k} must be a non-negative int, got {v!r}"):
+                _core._check_options(**{k: v})
+    for v in (-0.5, float("inf"), float("nan"), "1e-3"):
+        with pytest.raises(SolverError, match=r"tol must be a finite non-negative number or None, got "):
+            _core._check_options(tol=v)
+    op = MaskFFT(_masks())
+    y = op.A(_x()).abs() ** 2
+    for fn, kw in ((wirtinger_flow, "mu_max"), (wirtinger_flow, "tau0"), (amplitude_flow, "mu"),
+                   (amplitude_flow, "gamma"), (hio, "beta"), (error_reduction, "cg_iter"),
+                   (spectral_init, "alpha_y"), (spectral_init, "n_iter"), (tv, "n_init_iter"),
+                   (pnp, "n_power_iter"), (hio, "tol"), (error_reduction, "n_power_iter")):
+        with pytest.raises(SolverError, match=f"{kw} must be a"):
+            fn(op, y, **{kw: -1})
+
+
+def test_setup_values_and_norm_sq_validation(prob):
+    op, x, y, _ = prob
+    P = _core._setup(op, y, 2.5)
+    assert (P.s, P.m, P.n, P.batch, P.in_shape, P.meas_shape) == (2.5, 48, 16, (2,), (4, 4), (3, 4, 4))
+    assert P.cdtype == C128 and torch.equal(P.sqrt_y, y.sqrt())
+    assert torch.equal(P.y_sum, y.sum((-3, -2, -1), keepdim=True))
+    assert _core._setup(op, y, None).s == pytest.approx(op.s(), rel=1e-12)
+    assert _core._setup(op, y.float(), None).cdtype == torch.complex64
+    yi = torch.ones(1, 3, 4, 4, dtype=torch.int64)  # integer counts are promoted to float32
+    assert _core._setup(op, yi, 1.0).y.dtype == torch.float32
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(SolverError, match=r"norm_sq must be a positive finite number \(tr\(AᴴA\)/n\), got .*leave it None"):
+            _core._setup(op, y, bad)
+
+
+def test_estimate_norm_sq_reraises_operator_errors():
+    op = MaskFFT(torch.zeros(2, 4, 4, dtype=C128))
+    with pytest.raises(SolverError, match="not a positive finite number"):
+        _core.estimate_norm_sq(op, (4, 4))
+    assert _core.estimate_norm_sq(MaskFFT(_masks(), 2.0), (4, 4), dtype=C128) == pytest.approx(
+        MaskFFT(_masks(), 2.0).s(), rel=1e-12)
+
+
+def test_check_y_messages(prob):
+    op, x, y, _ = prob
+    with pytest.raises(SolverError, match=r"the operator object lacks A\(x\)/A_adjoint\(z\); .*LinearOperator"):
+        error_reduction(object(), y)
+    with pytest.raises(SolverError, match=r"y must be a torch.Tensor of intensities, got list"):
+        error_reduction(op, [1.0])
+    with pytest.raises(SolverError, match=r"y has shape \(2, 2, 4, 4\) but this operator produces .*\(\.\.\., 3, 4, 4\)"):
+        error_reduction(op, y[:, :2])
+    bad = y.clone()
+    bad[0, 0, 0, :2] = float("inf")
+    with pytest.raises(SolverError, match=r"y contains 2 NaN/inf value\(s\).*nan_to_num"):
+        error_reduction(op, bad)
+    with pytest.raises(SolverError, match=r"negative intensities \(min -0.5\).*clamp\(min=0\)"):
+        error_reduction(op, y - 0.5 - y)
+    zero = y.clone()
+    zero[1] = 0
+    with pytest.raises(SolverError, match="all zero in at least one sample"):
+        error_reduction(op, zero)
+    # attribute-free operators: shapes probed through A_adjoint and A
+    mat = torch.randn(12, 4, dtype=C128, generator=_gen(3))
+    d = Dense(mat, (3, 2, 2), (2, 2))
+    yd = d.A(torch.randn(1, 2, 2, dtype=C128, generator=_gen(4))).abs() ** 2
+    assert _core._check_y(d, yd)[1:] == ((2, 2), (3, 2, 2))
+    with pytest.raises(SolverError, match=r"y has shape \(2, 2\); expected \(\.\.\., L, Mh, Mw\).*y\[None\]"):
+        error_reduction(d, yd[0, 0])
+    with pytest.raises(SolverError, match=r"A_adjoint rejected a measurement of shape \(3, 2, 3\) .*: "):
+        error_reduction(d, torch.ones(1, 3, 2, 3, dtype=torch.float64))
+
+    class Wide(Dense):
+        def A_adjoint(self, z):
+            return torch.zeros(z.shape[:-3] + (2, 2), dtype=z.dtype)
+
+    with pytest.raises(SolverError, match=r"y has shape \(1, 2, 2, 2\) but the operator maps \(2, 2\) to "
+                                          r"\(3, 2, 2\): expected y of shape \(\.\.\., 3, 2, 2\)"):
+        error_reduction(Wide(mat, (3, 2, 2), (2, 2)), torch.ones(1, 2, 2, 2, dtype=torch.float64))
+
+
+def test_x0_support_and_x_true_messages(prob):
+    op, x, y, _ = prob
+    with pytest.raises(SolverError, match=r"x0 must be a torch.Tensor of shape \(\.\.\., H, W\), got list"):
+        error_reduction(op, y, x0=[0])
+    with pytest.raises(SolverError, match=r"x0 has shape \(3, 4, 4\); expected \(2, 4, 4\) = batch of y"):
+        error_reduction(op, y, x0=_x(3))
+    nanx = x.clone()
+    nanx[0, 0, 0] = float("nan")
+    with pytest.raises(SolverError, match="x0 contains NaN/inf"):
+        wirtinger_flow(op, y, x0=nanx)
+    # a broadcastable x0 is broadcast and cast to the working dtype
+    res = error_reduction(op, y, x0=x[0].to(torch.complex64), n_iter=0)
+    assert res.x.shape == (2, 4, 4) and res.x.dtype == C128
+    with pytest.raises(SolverError, match=r"support must be a bool mask .*got dtype torch.int64; .*mask.bool\(\)"):
+        error_reduction(op, y, support=torch.ones(4, 4, dtype=torch.int64))
+    with pytest.raises(SolverError, match=r"support has shape \(3, 3\); it must broadcast to \(2, 4, 4\)"):
+        hio(op, y, support=torch.ones(3, 3, dtype=torch.bool))
+    with pytest.raises(SolverError, match="support is empty"):
+        wirtinger_flow(op, y, support=torch.zeros(4, 4, dtype=torch.bool))
+    sup = [[True] * 4] * 4  # lists are accepted (as_tensor)
+    assert error_reduction(op, y, support=sup, x0=x, n_iter=0).x.shape == (2, 4, 4)
+    with pytest.raises(SolverError, match=r"x_true must be a tensor of shape \(\.\.\., 4, 4\); got \(2, 3, 3\)"):
+        error_reduction(op, y, x_true=_x(2, 3))
+    with pytest.raises(SolverError, match=r"x_true must be .*; got 'x'"):
+        amplitude_flow(op, y, x_true="x")
+
+
+def test_operator_hooks_are_used(prob):
+    """``magnitude_pair()`` replaces (A, Aᴴ) for the iterations (A = D·B, |D| = 1: same result),
+    and ``frozen()`` is entered once per call."""
+    op, x, y, x0 = prob
+    D = torch.polar(torch.ones(3, 4, 4, dtype=torch.float64), torch.rand(3, 4, 4, dtype=torch.float64, generator=_gen(8)))
+
+    class Hooked(MaskFFT):
+        calls = {"B": 0, "frozen": 0}
+
+        def A(self, x):
+            return D * super().A(x)
+
+        def A_adjoint(self, z):
+            return super().A_adjoint(D.conj() * z)
+
+        def magnitude_pair(self):
+            def B(v):
+                self.calls["B"] += 1
+                return MaskFFT.A(self, v)
+            return B, lambda z: MaskFFT.A_adjoint(self, z)
+
+        def frozen(self):
+            import contextlib
+            self.calls["frozen"] += 1
+            return contextlib.nullcontext()
+
+    h = Hooked(op.masks, op.scale)
+    for name in ("er", "wf", "af", "hio"):
+        a = solve(h, y, name, x0=x0, n_iter=2, tol=None)
+        b = solve(op, y, name, x0=x0, n_iter=2, tol=None)
+        assert torch.allclose(a.x, b.x, **TOL), name
+    assert h.calls["B"] > 0 and h.calls["frozen"] == 4
+
+
+def test_solver_result_defaults():
+    r = SolverResult(x=torch.zeros(1))
+    assert (r.history, r.n_iter, r.converged, r.residual, r.solver) == ({}, 0, None, None, "")
+
+
+def test_solve_dispatch_and_names(prob):
+    op, x, y, x0 = prob
+    assert SOLVER_NAMES == ("wf", "er", "gs", "hio", "af", "tv", "pnp")
+    assert STOP_RULES == ("tol", "discrepancy") and AF_WEIGHTINGS == ("none", "truncated")
+    want = {"wf": "wirtinger_flow", "wirtinger_flow": "wirtinger_flow", "af": "amplitude_flow",
+            "amplitude_flow": "amplitude_flow", "er": "error_reduction",
+            "error_reduction": "error_reduction", "gs": "gerchberg_saxton",
+            "gerchberg_saxton": "gerchberg_saxton", "hio": "hio", "tv": "tv", "pnp": "pnp"}
+    assert {k: v.__name__ for k, v in SOLVERS.items()} == want
+    for name in ("wf", "af", "er", "gs", "hio"):
+        assert solve(op, y, name, x0=x0, n_iter=0).solver == want[name]
+    with pytest.raises(SolverError, match=r"unknown solver 'newton'; choose one of \['af', 'amplitude_flow'"):
+        solve(op, y, "newton")
+    assert solve(op, y, x0=x0, n_iter=0).solver == "wirtinger_flow"  # the default
+
+
+def test_documented_defaults():
+    """The defaults the docstrings and README state (β = 0.9, τ0 = 330, μ_max = 0.3, AF μ = 0.6,
+    γ = 0.7, α_y = 3, the spectral starts, the stopping defaults, TV/PnP schedules)."""
+    def d(fn):
+        return {k: p.default for k, p in inspect.signature(fn).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+
+    common = dict(x0=None, tol=1e-6, residual_tol="auto", generator=None, history=True,
+                  x_true=None, differentiable=False, progress=False, norm_sq=None, alpha_y=3.0,
+                  support=None, nonnegative=False, real=False, stop="tol",
+                  amplitude_noise_std=None, discrepancy_factor=1.0)
+    assert d(wirtinger_flow) == dict(common, n_iter=1000, init="spectral", spectral_method="optimal",
+                                     n_power_iter=150, mu_max=0.3, tau0=330.0, safeguard=True)
+    assert d(amplitude_flow) == dict(common, n_iter=1000, init="spectral", spectral_method="optimal",
+                                     n_power_iter=150, mu=0.6, weighting="none", gamma=0.7)
+    proj = dict(common, n_iter=500, spectral_method="plain", n_power_iter=50, pinv="auto",
+                cg_iter=10, pinv_check_tol=1e-3)
+    assert d(error_reduction) == dict(proj, init="spectral")
+    assert d(hio) == dict(proj, init="random", beta=0.9)
+    reg = dict(proj, n_iter=40, init="er", n_init_iter=50, tol=None, residual_tol=None)
+    assert d(tv) == dict(reg, weight=None, weight_factor=1.0, tv_eps=2e-4, tv_max_iter=200)
+    assert d(pnp) == dict(reg, denoiser="nlm", denoiser_options=None, sigma_start=5.0, sigma_end=1.0)
+    assert d(spectral_init) == dict(method="plain", n_iter=50, generator=None, alpha_y=3.0, norm_sq=None)
+    assert d(_core.estimate_norm_sq) == dict(dtype=torch.complex64, device=None, n_probes=4)
+
+
+# ------------------------------------------------------------------------------------------
+# regularised (TV, PnP)
+# ------------------------------------------------------------------------------------------
+class Shrink(Denoiser):
+    """``D(x, σ) = x/(1 + σ)`` per sample (records σ); differentiable."""
+    differentiable = True
+
+    def __init__(self):
+        super().__init__()
+        self.sigmas = []
+
+    def forward(self, x, sigma):
+        s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1)
+        self.sigmas.append(s.clone())
+        return x / (1 + s[:, None, None, None])
+
+
+def test_pnp_step_schedule_and_channels(prob):
+    """``x_{k+1} = P_C(D(A⁺(√y ⊙ sgn(A x_k)), σ_k))``, ``σ_k = σ_x·5·(1/5)^{k/(n−1)}``,
+    ``σ_x = σ_b/√(2s)``; complex objects: real and imaginary parts denoised alike."""
+    op, x, y, x0 = prob
+    s = op.s()
+    sb = torch.tensor([0.3, 0.6], dtype=torch.float64)
+    den = Shrink()
+    res = pnp(op, y, denoiser=den, x0=x0, n_iter=3, amplitude_noise_std=sb, norm_sq=s)
+    sx = sb / math.sqrt(2 * s)
+    sig = [sx * 5 * (1 / 5) ** (k / 2) for k in range(3)]
+    xk = x0
+    for k in range(3):
+        xk = ref_pm(op, y, xk) / (1 + sig[k][:, None, None])
+    assert torch.allclose(res.x, xk, **TOL)
+    for got, want in zip(den.sigmas, sig):
+        assert torch.allclose(got, want, **TOL)
+    assert res.solver == "pnp" and res.n_iter == 3
+    assert torch.equal(res.history["amplitude_noise_std"], sb)
+    # one iteration: the schedule starts (and stays) at sigma_start
+    den = Shrink()
+    pnp(op, y, denoiser=den, x0=x0, n_iter=1, amplitude_noise_std=sb, norm_sq=s, sigma_start=2.0)
+    assert torch.allclose(den.sigmas[0], 2 * sx, **TOL)
+
+
+def test_pnp_real_objects_and_estimated_noise(prob):
+    """Real objects: one channel, imaginary part zero, the constraints applied after D; without
+    ``amplitude_noise_std`` σ̂_b = r0·‖√y‖/√m from the (projected) start's residual."""
+    op, x, y, x0 = prob
+    s = op.s()
+
+    class OneChannel(Shrink):
+        def forward(self, x, sigma):
+            assert x.shape[1] == 1
+            return super().forward(x, sigma) - 0.01
+
+    den = OneChannel()
+    sup = torch.ones(4, 4, dtype=torch.bool)
+    sup[3] = False
+    res = pnp(op, y, denoiser=den, x0=x0, n_iter=2, nonnegative=True, support=sup, norm_sq=s,
+              sigma_start=1.0, sigma_end=1.0)
+    start = ref_project(x0, sup, nonnegative=True)
+    sb = ref_residual(op, y, start) * (y.sum((-3, -2, -1)) / 48).sqrt()
+    assert torch.allclose(res.history["amplitude_noise_std"], sb, **TOL)
+    sx = sb / math.sqrt(2 * s)
+    xk = start
+    for _ in range(2):
+        v = ref_pm(op, y, xk).real / (1 + sx[:, None, None]) - 0.01
+        xk = ref_project(v.to(C128), sup, nonnegative=True)
+    assert torch.allclose(res.x, xk, **TOL)
+    assert torch.allclose(den.sigmas[0], sx, **TOL)
+
+
+def test_regularised_init_is_error_reduction(prob):
+    """``init="er"``: ``n_init_iter`` ER iterations (no early stop) from the spectral start with
+    the same constraints, then the loop."""
+    op, x, y, x0 = prob
+    s = op.s()
+    start = error_reduction(op, y, n_iter=3, tol=None, residual_tol=None, generator=2, norm_sq=s,
+                            real=True).x
+    den = Shrink()
+    res = pnp(op, y, denoiser=den, n_init_iter=3, n_iter=0, generator=2, norm_sq=s, real=True,
+              amplitude_noise_std=0.1)
+    assert torch.allclose(res.x, start, **TOL)
+    res = pnp(op, y, denoiser=den, init="spectral", n_iter=0, generator=2, norm_sq=s,
+              amplitude_noise_std=0.1)
+    assert torch.allclose(res.x, spectral_init(op, y, generator=2, norm_sq=s), **TOL)
+
+
+def test_tv_step_is_chambolle_prox_at_lambda(prob):
+    """One TV step: ``P_C(prox_{λTV}(A⁺(√y ⊙ sgn(Ax0))))`` with ``λ = weight_factor·σ_x`` (or
+    ``weight``), computed with scikit-image's Chambolle directly."""
+    from skimage.restoration import denoise_tv_chambolle
+    op, x, y, x0 = prob
+    s = op.s()
+    sb = 0.5
+    v = ref_pm(op, y, ref_project(x0, real=True))  # the start is projected first
+    lam = 2.0 * sb / math.sqrt(2 * s)
+    want = torch.stack([torch.from_numpy(denoise_tv_chambolle(v[b].real.numpy(), weight=lam, eps=1e-3,
+                                                              max_num_iter=7)) for b in range(2)])
+    res = tv(op, y, x0=x0, n_iter=1, real=True, weight_factor=2.0, amplitude_noise_std=sb, norm_sq=s,
+             tv_eps=1e-3, tv_max_iter=7)
+    assert torch.allclose(res.x.real, want, **TOL) and res.solver == "tv"
+    assert res.x.imag.abs().max() == 0
+    res = tv(op, y, x0=x0, n_iter=1, real=True, weight=lam, amplitude_noise_std=9.0, norm_sq=s,
+             tv_eps=1e-3, tv_max_iter=7)
+    assert torch.allclose(res.x.real, want, **TOL)
+    with pytest.raises(SolverError, match=r"weight \(λ\) must be a positive number in x's units, got 0"):
+        tv(op, y, weight=0)
+    with pytest.raises(SolverError, match="max_num_iter must be a positive int"):
+        tv(op, y, tv_max_iter=0)
+
+
+def test_regularised_stops_on_discrepancy(prob):
+    """``stop="discrepancy"`` with the given (or estimated) σ_b: a huge σ_b stops at t = 0."""
+    op, x, y, x0 = prob
+    res = pnp(op, y, denoiser=Shrink(), x0=x0, n_iter=5, amplitude_noise_std=1e3, stop="discrepancy")
+    assert res.n_iter == 1 and res.converged is True
+    res = pnp(op, y, denoiser=Shrink(), x0=x0, n_iter=3, stop="discrepancy", discrepancy_factor=1e6)
+    assert res.n_iter == 1 and res.converged is True
+    res = pnp(op, y, denoiser=Shrink(), x0=x0, n_iter=3, stop="discrepancy", discrepancy_factor=1e-6)
+    assert res.n_iter == 3 and res.converged is False
+
+
+def test_regularised_options_and_messages(prob):
+    op, x, y, x0 = prob
+
+    class Bad(Denoiser):
+        def forward(self, x, sigma):
+            return x[:, :1]
+
+    with pytest.raises(SolverError, match=r"the denoiser Bad returned \(2, 1, 4, 4\) for an input of shape "
+                                          r"\(2, 2, 4, 4\); D\(x, sigma\) must keep x's shape"):
+        pnp(op, y, denoiser=Bad(), x0=x0, n_iter=1, amplitude_noise_std=0.1)
+
+    class NotTensor(Denoiser):
+        def forward(self, x, sigma):
+            return 0
+
+    with pytest.raises(SolverError, match=r"returned int for an input"):
+        pnp(op, y, denoiser=NotTensor(), x0=x0, n_iter=1, amplitude_noise_std=0.1)
+    with pytest.raises(SolverError, match=r"differentiable=True needs a differentiable denoiser; NLMDenoiser"):
+        pnp(op, y, denoiser="nlm", differentiable=True)
+    with pytest.raises(SolverError, match=r"unknown init 'zeros'; choose 'er'"):
+        pnp(op, y, denoiser=Shrink(), init="zeros")
+    with pytest.raises(SolverError, match=r"bad options for the 'nlm' denoiser"):
+        pnp(op, y, denoiser="nlm", denoiser_options={"nonsense": 1})
+    with pytest.raises(SolverError, match=r"denoiser must be a name from learning.denoisers.DENOISERS .*got int"):
+        pnp(op, y, denoiser=3)
+    for k in ("sigma_start", "sigma_end"):
+        for bad in (0, -1.0, float("inf"), "5"):
+            with pytest.raises(SolverError, match=f"{k} must be a positive factor of σ_x, got"):
+                pnp(op, y, **{k: bad})
+    # a denoiser given by name, with options (σ = 0: identity, so PnP = ER)
+    xr = ref_project(x0, real=True)
+    res = pnp(op, y, denoiser="tv", denoiser_options={"weight_factor": 2.0}, x0=xr, n_iter=2,
+              amplitude_noise_std=0.0, real=True)
+    assert torch.allclose(res.x, error_reduction(op, y, x0=xr, n_iter=2, tol=None, real=True).x, **TOL)
+    # differentiable: gradients reach y through the loop and the ER start
+    yl = y.clone().requires_grad_(True)
+    res = pnp(op, yl, denoiser=Shrink(), n_iter=2, n_init_iter=2, differentiable=True, n_power_iter=3,
+              amplitude_noise_std=0.1)
+    assert res.converged is None and res.x.requires_grad
+    # options are checked
+    with pytest.raises(SolverError, match="n_init_iter must be a non-negative int"):
+        tv(op, y, n_init_iter=-1)
