@@ -1051,3 +1051,325 @@ def test_regularised_options_and_messages(prob):
     # options are checked
     with pytest.raises(SolverError, match="n_init_iter must be a non-negative int"):
         tv(op, y, n_init_iter=-1)
+
+
+# ------------------------------------------------------------------------------------------
+# edge cases and options found by mutation testing
+# ------------------------------------------------------------------------------------------
+def test_zero_intensities_and_partial_shape_attributes(prob):
+    """Exact zeros in y are valid intensities (only negatives are refused); an operator with
+    only some shape attributes has the rest probed."""
+    op, x, y, x0 = prob
+    y0 = y.clone()
+    y0[0, 0, 0, 0] = 0.0
+    assert error_reduction(op, y0, x0=x0, n_iter=1, tol=None).n_iter == 1
+
+    class OnlyL(MaskFFT):
+        def __init__(self, masks):
+            super().__init__(masks)
+            del self.out_shape
+
+    res = error_reduction(OnlyL(op.masks), y, x0=x0, n_iter=1, tol=None)
+    assert res.x.shape == (2, 4, 4)
+
+
+def test_pinv_diagonal_is_kept_when_the_operator_reports_non_diagonal(prob):
+    """Only ``"auto"`` falls back to CG on ``normal_is_diagonal() is False``: an explicit
+    ``"diagonal"`` is checked and used as such (here AᴴA is in fact diagonal)."""
+    op, x, y, x0 = prob
+
+    class Flagged(MaskFFT):
+        def normal_is_diagonal(self):
+            return False
+
+    res = error_reduction(Flagged(op.masks, op.scale), y, x0=x0, n_iter=1, pinv="diagonal", cg_iter=1,
+                          tol=None)
+    assert torch.allclose(res.x, ref_pm(op, y, x0), **TOL)
+
+
+def test_spectral_init_without_iterations_is_the_scaled_random_start(dense):
+    op, x, y, s = dense
+    v = spectral_init(op, y, n_iter=0, generator=1, norm_sq=s)
+    g = torch.randn(1, 2, 2, dtype=C128, generator=_gen(1))
+    want = g / g.norm() * math.sqrt(float(y.sum()) / s)
+    assert torch.allclose(v, want, **TOL)
+
+
+def test_negative_shift_is_the_rayleigh_quotient_after_20_iterations():
+    """Eigenvalues −2 and 1.9 (ratio 0.95: not converged after 20 iterations), so the value
+    pins the documented procedure: 20 normalised power iterations from the fixed-seed
+    (``_NORM_SEED + 1``) complex normal start, ``σ = max(0, −1.5 λ̂)``."""
+    P = _core._Problem(op=None, y=torch.ones(1, 1, 2, 2, dtype=torch.float64), batch=(1,),
+                       in_shape=(2, 2), meas_shape=(1, 2, 2), cdtype=C128, m=4, n=4, s=1.0,
+                       sqrt_y=None, y_sum=None)
+    d = torch.tensor([[[-2.0, 1.9], [0.5, 0.1]]], dtype=torch.float64)
+    v = torch.randn(1, 2, 2, dtype=C128, generator=_gen(_core._NORM_SEED + 1))
+    for _ in range(20):
+        v = v / v.norm()
+        u = d * v
+        lam = float((u * v.conj()).sum().real)
+        v = u
+    assert -2.0 < lam < -1.0  # not converged: the count matters
+    got = spectral._negative_shift(P, lambda w: d * w)
+    assert float(got) == pytest.approx(-1.5 * lam, rel=1e-12)
+
+
+def test_progress_in_differentiable_mode_shows_no_residual(prob, capsys):
+    """Differentiable mode makes no host synchronisation: no residual on the bar."""
+    op, x, y, x0 = prob
+    error_reduction(op, y, x0=x0, n_iter=2, progress=True, differentiable=True)
+    err = capsys.readouterr().err
+    assert "error_reduction" in err and "residual=" not in err
+
+
+def test_noise_std_keeps_y_dtype(prob):
+    op, x, y, _ = prob
+    P = _core._setup(op, y.float(), None)
+    assert _core._noise_std(P, 0.25).dtype == torch.float32
+    assert _core._noise_std(_core._setup(op, y, None), 0.25).dtype == torch.float64
+
+
+def test_every_option_is_checked(prob):
+    op, x, y, _ = prob
+    checked = {wirtinger_flow: ("n_iter", "mu_max", "tau0", "tol", "n_power_iter"),
+               amplitude_flow: ("n_iter", "mu", "gamma", "tol", "n_power_iter"),
+               error_reduction: ("n_iter", "tol", "cg_iter", "n_power_iter"),
+               hio: ("n_iter", "beta", "tol", "cg_iter", "n_power_iter"),
+               tv: ("n_iter", "n_init_iter", "tol", "cg_iter", "n_power_iter"),
+               pnp: ("n_iter", "n_init_iter", "tol", "cg_iter", "n_power_iter"),
+               spectral_init: ("n_iter", "alpha_y")}
+    for fn, keys in checked.items():
+        for k in keys:
+            with pytest.raises(SolverError, match=f"^{k} must be a"):
+                fn(op, y, **{k: -1})
+
+
+def test_regularised_er_start_gets_every_option(prob):
+    """The ``init="er"`` start is ``error_reduction`` with the same spectral, pseudo-inverse and
+    constraint options (checked against a direct call), and is differentiable when asked."""
+    op, x, y, x0 = prob
+    kw = dict(spectral_method="truncated", n_power_iter=7, alpha_y=1.1, pinv="cg", cg_iter=2,
+              norm_sq=1.3 * op.s(), nonnegative=True, generator=5)
+    start = error_reduction(op, y, n_iter=2, tol=None, residual_tol=None, **kw).x
+    res = pnp(op, y, denoiser=Shrink(), n_init_iter=2, n_iter=0, amplitude_noise_std=0.1, **kw)
+    assert torch.allclose(res.x, start, **TOL)
+    # pinv_check_tol reaches the start: a dense operator passes "diagonal" only with a loose check
+    mat = torch.randn(24, 4, dtype=C128, generator=_gen(3))
+    d = Dense(mat, (2, 3, 4), (2, 2))
+    yd = d.A(torch.randn(1, 2, 2, dtype=C128, generator=_gen(4))).abs() ** 2
+    r = tv(d, yd, pinv="diagonal", pinv_check_tol=10.0, n_init_iter=1, n_iter=0, amplitude_noise_std=0.1)
+    assert r.x.shape == (1, 2, 2)
+    yl = y.clone().requires_grad_(True)
+    res = pnp(op, yl, denoiser=Shrink(), n_iter=0, n_init_iter=1, differentiable=True, n_power_iter=2,
+              amplitude_noise_std=0.1)
+    assert res.x.requires_grad
+    res = pnp(op, y, denoiser=Shrink(), x0=x0, n_iter=1, amplitude_noise_std=0.1, history=False)
+    assert res.history == {}
+
+
+def test_pnp_schedule_with_two_iterations(prob):
+    """``σ_k = σ_x·start·(end/start)^{k/(n−1)}``: with n = 2 the second is exactly ``end``."""
+    op, x, y, x0 = prob
+    den = Shrink()
+    pnp(op, y, denoiser=den, x0=x0, n_iter=2, amplitude_noise_std=0.2, sigma_start=3.0, sigma_end=0.5,
+        norm_sq=op.s())
+    sx = 0.2 / math.sqrt(2 * op.s())
+    assert torch.allclose(torch.stack(den.sigmas), torch.tensor([3.0, 0.5], dtype=torch.float64)[:, None] * sx
+                          * torch.ones(2, 2, dtype=torch.float64), **TOL)
+
+
+# ------------------------------------------------------------------------------------------
+# defaults and option plumbing, observed through behaviour (mutmut's trampolines hide default
+# values from inspect.signature, so test_documented_defaults alone cannot see them change)
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def spiky(prob):
+    """``prob``'s data with one bright outlier per sample (t = y/mean(y) ≈ 12, between the
+    α_y² = 9 of the default truncation and 16): the truncated weights then depend on α_y."""
+    op, x, y, x0 = prob
+    ys = y.clone()
+    ys[:, 0, 1, 1] = 0.0
+    ys[:, 0, 1, 1] = 12.5 * ys.mean((-3, -2, -1)) * 48 / 47.5
+    t = ys / ys.mean((-3, -2, -1), keepdim=True)
+    assert bool(((t > 9) & (t < 16)).any(dim=(-3, -2, -1)).all())
+    return op, ys
+
+
+def test_default_iteration_counts(prob):
+    """n_iter: 500 for ER/HIO, 1000 for WF/AF, 40 for TV/PnP (stopping switched off)."""
+    op, x, y, x0 = prob
+    off = dict(x0=x0, tol=None, residual_tol=None, history=False)
+    assert error_reduction(op, y, **off).n_iter == 500
+    assert hio(op, y, **off).n_iter == 500
+    assert wirtinger_flow(op, y, **off).n_iter == 1000
+    assert amplitude_flow(op, y, **off).n_iter == 1000
+    assert pnp(op, y, denoiser=Shrink(), amplitude_noise_std=0.1, **off).n_iter == 40
+    r = tv(op, y, x0=x0, history=False, amplitude_noise_std=0.0)
+    assert r.n_iter == 40 and r.converged is False  # tol/residual_tol default to None here
+
+
+def test_default_start_iterations_and_weights(prob, spiky):
+    """Power iterations: 50 (spectral_init, ER, HIO, TV, PnP), 150 (WF, AF); α_y = 3."""
+    op, x, y, _ = prob
+    s = 1.3 * op.s()
+    assert torch.allclose(spectral_init(op, y, generator=1), spectral_init(op, y, generator=1, n_iter=50), **TOL)
+    assert not torch.allclose(spectral_init(op, y, generator=1, n_iter=49), spectral_init(op, y, generator=1, n_iter=50), **TOL)
+    for fn in (error_reduction, lambda *a, **k: hio(*a, init="spectral", **k)):
+        v = spectral_init(op, y, generator=1, n_iter=50, norm_sq=s)
+        assert torch.allclose(ref_pm(op, y, v) if fn is not error_reduction else v,
+                              fn(op, y, generator=1, n_iter=0, norm_sq=s).x, **TOL)
+    for fn in (wirtinger_flow, amplitude_flow):
+        v = spectral_init(op, y, method="optimal", generator=1, n_iter=150, norm_sq=s)
+        assert torch.allclose(fn(op, y, generator=1, n_iter=0, norm_sq=s).x, v, **TOL)
+    for fn in (tv, pnp):
+        v = spectral_init(op, y, generator=1, n_iter=50, norm_sq=s)
+        kw = dict(denoiser=Shrink()) if fn is pnp else {}
+        assert torch.allclose(fn(op, y, init="spectral", generator=1, n_iter=0, norm_sq=s,
+                                 amplitude_noise_std=0.1, **kw).x, v, **TOL)
+    op, ys = spiky
+    want = spectral_init(op, ys, method="truncated", alpha_y=3.0, generator=1, norm_sq=s)
+    assert not torch.allclose(want, spectral_init(op, ys, method="truncated", alpha_y=4.0, generator=1,
+                                                  norm_sq=s), **TOL)
+    assert torch.allclose(spectral_init(op, ys, method="truncated", generator=1, norm_sq=s), want, **TOL)
+    for fn in (error_reduction, wirtinger_flow, amplitude_flow):
+        got = fn(op, ys, spectral_method="truncated", n_power_iter=50, generator=1, n_iter=0, norm_sq=s).x
+        assert torch.allclose(got, want, **TOL), fn
+    got = hio(op, ys, init="spectral", spectral_method="truncated", generator=1, n_iter=0, norm_sq=s).x
+    assert torch.allclose(got, ref_pm(op, ys, want), **TOL)
+    for fn, kw in ((tv, {}), (pnp, {"denoiser": Shrink()})):
+        got = fn(op, ys, init="spectral", spectral_method="truncated", generator=1, n_iter=0, norm_sq=s,
+                 amplitude_noise_std=0.1, **kw).x
+        assert torch.allclose(got, want, **TOL), fn
+
+
+def _slightly_blurred(op, eps=0.05):
+    class Blurred(MaskFFT):
+        def A(self, x):
+            return super().A(x + eps * torch.roll(x, 1, dims=-1))
+
+        def A_adjoint(self, z):
+            u = super().A_adjoint(z)
+            return u + eps * torch.roll(u, -1, dims=-1)
+
+    return Blurred(op.masks, op.scale)
+
+
+def test_default_pinv_options(prob):
+    """``pinv_check_tol = 1e-3`` refuses a 5 % blur for ``pinv="diagonal"`` (deviation ≈ 0.1);
+    ``cg_iter = 10`` CG steps (optics.operator.cg, the pseudo-inverse's definition)."""
+    from optics.operator import cg
+    op, x, y, x0 = prob
+    bl = _slightly_blurred(op)
+    yb = bl.A(x).abs() ** 2
+    for fn, kw in ((error_reduction, {}), (hio, {}), (tv, {"amplitude_noise_std": 0.1, "x0": x0}),
+                   (pnp, {"denoiser": Shrink(), "amplitude_noise_std": 0.1, "x0": x0})):
+        with pytest.raises(SolverError, match="not diagonal"):
+            fn(bl, yb, pinv="diagonal", n_iter=1, **kw)
+        fn(bl, yb, pinv="diagonal", pinv_check_tol=0.5, n_iter=1, **dict(kw, x0=x0))
+    z = op.A(x0)
+    b = op.A_adjoint(y.sqrt() * z / z.abs())
+    want = cg(lambda v: op.diag() * v, b, x0, 10)
+    assert not torch.allclose(want, cg(lambda v: op.diag() * v, b, x0, 11), **TOL)
+    assert torch.allclose(error_reduction(op, y, x0=x0, n_iter=1, pinv="cg", tol=None).x, want, **TOL)
+    # HIO with pinv="cg", cg_iter=1: both measurement projections one CG step from their warm start
+    def pm1(v):
+        zz = op.A(v)
+        bb = op.A_adjoint(y.sqrt() * zz / zz.abs())
+        return cg(lambda u: op.diag() * u, bb, v, 1)
+    x1 = ref_hio_update(x0, pm1(x0), 0.9, torch.ones(4, 4, dtype=torch.bool), False, False)
+    res = hio(op, y, x0=x0, n_iter=1, pinv="cg", cg_iter=1, tol=None)
+    assert torch.allclose(res.x, pm1(x1), **TOL)
+    for fn, kw in ((tv, {"amplitude_noise_std": 0.0}), (pnp, {"denoiser": Shrink(), "amplitude_noise_std": 0.0})):
+        got = fn(op, y, x0=x0, n_iter=1, pinv="cg", **kw).x
+        assert torch.allclose(got, want, **TOL), fn
+        got = fn(op, y, x0=x0, n_iter=1, pinv="cg", cg_iter=1, **kw).x
+        assert torch.allclose(got, pm1(x0), **TOL), fn
+
+
+def test_defaults_progress_history_constraints_and_discrepancy_factor(prob, capsys):
+    """No bar, a history, complex (unconstrained) results and τ = 1 unless asked otherwise."""
+    op, x, y, x0 = prob
+    outs = [solve(op, y, name, x0=x0, n_iter=1, **({"denoiser": Shrink(), "amplitude_noise_std": 0.1}
+                                                   if name == "pnp" else {"amplitude_noise_std": 0.1}
+                                                   if name == "tv" else {}))
+            for name in ("wf", "af", "er", "hio", "tv", "pnp")]
+    assert capsys.readouterr().err == ""
+    for r in outs:
+        assert r.history["residual"].shape == (2, 2), r.solver
+        assert float(r.x.imag.abs().max()) > 0 and float(r.x.real.min()) < 0, r.solver
+    # τ = 1: a target between r0/2 and r0 is not met by the start with τ = 1 (met with τ = 2)
+    r0 = ref_residual(op, y, x0)
+    sd = (r0 / 1.5 * y.sum((-3, -2, -1)).sqrt() / math.sqrt(48)).tolist()
+    for name in ("wf", "af", "er", "hio", "tv", "pnp"):
+        kw = {"denoiser": Shrink()} if name == "pnp" else {}
+        if name == "hio":  # HIO scores P_C(x'_0), not x0
+            continue
+        r = solve(op, y, name, x0=x0, n_iter=1, stop="discrepancy", amplitude_noise_std=sd, **kw)
+        assert r.converged is False, name
+        r = solve(op, y, name, x0=x0, n_iter=1, stop="discrepancy", amplitude_noise_std=sd,
+                  discrepancy_factor=2.0, **kw)
+        assert r.converged is True, name
+
+
+@pytest.mark.parametrize("fn", [tv, pnp])
+def test_regularised_pass_their_options_on(prob, fn, capsys):
+    """tol, residual_tol, x_true, progress, norm_sq, alpha_y, generator, support, history reach
+    the loop (each observed through its effect)."""
+    op, x, y, x0 = prob
+    kw = dict(denoiser=Shrink()) if fn is pnp else {}
+    base = dict(x0=x0, amplitude_noise_std=0.0, **kw)
+    assert fn(op, y, n_iter=5, tol=1.0, **base).n_iter == 2
+    assert fn(op, y, n_iter=5, residual_tol=1.0, **base).n_iter == 2
+    r = fn(op, y, n_iter=1, x_true=x, **base)
+    assert r.history["relative_error"].shape == (2, 2)
+    fn(op, y, n_iter=1, progress=True, **base)
+    assert fn.__name__ in capsys.readouterr().err
+    sup = torch.ones(4, 4, dtype=torch.bool)
+    sup[2] = False
+    r = fn(op, y, n_iter=1, support=sup, **base)
+    assert torch.allclose(r.x, ref_project(ref_pm(op, y, ref_project(x0, sup)), sup), **TOL)
+    # norm_sq sets σ_x = σ_b/√(2s)
+    den = Shrink()
+    s = 1.3 * op.s()
+    if fn is pnp:
+        fn(op, y, x0=x0, n_iter=1, amplitude_noise_std=0.2, norm_sq=s, denoiser=den, sigma_start=1.0)
+        assert torch.allclose(den.sigmas[0], torch.full((2,), 0.2 / math.sqrt(2 * s), dtype=torch.float64), **TOL)
+    # alpha_y, generator, spectral options reach the spectral start
+    want = spectral_init(op, y, method="truncated", alpha_y=0.9, n_iter=9, generator=3, norm_sq=s)
+    got = fn(op, y, init="spectral", spectral_method="truncated", alpha_y=0.9, n_power_iter=9,
+             generator=3, norm_sq=s, n_iter=0, amplitude_noise_std=0.1, **kw).x
+    assert torch.allclose(got, want, **TOL)
+    # history off: no history at all
+    assert fn(op, y, n_iter=1, history=False, **base).history == {}
+
+
+def test_projection_solvers_pass_their_options_on(prob, capsys):
+    """ER/HIO: norm_sq and alpha_y reach the spectral start, differentiable keeps the graph,
+    nonnegative reaches the random start, progress shows a bar."""
+    op, x, y, x0 = prob
+    s = 1.3 * op.s()
+    v = spectral_init(op, y, method="truncated", alpha_y=0.9, n_iter=9, generator=3, norm_sq=s)
+    kw = dict(init="spectral", spectral_method="truncated", alpha_y=0.9, n_power_iter=9, generator=3,
+              norm_sq=s, n_iter=0)
+    assert torch.allclose(error_reduction(op, y, **kw).x, v, **TOL)
+    assert torch.allclose(hio(op, y, **kw).x, ref_pm(op, y, v), **TOL)
+    yl = y.clone().requires_grad_(True)
+    for fn in (error_reduction, hio, wirtinger_flow, amplitude_flow):
+        assert fn(op, yl, n_iter=1, differentiable=True, n_power_iter=2).x.requires_grad, fn
+        assert not fn(op, yl, n_iter=1, n_power_iter=2).x.requires_grad, fn
+    th = torch.rand((2, 3, 4, 4), dtype=torch.float64, generator=_gen(7))
+    start = ref_project(op.A_adjoint(y.sqrt() * torch.polar(torch.ones_like(th), 2 * math.pi * th)) / op.diag(),
+                        nonnegative=True)
+    res = hio(op, y, generator=7, n_iter=0, nonnegative=True)
+    assert torch.allclose(res.x, ref_project(ref_pm(op, y, start), nonnegative=True), **TOL)
+    res = error_reduction(op, y, init="random", generator=7, n_iter=0, nonnegative=True)
+    assert torch.allclose(res.x, start, **TOL)
+    for fn in (hio, wirtinger_flow, amplitude_flow):
+        fn(op, y, x0=x0, n_iter=1, progress=True)
+        assert fn.__name__ in capsys.readouterr().err
+
+
+def test_as_denoiser_messages():
+    with pytest.raises(SolverError, match=r"^denoiser_options apply to a denoiser given by name; configure a "
+                                          r"Denoiser instance when you build it$"):
+        pnp(MaskFFT(_masks()), torch.ones(1, 3, 4, 4), denoiser=Shrink(), denoiser_options={"a": 1})
