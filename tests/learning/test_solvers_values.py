@@ -1373,3 +1373,94 @@ def test_as_denoiser_messages():
     with pytest.raises(SolverError, match=r"^denoiser_options apply to a denoiser given by name; configure a "
                                           r"Denoiser instance when you build it$"):
         pnp(MaskFFT(_masks()), torch.ones(1, 3, 4, 4), denoiser=Shrink(), denoiser_options={"a": 1})
+
+
+def test_hio_zero_real_part_counts_as_nonnegative():
+    """``Re x' ≥ 0`` (not > 0) satisfies positivity: on a 1×2 Hadamard operator with y = (1, 1)
+    and x0 = (2, 1.5), x'_0 = H(1, 1) = (√2, 0) exactly, so x_1 = (√2, 0) and the result is
+    P_C(x'_1) = (√2, 0); treating 0 as a violation would keep x_1 = (√2, 1.5), flip the sign
+    of (Hx_1)_2 and return (0, √2)."""
+
+    class Hadamard:
+        n_masks, in_shape, out_shape = 1, (1, 2), (1, 2)
+
+        def A(self, x):
+            a, b = x[..., 0:1], x[..., 1:2]
+            return (torch.cat([a + b, a - b], dim=-1) / math.sqrt(2)).unsqueeze(-3)
+
+        def A_adjoint(self, z):
+            z = z[..., 0, :, :]
+            a, b = z[..., 0:1], z[..., 1:2]
+            return torch.cat([a + b, a - b], dim=-1) / math.sqrt(2)
+
+    y = torch.ones(1, 1, 1, 2, dtype=torch.float64)
+    x0 = torch.tensor([[[2.0, 1.5]]], dtype=C128)
+    res = hio(Hadamard(), y, x0=x0, n_iter=1, nonnegative=True, tol=None)
+    assert torch.allclose(res.x, torch.tensor([[[math.sqrt(2), 0.0]]], dtype=C128), **TOL)
+
+
+def test_hio_scale_and_stopping_options_reach_the_loop(prob):
+    """The feedback ``x − βx'`` depends on the start's scale (norm_sq sets it); tol,
+    residual_tol (incl. "auto") and differentiable reach HIO's loop."""
+    op, x, y, x0 = prob
+    s = 1.3 * op.s()
+    inside = torch.ones(4, 4, dtype=torch.bool)
+    inside[0] = False
+    v = spectral_init(op, y, generator=3, norm_sq=s)
+    x1 = ref_hio_update(v, ref_pm(op, y, v), 0.9, inside, False, False)
+    res = hio(op, y, init="spectral", generator=3, norm_sq=s, n_iter=1, support=inside, tol=None)
+    assert torch.allclose(res.x, ref_project(ref_pm(op, y, x1), inside), **TOL)
+    assert hio(op, y, x0=x0, n_iter=5, tol=1.0, residual_tol=None).n_iter == 2
+    assert hio(op, y, x0=x0, n_iter=5, tol=None, residual_tol=1.0).n_iter == 2
+    r = hio(op, y, x0=x, n_iter=5, tol=None)  # from the truth: the round-off floor at t = 1
+    assert r.n_iter == 2 and r.converged is True
+    r = hio(op, y, x0=x, n_iter=3, differentiable=True)
+    assert r.n_iter == 3 and r.converged is None
+    with pytest.raises(SolverError, match="differentiable=True does not make"):
+        hio(op, y, stop="discrepancy", amplitude_noise_std=0.1, differentiable=True)
+    # the default cg_iter = 10 for HIO as for ER
+    from optics.operator import cg
+
+    def pm10(w):
+        zz = op.A(w)
+        return cg(lambda u: op.diag() * u, op.A_adjoint(y.sqrt() * zz / zz.abs()), w, 10)
+
+    x1 = ref_hio_update(x0, pm10(x0), 0.9, torch.ones(4, 4, dtype=torch.bool), False, False)
+    assert torch.allclose(hio(op, y, x0=x0, n_iter=1, pinv="cg", tol=None).x, pm10(x1), **TOL)
+
+
+def test_tv_defaults_are_the_documented_prox(prob):
+    """λ = 1·σ_x, Chambolle with eps = 2e-4 and at most 200 iterations: on a 16×16 integrated-noise
+    image with λ = 10 Chambolle needs more than 200 (the cap changes the result)."""
+    from skimage.restoration import denoise_tv_chambolle
+    op, x, y, x0 = prob
+    s = op.s()
+    v = ref_pm(op, y, ref_project(x0, real=True)).real
+    sx = 0.5 / math.sqrt(2 * s)
+    want = torch.stack([torch.from_numpy(denoise_tv_chambolle(v[b].numpy(), weight=sx, eps=2e-4,
+                                                              max_num_iter=200)) for b in range(2)])
+    res = tv(op, y, x0=x0, n_iter=1, real=True, amplitude_noise_std=0.5, norm_sq=s)
+    assert torch.allclose(res.x.real, want, **TOL)
+    g = torch.randn(1, 16, 16, dtype=torch.float64, generator=_gen(0))
+    img = g.cumsum(-1).cumsum(-2) / 16
+    one = MaskFFT(torch.ones(1, 16, 16, dtype=C128))
+    yi = one.A(img.to(C128)).abs() ** 2
+    v = ref_pm(one, yi, img.to(C128)).real
+    want = torch.from_numpy(denoise_tv_chambolle(v[0].numpy(), weight=10.0, eps=2e-4, max_num_iter=200))
+    assert not torch.allclose(want, torch.from_numpy(denoise_tv_chambolle(v[0].numpy(), weight=10.0, eps=2e-4,
+                                                                          max_num_iter=201)), **TOL)
+    res = tv(one, yi, x0=img, n_iter=1, real=True, weight=10.0, amplitude_noise_std=0.1)
+    assert torch.allclose(res.x.real[0], want, **TOL)
+
+
+def test_regularised_default_start_is_50_er_iterations():
+    """``init="er"`` runs ``n_init_iter = 50`` ER iterations. Inconsistent data (y from another
+    object's masks) keeps ER moving, so 50 and 51 iterations differ."""
+    op = MaskFFT(_masks(L=2, seed=4))
+    y = MaskFFT(_masks(L=2, seed=5)).A(_x(1, seed=6)).abs() ** 2
+    kw = dict(tol=None, residual_tol=None, generator=2, history=False)
+    e50 = error_reduction(op, y, n_iter=50, **kw).x
+    assert not torch.allclose(e50, error_reduction(op, y, n_iter=51, **kw).x, **TOL)
+    assert torch.allclose(tv(op, y, n_iter=0, generator=2, amplitude_noise_std=0.1).x, e50, **TOL)
+    assert torch.allclose(pnp(op, y, denoiser=Shrink(), n_iter=0, generator=2, amplitude_noise_std=0.1).x,
+                          e50, **TOL)
