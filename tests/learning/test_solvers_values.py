@@ -1464,3 +1464,63 @@ def test_regularised_default_start_is_50_er_iterations():
     assert torch.allclose(tv(op, y, n_iter=0, generator=2, amplitude_noise_std=0.1).x, e50, **TOL)
     assert torch.allclose(pnp(op, y, denoiser=Shrink(), n_iter=0, generator=2, amplitude_noise_std=0.1).x,
                           e50, **TOL)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.3])
+def test_wirtinger_safeguard_on_oscillating_runs(prob, scale):
+    """With μ_t = 1 (τ0 → 0) these starts alternate accepted and rejected steps (×1: R A R A R A
+    A R; ×0.3: three rejections in a row first), so the comparison uses the loss of the last
+    *accepted* iterate and consecutive rejections keep the held state."""
+    op, x, y, _ = prob
+    s = op.s()
+    x0 = scale * _x(1, seed=5)
+    res = wirtinger_flow(op, y[1:], x0=x0, n_iter=8, mu_max=1.0, tau0=1e-9, tol=None, residual_tol=None,
+                         norm_sq=s)
+    want = ref_wf(op, y[1:], x0, 8, s=s, mu_max=1.0, tau0=1e-9)
+    assert torch.allclose(res.x, want, **TOL)
+    h = res.history["residual"][:, 0]
+    rejected = [float(h[i + 1]) == float(h[i]) for i in range(8)]
+    assert rejected[0] and sum(rejected) >= 3
+
+
+def test_wirtinger_stagnation_test_resumes_after_an_accepted_step(prob):
+    """Step 0 is rejected (x_1 = x_0: the unchanged residual is not stagnation), step 1 accepted;
+    with a loose tol = 0.99 the check at t = 2 then stops the run (n_iter = 3)."""
+    op, x, y, _ = prob
+    res = wirtinger_flow(op, y[1:], x0=_x(1, seed=5), n_iter=8, mu_max=1.0, tau0=1e-9, tol=0.99,
+                         residual_tol=None, norm_sq=op.s())
+    h = res.history["residual"][:, 0]
+    assert float(h[1]) == float(h[0]) and float(h[2]) != float(h[1])
+    assert res.n_iter == 3 and res.converged is True
+
+
+def test_wirtinger_defaults_and_small_starts(prob):
+    """μ_max = 0.3 (with τ0 → 0 every μ_t = μ_max); the default stagnation tol 1e-6 does not stop a
+    run that still moves; any non-zero start is accepted (‖x0‖² < 1 included), x_true recorded."""
+    op, x, y, x0 = prob
+    s = op.s()
+    res = wirtinger_flow(op, y, x0=x0, n_iter=3, tau0=1e-9, tol=None, safeguard=False, norm_sq=s)
+    assert torch.allclose(res.x, ref_wf(op, y, x0, 3, s=s, mu_max=0.3, tau0=1e-9, safeguard=False), **TOL)
+    for fn in (wirtinger_flow, amplitude_flow, error_reduction, hio):
+        r = fn(op, y, x0=x0, n_iter=4, residual_tol=None, x_true=x)
+        assert r.n_iter == 4 and r.history["relative_error"].shape == (5, 2), fn
+    small = 0.05 * x0
+    assert float((small.abs() ** 2).sum((-2, -1)).max()) < 1
+    assert wirtinger_flow(op, y, x0=small, n_iter=1).n_iter == 1
+    with pytest.raises(SolverError, match=r"^x0 is zero in at least one sample; WF's step is normalised by "
+                                          r"‖x0‖², pass a non-zero start$"):
+        wirtinger_flow(op, y, x0=torch.zeros_like(x0))
+
+
+@pytest.mark.parametrize("name", ["wf", "af", "er", "hio", "pnp"])
+def test_batch_axes_are_independent(prob, name):
+    """No batch axis, one, or two: every sample gets the result it gets alone."""
+    op, x, y, x0 = prob
+    kw = dict(n_iter=3, tol=None, **({"denoiser": Shrink(), "amplitude_noise_std": 0.1} if name == "pnp" else {}))
+    full = solve(op, y, name, x0=x0, **kw)
+    one = solve(op, y[0], name, x0=x0[0], **kw)
+    assert one.x.shape == (4, 4) and one.residual.shape == ()
+    assert torch.allclose(one.x, full.x[0], **TOL)
+    two = solve(op, y.reshape(2, 1, 3, 4, 4), name, x0=x0.reshape(2, 1, 4, 4), **kw)
+    assert torch.allclose(two.x.reshape(2, 4, 4), full.x, **TOL)
+    assert two.history["residual"].shape == (4, 2, 1)
