@@ -123,12 +123,15 @@ def ref_hio_update(x, xp, beta, inside, nonnegative, real):
     return out
 
 
-def ref_wf(op, y, x0, n_iter, *, s, mu_max=0.3, tau0=330.0, safeguard=True, proj=lambda x: x):
-    """Wirtinger flow, Algorithm 1 with the documented safeguard, one sample at a time."""
+def ref_wf(op, y, x0, n_iter, *, s, mu_max=0.3, tau0=330.0, safeguard=True, proj=lambda x: x,
+           iterates=False):
+    """Wirtinger flow, Algorithm 1 with the documented safeguard, one sample at a time (all
+    iterates x_0..x_n with ``iterates=True``, shape (n + 1, batch, H, W))."""
     m = y[0].numel()
     out = []
     for b in range(x0.shape[0]):
         x, yb = x0[b], y[b]
+        seq = [x]
         nx0 = float((x0[b].abs() ** 2).sum())
         eta = 1.0
 
@@ -146,8 +149,9 @@ def ref_wf(op, y, x0, n_iter, *, s, mu_max=0.3, tau0=330.0, safeguard=True, proj
                 x, eta = xn, min(1.25 * eta, 1.0)
             else:
                 eta *= 0.5
-        out.append(x)
-    return torch.stack(out)
+            seq.append(x)
+        out.append(torch.stack(seq) if iterates else x)
+    return torch.stack(out, dim=1 if iterates else 0)
 
 
 def ref_af(op, y, x0, n_iter, *, s, mu=0.6, gamma=0.7, truncated=False, proj=lambda x: x):
@@ -1524,3 +1528,33 @@ def test_batch_axes_are_independent(prob, name):
     two = solve(op, y.reshape(2, 1, 3, 4, 4), name, x0=x0.reshape(2, 1, 4, 4), **kw)
     assert torch.allclose(two.x.reshape(2, 4, 4), full.x, **TOL)
     assert two.history["residual"].shape == (4, 2, 1)
+
+
+@pytest.mark.parametrize("safeguard", [True, False])
+def test_wirtinger_history_follows_mixed_acceptance(prob, safeguard):
+    """Two samples whose steps are accepted/rejected at different times (R A R A … and R A A A …):
+    history entry t is the residual of each sample's own x_t (the held ``A x`` of the accepted
+    iterate, not a stale one)."""
+    op, x, y, _ = prob
+    s = op.s()
+    x0 = torch.stack([_x(1, seed=5)[0], 3.0 * _x(1, seed=5)[0]])
+    yy = torch.stack([y[1], y[1]])
+    res = wirtinger_flow(op, yy, x0=x0, n_iter=6, mu_max=1.0, tau0=1e-9, tol=None, residual_tol=None,
+                         norm_sq=s, safeguard=safeguard)
+    its = ref_wf(op, yy, x0, 6, s=s, mu_max=1.0, tau0=1e-9, safeguard=safeguard, iterates=True)
+    assert torch.allclose(res.x, its[-1], **TOL)
+    want = torch.stack([ref_residual(op, yy, v) for v in its])
+    assert torch.allclose(res.history["residual"], want, **TOL)
+
+
+@pytest.mark.parametrize("name", ["wf", "af", "er", "hio"])
+def test_every_solver_honours_the_stopping_options(prob, name):
+    """From the truth the round-off floor (residual_tol "auto") stops at t = 1; residual_tol = 1
+    or tol = 1 stops any run there; with both off all iterations run."""
+    op, x, y, x0 = prob
+    r = solve(op, y, name, x0=x, n_iter=6, tol=None)
+    assert (r.n_iter, r.converged) == (2, True)
+    assert solve(op, y, name, x0=x0, n_iter=6, tol=None, residual_tol=1.0).n_iter == 2
+    assert solve(op, y, name, x0=x0, n_iter=6, tol=1.0, residual_tol=None).n_iter == 2
+    r = solve(op, y, name, x0=x, n_iter=6, tol=None, residual_tol=None)
+    assert (r.n_iter, r.converged) == (6, False)
