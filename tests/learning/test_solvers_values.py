@@ -1558,3 +1558,76 @@ def test_every_solver_honours_the_stopping_options(prob, name):
     assert solve(op, y, name, x0=x0, n_iter=6, tol=1.0, residual_tol=None).n_iter == 2
     r = solve(op, y, name, x0=x, n_iter=6, tol=None, residual_tol=None)
     assert (r.n_iter, r.converged) == (6, False)
+
+
+class Identity:
+    """``A x = x`` (one "mask", detector = object grid): ER from the truth of y = (1, 4) stays at
+    x = (1, 2) with residual exactly 0 in floating point."""
+    n_masks, in_shape, out_shape = 1, (1, 2), (1, 2)
+
+    def A(self, x):
+        return x.unsqueeze(-3)
+
+    def A_adjoint(self, z):
+        return z[..., 0, :, :]
+
+
+def test_stopping_rules_include_their_boundaries():
+    """``r ≤ residual_tol`` and ``|r_{t−1} − r_t| ≤ tol·r_{t−1}`` hold with equality at an exactly
+    zero residual: residual_tol = 0 or any tol stops at t = 1."""
+    y = torch.tensor([[[[1.0, 4.0]]]], dtype=torch.float64)
+    x = torch.tensor([[[1.0, 2.0]]], dtype=C128)
+    op = Identity()
+    r = error_reduction(op, y, x0=x, n_iter=5, tol=None, residual_tol=0.0)
+    assert float(r.history["residual"].abs().max()) == 0.0
+    assert (r.n_iter, r.converged) == (2, True)
+    r = error_reduction(op, y, x0=x, n_iter=5, tol=0.5, residual_tol=None)
+    assert (r.n_iter, r.converged) == (2, True)
+    # stopping needs residuals even without a history
+    r = error_reduction(op, y, x0=x, n_iter=5, tol=0.5, residual_tol=None, history=False)
+    assert (r.n_iter, r.converged, r.history) == (2, True, {})
+
+
+def test_progress_bar_updates_the_residual_every_25_iterations(prob, capsys):
+    op, x, y, x0 = prob
+    r = error_reduction(op, y, x0=x0, n_iter=27, tol=None, residual_tol=None, progress=True)
+    err = capsys.readouterr().err
+    h = r.history["residual"]
+    assert f"residual={float(h[25].max()):.3e}" in err
+    assert f"residual={float(h[26].max()):.3e}" not in err
+
+
+def test_non_square_grids(prob):
+    """4×6 objects and detectors (masks (3, 4, 6)) and an attribute-free 2×3 → (2, 3, 2) operator:
+    every axis is taken from the right place."""
+    masks = _masks(3, 6, seed=2)[:, :4, :]
+    op = MaskFFT(masks)
+    x = torch.randn(2, 4, 6, dtype=C128, generator=_gen(3))
+    y = op.A(x).abs() ** 2
+    P = _core._setup(op, y, None)
+    assert (P.in_shape, P.meas_shape, P.m, P.n) == ((4, 6), (3, 4, 6), 72, 24)
+    res = error_reduction(op, y, x0=x, n_iter=1, tol=None)
+    assert torch.allclose(res.x, ref_pm(op, y, x), **TOL)
+    with pytest.raises(SolverError, match=r"y has shape \(2, 3, 6, 4\) but this operator produces .*"
+                                          r"\(\.\.\., 3, 4, 6\)"):
+        error_reduction(op, y.transpose(-1, -2))
+    mat = torch.randn(12, 6, dtype=C128, generator=_gen(4))
+    d = Dense(mat, (2, 3, 2), (2, 3))
+    yd = d.A(torch.randn(1, 2, 3, dtype=C128, generator=_gen(5))).abs() ** 2
+    assert _core._check_y(d, yd)[1:] == ((2, 3), (2, 3, 2))
+    P = _core._setup(d, yd, None)
+    assert (P.m, P.n) == (12, 6)
+    with pytest.raises(SolverError, match=r"y has shape \(1, 2, 2, 3\) but the operator maps \(2, 3\) to "
+                                          r"\(2, 3, 2\): expected y of shape \(\.\.\., 2, 3, 2\)"):
+        error_reduction(d, yd.transpose(-1, -2))
+
+
+def test_operator_without_adjoint_is_refused(prob):
+    op, x, y, _ = prob
+
+    class OnlyForward:
+        def A(self, x):
+            return op.A(x)
+
+    with pytest.raises(SolverError, match=r"the operator OnlyForward lacks A\(x\)/A_adjoint\(z\)"):
+        error_reduction(OnlyForward(), y)
