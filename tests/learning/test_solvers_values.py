@@ -597,6 +597,7 @@ def test_progress_bar_shows_the_residual(prob, capsys):
     err = capsys.readouterr().err
     assert "error_reduction" in err
     assert "residual=" in err and f"{float(ref_residual(op, y, x0).max()):.3e}" in err
+    assert err.endswith("\r") and "100%" not in err  # leave=False: the bar is cleared at the end
     error_reduction(op, y, x0=x0, n_iter=1, tol=None)
     assert capsys.readouterr().err == ""
 
