@@ -1632,3 +1632,20 @@ def test_operator_without_adjoint_is_refused(prob):
 
     with pytest.raises(SolverError, match=r"the operator OnlyForward lacks A\(x\)/A_adjoint\(z\)"):
         error_reduction(OnlyForward(), y)
+
+
+def test_truncation_keeps_terms_at_the_threshold():
+    """TAF keeps ``|a_rᴴx| ≥ √y_r/(1+γ)`` including equality: on the identity operator with
+    x0 = (1, 1), y = (4, 4), γ = 1 both terms sit exactly on the threshold and are kept, so one
+    step with μ = 0.5 (s = 1) gives x0 − 0.5·(x0 − 2) = (1.5, 1.5)."""
+    y = torch.tensor([[[[4.0, 4.0]]]], dtype=torch.float64)
+    x0 = torch.tensor([[[1.0, 1.0]]], dtype=C128)
+    r = amplitude_flow(Identity(), y, x0=x0, n_iter=1, mu=0.5, gamma=1.0, weighting="truncated", tol=None)
+    assert torch.equal(r.x, torch.tensor([[[1.5, 1.5]]], dtype=C128))
+
+
+def test_flows_refuse_discrepancy_in_differentiable_mode(prob):
+    op, x, y, _ = prob
+    for fn in (wirtinger_flow, amplitude_flow, error_reduction):
+        with pytest.raises(SolverError, match="differentiable=True does not make"):
+            fn(op, y, stop="discrepancy", amplitude_noise_std=0.1, differentiable=True, n_iter=1)
