@@ -455,15 +455,15 @@ def test_spectral_init_is_the_top_eigenvector_scaled(dense, method):
 def test_spectral_weights_by_hand():
     """``t = y/mean(y)``; plain ``w = t``; truncated ``t·1{t ≤ α²}`` (t = α² kept); optimal
     ``(t − 1)/max(t + √δ − 1, 0.1)`` with δ = m/n."""
-    y = torch.tensor([[[[0.05, 0.5], [1.0, 2.45]]]], dtype=torch.float64)  # mean 1
+    y = torch.tensor([[[[0.0625, 0.6875], [1.0, 2.25]]]], dtype=torch.float64)  # mean exactly 1
     P = _core._Problem(op=None, y=y, batch=(1,), in_shape=(2, 2), meas_shape=(1, 2, 2),
                        cdtype=C128, m=4, n=4, s=1.0, sqrt_y=y.sqrt(), y_sum=y.sum((-3, -2, -1), keepdim=True))
     t = y / 1.0
-    assert torch.allclose(spectral._spectral_weights(P, "plain", 3.0), t, **TOL)
-    trunc = spectral._spectral_weights(P, "truncated", 0.5 ** 0.5)  # α² = 0.5 = one sample
-    assert torch.allclose(trunc, torch.tensor([[[[0.05, 0.5], [0.0, 0.0]]]], dtype=torch.float64), **TOL)
+    assert torch.equal(spectral._spectral_weights(P, "plain", 3.0), t)
+    trunc = spectral._spectral_weights(P, "truncated", 1.0)  # α² = 1 = t of one sample: kept
+    assert torch.equal(trunc, torch.tensor([[[[0.0625, 0.6875], [1.0, 0.0]]]], dtype=torch.float64))
     opt = spectral._spectral_weights(P, "optimal", 3.0)  # δ = 1: den = max(t, 0.1)
-    want = torch.tensor([[[[(0.05 - 1) / 0.1, (0.5 - 1) / 0.5], [0.0, 1.45 / 2.45]]]], dtype=torch.float64)
+    want = torch.tensor([[[[(0.0625 - 1) / 0.1, (0.6875 - 1) / 0.6875], [0.0, 1.25 / 2.25]]]], dtype=torch.float64)
     assert torch.allclose(opt, want, **TOL)
     P.m = 16  # δ = 4: den = t + 1
     assert torch.allclose(spectral._spectral_weights(P, "optimal", 3.0), (t * 4 - 1) / (t * 4 + 1), **TOL)
@@ -997,6 +997,19 @@ def test_tv_step_is_chambolle_prox_at_lambda(prob):
     res = tv(op, y, x0=x0, n_iter=1, real=True, weight=lam, amplitude_noise_std=9.0, norm_sq=s,
              tv_eps=1e-3, tv_max_iter=7)
     assert torch.allclose(res.x.real, want, **TOL)
+    # tv_eps reaches Chambolle's stopping test (here it stops before the 200-iteration cap)
+    want = torch.stack([torch.from_numpy(denoise_tv_chambolle(v[b].real.numpy(), weight=lam, eps=0.05))
+                        for b in range(2)])
+    res = tv(op, y, x0=x0, n_iter=1, real=True, weight=lam, tv_eps=0.05, amplitude_noise_std=0.1)
+    assert torch.allclose(res.x.real, want, **TOL)
+    # positivity and differentiability reach the loop
+    res = tv(op, y, x0=x0, n_iter=1, nonnegative=True, weight=lam, amplitude_noise_std=0.1)
+    want = torch.stack([torch.from_numpy(denoise_tv_chambolle(ref_pm(op, y, ref_project(x0, nonnegative=True))[b]
+                                                              .real.numpy(), weight=lam, eps=2e-4))
+                        for b in range(2)])
+    assert torch.allclose(res.x, ref_project(want.to(C128), nonnegative=True), **TOL)
+    with pytest.raises(SolverError, match="differentiable=True needs a differentiable denoiser; TVDenoiser"):
+        tv(op, y, differentiable=True)
     with pytest.raises(SolverError, match=r"weight \(λ\) must be a positive number in x's units, got 0"):
         tv(op, y, weight=0)
     with pytest.raises(SolverError, match="max_num_iter must be a positive int"):
