@@ -1662,3 +1662,12 @@ def test_flows_refuse_discrepancy_in_differentiable_mode(prob):
     for fn in (wirtinger_flow, amplitude_flow, error_reduction):
         with pytest.raises(SolverError, match="differentiable=True does not make"):
             fn(op, y, stop="discrepancy", amplitude_noise_std=0.1, differentiable=True, n_iter=1)
+
+
+def test_regularised_check_their_own_options_without_an_er_start(prob):
+    """With x0 given no ER start runs, so the loop's own check must catch bad counts."""
+    op, x, y, x0 = prob
+    for fn, kw in ((tv, {}), (pnp, {"denoiser": Shrink()})):
+        for k in ("cg_iter", "n_power_iter"):
+            with pytest.raises(SolverError, match=f"^{k} must be a non-negative int, got -1"):
+                fn(op, y, x0=x0, amplitude_noise_std=0.1, **{k: -1}, **kw)
