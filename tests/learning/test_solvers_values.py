@@ -1671,3 +1671,25 @@ def test_regularised_check_their_own_options_without_an_er_start(prob):
         for k in ("cg_iter", "n_power_iter"):
             with pytest.raises(SolverError, match=f"^{k} must be a non-negative int, got -1"):
                 fn(op, y, x0=x0, amplitude_noise_std=0.1, **{k: -1}, **kw)
+
+
+def test_regularised_er_start_runs_all_its_iterations_with_the_support(prob):
+    """The ER start never stops early (the default stagnation test would stop this inconsistent
+    problem at iteration 251 of 400, 4e-3 away), projects every ER iterate onto the support, and
+    ``init="random"`` gives ER's random start."""
+    op = MaskFFT(_masks(L=2, seed=4))
+    y = MaskFFT(_masks(L=2, seed=5)).A(_x(1, seed=6)).abs() ** 2
+    full = error_reduction(op, y, n_iter=400, tol=None, residual_tol=None, generator=2, history=False)
+    assert error_reduction(op, y, n_iter=400, residual_tol=None, generator=2).n_iter < 400
+    got = pnp(op, y, denoiser=Shrink(), n_init_iter=400, n_iter=0, generator=2, amplitude_noise_std=0.1)
+    assert torch.allclose(got.x, full.x, **TOL)
+    op, x, y, x0 = prob
+    sup = torch.ones(4, 4, dtype=torch.bool)
+    sup[:, 0] = False
+    start = error_reduction(op, y, n_iter=3, tol=None, residual_tol=None, generator=2, support=sup).x
+    res = tv(op, y, n_init_iter=3, n_iter=0, generator=2, support=sup, amplitude_noise_std=0.1)
+    assert torch.allclose(res.x, start, **TOL)
+    rnd = error_reduction(op, y, init="random", generator=7, n_iter=0).x
+    for fn, kw in ((tv, {}), (pnp, {"denoiser": Shrink()})):
+        res = fn(op, y, init="random", generator=7, n_iter=0, amplitude_noise_std=0.1, **kw)
+        assert torch.allclose(res.x, rnd, **TOL), fn
