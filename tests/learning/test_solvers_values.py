@@ -1693,3 +1693,50 @@ def test_regularised_er_start_runs_all_its_iterations_with_the_support(prob):
     for fn, kw in ((tv, {}), (pnp, {"denoiser": Shrink()})):
         res = fn(op, y, init="random", generator=7, n_iter=0, amplitude_noise_std=0.1, **kw)
         assert torch.allclose(res.x, rnd, **TOL), fn
+
+
+def test_regularised_hooks_graph_and_stopping(prob):
+    """TV/PnP enter ``op.frozen()`` once, build no graph unless differentiable, accept
+    residual_tol="auto" (from the truth: the round-off floor at t = 1) and refuse the
+    discrepancy stop in differentiable mode."""
+    op, x, y, x0 = prob
+
+    class Hooked(MaskFFT):
+        entered = 0
+
+        def frozen(self):
+            import contextlib
+            Hooked.entered += 1
+            return contextlib.nullcontext()
+
+    h = Hooked(op.masks, op.scale)
+    tv(h, y, x0=x0, n_iter=1, amplitude_noise_std=0.1)
+    pnp(h, y, x0=x0, n_iter=1, amplitude_noise_std=0.1, denoiser=Shrink())
+    assert Hooked.entered == 2
+    yl = y.clone().requires_grad_(True)
+    assert not pnp(op, yl, x0=x0, n_iter=1, amplitude_noise_std=0.1, denoiser=Shrink()).x.requires_grad
+    for fn, kw in ((tv, {}), (pnp, {"denoiser": Shrink()})):
+        r = fn(op, y, x0=x, n_iter=5, residual_tol="auto", amplitude_noise_std=0.0, **kw)
+        assert (r.n_iter, r.converged) == (2, True), fn
+    with pytest.raises(SolverError, match="differentiable=True does not make"):
+        pnp(op, y, x0=x0, denoiser=Shrink(), differentiable=True, stop="discrepancy", amplitude_noise_std=0.1)
+
+
+def test_estimate_norm_sq_passes_the_probe_count():
+    """Hutchinson with ``n_probes`` probes (default 4), as optics.operator.estimate_norm_sq: for a
+    non-diagonal AᴴA the count changes the estimate."""
+    from optics.operator import estimate_norm_sq as ref
+    mat = torch.randn(12, 4, dtype=C128, generator=_gen(13))
+    d = Dense(mat, (3, 2, 2), (2, 2))
+    e4 = ref(d, (2, 2), dtype=C128, n_probes=4)
+    assert e4 != ref(d, (2, 2), dtype=C128, n_probes=5)
+    assert _core.estimate_norm_sq(d, (2, 2), dtype=C128) == e4
+    assert _core.estimate_norm_sq(d, (2, 2), dtype=C128, n_probes=7) == ref(d, (2, 2), dtype=C128, n_probes=7)
+
+
+def test_x0_nan_message(prob):
+    op, x, y, _ = prob
+    bad = x.clone()
+    bad[1, 2, 2] = float("inf")
+    with pytest.raises(SolverError, match=r"^x0 contains NaN/inf; pass a finite starting point or x0=None$"):
+        error_reduction(op, y, x0=bad)
