@@ -1740,3 +1740,72 @@ def test_x0_nan_message(prob):
     bad[1, 2, 2] = float("inf")
     with pytest.raises(SolverError, match=r"^x0 contains NaN/inf; pass a finite starting point or x0=None$"):
         error_reduction(op, y, x0=bad)
+
+
+def test_discrepancy_rule_details(prob):
+    """The discrepancy stop needs residuals even without a history; ``r ≤ target`` includes
+    equality (exact zero residual with σ_b = 0, at t = 0 and at a later t); a sample that is done
+    counts as converged while the others meet residual_tol."""
+    y1 = torch.tensor([[[[1.0, 4.0]]]], dtype=torch.float64)
+    op1 = Identity()
+    exact = torch.tensor([[[1.0, 2.0]]], dtype=C128)
+    r = error_reduction(op1, y1, x0=exact, n_iter=5, tol=None, residual_tol=None, stop="discrepancy",
+                        amplitude_noise_std=0.0)
+    assert (r.n_iter, r.converged) == (1, True)
+    # from (3, 5): x_1 = √y ⊙ sgn(x_0) = (1, 2) exactly, residual 0 = target at t = 1
+    r = error_reduction(op1, y1, x0=torch.tensor([[[3.0, 5.0]]], dtype=C128), n_iter=5, tol=None,
+                        residual_tol=None, stop="discrepancy", amplitude_noise_std=0.0)
+    assert (r.n_iter, r.converged) == (2, True) and torch.equal(r.x, exact)
+    op, x, y, x0 = prob
+    r = error_reduction(op, y, x0=x0, n_iter=5, tol=None, residual_tol=None, stop="discrepancy",
+                        amplitude_noise_std=1e3, history=False)
+    assert (r.n_iter, r.converged, r.history) == (1, True, {})
+    # sample 0 done at t = 0 (huge σ_b; its residual ≈ 0.3 stays above residual_tol), sample 1
+    # next to the truth below residual_tol = 1e-3 but never below its tiny target: converged at t = 1
+    both = torch.stack([x0[0], x[1] + 1e-6 * _x(1, seed=8)[0]])
+    r = error_reduction(op, y, x0=both, n_iter=6, tol=None, residual_tol=1e-3, stop="discrepancy",
+                        amplitude_noise_std=torch.tensor([1e3, 1e-300], dtype=torch.float64))
+    assert float(r.history["residual"][-1, 0]) > 1e-3
+    assert (r.n_iter, r.converged) == (2, True)
+
+
+def test_history_relative_error_has_the_residual_dtype(prob):
+    """float32 data with a float64 x_true: the relative-error history is float32 like the
+    residuals (one history dtype)."""
+    op, x, y, x0 = prob
+    r = error_reduction(op, y.float(), x0=x0.to(torch.complex64), n_iter=2, tol=None, x_true=x)
+    assert r.history["relative_error"].dtype == r.history["residual"].dtype == torch.float32
+
+
+def test_differentiable_measurement_projection_matches_the_formula(prob):
+    """The autograd branch of the measurement projection gives the same step as the in-place one."""
+    op, x, y, x0 = prob
+    yl = y.clone().requires_grad_(True)
+    for diff in (True, False):
+        r = error_reduction(op, yl, x0=x0, n_iter=1, differentiable=diff)
+        assert torch.allclose(r.x.detach(), ref_pm(op, y, x0), **TOL), diff
+    r = hio(op, yl, x0=x0, n_iter=1, differentiable=True)
+    x1 = ref_hio_update(x0, ref_pm(op, y, x0), 0.9, torch.ones(4, 4, dtype=torch.bool), False, False)
+    assert torch.allclose(r.x.detach(), ref_pm(op, y, x1), **TOL)
+
+
+def test_random_start_with_cg_pseudo_inverse(prob):
+    """The random start's back-projection with ``pinv="cg"``: ``cg_iter`` CG steps from zero in
+    the working (complex128) precision."""
+    from optics.operator import cg
+    op, x, y, _ = prob
+    th = torch.rand((2, 3, 4, 4), dtype=torch.float64, generator=_gen(7))
+    b = op.A_adjoint(y.sqrt() * torch.polar(torch.ones_like(th), 2 * math.pi * th))
+    want = cg(lambda v: op.diag() * v, b, torch.zeros_like(b), 3)
+    r = error_reduction(op, y, init="random", generator=7, n_iter=0, pinv="cg", cg_iter=3)
+    assert torch.allclose(r.x, want, **TOL)
+
+
+def test_more_messages(prob):
+    op, x, y, _ = prob
+    with pytest.raises(SolverError, match=r"^support is empty \(all False\); pass the object's support region$"):
+        error_reduction(op, y, support=torch.zeros(4, 4, dtype=torch.bool))
+    wide = MaskFFT(_masks(3, 6, seed=2)[:, :4, :])
+    yw = wide.A(torch.randn(1, 4, 6, dtype=C128, generator=_gen(3))).abs() ** 2
+    with pytest.raises(SolverError, match=r"^x_true must be a tensor of shape \(\.\.\., 4, 6\); got \(1, 6, 4\)$"):
+        error_reduction(wide, yw, x_true=torch.zeros(1, 6, 4, dtype=C128))
