@@ -1809,3 +1809,63 @@ def test_more_messages(prob):
     yw = wide.A(torch.randn(1, 4, 6, dtype=C128, generator=_gen(3))).abs() ** 2
     with pytest.raises(SolverError, match=r"^x_true must be a tensor of shape \(\.\.\., 4, 6\); got \(1, 6, 4\)$"):
         error_reduction(wide, yw, x_true=torch.zeros(1, 6, 4, dtype=C128))
+
+
+class Recording(Dense):
+    """Dense operator that records every all-zero input (the shape probes) with its dtype/shape."""
+
+    def __init__(self, *a, attrs=None):
+        super().__init__(*a)
+        self.probes = []
+        for k, v in (attrs or {}).items():
+            setattr(self, k, v)
+
+    def A(self, x):
+        if not bool(x.abs().any()):
+            self.probes.append(("A", x.dtype, tuple(x.shape)))
+        return super().A(x)
+
+    def A_adjoint(self, z):
+        if not bool(z.abs().any()):
+            self.probes.append(("AH", z.dtype, tuple(z.shape)))
+        return super().A_adjoint(z)
+
+
+def test_shape_probes():
+    """Declared shapes (tuples or torch.Size) are used as they are; missing ones are probed once
+    with a zero measurement stack (L, Mh, Mw) / object (H, W) of the working complex dtype;
+    unbatched y is fine; a partially declared operator is still checked against y."""
+    mat = torch.randn(12, 6, dtype=C128, generator=_gen(4))
+    yd = Dense(mat, (2, 3, 2), (2, 3)).A(torch.randn(2, 2, 3, dtype=C128, generator=_gen(5))).abs() ** 2
+    full = Recording(mat, (2, 3, 2), (2, 3), attrs=dict(n_masks=2, in_shape=torch.Size([2, 3]),
+                                                        out_shape=torch.Size([3, 2])))
+    assert _core._check_y(full, yd)[1:] == ((2, 3), (2, 3, 2)) and full.probes == []
+    with pytest.raises(SolverError, match=r"this operator produces \(\.\.\., L, Mh, Mw\) = \(\.\.\., 2, 3, 2\)"):
+        _core._check_y(full, yd[..., :1])
+    bare = Recording(mat, (2, 3, 2), (2, 3))
+    assert _core._check_y(bare, yd)[1:] == ((2, 3), (2, 3, 2))
+    assert bare.probes == [("AH", C128, (2, 3, 2)), ("A", C128, (2, 3))]
+    bare.probes.clear()
+    assert _core._check_y(bare, yd[0])[1:] == ((2, 3), (2, 3, 2))  # no batch axis
+    assert _core._check_y(bare, yd.float())[1:] == ((2, 3), (2, 3, 2))
+    assert [p[1] for p in bare.probes] == [C128, C128, torch.complex64, torch.complex64]
+    part = Recording(mat, (2, 3, 2), (2, 3), attrs=dict(n_masks=2))
+    assert _core._check_y(part, yd)[1:] == ((2, 3), (2, 3, 2))
+    with pytest.raises(SolverError, match=r"but the operator maps \(2, 3\) to \(2, 3, 2\)"):
+        _core._check_y(part, torch.ones(1, 2, 2, 3, dtype=torch.float64))
+    part = Recording(mat, (2, 3, 2), (2, 3), attrs=dict(out_shape=(3, 2), in_shape=(2, 3)))
+    _core._check_y(part, yd)
+    assert part.probes == [("A", C128, (2, 3))]
+
+
+def test_check_y_and_discrepancy_messages_in_full(prob):
+    op, x, y, _ = prob
+    with pytest.raises(SolverError, match=r"^y must be real intensities \|A x\|², got a complex tensor; pass the "
+                                          r"measured intensities \(e\.g\. op\.intensity\(x\)\), not the fields$"):
+        error_reduction(op, y.to(C128))
+    with pytest.raises(SolverError, match=r"^y is all zero in at least one sample; there is nothing to recover — "
+                                          r"check the exposure or drop empty frames$"):
+        error_reduction(op, torch.zeros_like(y))
+    with pytest.raises(SolverError, match=r"^stop='discrepancy' needs the noise level: pass amplitude_noise_std= "
+                                          r"\(the std of √y − \|Ax\|; ≈ α/510 for prDeep's α-noise\)$"):
+        error_reduction(op, y, stop="discrepancy")
