@@ -273,9 +273,13 @@ def _prepare_constraint(prob: _Problem, support) -> Optional[Tensor]:
     return support
 
 
+#: the options that count iterations (checked as non-negative ints, not as numbers)
+_COUNT_OPTIONS = ("n_iter", "n_init_iter", "n_power_iter", "cg_iter")
+
+
 def _check_options(**kw):
     for k, v in kw.items():
-        if k in ("n_iter",):
+        if k in _COUNT_OPTIONS:
             if not isinstance(v, int) or v < 0:
                 raise SolverError(f"{k} must be a non-negative int, got {v!r}")
         elif v is not None and not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v)):
