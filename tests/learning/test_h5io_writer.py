@@ -522,8 +522,10 @@ def test_salvage_of_an_unreadable_tmp_starts_afresh(tmp_path, caplog):
     temporary_name(p).write_bytes(b"\0" * 100)
     with caplog.at_level(logging.WARNING, logger="learning.h5io.writer"):
         w = writer(p, n=6, resume=True)
-    assert f"{temporary_name(p)} cannot be opened after the interruption" in caplog.text
-    assert "starting it afresh (its content is determined by the inputs)" in caplog.text
+    [msg] = [r.getMessage() for r in caplog.records]
+    assert msg.startswith(f"{temporary_name(p)} cannot be opened after the interruption (")
+    assert "file signature not found" in msg  # h5py's reason, in the parentheses
+    assert msg.endswith("); starting it afresh (its content is determined by the inputs)")
     assert w.n_written == 0 and not temporary_name(p).exists() and not journal_path(p).exists()
     w.close()
     q = tmp_path / "Q.h5"
@@ -534,8 +536,9 @@ def test_salvage_of_an_unreadable_tmp_starts_afresh(tmp_path, caplog):
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="learning.h5io.writer"):
         w = writer(q, n=6, resume=True)
-    assert f"{temporary_name(q)} is damaged beyond its header (" in caplog.text
-    assert "); starting it afresh" in caplog.text
+    [msg] = [r.getMessage() for r in caplog.records]
+    assert msg.startswith(f"{temporary_name(q)} is damaged beyond its header (")
+    assert msg.endswith("); starting it afresh") and "(None)" not in msg  # the reason in the parentheses
     assert w.n_written == 0 and not temporary_name(q).exists() and not journal_path(q).exists()
     w.close()
 
@@ -583,3 +586,114 @@ def test_kill_hook_parses_and_fires_at_the_exact_event(tmp_path, monkeypatch):
     w.append(objs(2), meas(2))
     assert sent == [(_os.getpid(), signal.SIGKILL)]
     w.close()
+
+
+# -- salvage edge cases ------------------------------------------------------------------------------------
+def _killed_with_batches(p, n, sizes, **kw):
+    """Append batches of ``sizes``, close, then drop the closing record (a hard kill's journal);
+    returns the journal's records."""
+    w = writer(p, n=n, **kw)
+    k = 0
+    for b in sizes:
+        w.append(objs(b, k), meas(b, k))
+        k += b
+    w.close()
+    recs = journal(p)
+    assert recs[-1] == {"closed": k}
+    return recs[:-1]
+
+
+def _set_journal(p, recs):
+    journal_path(p).write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def test_salvage_rewrites_the_journal_and_stops_at_a_gap(tmp_path):
+    p = tmp_path / "D.h5"
+    recs = _killed_with_batches(p, 8, (2, 2, 2))  # open, [0, 2], [2, 4], [4, 6]
+    _set_journal(p, recs)
+    w = writer(p, n=8, resume=True)
+    assert w.n_written == 6
+    assert journal(p) == [recs[1], recs[2], recs[3], {"closed": 6}, {"open": 6}]
+    w.close()
+    q = tmp_path / "Q.h5"
+    recs = _killed_with_batches(q, 8, (2, 2, 2))
+    _set_journal(q, [recs[0], recs[1], recs[3]])  # [2, 4] lost: [4, 6] (checksums fine) must not follow [0, 2]
+    w = writer(q, n=8, resume=True)
+    assert w.n_written == 2 and w.next_index == 2
+    w.close()
+    r = tmp_path / "R.h5"
+    recs = _killed_with_batches(r, 8, (2, 2))
+    empty = {"batch": [2, 2], "crc32": [zlib.crc32(b""), zlib.crc32(b"")]}  # an empty batch is no batch
+    _set_journal(r, [recs[0], recs[1], empty, recs[2]])
+    w = writer(r, n=8, resume=True)
+    assert w.n_written == 2
+    w.close()
+
+
+def test_salvage_of_a_file_killed_after_its_last_batch(tmp_path):
+    p = tmp_path / "D.h5"
+    w = writer(p, n=4, write_behind=False)
+    w.append(objs(2), meas(2))
+    w.append(objs(2, 2), meas(2, 2))
+    w._f.close()  # the process dies here: every sample journaled, the file neither closed nor renamed
+    w._f = None
+    assert w.close() == temporary_name(p) and "closed" not in journal(p)[-1]
+    w = writer(p, n=4, resume=True)
+    assert (w.n_written, w.done) == (4, True)
+    assert w.close() == p
+    with h5py.File(p, "r") as f:
+        np.testing.assert_array_equal(f["measurements"][...], meas(4).numpy())
+        assert f.attrs["complete"]
+
+
+def test_salvage_stops_at_a_chunk_that_cannot_be_read(tmp_path):
+    p = tmp_path / "D.h5"
+    _set_journal(p, _killed_with_batches(p, 6, (2, 2)))
+    with h5py.File(temporary_name(p), "r") as f:
+        info = f["measurements"].id.get_chunk_info_by_coord((2, 0, 0, 0))
+    with open(temporary_name(p), "r+b") as fh:  # garble sample 2's compressed measurement chunk
+        fh.seek(info.byte_offset)
+        fh.write(b"\xff" * info.size)
+    w = writer(p, n=6, resume=True)
+    assert w.n_written == 2 and journal(p)[-2:] == [{"closed": 2}, {"open": 2}]
+    w.append(objs(4, 2), meas(4, 2))
+    assert w.close() == p
+    with h5py.File(p, "r") as f:
+        np.testing.assert_array_equal(f["measurements"][...], meas(6).numpy())
+
+
+def test_salvaged_file_is_checked_against_the_new_inputs(tmp_path):
+    p = tmp_path / "D.h5"
+    _set_journal(p, _killed_with_batches(p, 4, (2,)))
+    with pytest.raises(ResumeMismatchError, match=r"seed: 3 \(the file\) vs 4 \(now\)"):
+        writer(p, n=4, resume=True, seed=4)
+
+
+def test_salvage_without_durable_does_not_fsync(tmp_path, monkeypatch):
+    import os as _os
+    p = tmp_path / "D.h5"
+    _set_journal(p, _killed_with_batches(p, 4, (2,)))
+    calls = []
+    monkeypatch.setattr(_os, "fsync", lambda fd: calls.append(fd))
+    writer(p, n=4, resume=True, durable=False).close()
+    assert calls == []
+
+
+def test_kill_hook_fires_during_the_salvage(tmp_path, monkeypatch):
+    import os as _os
+    import signal
+    p = tmp_path / "D.h5"
+    _set_journal(p, _killed_with_batches(p, 6, (2, 2)))
+    sent = []
+    monkeypatch.setattr(_os, "kill", lambda pid, sig: sent.append(sig))
+    monkeypatch.setenv(KILL_ENV, "salvage:2")
+    w = writer(p, n=6, resume=True)
+    assert sent == [signal.SIGKILL] and w.n_written == 4  # after the second salvaged batch
+    w.close()
+
+
+def test_object_tensors_that_require_grad_are_accepted():
+    x = objs(1)[0].clone().requires_grad_(True)
+    got = object_at([x], 0, (H, W))
+    assert not got.requires_grad
+    np.testing.assert_array_equal(got.numpy(), objs(1)[0].numpy())
