@@ -697,3 +697,22 @@ def test_object_tensors_that_require_grad_are_accepted():
     got = object_at([x], 0, (H, W))
     assert not got.requires_grad
     np.testing.assert_array_equal(got.numpy(), objs(1)[0].numpy())
+
+
+def test_resume_object_checks_at_zero_one_and_a_reshaped_last_object(tmp_path):
+    p = tmp_path / "D.h5"
+    recs = _killed_with_batches(p, 6, (2,))
+    recs[1]["crc32"][0] ^= 1  # nothing salvageable: the resumed file holds 0 samples
+    _set_journal(p, recs)
+    w = writer(p, n=6, resume=True, objects=objs(6))  # nothing to compare yet: accepted
+    assert w.n_written == 0
+    w.close()
+    q = tmp_path / "Q.h5"
+    _interrupted(q, n=4, k=1)
+    with pytest.raises(ResumeMismatchError, match="object 0 differs"):  # one sample: it is compared
+        writer(q, n=4, resume=True, objects=objs(4, 1))
+    r = tmp_path / "R.h5"
+    _interrupted(r, n=4, k=2)
+    seq = [objs(1)[0], torch.ones(H, W + 1, dtype=torch.complex64)]  # object 1 reshaped
+    with pytest.raises(LearningError, match=r"object 1 has shape \(3, 5\); expected \(3, 4\) like object 0"):
+        writer(r, n=4, resume=True, objects=seq)
