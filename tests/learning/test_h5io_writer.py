@@ -212,6 +212,7 @@ def test_bad_shards_refused(tmp_path, shard, needle):
     (dict(compression="bz"), "compression 'bz' is not one of"),
 ])
 def test_bad_arguments_refused_naming_them(tmp_path, kw, needle):
+    kw = dict(kw)  # the parameter dict is shared between runs of the test
     n = kw.pop("n", 5)
     with pytest.raises(LearningError) as exc:
         writer(tmp_path / "D.h5", n=n, **kw)
@@ -369,6 +370,7 @@ def _interrupted(p, n=4, k=2, **kw):
 def test_resume_refuses_other_inputs_naming_the_difference(tmp_path, kw, needle):
     p = tmp_path / "D.h5"
     _interrupted(p)
+    kw = dict(kw)  # the parameter dict is shared between runs of the test
     n = kw.pop("n", 4)
     with pytest.raises(ResumeMismatchError) as exc:
         writer(p, n=n, resume=True, **kw)
