@@ -718,3 +718,18 @@ def test_resume_object_checks_at_zero_one_and_a_reshaped_last_object(tmp_path):
     seq = [objs(1)[0], torch.ones(H, W + 1, dtype=torch.complex64)]  # object 1 reshaped
     with pytest.raises(LearningError, match=r"object 1 has shape \(3, 5\); expected \(3, 4\) like object 0"):
         writer(r, n=4, resume=True, objects=seq)
+
+
+def test_durable_salvage_flushes_the_recovered_file_and_its_folder(tmp_path, monkeypatch):
+    import os as _os
+    p = tmp_path / "D.h5"
+    _set_journal(p, _killed_with_batches(p, 4, (2,)))
+    synced = []
+    real = _os.fsync
+
+    def spy(fd):
+        synced.append(_os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+    monkeypatch.setattr(_os, "fsync", spy)
+    writer(p, n=4, resume=True, durable=True).close()
+    assert str(tmp_path / "D.h5.tmp.salvage") in synced and str(tmp_path) in synced
