@@ -185,3 +185,17 @@ def test_read_layer_rasters_refuses_a_damaged_file_naming_it(tmp_path):
         read_layer_rasters(bad, (2, 2), cell_um=1.0, layers=[1])
     msg = str(exc.value)
     assert str(bad) in msg and "cannot be read as GDSII" in msg and "export it again" in msg
+
+
+def test_gdstk_polygons_rasterise_back_to_their_raster():
+    # gdstk.Polygon objects (not point arrays), unit cells: vertical edges of length exactly 1
+    m = np.zeros((6, 7), bool)
+    m[0, 0] = True            # a single corner cell
+    m[1:6, 1:6] = True
+    m[2:5, 2:5] = False       # a hole …
+    m[3, 3] = True            # … with an island
+    m[5, 6] = True            # touching the ring only diagonally
+    polys = raster_polygons(m, cell_um=1.0, layer=1)
+    assert all(isinstance(p, gdstk.Polygon) for p in polys)
+    np.testing.assert_array_equal(rasterize_polygons(polys, m.shape, cell_um=1.0), m)
+    assert sum(p.area() for p in polys) == pytest.approx(m.sum(), rel=1e-12)
