@@ -18,6 +18,17 @@ from fabrication.errors import FabricationError
 from fabrication.gds import read_layer_rasters
 from optics import materials
 
+# export_doe traces GDS layers under a tqdm bar (disabled unless asked), and every tqdm takes
+# tqdm's class lock — by default a multiprocessing lock shared with forked children — and starts a
+# monitor thread. A process that forks test runs (mutmut does, one per mutant) must not hand that
+# lock to children that may be killed while holding it: a thread lock and no monitor thread here.
+import threading  # noqa: E402
+
+from tqdm import std as _tqdm_std  # noqa: E402
+
+_tqdm_std.tqdm.set_lock(threading.RLock())
+_tqdm_std.tqdm.monitor_interval = 0
+
 TWO_PI = 2 * math.pi
 LAM = 633e-9
 N_FS = float(materials.get_material("fused_silica").n(LAM))  # Malitson: 1.4570 at 633 nm
