@@ -257,6 +257,9 @@ def test_export_levels_reads_back_through_every_file(tmp_path, capsys):
         "max_points": 8190, "layers": layers, "naive_rectangles": 15, "sha256": _sha(out / "relief.gds")}
     table = np.genfromtxt(out / "relief_levels.csv", delimiter=",", names=True)
     assert table.dtype.names == ("level", "layer", "phase_rad", "height_um", "etch_depth_um")
+    np.testing.assert_array_equal(table["level"], [0, 1, 2, 3])
+    np.testing.assert_array_equal(table["layer"], [1, 2, 3, 4])
+    assert res.out_dir == out
     np.testing.assert_allclose(table["height_um"], np.arange(4) * h2pi / 4 * 1e6, rtol=1e-8)
     assert side["files"]["levels_csv"] == {"path": "relief_levels.csv"}
 
@@ -303,6 +306,11 @@ def test_continuous_relief_in_a_medium_and_the_sidecar(tmp_path):
     assert side["material"]["n"] == pytest.approx(N_FS, rel=1e-12) and side["material"]["n_medium"] == 1.33
     assert list(side["material"]["wavelength_range_m"]) == [2.1e-07, 3.71e-06]
     assert set(side["files"]) == {"tiff"}
+    res = export_doe(PhaseDesign(np.array([[1.0, 2.0]]), PITCH, LAM), tmp_path / "m",
+                     options=DOEOptions(gds=False, material="1.5"))
+    h2pi_um = LAM / 0.5 * 1e6
+    assert res.sidecar["height"]["min_um"] == pytest.approx(h2pi_um / TWO_PI, rel=1e-12)
+    assert res.sidecar["height"]["max_um"] == pytest.approx(2 * h2pi_um / TWO_PI, rel=1e-12)
 
 
 def test_export_etch_mode_mask_table_and_layers(tmp_path):
@@ -500,7 +508,23 @@ def test_gds_polygons_keep_up_to_max_points_vertices(tmp_path):
     res = export_doe(d, tmp_path / "whole", options=DOEOptions(levels=2, tiff=False))
     [comb] = [p for p in gdstk.read_gds(res.files["gds"]).top_level()[0].polygons if p.layer == 2]
     assert len(comb.points) == 402 and res.sidecar["files"]["gds"]["max_points"] == 8190
+    assert res.sidecar["drc"]["fractured_polygons"] == 0
     res = export_doe(d, tmp_path / "split", options=DOEOptions(levels=2, tiff=False, drc=DRCRules(max_vertices=64)))
+    assert res.sidecar["drc"]["fractured_polygons"] == 2  # the DRC saw the polygons: both layers are combs
     parts = [p for p in gdstk.read_gds(res.files["gds"]).top_level()[0].polygons if p.layer == 2]
     assert len(parts) > 1 and max(len(p.points) for p in parts) <= 64
     assert sum(p.area() for p in parts) == pytest.approx(m.sum() * 4.0, rel=1e-12)
+
+
+def test_height_rules_and_waivers(tmp_path):
+    from fabrication.errors import DRCError
+    h2pi = LAM / 0.5  # levels of 0.3165 µm; the top level is 0.9495 µm high
+    rules = DRCRules(max_height_m=0.9e-6)
+    with pytest.raises(DRCError) as exc:
+        export_doe(_design(), tmp_path / "h", options=DOEOptions(material="1.5", levels=4, gds=False, drc=rules))
+    [v] = exc.value.report.violations
+    assert (v.rule, v.count) == ("max_height", 1)  # the top level's one connected region
+    assert v.worst == pytest.approx(3 * h2pi / 4 * 1e6, rel=1e-12)
+    res = export_doe(_design(), tmp_path / "h", options=DOEOptions(material="1.5", levels=4, gds=False, drc=rules,
+                                                                  waive=("max_height",)))
+    assert res.sidecar["drc"]["waived"] == ["max_height"] and res.sidecar["drc"]["fatal"] == []
