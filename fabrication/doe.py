@@ -121,7 +121,7 @@ def read_dose_curve(path):
     g, h = g[o], h[o]
     dh = np.diff(h)
     if not (np.all(dh > 0) or np.all(dh < 0)) or np.any(np.diff(g) == 0):
-        i = int(np.flatnonzero(~(dh * np.sign(dh[0]) > 0) | (np.diff(g) == 0))[0]) + 1 if dh.size else 0
+        i = int(np.flatnonzero(~(dh * np.sign(dh[0]) > 0) | (np.diff(g) == 0))[0]) + 1  # (g.size ≥ 2: dh is not empty)
         raise FabricationError(f"{p}: the contrast curve must be strictly monotone in gray (one height per gray), "
                                f"row with gray {g[i]:g} breaks it; smooth or re-measure the curve")
     return g, h
@@ -270,11 +270,12 @@ def export_doe(design: PhaseDesign, out_dir, *, options: Optional[DOEOptions] = 
             layers[str(layer)] = {"polygons": len(polys), "vertices": int(sum(len(p.points) for p in polys)),
                                   "cells": int(rasters[layer].sum())}
         steps = cell_m / opt.precision_m
+        grid_exact = bool(abs(steps - round(steps)) <= 1e-6 * steps)
         files["gds"] = {"path": FILES["gds"], "mode": opt.gds_mode, "cell": "DOE", "user_unit_m": 1e-6,
                         "database_unit_m": opt.precision_m, "cell_size_um": cell_um, "layer0": opt.layer0,
-                        "grid_exact": bool(abs(steps - round(steps)) <= 1e-6 * steps),
+                        "grid_exact": grid_exact,
                         "grid_note": ("the cell size is a whole number of database units: every vertex is exact"
-                                      if abs(steps - round(steps)) <= 1e-6 * steps else
+                                      if grid_exact else
                                       "the cell size is not a whole number of database units: vertices are rounded "
                                       "to the database unit (choose a finer --db-unit-m)"),
                         "origin": "bottom-left corner of the design, y up, array row 0 at the top",

@@ -50,6 +50,9 @@ def trace_loops(mask: np.ndarray) -> List[np.ndarray]:
     the next edge is the left turn if there is one, else straight on, else the right turn; at a
     point where two inside cells touch only diagonally this keeps them apart (4-connectivity), so
     each 4-connected component has exactly one counter-clockwise loop. Only corners are kept.
+    Every loop starts with the bottom side of an inside cell, run +x (the loop's first such side
+    in the raster's row-major order), so the cell above its first corner ``(x, y)`` — row
+    ``h − 1 − y``, column ``x`` — is inside and belongs to the loop's component.
     """
     m = np.asarray(mask, dtype=bool)
     h, w = m.shape
@@ -136,17 +139,10 @@ def raster_polygons(mask: np.ndarray, *, cell_um: float, layer: int, datatype: i
     labels, _ = ndimage.label(m)
     groups: Dict[int, list] = {}
     for lp in loops:
-        (x0, y0), (x1, y1) = lp[0], lp[1]
-        # the cell on the left of the loop's first edge identifies its component
-        if x1 > x0:
-            r, c = h - 1 - y0, x0
-        elif x1 < x0:
-            r, c = h - y0, x0 - 1
-        elif y1 > y0:
-            r, c = h - 1 - y0, x0 - 1
-        else:
-            r, c = h - y0, x0
-        groups.setdefault(int(labels[r, c]), []).append(lp)
+        # every loop starts with the bottom side of an inside cell, run +x (trace_loops): that
+        # cell, above the loop's first corner, identifies the loop's component
+        x0, y0 = lp[0]
+        groups.setdefault(int(labels[h - 1 - y0, x0]), []).append(lp)
     out = []
     for lps in groups.values():
         if len(lps) == 1:
@@ -161,7 +157,7 @@ def raster_polygons(mask: np.ndarray, *, cell_um: float, layer: int, datatype: i
 
 def etch_masks(level_map: np.ndarray, levels: int) -> List[np.ndarray]:
     """The ``k`` binary etch masks (open = True) of a ``2^k``-level map (module docstring)."""
-    k = int(round(np.log2(levels)))
+    k = int(round(np.log2(levels))) if levels >= 2 else 0  # (log2 of 0 or a negative count is no integer)
     if levels < 2 or 2 ** k != levels:
         raise FabricationError(f"binary etch masks need a power-of-two level count (2, 4, 8, 16 …), got {levels}; "
                                f"use --levels {2 ** max(1, int(np.ceil(np.log2(max(levels, 2)))))} or --gds-mode levels")
