@@ -338,8 +338,19 @@ def _mutation_latest(runs: list[Path]) -> str:
         d = json.loads(p.read_text())
         for mod, m in d.get("modules", {}).items():
             latest[mod] = (p, m.get("counts", {}))
+    from fnmatch import fnmatch
+
+    keys = _mutation_modules()
+    for key in [k for k in keys if "*" in k]:       # a glob (learning/solvers/*.py): its files summed
+        files = [m for m in latest if m != key and fnmatch(m, key)]
+        if files:
+            names = ("mutants", "killed", "survived", "equivalent", "not run")
+            latest[key] = (max(latest[m][0] for m in files),
+                           {n: sum(latest[m][1].get(n, 0) for m in files) for n in names})
+            for m in files:
+                del latest[m]
     body = []
-    for mod in _mutation_modules() + sorted(set(latest) - set(_mutation_modules())):
+    for mod in keys + sorted(set(latest) - set(keys)):
         if mod not in latest:
             body.append([f"`{mod}`", "not run yet", "", "", "", "", "", "", ""])
             continue
