@@ -11,6 +11,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import torch._dynamo  # noqa: F401  (see below)
 
 import calibration.fit as fitmod
 from calibration.errors import FitError
@@ -19,6 +20,8 @@ from calibration.fit import (PARAMS, UNITS, FitResult, Geometry, NearFieldModel,
                              geometry_for, jackknife, refined_lut, with_model_error)
 from calibration.lut import LUTResult, _bernstein, _phi_from_theta, grating_harmonic_model
 
+# torch.optim's first step imports torch._dynamo (≈ 3 s); importing it with the module lets forked
+# runs (mutation testing) share it instead of paying it per run.
 F64 = torch.float64
 LAM, SLM_P, CAM_P = 633e-9, 8e-6, 5.5e-6
 
