@@ -280,7 +280,10 @@ def _independent_uncertainty(res, g, h, s, *, grating=None, sig_free=False):
     cov = torch.linalg.pinv(J.T @ J) * max(chi2, 1.0)
     Jphi = torch.autograd.functional.jacobian(lambda pp: _phi_from_theta(pp[:deg], Ball), p)
     std = torch.sqrt(torch.einsum("ip,pq,iq->i", Jphi, cov, Jphi).clamp_min(0)).numpy()
-    return chi2, std, cov, p
+    # stationarity of the weighted least squares: max |Jᵀr| relative to max_k |J_k|·|r| (a parameter
+    # saturated in its sigmoid/softmax has a vanishing column and gradient; it is not counted apart)
+    stat = float((J.T @ r).abs().max() / (J.norm(dim=0).max() * r.norm()))
+    return chi2, std, cov, p, stat
 
 
 def test_plain_fit_values_uncertainty_and_outputs():
@@ -288,9 +291,9 @@ def test_plain_fit_values_uncertainty_and_outputs():
     documented covariance computed here (rel 1e-6); the table is the Bernstein curve of θ plus
     the 1e-9 rad/level tie-breaker; inputs are kept as float64."""
     g, h, s = _plain_data(n=14, noise=0.003, seed=4)
-    s = s.copy()
-    s[5] = 0.0                                              # a zero σ: floored at 1e-6·max(h)
+    s = (s / 2).astype(np.float32)                          # stated σ half the noise: χ² ≈ 4
     res = fit_lut(g.astype(int).tolist(), h.astype(np.float32), s, bit_depth=8, degree=5)
+    assert res.chi2_reduced > 2
     assert np.sqrt(np.mean((res.phase_rad - _truth()) ** 2)) < 0.05
     assert res.measured_gray.dtype == np.float64 and res.measured_h.dtype == np.float64
     assert res.measured_h_std.dtype == np.float64
@@ -299,8 +302,9 @@ def test_plain_fit_values_uncertainty_and_outputs():
     assert res.grating is None and res.extra == {}
     curve = _phi_from_theta(torch.as_tensor(res.theta), _bernstein(torch.arange(256, dtype=F64) / 255, 5)).numpy()
     assert np.allclose(res.phase_rad, curve + np.arange(256) * 1e-9, rtol=0, atol=1e-12)
-    chi2, std, _, _ = _independent_uncertainty(res, g, h.astype(np.float32).astype(np.float64), s)
-    assert res.chi2_reduced == pytest.approx(chi2, rel=1e-6)
+    chi2, std, _, _, stat = _independent_uncertainty(res, g, h.astype(np.float32).astype(np.float64),
+                                                     s.astype(np.float64))
+    assert res.chi2_reduced == pytest.approx(chi2, rel=1e-6) and stat < 1e-5
     assert np.allclose(res.phase_std_rad, std, rtol=1e-5, atol=1e-12)
     assert res.phase_std_rad[0] < 1e-12 and res.phase_std_rad[128] > 1e-4
     assert res.scale_c == pytest.approx(0.6, rel=0.05)
@@ -316,8 +320,21 @@ def test_uncertainty_scales_with_chi2_only_above_one():
     h = 0.5 * np.sin(math.pi * (0.4 * x + 0.6 * x ** 2) / 2) ** 2 + 0.01
     s = np.full(7, 0.01)
     res = fit_lut(g, h, s, bit_depth=6, degree=4, n_starts=2)
-    chi2, std, _, _ = _independent_uncertainty(res, g, h, s)
-    assert res.chi2_reduced == pytest.approx(chi2, rel=1e-5, abs=1e-12) and chi2 < 1
+    chi2, std, _, _, stat = _independent_uncertainty(res, g, h, s)
+    assert res.chi2_reduced == pytest.approx(chi2, rel=1e-5, abs=1e-12) and chi2 < 1 and stat < 1e-5
+    assert np.allclose(res.phase_std_rad, std, rtol=1e-5, atol=1e-12)
+
+
+def test_zero_sigmas_are_floored_at_a_millionth_of_the_largest_harmonic():
+    """h_std = 0 everywhere: every weight is 1/(1e-6·max h)², so χ² is the loss in those units
+    (the quadratic truth is not a degree-3 Bernstein curve: χ² ≫ 1)."""
+    g = np.round(np.linspace(0, 63, 8))
+    x = g / 63
+    h = 2.5 * np.sin(math.pi * (0.3 * x + 0.9 * x ** 2) / 2) ** 2 + 0.05
+    s = np.zeros(8)
+    res = fit_lut(g, h, s, bit_depth=6, degree=3, n_starts=1)
+    chi2, std, _, _, stat = _independent_uncertainty(res, g, h, s)
+    assert chi2 > 10 and res.chi2_reduced == pytest.approx(chi2, rel=1e-6) and stat < 1e-5
     assert np.allclose(res.phase_std_rad, std, rtol=1e-5, atol=1e-12)
 
 
@@ -349,8 +366,8 @@ def test_grating_fit_with_known_crosstalk_recovers_the_lut():
     assert res.scale_c == pytest.approx(0.5, rel=0.03)
     assert res.extra == {"crosstalk_sigma_m": 2.5e-6, "crosstalk_sigma_std_m": 0.0, "crosstalk_sigma_fixed": 1.0}
     assert res.grating == grating and res.grating is not grating
-    chi2, std, _, _ = _independent_uncertainty(res, g, h, s, grating=grating)
-    assert res.chi2_reduced == pytest.approx(chi2, rel=1e-6)
+    chi2, std, _, _, stat = _independent_uncertainty(res, g, h, s, grating=grating)
+    assert res.chi2_reduced == pytest.approx(chi2, rel=1e-6) and stat < 1e-5
     assert np.allclose(res.phase_std_rad, std, rtol=1e-5, atol=1e-12)
     # the plain sin² law on the same data is worse (the blur bends the law near π)
     plain = fit_lut(g, h, s, bit_depth=8, degree=5, n_starts=2)
@@ -363,8 +380,8 @@ def test_grating_fit_with_free_crosstalk_recovers_sigma_and_its_error():
     sig = res.extra["crosstalk_sigma_m"]
     assert sig == pytest.approx(3e-6, rel=0.15)
     assert set(res.extra) == {"crosstalk_sigma_m", "crosstalk_sigma_std_m"}
-    chi2, std, cov, p = _independent_uncertainty(res, g, h, s, grating=GR, sig_free=True)
-    assert res.chi2_reduced == pytest.approx(chi2, rel=1e-6)
+    chi2, std, cov, p, stat = _independent_uncertainty(res, g, h, s, grating=GR, sig_free=True)
+    assert res.chi2_reduced == pytest.approx(chi2, rel=1e-6) and stat < 1e-5
     assert np.allclose(res.phase_std_rad, std, rtol=1e-4, atol=1e-12)
     # σ_std = |dσ/dq|·sqrt(cov_qq), dσ/dq = σ_max·s(1 − s)
     sm = GR["slm_pitch_m"]
@@ -375,6 +392,12 @@ def test_grating_fit_with_free_crosstalk_recovers_sigma_and_its_error():
     # without a sigma_m entry at all: the same free fit
     res2 = fit_lut(g, h, s, bit_depth=8, degree=4, n_starts=2, grating=dict(GR))
     assert res2.extra["crosstalk_sigma_m"] == pytest.approx(sig, rel=1e-9)
+    # the fewest levels (degree + 3) leave one degree of freedom: χ² = loss/1
+    k5 = [0, 4, 8, 12, 15]
+    g5, h5, s5 = g[k5], h[k5], s[k5]
+    r5 = fit_lut(g5, h5, s5, bit_depth=8, degree=2, n_starts=1, grating=dict(GR))
+    chi2, _, _, p5, _ = _independent_uncertainty(r5, g5, h5, s5, grating=GR, sig_free=True)
+    assert p5.numel() == 4 and r5.chi2_reduced == pytest.approx(chi2, rel=1e-6)
 
 
 # ------------------------------------------------------------------------------ lut_from_capture
@@ -384,23 +407,23 @@ class _Pattern:
 
 
 def _capture(levels, *, ref=0, period=4, inst=None, extra_patterns=()):
-    """A stand-in capture: sample frames (image_key 0) of the given grating levels (pattern ids
-    1…), plus optional non-grating sample frames and a dark frame."""
+    """A stand-in capture: optional non-grating sample frames first, then sample frames
+    (image_key 0) of the given grating levels (pattern ids 1…), then a dark frame."""
     pats, pid, key = {}, [], []
+    for j, kind in enumerate(extra_patterns):
+        pats[100 + j] = _Pattern(kind, gray_level=0)
+        pid.append(100 + j)
+        key.append(0)
     for i, lv in enumerate(levels):
         r = ref[i] if isinstance(ref, (list, tuple)) else ref
         pr = period[i] if isinstance(period, (list, tuple)) else period
         pats[i + 1] = _Pattern("grating", gray_reference=r, gray_level=lv, period_px=pr)
         pid.append(i + 1)
         key.append(0)
-    for j, kind in enumerate(extra_patterns):
-        pats[100 + j] = _Pattern(kind, gray_level=0)
-        pid.append(100 + j)
-        key.append(0)
     pid.append(-1)
     key.append(2)                                                          # a dark frame
     instrument = {"slm_pitch_m": 8e-6, "camera_pitch_m": 5.5e-6, "wavelength_m": LAM, "distance_m": 1e-3,
-                  "slm_bit_depth": 8}
+                  "slm_bit_depth": 8.0}
     instrument.update(inst or {})
     cap = types.SimpleNamespace(path="cap.h5", patterns=pats, pattern_id=np.array(pid), image_key=np.array(key),
                                 instrument=instrument)
@@ -411,11 +434,12 @@ def _capture(levels, *, ref=0, period=4, inst=None, extra_patterns=()):
 
 
 def _grating_frames(levels, amps, *, f, rot=0.0, shape=(48, 48), mean=2000.0, extra=0, seed=0):
-    """Frames mean·(1 + a·cos(2π f·(x cos α + y sin α))) with noise-free fringes; ``extra`` more
-    frames of flat light (non-grating patterns) and one dark frame at the end."""
+    """``extra`` frames of non-grating patterns (all NaN: they must not count) first, then
+    frames mean·(1 + a·cos(2π f·(x cos α + y sin α))) with noise-free fringes, then a dark frame."""
     yy, xx = np.mgrid[:shape[0], :shape[1]].astype(float)
-    out = [mean * (1 + a * np.cos(2 * np.pi * f * (xx * math.cos(rot) + yy * math.sin(rot)))) for a in amps]
-    out += [np.full(shape, mean)] * extra + [np.zeros(shape)]
+    out = [np.full(shape, np.nan)] * extra
+    out += [mean * (1 + a * np.cos(2 * np.pi * f * (xx * math.cos(rot) + yy * math.sin(rot)))) for a in amps]
+    out += [np.zeros(shape)]
     return np.array(out)
 
 
@@ -444,7 +468,7 @@ def test_capture_harmonics_are_bias_corrected_sorted_and_passed_to_the_fit(spy):
     frames = _grating_frames(levels, amps, f=f, extra=1)
     cap = _capture(levels, extra_patterns=("random",))
     res = lut_from_capture(cap, frames, crosstalk_sigma_m=1.1e-6)
-    a, found = grating_harmonics(frames[:4], freq_guess_cyc_per_px=(0.0, f))
+    a, found = grating_harmonics(frames[1:5], freq_guess_cyc_per_px=(0.0, f))
     order = np.argsort(levels)
     floor = a[1]
     assert np.array_equal(spy["levels"], [0.0, 64.0, 128.0, 255.0]) and spy["levels"].dtype == np.float64
@@ -520,18 +544,19 @@ def test_capture_refusals_name_the_problem():
 def test_capture_with_clipped_frames_is_refused_with_the_worst_frame(spy):
     f = 2 * 5.5e-6 / (4 * 8e-6)
     levels = [0, 100, 200, 255]
-    frames = _grating_frames(levels, [0, 0.1, 0.2, 0.3], f=f, shape=(20, 20))
-    frames[2, :2, :] = np.nan                                    # 40 of 400 = 10 %
-    frames[1, 0, :4] = np.inf                                    # 1 %
-    with pytest.raises(LUTFitError, match=r"^grating frame 2 \(gray 200\) has 10\.0 % saturated or defect pixels "
+    frames = _grating_frames(levels, [0, 0.1, 0.2, 0.3], f=f, shape=(20, 20), extra=1)   # frame 0: all NaN
+    frames[3, :2, :] = np.nan                                    # 40 of 400 = 10 %
+    frames[2, 0, :4] = np.inf                                    # 1 %
+    cap = _capture(levels, extra_patterns=("random",))
+    with pytest.raises(LUTFitError, match=r"^grating frame 3 \(gray 200\) has 10\.0 % saturated or defect pixels "
                                           r"\(limit 2 %\); clipped fringes bias the harmonic — record the gratings "
                                           r"at a shorter exposure$"):
-        lut_from_capture(_capture(levels), frames)
-    frames[2] = _grating_frames([200], [0.2], f=f, shape=(20, 20))[0]
-    frames[2, 0, :8] = np.nan                                    # 2 %: exactly the limit, accepted
-    lut_from_capture(_capture(levels), frames)
-    with pytest.raises(LUTFitError, match=r"grating frame 2 \(gray 200\) has 2\.0 % .* \(limit 1 %\)"):
-        lut_from_capture(_capture(levels), frames, max_masked_fraction=0.01)
+        lut_from_capture(cap, frames)
+    frames[3] = _grating_frames([200], [0.2], f=f, shape=(20, 20))[0]
+    frames[3, 0, :8] = np.nan                                    # 2 %: exactly the limit, accepted
+    lut_from_capture(cap, frames)
+    with pytest.raises(LUTFitError, match=r"grating frame 3 \(gray 200\) has 2\.0 % .* \(limit 1 %\)"):
+        lut_from_capture(cap, frames, max_masked_fraction=0.01)
 
 
 def test_capture_to_lut_end_to_end_plain_law():
