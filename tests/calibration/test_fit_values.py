@@ -1019,3 +1019,26 @@ def test_model_error_scale_term_uses_the_mean_unit_scale_intensity():
     assert with_model_error(fine, coarse).std_model["intensity_scale"] == pytest.approx(0.5, rel=1e-12)
     fine.model_e = np.full((1, 2, 2), 10.0)                         # Ī = 0
     assert with_model_error(fine, coarse).std_model["intensity_scale"] == pytest.approx(0.5, rel=1e-12)
+
+
+def test_no_grad_evaluations_follow_new_values_not_a_cached_kernel():
+    """Without autograd, evaluations at a new distance (fresh tensors, or the same tensor written
+    in place) give the new pattern — the one a fresh model gives — not the optics layer's cached
+    kernel of the previous call (the fast counterpart of test_fit.py's cache test)."""
+    geo = _geo()
+    pats = _pats()
+    vals = dict(TRUE, crosstalk_sigma_m=1e-6)
+
+    def at(model, z):
+        return model.intensity({k: _t(z if k == "distance_m" else v) for k, v in vals.items()})
+
+    m = NearFieldModel(geo, pats, _lut())
+    with torch.no_grad():
+        a1, a2 = at(m, 1.0e-3), at(m, 1.3e-3)
+        fresh = at(NearFieldModel(geo, pats, _lut()), 1.3e-3)
+        p = {k: _t(v) for k, v in vals.items()}
+        b1 = m.intensity(p)
+        p["distance_m"].data.fill_(1.3e-3)
+        b2 = m.intensity(p)
+    assert float((a1 - a2).abs().max()) > 0.05 * float(a2.max())
+    assert torch.equal(a2, fresh) and torch.equal(b1, a1) and torch.equal(b2, fresh)
