@@ -110,6 +110,28 @@ def test_harmonic_search_stays_near_the_guess_and_its_mirror():
     assert abs(abs(f4[1]) - 12 / 39) > 1e-3
 
 
+def test_a_distractor_at_the_mirrored_axis_is_not_searched():
+    """A stronger grating at (−fy, +fx) — the guess mirrored in one axis only — lies in neither
+    search disk (around +f and −f): the amplitude is the guessed grating's."""
+    im, (r0, c0, ch, cw) = _frames([(1000.0, 0.0, 0, 0)])
+    yy, xx = np.arange(ch)[:, None], np.arange(cw)[None, :]
+    crop = 1000.0 * (1 + 0.1 * np.cos(2 * np.pi * (6 * yy / ch + 9 * xx / cw))
+                     + 0.4 * np.cos(2 * np.pi * (-6 * yy / ch + 9 * xx / cw)))
+    im[0, r0:r0 + ch, c0:c0 + cw] = crop
+    a, f = grating_harmonics(im, freq_guess_cyc_per_px=(6 / 30, 9 / 39))
+    assert a[0] == pytest.approx(_dft_amp(crop, 6, 9), rel=1e-9) and _same_freq(f, (6 / 30, 9 / 39))
+    a, f = grating_harmonics(im, freq_guess_cyc_per_px=(-6 / 30, 9 / 39))
+    assert a[0] == pytest.approx(_dft_amp(crop, -6, 9), rel=1e-9) and a[0] > 3 * _dft_amp(crop, 6, 9)
+
+
+def test_amplitudes_do_not_depend_on_the_units_of_the_frames():
+    """Normalised by the mean: frames in e⁻ or scaled by 1e-6 (powers ≪ 1) give the same values."""
+    im, _ = _frames([(1000.0, 0.3, 5, 9), (700.0, 0.1, 5, 9)])
+    a, f = grating_harmonics(im, freq_guess_cyc_per_px=(5 / 30, 9 / 39))
+    a6, f6 = grating_harmonics(im * 1e-6, freq_guess_cyc_per_px=(5 / 30, 9 / 39))
+    assert np.allclose(a6, a, rtol=1e-9) and _same_freq(f6, f)
+
+
 def test_defect_pixels_take_the_frame_median():
     im, (r0, c0, ch, cw) = _frames([(1000.0, 0.3, 5, 9), (500.0, 0.2, 5, 9)])
     bad = im.copy()
@@ -134,6 +156,8 @@ def test_no_fourier_sample_near_the_guess_is_refused():
         grating_harmonics(im, freq_guess_cyc_per_px=(0.0, 1e-4))
     with pytest.raises(LUTFitError, match=r"within 10 % of .* 0\.005 cycles/px on a 15×15 crop"):
         grating_harmonics(im[:, :20, :20], freq_guess_cyc_per_px=(0.003, 0.004), search=0.1)
+    with pytest.raises(LUTFitError, match=r"^no Fourier sample within 90 % of the expected grating harmonic 0\.01 "):
+        grating_harmonics(im[:, :20, :20], freq_guess_cyc_per_px=(0.0, 0.01), search=0.9)
 
 
 # -------------------------------------------------------------------------- grating law values
@@ -153,17 +177,20 @@ def _kappa_series(z, period_m, period_px, wavelength_m, dphi, spp=4):
     return 2 * abs(c2) / np.sum(np.abs(u) ** 2)
 
 
-@pytest.mark.parametrize("z, period_m, period_px", [(0.9e-3, 64e-6, 8), (3.1e-3, 40e-6, 5), (5e-6, 1.2e-6, 8)])
-def test_unblurred_law_is_the_fourier_series_of_the_propagated_grating(z, period_m, period_px):
-    """Relative 1e-9; the last case has evanescent harmonics (|m|/Λ > 1/λ), which carry nothing."""
+@pytest.mark.parametrize("z, period_m, period_px, lam", [(0.9e-3, 64e-6, 8, LAM), (3.1e-3, 40e-6, 5, LAM),
+                                                        (5e-6, 1.2e-6, 8, LAM), (3e-6, 2.0 ** -17, 8, 2.0 ** -20)])
+def test_unblurred_law_is_the_fourier_series_of_the_propagated_grating(z, period_m, period_px, lam):
+    """Relative 1e-9; the third case has evanescent harmonics (|m|/Λ > 1/λ), which carry nothing;
+    in the last, Λ = 8λ exactly (powers of two): harmonic 8 is exactly at 1/λ (grazing, kz = 0) and
+    is not a propagating wave either."""
     d = np.array([0.4, 1.7, math.pi, 5.0])
-    h = grating_harmonic_model(_t(d), sigma_m=_t(0.0), z_m=z, period_m=period_m, wavelength_m=LAM,
+    h = grating_harmonic_model(_t(d), sigma_m=_t(0.0), z_m=z, period_m=period_m, wavelength_m=lam,
                                period_px=period_px)
-    exp = [_kappa_series(z, period_m, period_px, LAM, x) for x in d]
+    exp = [_kappa_series(z, period_m, period_px, lam, x) for x in d]
     assert np.allclose(h.numpy(), exp, rtol=1e-9, atol=1e-12)
     assert h.dtype == F64 and h.shape == (4,)
     # the default sampling is 4 samples per SLM pixel
-    h4 = grating_harmonic_model(_t(d), sigma_m=_t(0.0), z_m=z, period_m=period_m, wavelength_m=LAM,
+    h4 = grating_harmonic_model(_t(d), sigma_m=_t(0.0), z_m=z, period_m=period_m, wavelength_m=lam,
                                 period_px=period_px, samples_per_px=4)
     assert torch.equal(h, h4)
 
@@ -466,18 +493,18 @@ def test_capture_harmonics_are_bias_corrected_sorted_and_passed_to_the_fit(spy):
     """Frames in shuffled gray order, one flat non-grating frame and a dark frame (ignored):
     the fit receives the levels sorted, h = sqrt(amp² − floor²) with the g = 0 frame's amplitude
     as the floor, σ_h = floor + 1 % of h, the capture's bit depth, and the grating settings."""
-    levels = [128, 0, 255, 64]
-    amps = [0.3, 0.02, 0.1, 0.2]
+    levels = [128, 0, 255, 64, 10]
+    amps = [0.3, 0.02, 0.1, 0.2, 0.01]                           # gray 10: below the floor → h = 0
     f = 2 * 5.5e-6 / (1.0 * 4 * 8e-6)                           # 2/Λ on the camera: 0.34375 cyc/px
     frames = _grating_frames(levels, amps, f=f, extra=1)
     cap = _capture(levels, extra_patterns=("random",))
     res = lut_from_capture(cap, frames, crosstalk_sigma_m=1.1e-6)
-    a, found = grating_harmonics(frames[1:5], freq_guess_cyc_per_px=(0.0, f))
+    a, found = grating_harmonics(frames[1:6], freq_guess_cyc_per_px=(0.0, f))
     order = np.argsort(levels)
     floor = a[1]
-    assert np.array_equal(spy["levels"], [0.0, 64.0, 128.0, 255.0]) and spy["levels"].dtype == np.float64
+    assert np.array_equal(spy["levels"], [0.0, 10.0, 64.0, 128.0, 255.0]) and spy["levels"].dtype == np.float64
     exp_h = np.sqrt(np.clip(a[order] ** 2 - floor ** 2, 0, None))
-    assert np.allclose(spy["h"], exp_h, rtol=1e-12) and spy["h"][0] == 0.0
+    assert np.allclose(spy["h"], exp_h, rtol=1e-12) and spy["h"][0] == 0.0 and spy["h"][1] == 0.0
     assert np.allclose(spy["h_std"], floor + 0.01 * exp_h, rtol=1e-12)
     assert spy["bit_depth"] == 8 and isinstance(spy["bit_depth"], int) and spy["kw"] == {}
     assert spy["grating"] == {"z_m": 1e-3, "period_m": 32e-6, "wavelength_m": LAM, "period_px": 4,
@@ -490,7 +517,7 @@ def test_capture_harmonics_are_bias_corrected_sorted_and_passed_to_the_fit(spy):
 
 def test_capture_options_distance_magnification_rotation_and_plain_law(spy):
     levels = [0, 100, 255]
-    mag, rot = 0.8, 0.5
+    mag, rot = 0.8, 0.8
     f = 2 * 5.5e-6 / (mag * 4 * 8e-6)
     frames = _grating_frames(levels, [0.0, 0.2, 0.4], f=f, rot=rot, mean=900.0)
     cap = _capture(levels, inst={"magnification": mag, "distance_m": 2e-3})
@@ -561,6 +588,9 @@ def test_capture_with_clipped_frames_is_refused_with_the_worst_frame(spy):
     lut_from_capture(cap, frames)
     with pytest.raises(LUTFitError, match=r"grating frame 3 \(gray 200\) has 2\.0 % .* \(limit 1 %\)"):
         lut_from_capture(cap, frames, max_masked_fraction=0.01)
+    frames[3, :19] = np.nan                                      # 95 %
+    with pytest.raises(LUTFitError, match=r"grating frame 3 \(gray 200\) has 95\.0 % .* \(limit 90 %\)"):
+        lut_from_capture(cap, frames, max_masked_fraction=0.9)
 
 
 def test_capture_to_lut_end_to_end_plain_law():
