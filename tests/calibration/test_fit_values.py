@@ -865,6 +865,19 @@ def test_evaluate_is_zero_chi2_and_unit_correlation_on_model_frames():
     assert out["chi2_reduced"] == pytest.approx(1.0, abs=0.2)
     wrong = evaluate(geo, pats, noisy, lut_phase_rad=_lut(), values=dict(TRUE, shift_x_m=-8e-6), read_noise_e=0.0)
     assert wrong["chi2_reduced"] > 5 * out["chi2_reduced"] and wrong["pearson_r"] < out["pearson_r"]
+    # χ² exactly: the profiled weighted residuals over N − 2 (a and b re-fitted), rel 1e-9
+    m = NearFieldModel(geo, pats, _lut())
+    with torch.no_grad():
+        I = m.intensity({k: _t(v) for k, v in TRUE.items()})
+    y = torch.as_tensor(noisy)
+    assert out["chi2_reduced"] == pytest.approx(_profiled_chi2(I, y, torch.isfinite(y), 0.0, 2), rel=1e-9)
+    # three usable pixels leave one degree of freedom
+    few = np.full_like(noisy, np.nan)
+    few[0, 2, 3], few[1, 5, 5], few[2, 7, 1] = noisy[0, 2, 3], noisy[1, 5, 5], noisy[2, 7, 1] + 50
+    out3 = evaluate(geo, pats, few, lut_phase_rad=_lut(), values=TRUE, read_noise_e=0.0)
+    y3 = torch.as_tensor(few)
+    m3 = torch.isfinite(y3)
+    assert out3["chi2_reduced"] == pytest.approx(_profiled_chi2(I, torch.where(m3, y3, 0.0), m3, 0.0, 2), rel=1e-9)
     # a missing value counts as 0 (here: no rotation) — the same as giving 0
     part = {k: v for k, v in TRUE.items() if k != "rotation_rad"}
     a = evaluate(geo, pats, noisy, lut_phase_rad=_lut(), values=part, read_noise_e=0.0)
