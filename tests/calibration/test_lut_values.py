@@ -603,3 +603,18 @@ def test_capture_to_lut_end_to_end_plain_law():
     res = lut_from_capture(_capture(levels), frames, crosstalk=False)
     assert np.sqrt(np.mean((res.phase_rad - _truth()) ** 2)) < 0.05
     assert res.grating is None and res.extra["grating_period_m"] == 32e-6
+
+
+def test_more_starts_than_the_start_table_cycles_through_it():
+    """n_starts beyond the 6 top-phase and 3 crosstalk start values reuse them cyclically: 7 plain
+    starts and 4 free-crosstalk starts fit (the best start is kept: no worse than one start)."""
+    g = np.round(np.linspace(0, 63, 6))
+    x = g / 63
+    h = 0.5 * np.sin(math.pi * (0.4 * x + 0.6 * x ** 2) / 2) ** 2 + 0.01
+    s = np.full(6, 0.01)
+    r7 = fit_lut(g, h, s, bit_depth=6, degree=2, n_starts=7)
+    r1 = fit_lut(g, h, s, bit_depth=6, degree=2, n_starts=1)
+    assert r7.chi2_reduced <= r1.chi2_reduced * (1 + 1e-9)
+    gg, hh, ss = _grating_data(3e-6, n=6, noise=0.002)
+    r4 = fit_lut(gg, hh, ss, bit_depth=8, degree=2, n_starts=4, grating=dict(GR))
+    assert 0 < r4.extra["crosstalk_sigma_m"] < GR["slm_pitch_m"]
