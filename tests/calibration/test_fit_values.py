@@ -689,6 +689,11 @@ def test_fit_refuses_mismatched_or_unusable_data():
     ok = data.copy()
     ok[:, :6] = np.nan                                       # exactly half usable: accepted
     fit_parameters(geo, pats, ok, check=False, **kw)
+    # crosstalk fixed without a nominal value: 0 (no crosstalk)
+    nominal = {k: v for k, v in TRUE.items() if k != "crosstalk_sigma_m"}
+    r = fit_parameters(geo, pats, data, lut_phase_rad=_lut(), nominal=nominal, read_noise_e=1.0, start=nominal,
+                       refine_iters=1, fit_crosstalk=False, check=False)
+    assert r.values["crosstalk_sigma_m"] == 0.0 and r.fixed == ("crosstalk_sigma_m",)
 
 
 def test_failed_checks_name_the_parameter_bound_and_fix():
@@ -749,36 +754,42 @@ def test_uniform_frames_are_not_identifiable():
     assert r.std["distance_m"] > 0.05 * r.values["distance_m"]
 
 
-def test_multistart_spreads_the_distance_starts_and_keeps_the_best(monkeypatch):
+def test_multistart_spreads_the_distance_starts_and_keeps_the_best(monkeypatch, capsys):
     """The starts (registration stubbed: tested on its own) spread over ±distance_range, are
     run briefly, sorted by loss, and the best n_refine are refined; default bounds around the
     nominal values."""
     seen = []
 
     def start_at(model, data_e, z, nominal, bounds, min_quality):
-        seen.append((z, min_quality))
+        assert isinstance(model, NearFieldModel) and np.array_equal(data_e, data) and isinstance(z, float)
+        seen.append((z, min_quality, dict(bounds)))
         return dict(nominal, distance_m=z), 0.5 + z
 
     monkeypatch.setattr(fitmod, "_initial_geometry", start_at)
     geo, pats, data = _synthetic()
-    nominal = dict(TRUE, magnification=1.0, rotation_rad=0.0, shift_x_m=0.0, shift_y_m=0.0)
-    r = fit_parameters(geo, pats, data, lut_phase_rad=_lut(), nominal=nominal, read_noise_e=1.0,
-                       distance_range=0.1, n_starts=3, short_iters=2, refine_iters=3, n_refine=1, check=False,
-                       min_registration=2.0)
+    nominal = dict(TRUE, magnification=1.1, rotation_rad=0.0, shift_x_m=0.0, shift_y_m=0.0)
+    kw = dict(lut_phase_rad=_lut(), nominal=nominal, read_noise_e=1.0, distance_range=0.1, n_starts=3, short_iters=2,
+              refine_iters=3, n_refine=1, check=False, min_registration=2.0)
+    r = fit_parameters(geo, pats, data, **kw)
+    assert capsys.readouterr().err == ""                            # no progress bar unless asked
     assert r.n_starts == 3
     zs = sorted(s[0] for s in r.start_losses)
     assert np.allclose(zs, [0.9e-3, 1.0e-3, 1.1e-3], rtol=1e-12)
     losses = [s[1] for s in r.start_losses]
     assert losses == sorted(losses) and all(np.isfinite(losses))
     assert r.bounds["distance_m"] == pytest.approx((1e-3 * 0.87, 1e-3 * 1.13), rel=1e-12)
-    assert r.bounds["magnification"] == pytest.approx((0.85, 1.15), rel=1e-12)
+    assert r.bounds["magnification"] == pytest.approx((0.85 * 1.1, 1.15 * 1.1), rel=1e-12)
     assert r.bounds["rotation_rad"] == pytest.approx((-math.radians(8), math.radians(8)), rel=1e-12)
     assert r.bounds["shift_x_m"] == (-60e-6, 60e-6) and r.bounds["shift_y_m"] == (-60e-6, 60e-6)
     assert r.bounds["crosstalk_sigma_m"] == (0.0, SLM_P)
-    assert [s[1] for s in seen] == [2.0] * 3
+    assert [s[1] for s in seen] == [2.0] * 3 and all(s[2] == r.bounds for s in seen)
+    assert np.allclose([s[0] for s in seen], [0.9e-3, 1.0e-3, 1.1e-3], rtol=1e-12)    # in this order
     # the kept start is the best after the short runs; its registration quality is reported
     best_z = r.start_losses[0][0]
     assert r.registration_quality == pytest.approx(0.5 + best_z, rel=1e-12)
+    fit_parameters(geo, pats, data, **dict(kw, progress=True, short_iters=1, refine_iters=1))
+    err = capsys.readouterr().err
+    assert "fit: distance starts" in err and "3/3" in err and "start/s" in err
 
 
 def test_fit_parameters_forwards_its_documented_defaults(monkeypatch):
