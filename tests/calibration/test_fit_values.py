@@ -569,7 +569,7 @@ def _autograd_cov(geo, pats, data, values, free, rn, *, table=None, lutres=None,
 
 # central differences (the fit) against autograd (here): a shift, rotation or magnification step can straddle a
 # node of the bilinear sampling, where the exact derivative jumps (a few % on one pixel's column)
-RTOL_FD = {"distance_m": 3e-3, "magnification": 1e-2, "rotation_rad": 1e-2, "shift_x_m": 3e-2, "shift_y_m": 3e-2,
+RTOL_FD = {"distance_m": 1e-2, "magnification": 1e-2, "rotation_rad": 1e-2, "shift_x_m": 3e-2, "shift_y_m": 3e-2,
            "crosstalk_sigma_m": 3e-3, "intensity_scale": 3e-3, "background_e": 3e-3}
 
 
@@ -589,19 +589,19 @@ def test_noise_free_fit_returns_the_truth_and_the_inverse_jacobian_errors():
     """Model data without noise, started 1 % off: the fit returns the truth (rel 1e-6), χ² ≈ 0, r = 1,
     and σ_k = sqrt((JᵀJ)⁻¹_kk) (χ² < 1 counts as 1; the sandwich vanishes with the residuals) with
     J computed here by autograd (tolerance RTOL_FD: central differences vs exact derivatives)."""
-    geo, pats, data = _synthetic(scale=20.0, bg=3.0)       # low counts: the weights' read noise and +1 matter
+    geo, pats, data = _synthetic(scale=4.0, bg=0.1)        # low counts (μ < 1 on some pixels): the weights' terms matter
     start = dict(TRUE, distance_m=1.01e-3, magnification=1.045, shift_x_m=2.5e-6)
     nominal = dict(TRUE, distance_m=1.0e-3)
     fit = fit_parameters(geo, pats, data, lut_phase_rad=_lut(), nominal=nominal, read_noise_e=3.0, start=start,
                          refine_iters=25, bounds=BOUNDS)
     for k in PARAMS:
         assert fit.values[k] == pytest.approx(TRUE[k], rel=1e-5, abs=1e-11), k
-    assert fit.values["intensity_scale"] == pytest.approx(20.0, rel=1e-6)
-    assert fit.values["background_e"] == pytest.approx(3.0, rel=1e-5)
+    assert fit.values["intensity_scale"] == pytest.approx(4.0, rel=1e-6)
+    assert fit.values["background_e"] == pytest.approx(0.1, rel=1e-4)
     assert fit.chi2_reduced < 1e-6 and min(fit.pearson_r) > 1 - 1e-9 and len(fit.pearson_r) == 3
     assert fit.problems == [] and fit.fixed == () and fit.n_starts == 1 and fit.start_losses == []
     assert fit.bounds == BOUNDS and fit.nominal == nominal and math.isnan(fit.registration_quality)
-    assert np.allclose(fit.model_e, data, rtol=1e-6) and np.array_equal(fit.data_e, data)
+    assert np.allclose(fit.model_e, data, rtol=1e-5) and np.array_equal(fit.data_e, data)
     assert fit.residuals.shape == data.shape and np.abs(fit.residuals).max() < 1e-3
     assert fit.n_clusters == 3 * 2 * 2                               # 3 frames × (12/8 → 2)² tiles
     ind = _autograd_cov(geo, pats, data, fit.values, list(PARAMS), 3.0)
@@ -624,6 +624,8 @@ def test_noisy_fit_errors_are_the_larger_of_jacobian_and_cluster_sandwich():
                          refine_iters=15, bounds=BOUNDS, fit_crosstalk=False, tile_px=4)
     assert fit.fixed == ("crosstalk_sigma_m",) and fit.values["crosstalk_sigma_m"] == 1.5e-6
     assert fit.std["crosstalk_sigma_m"] == 0.0
+    assert fit.residuals.dtype == np.float64 and np.isnan(fit.residuals[0, 2, 3])
+    assert np.isnan(fit.data_e[0, 2, 3]) and np.isfinite(fit.residuals[0, 2, 4])
     free = [k for k in PARAMS if k != "crosstalk_sigma_m"]
     ind = _autograd_cov(geo, pats, data, fit.values, free, 2.0, tile=4)
     assert fit.chi2_reduced == pytest.approx(ind["chi2"], rel=1e-9) and 2 < ind["chi2"] < 8
@@ -717,6 +719,14 @@ def test_failed_checks_name_the_parameter_bound_and_fix():
                                     "reproduce the captures")
     assert r.problems[1].startswith("reduced χ² = ") and r.problems[1].endswith("exceeds -1: residuals far above "
                                                                                 "the noise")
+    # the limits themselves pass (strict comparisons): the same fit with its own r and χ² as limits
+    ok = fit_parameters(geo, pats, data, check=False, min_pearson=min(r.pearson_r), max_chi2=r.chi2_reduced,
+                        **dict(kw, bounds=BOUNDS, start=TRUE, refine_iters=3))
+    assert ok.problems == [] and ok.chi2_reduced == r.chi2_reduced
+    # several problems are joined with "; "
+    with pytest.raises(FitError, match=r"ended on its bound \[0\.9, 1\]; widen the search \(distance_range\) or "
+                                       r"check the nominal value; model/capture correlation r = "):
+        fit_parameters(geo, pats, data, min_pearson=1.5, **kw)
 
 
 def test_crosstalk_at_its_lower_bound_is_a_result_not_a_failure():
