@@ -764,6 +764,13 @@ def test_uniform_frames_are_not_identifiable():
     assert r.std["distance_m"] > 0.05 * r.values["distance_m"]
 
 
+def _no_tqdm_monitor(monkeypatch):
+    """tqdm's monitor thread can deadlock a forked process at exit (mutation testing forks every
+    run): progress bars in these tests run without it."""
+    import tqdm.std
+    monkeypatch.setattr(tqdm.std.tqdm, "monitor_interval", 0)
+
+
 def test_multistart_spreads_the_distance_starts_and_keeps_the_best(monkeypatch, capsys):
     """The starts (registration stubbed: tested on its own) spread over ±distance_range, are
     run briefly, sorted by loss, and the best n_refine are refined; default bounds around the
@@ -797,6 +804,7 @@ def test_multistart_spreads_the_distance_starts_and_keeps_the_best(monkeypatch, 
     # the kept start is the best after the short runs; its registration quality is reported
     best_z = r.start_losses[0][0]
     assert r.registration_quality == pytest.approx(0.5 + best_z, rel=1e-12)
+    _no_tqdm_monitor(monkeypatch)
     fit_parameters(geo, pats, data, **dict(kw, progress=True, short_iters=1, refine_iters=1))
     err = capsys.readouterr().err
     assert "fit: distance starts" in err and "3/3" in err and "start/s" in err
@@ -950,6 +958,7 @@ def test_jackknife_progress_bar_only_when_asked(monkeypatch, capsys):
     fit = _fake_result({"distance_m": 3.0})
     jackknife("geo", pats, np.zeros((3, 2, 2)), fit, lut_phase_rad="L", read_noise_e=1.0)
     assert capsys.readouterr().err == ""
+    _no_tqdm_monitor(monkeypatch)
     jackknife("geo", pats, np.zeros((3, 2, 2)), fit, lut_phase_rad="L", read_noise_e=1.0, progress=True)
     err = capsys.readouterr().err
     assert "fit: jackknife" in err and "3/3" in err and "refit" in err
