@@ -176,11 +176,10 @@ def fit_lut(gray: np.ndarray, h: np.ndarray, h_std: np.ndarray, *, bit_depth: in
     if not np.all(np.isfinite(h)) or h.max() <= 0:
         raise LUTFitError("grating harmonics are not finite and positive; check the grating frames")
     with single_thread():  # tiny tensors: extra threads only add overhead
-        return _fit_lut(gray, h, h_std, bit_depth=bit_depth, degree=degree, n_starts=n_starts, seed=seed,
-                        grating=grating, top=top)
+        return _fit_lut(gray, h, h_std, degree=degree, n_starts=n_starts, seed=seed, grating=grating, top=top)
 
 
-def _fit_lut(gray, h, h_std, *, bit_depth, degree, n_starts, seed, grating, top) -> LUTResult:
+def _fit_lut(gray, h, h_std, *, degree, n_starts, seed, grating, top) -> LUTResult:
     x = torch.tensor(gray / top)
     B = _bernstein(x, degree)
     y = torch.tensor(h)
