@@ -121,6 +121,9 @@ def test_model_refuses_bad_windows_patterns_and_gray_levels():
         NearFieldModel(_geo(), [np.array([[0, 256]])], _lut())
     with pytest.raises(FitError, match=r"gray levels -1 … 3 outside the 256-level LUT"):
         NearFieldModel(_geo(), [np.array([[-1, 3]])], _lut())
+    # float patterns (an image file) are read as integer gray levels, and reported as such
+    with pytest.raises(FitError, match=r"^gray levels 0 … 256 outside the 256-level LUT"):
+        NearFieldModel(_geo(), [np.array([[0.0, 256.0]])], _lut())
     m = NearFieldModel(_geo(), [np.array([[0, 255]]), np.zeros((0, 0), int)], _lut())
     assert m.gray.shape == (2, 16, 16)
 
@@ -141,6 +144,8 @@ def test_patterns_are_centred_on_the_slm_with_gray_zero_around():
     m2 = NearFieldModel(_geo(cam=(5, 8)), pats, _lut())
     assert np.allclose(m2.uy.numpy(), (np.arange(5) - 2) * CAM_P)
     assert np.allclose(m2.ux.numpy(), (np.arange(8) - 4) * CAM_P)
+    m3 = NearFieldModel(_geo(cam=(4, 7)), pats, _lut())                # odd width: centre pixel W//2 = 3
+    assert np.allclose(m3.ux.numpy(), (np.arange(7) - 3) * CAM_P, rtol=0, atol=1e-20)
 
 
 def _numpy_field_intensity(gray, lut, *, z, sigma_m, up, pitch):
@@ -194,6 +199,14 @@ def test_field_intensity_takes_a_substituted_table_and_a_non_monotone_start():
     # plain floats are accepted as values too
     out2 = m2.field_intensity({"distance_m": 0.5e-3, "crosstalk_sigma_m": 0.0, "lut_phase_rad": wavy})
     assert np.allclose(out2[0].numpy(), exp, rtol=1e-9, atol=1e-9)
+    # a non-decreasing table with a flat run (a provisional fit saturating at the top) is used as given
+    flat = np.minimum(lut, 4.0)
+    m3 = NearFieldModel(_geo(), pats, flat)
+    exp3 = _numpy_field_intensity(m3.gray[0].numpy(), flat, z=0.5e-3, sigma_m=0.0, up=2, pitch=4e-6)
+    assert np.allclose(m3.field_intensity(p)[0].numpy(), exp3, rtol=1e-9, atol=1e-9)
+    # a table of another real dtype (here long double, which torch cannot hold) is used in float64
+    m4 = NearFieldModel(_geo(), pats, wavy.astype(np.longdouble))
+    assert m4.lut_phase_rad.dtype == F64 and np.allclose(m4.field_intensity(p)[0].numpy(), exp, rtol=1e-9, atol=1e-9)
 
 
 def test_field_intensity_keeps_the_graph_only_when_a_value_requires_grad():
@@ -808,6 +821,7 @@ def test_multistart_spreads_the_distance_starts_and_keeps_the_best(monkeypatch, 
     fit_parameters(geo, pats, data, **dict(kw, progress=True, short_iters=1, refine_iters=1))
     err = capsys.readouterr().err
     assert "fit: distance starts" in err and "3/3" in err and "start/s" in err
+    assert re.search(r"(^|\r)fit: distance starts: ", err)           # the description exactly
 
 
 def test_fit_parameters_forwards_its_documented_defaults(monkeypatch):
@@ -925,6 +939,7 @@ def test_jackknife_is_the_leave_one_frame_out_spread(monkeypatch):
     calls = []
 
     def fake(geometry, pats, data, **kw):
+        assert geometry == "geo"
         calls.append(([int(p[0, 0]) for p in pats], np.asarray(data)[:, 0, 0].tolist(), kw))
         left = ({0, 1, 2, 3} - {int(p[0, 0]) for p in pats}).pop()
         return _fake_result({"distance_m": [1.0, 2.0, 4.0, 7.0][left], "magnification": 1.0})
@@ -962,6 +977,7 @@ def test_jackknife_progress_bar_only_when_asked(monkeypatch, capsys):
     jackknife("geo", pats, np.zeros((3, 2, 2)), fit, lut_phase_rad="L", read_noise_e=1.0, progress=True)
     err = capsys.readouterr().err
     assert "fit: jackknife" in err and "3/3" in err and "refit" in err
+    assert re.search(r"(^|\r)fit: jackknife: ", err) and re.search(r"[\d?]refit/s", err)   # description and unit exactly
 
 
 def test_model_error_covers_lut_levels_and_guards_the_scale_term():
@@ -1085,3 +1101,185 @@ def test_no_grad_evaluations_follow_new_values_not_a_cached_kernel():
         b2 = m.intensity(p)
     assert float((a1 - a2).abs().max()) > 0.05 * float(a2.max())
     assert torch.equal(a2, fresh) and torch.equal(b1, a1) and torch.equal(b2, fresh)
+
+
+def test_problem_weights_clamp_a_negative_model_at_zero_counts():
+    """Below 1 e⁻ the weights 1/(max(μ, 0) + rn² + 1) differ from a clamp at any other level:
+    the profiled (a, b) are numpy's weighted polyfit with the weights of the unweighted μ₀, and with
+    a, b given the residuals use the clamped model (rel 1e-10; rn = 0 so the clamp dominates)."""
+    m = NearFieldModel(_geo(), _pats(), _lut())
+    p = {k: _t(v) for k, v in TRUE.items()}
+    with torch.no_grad():
+        I = m.intensity(p)
+    wig = np.where(np.arange(144).reshape(12, 12) % 3, 0.3, -0.4)[None]
+    data = (0.8 * I - 0.3).numpy() + wig                   # μ spans ≈ −0.3 … 1.5 e⁻; not exactly linear
+    prob = _Problem(m, data, 0.0, BOUNDS, {})
+    _, _, a, b = prob.residuals(p)
+    Ii, yi = I.numpy().ravel(), data.ravel()
+    a0, b0 = np.polyfit(Ii, yi, 1)
+    w0 = 1.0 / (np.clip(a0 * Ii + b0, 0, None) + 1.0)
+    assert (a0 * Ii + b0).min() < 0 and ((a0 * Ii + b0) < 1).mean() > 0.2
+    ea, eb = np.polyfit(Ii, yi, 1, w=np.sqrt(w0))
+    assert float(a) == pytest.approx(ea, rel=1e-10) and float(b) == pytest.approx(eb, rel=1e-10)
+    r, mu, _, _ = prob.residuals(p, a=_t(0.8), b=_t(-0.3))
+    exp = (data - mu.numpy()) / np.sqrt(np.clip(mu.numpy(), 0, None) + 1.0)
+    assert np.allclose(r.numpy(), exp, rtol=1e-10, atol=0)
+
+
+class _FakeReg:
+    def __init__(self, rot):
+        self.quality, self.rot = 0.9, rot
+
+    def centred(self, shape):
+        return 1.0, self.rot, (0.0, 0.0)
+
+
+def test_initial_geometry_takes_only_candidates_strictly_inside_the_bounds(monkeypatch):
+    """Bounds are open (the sigmoid map cannot reach them; to_q clamps 1e-6 inside): a
+    registered rotation exactly on a bound is not taken, one just inside is."""
+    from calibration.fit import _initial_geometry
+    m = NearFieldModel(_geo(), _pats(), _lut())
+    nominal = dict(TRUE, magnification=1.0, rotation_rad=0.0, shift_x_m=0.0, shift_y_m=0.0)
+    data = np.ones((2, 12, 12))
+    for rot, exp in ((0.1, 0.0), (-0.1, 0.0), (0.0999, 0.0999), (-0.0999, -0.0999)):
+        monkeypatch.setattr(fitmod, "register", lambda *a, rot=rot, **k: _FakeReg(rot))
+        vals, q = _initial_geometry(m, data, 1e-3, nominal, BOUNDS, 0.3)
+        assert vals["rotation_rad"] == exp and q == 0.9 and vals["magnification"] == 1.0
+
+
+def test_joint_lut_with_the_grating_law_uses_the_fit_sigma_and_distance():
+    """Joint LUT with the grating law and one degree of freedom (7 grating points, 5 shape
+    parameters + log C): the grating χ² is Σ((h − C·M(φ(g); σ, z))/σ_h)² / 1 with the fit's own
+    crosstalk σ and distance (rel 1e-10), and every σ is finite."""
+    lutres = _lut_result(grating=GRATING, theta=(0.4, -0.3, 0.2, 0.1, 0.05))
+    table = lutres.phase_rad
+    geo = _geo()
+    pats = _pats(shapes=((8, 8), (8, 8)))
+    m = NearFieldModel(geo, pats, table)
+    with torch.no_grad():
+        data = (2000 * m.intensity({k: _t(v) for k, v in TRUE.items()}) + 30).numpy()
+    fit = fit_parameters(geo, pats, data, lut_phase_rad=table, nominal=TRUE, read_noise_e=1.0, start=TRUE,
+                         refine_iters=2, bounds=BOUNDS, joint_lut=lutres, check=False)
+    L = fit.lut
+    phi_g = torch.as_tensor(L["phase_rad"][lutres.measured_gray.astype(int)])
+    mod = grating_harmonic_model(phi_g, sigma_m=_t(fit.values["crosstalk_sigma_m"]), z_m=fit.values["distance_m"],
+                                 period_m=64e-6, wavelength_m=LAM, period_px=8).numpy()
+    res = (lutres.measured_h - L["scale_c"] * mod) / lutres.measured_h_std
+    assert L["grating_chi2_reduced"] == pytest.approx(float((res ** 2).sum()) / (7 - 6), rel=1e-10)
+    assert all(math.isfinite(v) for v in fit.std.values())
+
+
+def test_refinement_keeps_the_lowest_refined_loss_and_its_registration(monkeypatch):
+    """The n_refine best short runs are refined and the lowest *refined* loss wins (here the
+    second candidate), with its own registration quality (runs and registration stubbed)."""
+    qual = {9: 0.07, 10: 0.05, 11: 0.06}
+    short = {9: 3.0, 10: 1.0, 11: 2.0}
+    refined = {10: 0.9, 11: 0.1}
+
+    def start_at(model, data_e, z, nominal, bounds, min_quality):
+        return dict(nominal, distance_m=z), qual[round(z * 1e4)]
+
+    def run(prob, q0, iters):
+        z = round(float(prob.to_params(q0)["distance_m"]) * 1e4)
+        return q0.clone(), (short if iters == 2 else refined)[z]
+
+    monkeypatch.setattr(fitmod, "_initial_geometry", start_at)
+    monkeypatch.setattr(fitmod, "_run", run)
+    geo, pats, data = _synthetic()
+    r = fit_parameters(geo, pats, data, lut_phase_rad=_lut(), nominal=TRUE, read_noise_e=1.0, distance_range=0.1,
+                       n_starts=3, short_iters=2, refine_iters=5, n_refine=2, check=False)
+    assert r.values["distance_m"] == pytest.approx(1.1e-3, rel=1e-9) and r.registration_quality == 0.06
+    assert [s[1] for s in r.start_losses] == [1.0, 2.0, 3.0]
+
+
+def test_reduced_chi2_with_one_degree_of_freedom():
+    """8 usable pixels, 5 free geometry parameters + a, b: χ² is Σr² / (8 − 7) over the returned
+    residual map (rel 1e-12)."""
+    geo = _geo(cam=(2, 4))
+    pats = _pats(shapes=((8, 8),))
+    m = NearFieldModel(geo, pats, _lut())
+    with torch.no_grad():
+        data = (2000 * m.intensity({k: _t(v) for k, v in TRUE.items()}) + 30).numpy()
+    data = data + np.array([[[5.0, -3.0, 2.0, -4.0], [1.0, 6.0, -2.0, -5.0]]])
+    r = fit_parameters(geo, pats, data, lut_phase_rad=_lut(), nominal=TRUE, read_noise_e=1.0, start=TRUE,
+                       refine_iters=2, bounds=BOUNDS, fit_crosstalk=False, check=False)
+    assert r.chi2_reduced == pytest.approx(float(np.nansum(r.residuals ** 2)) / 1, rel=1e-12)
+    assert r.chi2_reduced > 0
+
+
+def test_bound_margin_is_a_fraction_of_the_bound_width():
+    """A value 1e-3 below its upper bound, with a bound width of 0.151, is 6.6× the 0.1 %
+    margin (1.51e-4) away: not on its bound (the margin scales with hi − lo, not hi + lo)."""
+    geo, pats, data = _synthetic()
+    r = fit_parameters(geo, pats, data, lut_phase_rad=_lut(), nominal=TRUE, read_noise_e=1.0, start=TRUE,
+                       refine_iters=2, bounds=dict(BOUNDS, magnification=(0.9, 1.051)))
+    assert r.problems == [] and r.values["magnification"] == pytest.approx(1.05, abs=1e-6)
+
+
+def test_run_keeps_iterating_on_a_flat_but_sloped_loss():
+    """The fit's loss is a per-pixel mean, so its gradients are small: _run's gradient tolerance
+    is 1e-9, not L-BFGS's default 1e-7. The flat quartic 0.01·(q − 1)⁴ from q = 0 is followed to
+    |q − 1| < 0.008 (gradient < 2e-8); stopping at a gradient of 1e-7 leaves |q − 1| ≈ 0.013."""
+    class Flat:
+        def loss(self, q):
+            return 0.01 * ((q - 1.0) ** 4).sum()
+
+    q, L = _run(Flat(), torch.zeros(1, dtype=F64), 100)
+    assert abs(float(q[0]) - 1.0) < 0.008 and L == pytest.approx(0.01 * (float(q[0]) - 1.0) ** 4, rel=1e-12)
+
+
+def test_intensity_maps_about_sample_n_half_on_an_odd_window(monkeypatch):
+    """An odd window (n = 33, upsample 1): the optical axis is sample n//2 = 16, so the camera map
+    uses n//2, not n/2 (rel 1e-9 against the numpy bilinear sampling of a known field)."""
+    k, cam = 2, (6, 7)
+    geo = Geometry(wavelength_m=LAM, slm_pitch_m=SLM_P, camera_pitch_m=CAM_P, camera_shape=cam, sim_n=33,
+                   upsample=1, pixel_subsamples=k)
+    m = NearFieldModel(geo, [np.zeros((4, 4), int)], _lut())
+    field, _ = _cos_field(n=33, dx=SLM_P)
+    monkeypatch.setattr(m, "field_intensity", lambda p: torch.as_tensor(field[None]))
+    out = m.intensity({kk: _t(v) for kk, v in GEO_P.items()}).numpy()
+    uy = (np.arange(cam[0]) - cam[0] // 2) * CAM_P
+    ux = (np.arange(cam[1]) - cam[1] // 2) * CAM_P
+    off = ((np.arange(k) + 0.5) / k - 0.5) * CAM_P
+    acc = 0
+    for oy in off:
+        for ox in off:
+            X, Y = _map(uy + oy, ux + ox, GEO_P, m.centre_m)
+            acc = acc + _bilinear(field, X, Y, dx=SLM_P)
+    assert np.allclose(out[0], acc / k ** 2, rtol=1e-9, atol=0)
+
+
+def test_optics_parameters_are_exactly_the_substituted_paths():
+    """The optics system's trainable tensors are the fit's (distance, crosstalk, LUT) at
+    OPTICS_PATHS: what functional_call substitutes is what an optimiser over the system sees."""
+    m = NearFieldModel(_geo(), _pats(), _lut())
+    assert {k for k, _ in m.system.named_parameters()} == set(fitmod.OPTICS_PATHS.values())
+
+
+def test_identifiability_limit_is_a_condition_number_above_1e12(monkeypatch):
+    """The condition number is that of the column-normalised JᵀJ (unit diagonal); exactly 1e12
+    passes, the next float above fails (cond stubbed to pin the limit)."""
+    geo, pats, data = _synthetic()
+    seen = []
+    for c, fails in ((1e12, False), (np.nextafter(1e12, np.inf), True)):
+        def cond(a, c=c):
+            seen.append(torch.diag(a))
+            return torch.tensor(c, dtype=F64)
+        monkeypatch.setattr(torch.linalg, "cond", cond)
+        r = fit_parameters(geo, pats, data, lut_phase_rad=_lut(), nominal=TRUE, read_noise_e=1.0, start=TRUE,
+                           refine_iters=1, bounds=BOUNDS, check=False)
+        assert any(s.startswith("the parameters are not identifiable") for s in r.problems) == fails
+    assert all(torch.allclose(d, torch.ones_like(d), rtol=1e-12) for d in seen)
+
+
+def test_distance_uncertainty_above_five_percent_is_reported():
+    """Noise-free data at 0.5 e⁻ per unit intensity under 3 e⁻ read noise: the distance is known
+    only to ≈ 20 % (σ ∝ 1/scale; far below the 105 % of a uniform frame): above the 5 % limit,
+    reported with its numbers."""
+    geo, pats, data = _synthetic(scale=0.5, bg=0.1)
+    r = fit_parameters(geo, pats, data, lut_phase_rad=_lut(), nominal=TRUE, read_noise_e=3.0, start=TRUE,
+                       refine_iters=2, bounds=BOUNDS, check=False)
+    ratio = r.std["distance_m"] / r.values["distance_m"]
+    assert 0.1 < ratio < 0.5
+    assert r.problems == [f"distance uncertainty {r.std['distance_m']:.3g} m exceeds 5 % of "
+                          f"{r.values['distance_m']:.6g} m"]
