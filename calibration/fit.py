@@ -411,6 +411,13 @@ class _Problem:
 
 
 def _run(prob: _Problem, q0: torch.Tensor, iters: int) -> tuple:
+    """L-BFGS from ``q0``: ``(q, loss)``. A start where the loss is not finite is returned as it
+    is (L-BFGS would step to NaN parameters, which the optics layer refuses with its own error), so
+    that :func:`fit_parameters` can skip it or raise its :class:`FitError`."""
+    with torch.no_grad():
+        L0 = float(prob.loss(q0))
+    if not math.isfinite(L0):
+        return q0.detach().clone(), L0
     q = q0.clone().requires_grad_(True)
     opt = torch.optim.LBFGS([q], lr=1.0, max_iter=iters, tolerance_grad=1e-9, tolerance_change=1e-12,
                             history_size=20, line_search_fn="strong_wolfe")

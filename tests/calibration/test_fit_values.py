@@ -1283,3 +1283,25 @@ def test_distance_uncertainty_above_five_percent_is_reported():
     assert 0.1 < ratio < 0.5
     assert r.problems == [f"distance uncertainty {r.std['distance_m']:.3g} m exceeds 5 % of "
                           f"{r.values['distance_m']:.6g} m"]
+
+
+def test_run_returns_a_start_with_a_non_finite_loss_unchanged():
+    """A start where the loss is NaN or inf: no L-BFGS step (it would go to NaN parameters), the
+    start itself and that loss come back, and the start is not modified."""
+    for bad in (float("nan"), float("inf")):
+        prob = _Quadratic()
+        prob.loss = lambda q, bad=bad: (q * 0).sum() + bad
+        q0 = torch.tensor([5.0, 5.0], dtype=F64)
+        q, L = _run(prob, q0, 50)
+        assert torch.equal(q, q0) and not q.requires_grad and q is not q0
+        assert (math.isnan(L) if math.isnan(bad) else L == bad)
+
+
+def test_non_finite_loss_at_every_start_is_the_fit_error():
+    """Data whose loss is NaN everywhere (a NaN read noise makes every weight NaN): the documented
+    FitError naming the likely cause, not the optics layer's refusal of a NaN distance that L-BFGS's
+    first step used to produce."""
+    geo, pats, data = _synthetic(scale=4.0, bg=0.1)
+    with pytest.raises(FitError, match=r"the loss is not finite at any start; check the data \(NaN frames\?\)"):
+        fit_parameters(geo, pats, data, lut_phase_rad=_lut(), nominal=TRUE, read_noise_e=float("nan"), start=TRUE,
+                       refine_iters=3, bounds=BOUNDS)
