@@ -1302,6 +1302,6 @@ def test_non_finite_loss_at_every_start_is_the_fit_error():
     FitError naming the likely cause, not the optics layer's refusal of a NaN distance that L-BFGS's
     first step used to produce."""
     geo, pats, data = _synthetic(scale=4.0, bg=0.1)
-    with pytest.raises(FitError, match=r"the loss is not finite at any start; check the data \(NaN frames\?\)"):
+    with pytest.raises(FitError, match=r"^the loss is not finite at any start; check the data \(NaN frames\?\) and the nominal geometry$"):
         fit_parameters(geo, pats, data, lut_phase_rad=_lut(), nominal=TRUE, read_noise_e=float("nan"), start=TRUE,
                        refine_iters=3, bounds=BOUNDS)
