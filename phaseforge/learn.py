@@ -584,6 +584,8 @@ def _evaluation_figures(out: Path, loaded, run_names, res, objects, cfg) -> None
 # demo
 # ----------------------------------------------------------------------------------------------
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "data" / "configs"
+#: the shipped learned models (``data/models``: ``cdp_unfolded_L4.pt``, ``cdp_unfolded_L1_4level.pt``)
+MODELS_DIR = CONFIG_DIR.parent / "models"
 
 DEMO_OVERRIDES = ["train.n_train=256", "train.n_val=32", "train.epochs=12", "train.grad_norm_every=4"]
 

@@ -26,23 +26,13 @@ import numpy as np
 import torch
 
 from phaseforge.cli import main as phaseforge
+from phaseforge.calibration_jobs import SAMPLE_CAPTURE
 
 torch.set_num_threads(1)
 
 
-def repo_root() -> Path:
-    """The phaseforge checkout (for the sample capture), found from this file or the cwd."""
-    starts = [Path.cwd()]
-    if "__file__" in globals():
-        starts.insert(0, Path(__file__).resolve().parent)
-    for start in starts:
-        for p in (start, *start.parents):
-            if (p / "data" / "sample_capture.h5").is_file() and (p / "calibration").is_dir():
-                return p
-    raise FileNotFoundError("run this example from inside the phaseforge checkout")
 
-
-capture = repo_root() / "data" / "sample_capture.h5"
+capture = SAMPLE_CAPTURE
 tmp = Path(tempfile.mkdtemp(prefix="phaseforge_gallery_"))
 
 # %%

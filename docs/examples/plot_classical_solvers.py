@@ -17,7 +17,6 @@ on the :doc:`benchmark pages <../benchmarks/index>`). Solver settings are the be
 """
 # %%
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -27,20 +26,10 @@ from learning.metrics import align_global_phase, psnr
 from learning.solvers import solve
 from optics.cdp import CDPOperator
 from optics.noise import PrDeepNoise
+from phaseforge.learn import MODELS_DIR
 
 torch.set_num_threads(1)
 
-
-def repo_root() -> Path:
-    """The phaseforge checkout (for the shipped model), found from this file or the cwd."""
-    starts = [Path.cwd()]
-    if "__file__" in globals():
-        starts.insert(0, Path(__file__).resolve().parent)
-    for start in starts:
-        for p in (start, *start.parents):
-            if (p / "data" / "models").is_dir() and (p / "optics").is_dir():
-                return p
-    raise FileNotFoundError("run this example from inside the phaseforge checkout")
 
 
 # %%
@@ -91,7 +80,7 @@ for label, (name, kw) in settings.items():
 # patches and is fully convolutional, so 64² works.
 from learning.unfolding import load_model  # noqa: E402
 
-model, meta = load_model(repo_root() / "data" / "models" / "cdp_unfolded_L4.pt")
+model, meta = load_model(MODELS_DIR / "cdp_unfolded_L4.pt")
 t0 = time.perf_counter()
 with torch.no_grad():
     results["learned (unfolded)"] = model(y, A, check=True).x

@@ -28,23 +28,13 @@ import torch
 
 from optics.design import read_design
 from phaseforge.cli import main as phaseforge
+from phaseforge.learn import CONFIG_DIR
 
 torch.set_num_threads(1)
 
 
-def repo_root() -> Path:
-    """The phaseforge checkout (for the shipped configs), found from this file or the cwd."""
-    starts = [Path.cwd()]
-    if "__file__" in globals():
-        starts.insert(0, Path(__file__).resolve().parent)
-    for start in starts:
-        for p in (start, *start.parents):
-            if (p / "data" / "configs").is_dir() and (p / "optics").is_dir():
-                return p
-    raise FileNotFoundError("run this example from inside the phaseforge checkout")
 
-
-configs = repo_root() / "data" / "configs"
+configs = CONFIG_DIR
 runs = Path(tempfile.mkdtemp(prefix="phaseforge_gallery_"))
 
 # The toy size: every ``--set`` overrides one key of the shipped configuration.
